@@ -1,0 +1,498 @@
+"""The driver contract: `Connection` (async) and `SyncConnection` (blocking).
+
+A driver speaks one protocol to one device. It opens and closes the link,
+answers health checks and reads/writes tags; it never decides states, counts
+retries or sleeps between attempts: its `Supervisor` does. The base classes
+give every driver `update_stats`, `report_data`, `mark_tx_drop`,
+`connection_lost`, `record_activity` and `get_status`, which talk to the
+supervisor through the small `ConnectionOwner` protocol.
+
+Example:
+    class PingDevice(Connection):
+        type_name = "ping_device"
+
+        async def connect(self) -> None:
+            self._r, self._w = await asyncio.open_connection(self.config["host"], 5000)
+
+        async def disconnect(self) -> None: ...
+        def is_connected(self) -> bool: ...
+        async def health_check(self) -> bool: ...
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from edgelink.errors import ConnectError
+from edgelink.redact import redact
+from edgelink.state import ConnectionState
+
+__all__ = [
+    "AnyConnection",
+    "BaseConnection",
+    "Connection",
+    "ConnectionOwner",
+    "DriverAdapter",
+    "Stats",
+    "SyncConnection",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STAT_FIELDS = (
+    "packets_sent",
+    "packets_received",
+    "bytes_sent",
+    "bytes_received",
+    "errors",
+    "reconnects",
+)
+
+
+class Stats:
+    """Traffic counters of one connection. Thread-safe increments."""
+
+    __slots__ = (*STAT_FIELDS, "_lock", "last_activity")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.errors = 0
+        self.reconnects = 0
+        self.last_activity: float | None = None
+
+    def add(self, deltas: Mapping[str, int], now: float) -> None:
+        """Add ``deltas`` to the counters and stamp ``last_activity``.
+
+        Raises:
+            ValueError: for a counter name that does not exist.
+        """
+        with self._lock:
+            for name, delta in deltas.items():
+                if name not in STAT_FIELDS:
+                    raise ValueError(f"unknown stat {name!r}; known: {', '.join(STAT_FIELDS)}")
+                setattr(self, name, getattr(self, name) + delta)
+            if deltas.keys() - {"errors", "reconnects"}:
+                self.last_activity = now
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the counters as a dict (the status shape of DESIGN section 4)."""
+        with self._lock:
+            data: dict[str, Any] = {name: getattr(self, name) for name in STAT_FIELDS}
+            data["last_activity"] = self.last_activity
+            return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        # The seed's drivers write ``self.stats['errors'] += 1``.
+        if key not in STAT_FIELDS:
+            raise KeyError(f"unknown stat {key!r}; known: {', '.join(STAT_FIELDS)}")
+        with self._lock:
+            setattr(self, key, value)
+
+    def __repr__(self) -> str:
+        return f"<Stats {self.as_dict()}>"
+
+
+class ConnectionOwner(Protocol):
+    """What a driver's base class reports to: the Supervisor (or a pool)."""
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection's supervised state."""
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error, as text."""
+
+    @property
+    def connected_at(self) -> float | None:
+        """Wall-clock time the link came up."""
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Reconnect attempts since the link was last stable."""
+
+    def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+        """A datapoint arrived (may be called from any thread)."""
+
+    def on_tx_drop(self) -> None:
+        """A frame broke mid-way (may be called from any thread)."""
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        """The driver noticed its link is gone (may be called from any thread)."""
+
+    def on_activity(self) -> None:
+        """The link showed life (feeds the data watchdog)."""
+
+    def status_dict(self) -> dict[str, Any]:
+        """Return the full status dict."""
+
+
+class _ConnectionBase:
+    """What both driver styles share: identity, config, stats and the owner hooks."""
+
+    #: The registry name: "tcp", "modbus_tcp", ...
+    type_name: ClassVar[str] = ""
+
+    def __init__(
+        self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
+    ) -> None:
+        self.connection_id = connection_id
+        self.config: dict[str, Any] = dict(config or {})
+        self.context = context
+        self._stats = Stats()
+        self._owner: ConnectionOwner | None = None
+        # Seed-style drivers assign these themselves; the supervisor's view wins,
+        # but what the driver said is kept as a hint for a standalone driver.
+        self._own_last_error: str | None = None
+        self._own_connected_at: float | None = None
+
+    # -- owner wiring -------------------------------------------------------
+
+    def attach(self, owner: ConnectionOwner | None) -> None:
+        """Bind this driver to the supervisor (or pool) that runs it; None detaches."""
+        self._owner = owner
+
+    @property
+    def owner(self) -> ConnectionOwner | None:
+        """The supervisor running this driver, if any."""
+        return self._owner
+
+    @property
+    def app_context(self) -> Any:
+        """The seed's name for ``context``."""
+        return self.context
+
+    # -- given by the base class -------------------------------------------
+
+    def update_stats(self, **deltas: int) -> None:
+        """Add to the traffic counters: ``update_stats(packets_sent=1, bytes_sent=n)``.
+
+        Raises:
+            ValueError: for an unknown counter name.
+        """
+        self._stats.add(deltas, time.time())
+        if self._owner is not None and deltas.keys() - {"errors", "reconnects"}:
+            self._owner.on_activity()
+
+    def report_data(
+        self, tag: str, value: Any, *, quality: str = "good", ts: float | None = None
+    ) -> None:
+        """Report a datapoint read from or pushed by the device. Thread-safe.
+
+        The supervisor stamps ``last_data_at``, feeds the data watchdog and the
+        vital-sign watches, and hands the datapoint to the manager's data sink
+        (the router).
+        """
+        if self._owner is not None:
+            self._owner.on_data(tag, value, quality, ts)
+
+    def mark_tx_drop(self) -> None:
+        """Say that a frame broke mid-way: the supervisor reconnects on the fast path."""
+        if self._owner is not None:
+            self._owner.on_tx_drop()
+
+    def connection_lost(self, exc: BaseException | None = None) -> None:
+        """Say that the link is gone (EOF, reset). The supervisor reconnects."""
+        if self._owner is not None:
+            self._owner.on_lost(exc)
+
+    def record_activity(self) -> None:
+        """Say the link showed life without a datapoint (feeds the data watchdog)."""
+        if self._owner is not None:
+            self._owner.on_activity()
+
+    def get_status(self) -> dict[str, Any]:
+        """Return the status dict of DESIGN section 4."""
+        if self._owner is not None:
+            return self._owner.status_dict()
+        return {
+            "connection_id": self.connection_id,
+            "type": self.type_name or type(self).__name__,
+            "status": str(self.status),
+            "connected_at": self.connected_at,
+            "last_error": self.last_error,
+            "reconnect_attempts": 0,
+            "stats": self._stats.as_dict(),
+        }
+
+    # -- read-only views (the seed's attributes) ----------------------------
+
+    @property
+    def stats(self) -> Stats:
+        """The traffic counters."""
+        return self._stats
+
+    @property
+    def status(self) -> ConnectionState:
+        """The supervised state (or connected/disconnected for a standalone driver)."""
+        if self._owner is not None:
+            return self._owner.state
+        return (
+            ConnectionState.CONNECTED
+            if self._safe_is_connected()
+            else (ConnectionState.DISCONNECTED)
+        )
+
+    @status.setter
+    def status(self, value: Any) -> None:
+        # Seed-style drivers set their own status; the supervisor owns the
+        # state, so the assignment is accepted and ignored.
+        logger.debug("%s: driver set status=%s (the supervisor owns the state)", self, value)
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error the supervisor saw, as text."""
+        if self._owner is not None and self._owner.last_error is not None:
+            return self._owner.last_error
+        return self._own_last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._own_last_error = value
+
+    @property
+    def connected_at(self) -> float | None:
+        """Wall-clock time the link last came up."""
+        if self._owner is not None:
+            return self._owner.connected_at
+        return self._own_connected_at
+
+    @connected_at.setter
+    def connected_at(self, value: float | None) -> None:
+        self._own_connected_at = value
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Reconnect attempts since the link was last stable."""
+        return self._owner.reconnect_attempts if self._owner is not None else 0
+
+    @reconnect_attempts.setter
+    def reconnect_attempts(self, value: int) -> None:
+        logger.debug("%s: driver set reconnect_attempts=%s (ignored)", self, value)
+
+    def _safe_is_connected(self) -> bool:
+        try:
+            return bool(self.is_connected())
+        except Exception:  # noqa: BLE001 - a status view must not raise
+            return False
+
+    def is_connected(self) -> bool:
+        """Return True while the link is up, from local knowledge only (no I/O)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        cfg = redact(self.config)
+        return f"<{type(self).__name__} {self.connection_id} {self.status} config={cfg}>"
+
+
+class Connection(_ConnectionBase, abc.ABC):
+    """The async driver base class (the seed's ``BaseConnection``).
+
+    Implement ``connect``, ``disconnect``, ``is_connected`` and ``health_check``;
+    ``read`` and ``write`` if the device has a data plane; ``identity`` and
+    ``on_reset`` for device-reset detection.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The seed's drivers are blocking; copied onto the async base they
+        # would fail at the first await. Say so when the class is defined.
+        for name in ("connect", "disconnect", "health_check", "read", "write"):
+            method = cls.__dict__.get(name)
+            if method is not None and not inspect.iscoroutinefunction(method):
+                raise TypeError(
+                    f"{cls.__name__}.{name} is a blocking method on an async Connection: "
+                    "make it 'async def', or subclass SyncConnection for blocking drivers"
+                )
+
+    @abc.abstractmethod
+    async def connect(self) -> bool | None:
+        """Open the link. Raise (or return False) on failure; never retry or sleep."""
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Close the link. Idempotent, never raises."""
+
+    @abc.abstractmethod
+    def is_connected(self) -> bool:
+        """Return True while the link is up (no I/O)."""
+
+    @abc.abstractmethod
+    async def health_check(self) -> bool:
+        """Send one real request and check the answer. False or raise = unhealthy."""
+
+    async def read(self, tag: str) -> Any:
+        """Read one tag from the device."""
+        raise NotImplementedError(f"{type(self).__name__} has no read()")
+
+    async def write(self, tag: str, value: Any) -> None:
+        """Write one tag to the device."""
+        raise NotImplementedError(f"{type(self).__name__} has no write()")
+
+    async def identity(self) -> str | None:
+        """Return something that changes when the device resets (serial + boot id), or None."""
+        return None
+
+    async def on_reset(self) -> None:
+        """Re-provision the device after a reset was detected. Raise to fail the attempt."""
+
+
+#: The seed's name for the driver base class.
+BaseConnection = Connection
+
+
+class SyncConnection(_ConnectionBase, abc.ABC):
+    """A driver written with blocking calls, in the seed's ``connect() -> bool`` style.
+
+    The supervisor runs every method in a worker thread under the same
+    timeouts as an async driver, so a thread-style driver works unchanged.
+    A call that times out is abandoned (its thread runs on until the blocking
+    call returns), so blocking calls should carry their own socket timeouts.
+    """
+
+    @abc.abstractmethod
+    def connect(self) -> bool | None:
+        """Open the link. Raise or return False on failure."""
+
+    @abc.abstractmethod
+    def disconnect(self) -> bool | None:
+        """Close the link. Idempotent."""
+
+    @abc.abstractmethod
+    def is_connected(self) -> bool:
+        """Return True while the link is up (no I/O)."""
+
+    @abc.abstractmethod
+    def health_check(self) -> bool:
+        """Send one real request and check the answer."""
+
+    def read(self, tag: str) -> Any:
+        """Read one tag from the device."""
+        raise NotImplementedError(f"{type(self).__name__} has no read()")
+
+    def write(self, tag: str, value: Any) -> None:
+        """Write one tag to the device."""
+        raise NotImplementedError(f"{type(self).__name__} has no write()")
+
+    def identity(self) -> str | None:
+        """Return something that changes when the device resets, or None."""
+        return None
+
+    def on_reset(self) -> None:
+        """Re-provision the device after a reset was detected."""
+
+
+AnyConnection = Connection | SyncConnection
+
+
+class DriverAdapter:
+    """One async face over either driver style, used by the supervisor and the pool.
+
+    For a `SyncConnection` every call runs on ``executor``; for a `Connection`
+    it is awaited directly. ``connect()`` returning False becomes a `ConnectError`.
+    """
+
+    __slots__ = ("_executor", "conn", "is_sync")
+
+    def __init__(self, conn: AnyConnection, executor: Executor | None = None) -> None:
+        self.conn = conn
+        self.is_sync = isinstance(conn, SyncConnection)
+        self._executor = executor
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def connect(self) -> None:
+        """Open the link; raise `ConnectError` if the driver says False."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            result = await self._run(conn.connect)
+        else:
+            result = await conn.connect()
+        if result is False:
+            raise ConnectError(
+                conn.last_error or "connect() returned False", connection_id=conn.connection_id
+            )
+
+    async def disconnect(self) -> None:
+        """Close the link; errors are logged, never raised."""
+        conn = self.conn
+        try:
+            if isinstance(conn, SyncConnection):
+                await self._run(conn.disconnect)
+            else:
+                await conn.disconnect()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.debug("%s: disconnect raised", conn.connection_id, exc_info=True)
+
+    def is_connected(self) -> bool:
+        """Ask the driver, no I/O."""
+        return bool(self.conn.is_connected())
+
+    async def health_check(self) -> bool:
+        """Run the driver's health check."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            return bool(await self._run(conn.health_check))
+        return bool(await conn.health_check())
+
+    async def read(self, tag: str) -> Any:
+        """Read one tag."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            return await self._run(conn.read, tag)
+        return await conn.read(tag)
+
+    async def write(self, tag: str, value: Any) -> None:
+        """Write one tag."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            await self._run(conn.write, tag, value)
+        else:
+            await conn.write(tag, value)
+
+    async def identity(self) -> str | None:
+        """Return the device identity, or None."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            return await self._run(conn.identity)
+        return await conn.identity()
+
+    async def on_reset(self) -> None:
+        """Run the re-provisioning hook."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            await self._run(conn.on_reset)
+        else:
+            await conn.on_reset()
+
+    async def call(self, op: Callable[[Any], Any]) -> Any:
+        """Run a user operation ``op(connection)``: in a thread for a sync driver."""
+        if self.is_sync:
+            result = await self._run(op, self.conn)
+        else:
+            result = op(self.conn)
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        return result

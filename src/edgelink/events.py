@@ -1,0 +1,403 @@
+"""Events: what happened to a connection, delivered to callbacks and the log.
+
+`EventBus.emit` never blocks and never raises. Every subscription owns a queue:
+async callbacks are drained by a task per subscription, sync callbacks run on a
+small thread pool, one at a time per subscription (so their order is kept).
+A callback that raises is logged and skipped; one that is slow delays only its
+own queue, never a connection or another callback. Each event is also written
+as one structured log record (``EVENT_RECONNECT_START`` ...) whose fields are
+real ``extra`` attributes, so a JSON log formatter shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgelink.redact import redact
+
+__all__ = ["EVENT_TYPES", "Event", "EventBus", "EventCallback", "Unsubscribe", "log_name"]
+
+logger = logging.getLogger(__name__)
+
+#: Every event type edgelink emits.
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "connected",
+        "disconnected",
+        "error",
+        "health_check_failed",
+        "state_change",
+        "reconnect_start",
+        "reconnect_ok",
+        "reconnect_failed",
+        "max_retries_exceeded",
+        "suspended",
+        "resumed",
+        "tx_drop_detected",
+        "fast_path_active",
+        "connection_stable",
+        "device_reset",
+        "spam_suspended",
+        "power_warning",
+        "power_critical",
+        "supervisor_restarted",
+        "health_change",
+    }
+)
+
+# Log transitions, not repetitions: loss is one WARNING, return one INFO,
+# per-attempt detail DEBUG.
+_LEVELS: dict[str, int] = {
+    "connected": logging.INFO,
+    "reconnect_ok": logging.INFO,
+    "resumed": logging.INFO,
+    "connection_stable": logging.INFO,
+    "fast_path_active": logging.INFO,
+    "device_reset": logging.WARNING,
+    "disconnected": logging.WARNING,
+    "tx_drop_detected": logging.WARNING,
+    "power_warning": logging.WARNING,
+    "health_check_failed": logging.DEBUG,
+    "reconnect_start": logging.DEBUG,
+    "reconnect_failed": logging.DEBUG,
+    "state_change": logging.DEBUG,
+    "health_change": logging.DEBUG,
+    "error": logging.ERROR,
+    "max_retries_exceeded": logging.ERROR,
+    "suspended": logging.ERROR,
+    "spam_suspended": logging.ERROR,
+    "power_critical": logging.ERROR,
+    "supervisor_restarted": logging.ERROR,
+}
+
+#: Bounded per-subscription queue: a callback that cannot keep up loses the
+#: oldest events (counted in `EventBus.dropped`) rather than growing memory.
+QUEUE_LIMIT = 10_000
+
+
+#: Reasons for a disconnect that a person or the service asked for: not a loss.
+DELIBERATE = frozenset(
+    {
+        "admin_stop",
+        "shutdown",
+        "removed",
+        "killed",
+        "panic",
+        "restart",
+        "admin_restart",
+        "supervisor_restarted",
+    }
+)
+
+
+def _level(event: Event) -> int:
+    if event.type == "disconnected" and event.data.get("reason") in DELIBERATE:
+        return logging.INFO
+    return _LEVELS.get(event.type, logging.INFO)
+
+
+def log_name(event_type: str) -> str:
+    """Return an event type's log name: ``reconnect_start`` -> ``EVENT_RECONNECT_START``."""
+    return "EVENT_" + event_type.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to one connection.
+
+    Attributes:
+        type: The event type, e.g. ``"reconnect_start"``.
+        connection_id: The connection it concerns (None for manager-wide events).
+        ts: Wall-clock time.
+        state: The connection's state when it was emitted.
+        attempt: The reconnect attempt counter at that moment.
+        data: Context, secrets already redacted.
+        connection: The driver object, for callbacks in the seed's style.
+    """
+
+    type: str
+    connection_id: str | None
+    ts: float
+    state: str | None = None
+    attempt: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    connection: Any = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the event as a JSON-friendly dict (without the connection object)."""
+        return {
+            "type": self.type,
+            "event": log_name(self.type),
+            "connection_id": self.connection_id,
+            "ts": self.ts,
+            "state": self.state,
+            "attempt": self.attempt,
+            "data": self.data,
+        }
+
+
+EventCallback = Callable[[Event], Awaitable[None] | None]
+Unsubscribe = Callable[[], None]
+
+
+class _Subscription:
+    __slots__ = ("active", "busy", "callback", "event_type", "is_async", "queue")
+
+    def __init__(self, event_type: str, callback: EventCallback) -> None:
+        self.event_type = event_type
+        self.callback = callback
+        self.is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+            getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        self.queue: deque[Event] = deque()
+        self.busy = False
+        self.active = True
+
+
+class EventBus:
+    """Fan-out of `Event`s to callbacks, isolated from each other and from the emitter.
+
+    Example:
+        bus = EventBus()
+        off = bus.on("connected", lambda ev: print(ev.connection_id))
+        bus.emit(Event("connected", "plc_1", ts=time.time()))
+        await bus.drain()
+        off()
+    """
+
+    def __init__(self, *, sync_workers: int = 4) -> None:
+        self._subs: dict[str, list[_Subscription]] = {}
+        self._sync_workers = sync_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.callback_errors = 0
+        self.emitted = 0
+
+    def on(self, event_type: str, callback: EventCallback) -> Unsubscribe:
+        """Subscribe ``callback`` to ``event_type`` (``"*"`` for every event).
+
+        Returns:
+            A function that unsubscribes; calling it twice is harmless.
+
+        Raises:
+            ValueError: for an unknown event type.
+        """
+        if event_type != "*" and event_type not in EVENT_TYPES:
+            raise ValueError(
+                f"unknown event type {event_type!r}; known: {', '.join(sorted(EVENT_TYPES))}"
+            )
+        sub = _Subscription(event_type, callback)
+        with self._lock:
+            self._subs = {**self._subs, event_type: [*self._subs.get(event_type, []), sub]}
+
+        def unsubscribe() -> None:
+            with self._lock:
+                sub.active = False
+                sub.queue.clear()
+                subs = [s for s in self._subs.get(event_type, []) if s is not sub]
+                self._subs = {**self._subs, event_type: subs}
+
+        return unsubscribe
+
+    def has_subscribers(self, event_type: str) -> bool:
+        """Return True if anything listens to ``event_type``."""
+        subs = self._subs
+        return bool(subs.get(event_type) or subs.get("*"))
+
+    def wants(self, event_type: str) -> bool:
+        """Return True if an event of this type would reach a subscriber or the log."""
+        return self.has_subscribers(event_type) or logger.isEnabledFor(
+            _LEVELS.get(event_type, logging.INFO)
+        )
+
+    def emit(self, event: Event) -> None:
+        """Log ``event`` and queue it for every matching subscriber. Never blocks, never raises."""
+        self.emitted += 1
+        level = _level(event)
+        if logger.isEnabledFor(level):
+            name = log_name(event.type)
+            logger.log(
+                level,
+                "%s %s state=%s attempt=%s %s",
+                name,
+                event.connection_id,
+                event.state,
+                event.attempt,
+                event.data,
+                extra={
+                    "event": name,
+                    "event_type": event.type,
+                    "connection_id": event.connection_id,
+                    "state": event.state,
+                    "attempt": event.attempt,
+                    "context": event.data,
+                    "event_ts": event.ts,
+                },
+            )
+        if not self.has_subscribers(event.type):
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            self._loop = running
+            self._dispatch(event)
+            return
+        # Emitted from a worker thread: queue it on the loop's thread, where
+        # all delivery bookkeeping lives.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            logger.debug("event %s emitted with no event loop to deliver it", event.type)
+            return
+        loop.call_soon_threadsafe(self._dispatch, event)
+
+    def _dispatch(self, event: Event) -> None:
+        subs = self._subs
+        for sub in subs.get(event.type, []) + subs.get("*", []):
+            if len(sub.queue) >= QUEUE_LIMIT:
+                sub.queue.popleft()
+                self.dropped += 1
+            sub.queue.append(event)
+            if not sub.busy:
+                self._start(sub)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the bus which loop delivers events emitted from other threads."""
+        self._loop = loop
+
+    def _start(self, sub: _Subscription) -> None:
+        loop = asyncio.get_running_loop()
+        sub.busy = True
+        self._inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+        if sub.is_async:
+            task = loop.create_task(
+                self._drain_async(sub), name=f"edgelink.events[{sub.event_type}]"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._sync_workers, thread_name_prefix="edgelink-events"
+                )
+            fut = loop.run_in_executor(self._executor, self._drain_sync, sub)
+            fut.add_done_callback(lambda _f: self._finished(sub))
+
+    def _finished(self, sub: _Subscription) -> None:
+        # Runs on the loop thread. Events may have arrived after the drain
+        # looked at the queue for the last time: start another round then.
+        sub.busy = False
+        self._inflight -= 1
+        if sub.queue and sub.active:
+            self._start(sub)
+        elif self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _drain_async(self, sub: _Subscription) -> None:
+        try:
+            while sub.queue and sub.active:
+                event = sub.queue.popleft()
+                try:
+                    result = sub.callback(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.callback_errors += 1
+                    logger.exception("event callback %r failed on %s", sub.callback, event.type)
+        finally:
+            self._finished(sub)
+
+    def _drain_sync(self, sub: _Subscription) -> None:
+        while sub.active:
+            try:
+                event = sub.queue.popleft()
+            except IndexError:
+                return
+            try:
+                result = sub.callback(event)
+                if inspect.isawaitable(result):
+                    # An async callable we could not detect up front: run it on the loop.
+                    loop = self._loop
+                    if loop is not None and not loop.is_closed():
+                        asyncio.run_coroutine_threadsafe(_as_coro(result), loop)
+            except Exception:
+                self.callback_errors += 1
+                logger.exception("event callback %r failed on %s", sub.callback, event.type)
+
+    async def drain(self, timeout: float | None = 5.0) -> None:
+        """Wait until every queued event has been delivered (or ``timeout`` passes).
+
+        Raises:
+            TimeoutError: if deliveries are still running after ``timeout`` seconds.
+        """
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while self._inflight:
+                self._idle.clear()
+                if self._inflight == 0:
+                    break
+                await self._idle.wait()
+
+    async def aclose(self) -> None:
+        """Stop delivery: cancel async deliveries and shut the callback threads down."""
+        with self._lock:
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.active = False
+                    sub.queue.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.active = True
+        self._inflight = 0
+
+    def __repr__(self) -> str:
+        n = sum(len(s) for s in self._subs.values())
+        return f"<EventBus subscriptions={n} emitted={self.emitted} dropped={self.dropped}>"
+
+
+async def _as_coro(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def make_event(
+    event_type: str,
+    connection_id: str | None,
+    ts: float,
+    *,
+    state: str | None = None,
+    attempt: int = 0,
+    connection: Any = None,
+    **data: Any,
+) -> Event:
+    """Build an `Event` with its data redacted."""
+    return Event(event_type, connection_id, ts, state, attempt, redact(data), connection)

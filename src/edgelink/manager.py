@@ -1,0 +1,728 @@
+"""ConnectionManager: the registry of supervised connections and their lifecycle.
+
+It owns one `Supervisor` per connection, the `EventBus`, the manager-wide
+connect admission (``max_concurrent_connects``), the thread pool for blocking
+drivers, and the supervisor watchdog that restarts a connection whose task
+died or got stuck. `execute_with_retry` is how everything else (the router,
+the API, user code) talks to a device without caring whether the link is up
+right now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from os import PathLike
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from pydantic import ValidationError
+
+from edgelink.clock import Clock, SystemClock
+from edgelink.config import (
+    ConfigDiff,
+    ConnectionSpec,
+    GatewayConfig,
+    build_spec,
+    diff_specs,
+    load_config,
+)
+from edgelink.connection import AnyConnection, SyncConnection
+from edgelink.errors import (
+    ConfigError,
+    ConnectionLostError,
+    DeviceError,
+    DeviceSleepError,
+    is_link_error,
+    is_permanent,
+)
+from edgelink.events import Event, EventBus, EventCallback, Unsubscribe, make_event
+from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.settings import ManagerSettings
+from edgelink.state import ConnectionState, Health
+from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
+
+if TYPE_CHECKING:
+    from edgelink.pool import ConnectionPool
+
+__all__ = ["ConnectionManager", "DataListener", "HealthMonitor"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: ``listener(connection_id, tag, value, quality, ts)``: called for every datapoint.
+DataListener = Callable[[str, str, Any, str, float], None]
+StateCallback = Callable[[str, Any], Awaitable[None] | None]
+
+
+class HealthMonitor:
+    """Custom health checks and state callbacks (the optimization guide's API).
+
+    Example:
+        monitor = manager.get_health_monitor()
+        monitor.register_health_check("plc_1", check_ident)       # async () -> bool
+        monitor.register_state_callback("plc_1", on_change)       # (id, new_state_or_health)
+    """
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self._manager = manager
+        self._checks: dict[str, list[Callable[[], Awaitable[bool]]]] = {}
+
+    def register_health_check(
+        self, connection_id: str, check: Callable[[], Awaitable[bool]]
+    ) -> Unsubscribe:
+        """Add ``check`` to the connection's health checks (all must pass).
+
+        Returns:
+            A function that removes the check again.
+        """
+        self._checks.setdefault(connection_id, []).append(check)
+
+        def remove() -> None:
+            checks = self._checks.get(connection_id, [])
+            if check in checks:
+                checks.remove(check)
+
+        return remove
+
+    def checks_for(self, connection_id: str) -> Sequence[Callable[[], Awaitable[bool]]]:
+        """Return the custom checks registered for a connection."""
+        return tuple(self._checks.get(connection_id, ()))
+
+    def register_state_callback(self, connection_id: str, callback: StateCallback) -> Unsubscribe:
+        """Call ``callback(connection_id, new)`` on every state or health change.
+
+        ``new`` is a `ConnectionState` for a state change and a `Health` for a
+        health change. ``connection_id`` may be ``"*"`` for every connection.
+        The callback may be sync or async; it runs isolated like any event callback.
+        """
+
+        def pick(ev: Event) -> tuple[str, Any] | None:
+            if connection_id not in ("*", ev.connection_id) or ev.connection_id is None:
+                return None
+            new = str(ev.data.get("new"))
+            value: Any = ConnectionState(new) if ev.type == "state_change" else Health(new)
+            return ev.connection_id, value
+
+        handler: EventCallback
+        if inspect.iscoroutinefunction(callback):
+
+            async def handler_async(ev: Event) -> None:
+                picked = pick(ev)
+                if picked is not None:
+                    await callback(*picked)
+
+            handler = handler_async
+        else:
+
+            def handler_sync(ev: Event) -> None:
+                picked = pick(ev)
+                if picked is not None:
+                    callback(*picked)
+
+            handler = handler_sync
+        offs = [
+            self._manager.on_event("state_change", handler),
+            self._manager.on_event("health_change", handler),
+        ]
+
+        def unsubscribe() -> None:
+            for off in offs:
+                off()
+
+        return unsubscribe
+
+    async def check_now(self, connection_id: str) -> bool:
+        """Run one health check of a connected connection now; return whether it passed."""
+        sup = self._manager._supervisor(connection_id)
+        if sup.state is not ConnectionState.CONNECTED:
+            return False
+        lost = await sup.check_health()
+        if lost is not None:
+            sup._lose(lost)
+            return False
+        return sup.health is not Health.UNHEALTHY
+
+
+class ConnectionManager:
+    """Supervises many device connections.
+
+    Example:
+        async with ConnectionManager.from_config("config/connections.json") as manager:
+            manager.on_event("connected", lambda ev: print(ev.connection_id))
+            value = await manager.execute_with_retry("plc_1", lambda c: c.read("MAIN.temp"))
+            print(manager.get_status("plc_1"))
+
+    Args:
+        clock: The clock every wait goes through (tests pass a ManualClock).
+        registry: Driver types; a fresh one with the built-ins and plugins by default.
+        context: Passed to every driver (the seed's ``app_context``).
+        **settings: Defaults of DESIGN section 3 plus ``max_connections``,
+            ``max_concurrent_connects``, ``watchdog_interval``, ``sync_workers``.
+
+    Raises:
+        ConfigError: if a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        registry: DriverRegistry | None = None,
+        context: Any = None,
+        **settings: Any,
+    ) -> None:
+        try:
+            self.settings = ManagerSettings(**settings)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            path = "settings." + ".".join(str(p) for p in first["loc"])
+            raise ConfigError(first["msg"], path=path) from None
+        self.clock: Clock = clock or SystemClock()
+        self.registry = registry or DriverRegistry()
+        self.context = context
+        self._bus = EventBus()
+        self._sups: dict[str, Supervisor] = {}
+        self._specs: dict[str, ConnectionSpec] = {}
+        self._data_listeners: list[DataListener] = []
+        self._health_monitor = HealthMonitor(self)
+        self._admission = asyncio.Semaphore(self.settings.max_concurrent_connects)
+        self._executor: ThreadPoolExecutor | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._restart_tasks: set[asyncio.Task[None]] = set()
+        self._pool: ConnectionPool | None = None
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(
+        cls,
+        source: str | PathLike[str] | Mapping[str, Any],
+        *,
+        clock: Clock | None = None,
+        registry: DriverRegistry | None = None,
+        context: Any = None,
+    ) -> Self:
+        """Build a manager from a ``connections.json``/YAML path or a dict (DESIGN section 6).
+
+        Nothing starts until `start` (or ``async with``).
+
+        Raises:
+            ConfigError: naming the file, JSON path and reason, for any bad input.
+        """
+        config = load_config(source)
+        manager = cls(
+            clock=clock, registry=registry, context=context, **config.settings.model_dump()
+        )
+        manager._check_specs(config.specs().values())
+        for spec in config.specs().values():
+            manager._add_spec(spec)
+        return manager
+
+    def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
+        """Register a driver class under a type name (a custom connection in a few lines)."""
+        self.registry.register(type_name, cls)
+
+    def _executor_for_sync(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.sync_workers, thread_name_prefix="edgelink-sync"
+            )
+        return self._executor
+
+    def _check_specs(self, specs: Any) -> None:
+        """Instantiate each spec's driver once, so a bad one fails before anything changes."""
+        for spec in specs:
+            self._make_driver(spec)
+
+    def _make_driver(self, spec: ConnectionSpec) -> AnyConnection:
+        try:
+            return self.registry.create(spec.connection_id, spec.type, spec.config, self.context)
+        except ConfigError as exc:
+            where = f"connections.{spec.connection_id}"
+            path = f"{where}.{exc.path}" if exc.path else where
+            raise ConfigError(
+                exc.message, file=exc.file, path=path, connection_id=spec.connection_id
+            ) from exc
+
+    def _add_spec(self, spec: ConnectionSpec) -> AnyConnection:
+        cid = spec.connection_id
+        if cid in self._sups:
+            raise ConfigError(f"connection {cid!r} already exists", path=f"connections.{cid}")
+        limit = self.settings.max_connections
+        if limit is not None and len(self._sups) >= limit:
+            raise ConfigError(
+                f"max_connections ({limit}) reached; cannot add {cid!r}",
+                path=f"connections.{cid}",
+            )
+        driver = self._make_driver(spec)
+        sup = Supervisor(
+            driver,
+            spec.settings,
+            bus=self._bus,
+            clock=self.clock,
+            name=spec.name,
+            type_name=spec.type,
+            admission=self._admission,
+            executor=self._executor_for_sync() if _is_sync(driver) else None,
+            data_sink=self._on_data,
+            poll=[PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
+            watch=[
+                WatchRule(
+                    w.tag, w.below, w.above, w.warning_after, w.critical_after, w.health_check
+                )
+                for w in spec.watch
+            ],
+            extra_checks=functools.partial(self._health_monitor.checks_for, cid),
+            on_health_change=self._on_health_change,
+        )
+        self._sups[cid] = sup
+        self._specs[cid] = spec
+        if self._started and spec.enabled:
+            sup.start()
+        return driver
+
+    def add_connection(
+        self,
+        connection_id: str,
+        type: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        enabled: bool = True,
+        settings: Mapping[str, Any] | None = None,
+        poll: Sequence[Mapping[str, Any]] | None = None,
+        watch: Sequence[Mapping[str, Any]] | None = None,
+    ) -> AnyConnection:
+        """Add a connection; it starts at once if the manager runs and it is enabled.
+
+        Returns:
+            The driver object.
+
+        Raises:
+            ConfigError: for a duplicate id, an unknown type, bad settings or bad config.
+        """
+        spec = build_spec(
+            connection_id,
+            {
+                "type": type,
+                "name": name,
+                "enabled": enabled,
+                "config": dict(config or {}),
+                "settings": dict(settings or {}),
+                "poll": list(poll or []),
+                "watch": list(watch or []),
+            },
+            self.settings.connection_defaults(),
+        )
+        return self._add_spec(spec)
+
+    async def remove_connection(self, connection_id: str) -> None:
+        """Stop a connection and forget it.
+
+        Raises:
+            KeyError: for an unknown id.
+        """
+        sup = self._supervisor(connection_id)
+        await sup.stop(reason="removed")
+        sup.connection.attach(None)
+        self._sups.pop(connection_id, None)
+        self._specs.pop(connection_id, None)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start every enabled connection and the supervisor watchdog (idempotent)."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._bus.bind(self._loop)
+        self._started = True
+        for cid, sup in self._sups.items():
+            if self._specs[cid].enabled:
+                sup.start()
+        self._watchdog_task = self._loop.create_task(
+            self._run_watchdog(), name="edgelink.manager.watchdog"
+        )
+
+    async def stop(self) -> None:
+        """Close every connection and end every task the manager started (idempotent)."""
+        if not self._started:
+            return
+        self._started = False
+        task, self._watchdog_task = self._watchdog_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for restart in list(self._restart_tasks):
+            restart.cancel()
+        await asyncio.gather(*self._restart_tasks, return_exceptions=True)
+        await asyncio.gather(*(sup.stop(reason="shutdown") for sup in self._sups.values()))
+        if self._pool is not None:
+            await self._pool.close()
+        await self._bus.aclose()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start_connection(self, connection_id: str) -> None:
+        """Start (or re-enable) one connection."""
+        sup = self._supervisor(connection_id)
+        if not self._started:
+            raise RuntimeError("the manager is not started")
+        if sup.state in (ConnectionState.ERROR, ConnectionState.SUSPENDED):
+            await sup.resume()
+        else:
+            sup.start()
+
+    async def stop_connection(self, connection_id: str) -> None:
+        """Stop one connection gracefully; it stays stopped until started."""
+        await self._supervisor(connection_id).stop(reason="admin_stop")
+
+    async def restart_connection(self, connection_id: str) -> None:
+        """Stop and start one connection with a fresh attempt counter."""
+        await self._supervisor(connection_id).restart(reason="admin_restart")
+
+    async def kill_connection(self, connection_id: str) -> None:
+        """Stop one connection at once, giving its driver no time to close politely."""
+        await self._supervisor(connection_id).stop(reason="killed", graceful=False)
+
+    async def resume(self, connection_id: str) -> None:
+        """Bring a suspended (or failed) connection back."""
+        await self._supervisor(connection_id).resume()
+
+    # ----------------------------------------------------------------- views
+
+    def _supervisor(self, connection_id: str) -> Supervisor:
+        try:
+            return self._sups[connection_id]
+        except KeyError:
+            raise KeyError(f"unknown connection {connection_id!r}") from None
+
+    def get_supervisor(self, connection_id: str) -> Supervisor:
+        """Return the supervisor of a connection.
+
+        Raises:
+            KeyError: for an unknown id.
+        """
+        return self._supervisor(connection_id)
+
+    def get_connection(self, connection_id: str) -> AnyConnection | None:
+        """Return the driver object of a connection, or None if there is none."""
+        sup = self._sups.get(connection_id)
+        return sup.connection if sup is not None else None
+
+    @property
+    def connections(self) -> dict[str, AnyConnection]:
+        """Every connection's driver by id (a copy)."""
+        return {cid: sup.connection for cid, sup in self._sups.items()}
+
+    def get_state(self, connection_id: str) -> ConnectionState:
+        """Return the state of one connection."""
+        return self._supervisor(connection_id).state
+
+    def get_status(self, connection_id: str | None = None) -> dict[str, Any]:
+        """Return the status dict of one connection, or of all by id."""
+        if connection_id is not None:
+            return self._supervisor(connection_id).status_dict()
+        return {cid: sup.status_dict() for cid, sup in self._sups.items()}
+
+    def get_spec(self, connection_id: str) -> ConnectionSpec:
+        """Return the resolved config of one connection."""
+        self._supervisor(connection_id)
+        return self._specs[connection_id]
+
+    def __len__(self) -> int:
+        return len(self._sups)
+
+    def __contains__(self, connection_id: object) -> bool:
+        return connection_id in self._sups
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for sup in self._sups.values():
+            counts[sup.state] = counts.get(sup.state, 0) + 1
+        states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return f"<ConnectionManager connections={len(self._sups)} {states}>".replace(" >", ">")
+
+    # ---------------------------------------------------------------- events
+
+    def on_event(self, event_type: str, callback: EventCallback) -> Unsubscribe:
+        """Subscribe to an event type (``"*"`` = all); returns the unsubscribe function."""
+        return self._bus.on(event_type, callback)
+
+    @property
+    def events(self) -> EventBus:
+        """The event bus."""
+        return self._bus
+
+    def on_data(self, listener: DataListener) -> Unsubscribe:
+        """Call ``listener(connection_id, tag, value, quality, ts)`` for every datapoint.
+
+        Listeners run on the event loop, in order; one that raises is logged and skipped.
+        """
+        self._data_listeners = [*self._data_listeners, listener]
+
+        def remove() -> None:
+            self._data_listeners = [x for x in self._data_listeners if x is not listener]
+
+        return remove
+
+    def _on_data(self, connection_id: str, tag: str, value: Any, quality: str, ts: float) -> None:
+        for listener in self._data_listeners:
+            try:
+                listener(connection_id, tag, value, quality, ts)
+            except Exception:
+                logger.exception("data listener %r failed", listener)
+
+    def _on_health_change(self, connection_id: str, health: Health) -> None:
+        if self._bus.wants("health_change"):
+            sup = self._sups.get(connection_id)
+            self._bus.emit(
+                make_event(
+                    "health_change",
+                    connection_id,
+                    self.clock.time(),
+                    state=str(sup.state) if sup else None,
+                    new=str(health),
+                )
+            )
+
+    async def wait_for_state(
+        self,
+        connection_id: str,
+        state: ConnectionState | str,
+        timeout: float | None = None,
+    ) -> None:
+        """Return when the connection is in ``state`` (or enters it).
+
+        Raises:
+            TimeoutError: if it does not within ``timeout`` seconds (real time).
+            ValueError: for an unknown state name.
+        """
+        target = ConnectionState(state)
+        sup = self._supervisor(connection_id)
+        async with asyncio.timeout(timeout):
+            await sup.wait_for_state(target)
+
+    # ---------------------------------------------------------------- doing
+
+    async def execute_with_retry(
+        self,
+        connection_id: str,
+        op: Callable[[Any], Awaitable[T] | T],
+        *,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``op(connection)``; on a transient failure wait for the reconnect and retry.
+
+        Args:
+            connection_id: The connection to use.
+            op: Called with the driver; may return a value or an awaitable. A
+                blocking driver's op runs in a worker thread.
+            retries: Retries after transient failures (default 3).
+            timeout: Per attempt, and the longest wait for the link to come
+                back (default: the connection's ``request_timeout``).
+
+        Raises:
+            ConnectionLostError: when the link is down and does not come back in
+                time, or the retries are used up; carries the cause.
+            DeviceError, DeviceSleepError, PermanentError, ConfigError: as
+                raised, never retried. Errors of ``op`` that are not link
+                errors propagate as they are.
+            KeyError: for an unknown connection id.
+        """
+        sup = self._supervisor(connection_id)
+        retries = 3 if retries is None else retries
+        per_call = timeout if timeout is not None else sup.settings.request_timeout
+        failures = 0
+        while True:
+            if sup.state is not ConnectionState.CONNECTED:
+                await self._await_link(sup, per_call, failures)
+            generation = sup.link_generation
+            try:
+                async with asyncio.timeout(per_call):
+                    return await sup.driver.call(op)  # type: ignore[no-any-return]
+            except (DeviceError, DeviceSleepError) as exc:
+                raise exc
+            except Exception as exc:
+                if is_permanent(exc) or not (is_link_error(exc) or isinstance(exc, TimeoutError)):
+                    raise
+                failures += 1
+                sup.report_failure(exc)
+                if failures > retries:
+                    raise ConnectionLostError(
+                        f"gave up after {failures} attempts: {exc}",
+                        connection_id=connection_id,
+                        cause=exc,
+                    ) from exc
+                # Wait for a new link, not the broken one still marked connected.
+                try:
+                    async with asyncio.timeout(per_call):
+                        await sup.wait_for_generation(generation + 1)
+                except TimeoutError:
+                    raise ConnectionLostError(
+                        f"not back within {per_call:g} s after: {exc}",
+                        connection_id=connection_id,
+                        cause=exc,
+                    ) from exc
+
+    async def _await_link(self, sup: Supervisor, timeout: float, failures: int) -> None:
+        state = sup.state
+        if state in RESTING and not (state is ConnectionState.SUSPENDED and sup.is_running()):
+            raise ConnectionLostError(
+                f"connection is {state} ({sup.reason})", connection_id=sup.connection_id
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                await sup.wait_connected()
+        except TimeoutError:
+            raise ConnectionLostError(
+                f"not connected within {timeout:g} s ({sup.state}, {sup.last_error})",
+                connection_id=sup.connection_id,
+            ) from None
+
+    def mark_tx_drop(self, connection_id: str) -> None:
+        """Say a frame to this connection broke mid-way: fast-path reconnect."""
+        self._supervisor(connection_id).on_tx_drop()
+
+    async def safe_reconnect(self, connection_id: str, fast_path: bool = True) -> None:
+        """Drop the link and reconnect now (fast path: no backoff for the first attempt)."""
+        self._supervisor(connection_id).reconnect(fast_path=fast_path)
+        await asyncio.sleep(0)
+
+    def record_activity(self, connection_id: str) -> None:
+        """Feed the data watchdog of a connection without a datapoint."""
+        self._supervisor(connection_id).on_activity()
+
+    # ---------------------------------------------------------------- reload
+
+    async def reload(self, source: str | PathLike[str] | Mapping[str, Any]) -> ConfigDiff:
+        """Apply a new config: only what changed is touched.
+
+        Added connections start, removed ones stop, changed ones restart with
+        the new config; unchanged ones are not touched.
+
+        Raises:
+            ConfigError: for a bad config; then nothing changes.
+        """
+        config: GatewayConfig = load_config(source)
+        new_specs = config.specs()
+        diff = diff_specs(self._specs, new_specs)
+        self._check_specs(new_specs[cid] for cid in (*diff.added, *diff.changed))
+        limit = config.settings.max_connections
+        if limit is not None and len(new_specs) > limit:
+            raise ConfigError(
+                f"{len(new_specs)} connections exceed max_connections ({limit})",
+                path="settings.max_connections",
+            )
+        self.settings = config.settings
+        for cid in diff.removed:
+            await self.remove_connection(cid)
+        for cid in diff.changed:
+            await self.remove_connection(cid)
+            self._add_spec(new_specs[cid])
+        for cid in diff.added:
+            self._add_spec(new_specs[cid])
+        return diff
+
+    # ------------------------------------------------------------ monitoring
+
+    def get_health_monitor(self) -> HealthMonitor:
+        """Return the health monitor (custom checks, state callbacks)."""
+        return self._health_monitor
+
+    def get_connection_pool(self) -> ConnectionPool:
+        """Return the manager's pool of on-demand connections (same driver registry)."""
+        if self._pool is None:
+            from edgelink.pool import ConnectionPool
+
+            self._pool = ConnectionPool(
+                max_size=self.settings.max_connections or 10,
+                registry=self.registry,
+                connect_timeout=self.settings.connect_timeout,
+                clock=self.clock,
+                executor=self._executor_for_sync(),
+                context=self.context,
+            )
+        return self._pool
+
+    async def _run_watchdog(self) -> None:
+        """Restart any connection whose task died or whose driver call overran."""
+        while True:
+            await self.clock.sleep(self.settings.watchdog_interval)
+            self.check_supervisors()
+
+    def check_supervisors(self) -> list[str]:
+        """Look at every supervisor once; restart dead or stuck ones. Returns their ids."""
+        now = self.clock.monotonic()
+        restarted: list[str] = []
+        for cid, sup in list(self._sups.items()):
+            if sup.desired != "running":
+                continue
+            cause: str | None = None
+            detail: str | None = None
+            task = sup.task
+            if task is None or task.done():
+                if task is not None and not task.cancelled() and task.exception() is not None:
+                    cause, detail = "task_died", repr(task.exception())
+                elif sup.crashed is not None:
+                    cause, detail = "task_died", repr(sup.crashed)
+                elif sup.state not in RESTING:
+                    cause, detail = "task_ended", f"main task ended in state {sup.state}"
+            else:
+                overdue = sup.overdue(now)
+                if overdue:
+                    cause, detail = "stuck", f"driver call overran its deadline: {overdue}"
+                    sup.abandon()
+            if cause is None:
+                continue
+            restarted.append(cid)
+            sup.restarts += 1
+            logger.error("%s: restarting supervisor (%s: %s)", cid, cause, detail)
+            self._bus.emit(
+                make_event(
+                    "supervisor_restarted",
+                    cid,
+                    self.clock.time(),
+                    state=str(sup.state),
+                    attempt=sup.reconnect_attempts,
+                    connection=sup.connection,
+                    cause=cause,
+                    detail=detail,
+                    restarts=sup.restarts,
+                )
+            )
+            task_ = asyncio.get_running_loop().create_task(
+                sup.restart(reason="supervisor_restarted"),
+                name=f"edgelink[{cid}].restart",
+            )
+            self._restart_tasks.add(task_)
+            task_.add_done_callback(self._restart_tasks.discard)
+        return restarted
+
+
+def _is_sync(driver: AnyConnection) -> bool:
+    return isinstance(driver, SyncConnection)

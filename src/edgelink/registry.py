@@ -1,0 +1,115 @@
+"""Driver registry: connection type names to driver classes.
+
+Built-in drivers and installed plugins (the ``edgelink.drivers`` entry point
+group) are found by name; `register` adds one at run time, which is how a user
+plugs in a custom type in a few lines::
+
+    manager.register_connection_type("custom_tcp", CustomTCPConnection)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from edgelink.connection import AnyConnection, Connection, SyncConnection
+from edgelink.errors import ConfigError
+
+__all__ = ["BUILTIN_DRIVERS", "DriverRegistry"]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "edgelink.drivers"
+
+#: Built-in drivers by type name: module path and class, imported on first use so
+#: a missing extra only matters when its type is used.
+BUILTIN_DRIVERS: dict[str, str] = {
+    "tcp": "edgelink.drivers.tcp:TCPConnection",
+}
+
+DriverClass = type[Connection] | type[SyncConnection]
+
+
+class DriverRegistry:
+    """Maps type names to driver classes. Thread-safe; lookups are cheap after the first."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self._classes: dict[str, DriverClass] = {}
+        self._lazy: dict[str, str] = dict(BUILTIN_DRIVERS)
+        self._load_entry_points = load_entry_points
+        self._entry_points_loaded = False
+        self._lock = threading.Lock()
+
+    def register(self, type_name: str, cls: DriverClass) -> None:
+        """Register ``cls`` under ``type_name`` (replacing any earlier one).
+
+        Raises:
+            TypeError: if ``cls`` is not a `Connection` or `SyncConnection` subclass.
+            ValueError: if ``type_name`` is empty.
+        """
+        if not type_name:
+            raise ValueError("type_name must not be empty")
+        if not (isinstance(cls, type) and issubclass(cls, Connection | SyncConnection)):
+            raise TypeError(f"{cls!r} is not a Connection or SyncConnection subclass")
+        with self._lock:
+            self._classes[type_name] = cls
+
+    def _discover(self) -> None:
+        if self._entry_points_loaded or not self._load_entry_points:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            self._lazy.setdefault(ep.name, ep.value)
+
+    def names(self) -> list[str]:
+        """Return every known type name."""
+        with self._lock:
+            self._discover()
+            return sorted(set(self._classes) | set(self._lazy))
+
+    def get(self, type_name: str) -> DriverClass:
+        """Return the class registered as ``type_name``.
+
+        Raises:
+            ConfigError: for an unknown type, or one whose extra is not installed
+                (the message names the ``pip install`` to run).
+        """
+        with self._lock:
+            cls = self._classes.get(type_name)
+            if cls is not None:
+                return cls
+            self._discover()
+            target = self._lazy.get(type_name)
+        if target is None:
+            raise ConfigError(
+                f"unknown connection type {type_name!r}; known: {', '.join(self.names())}",
+                path="type",
+            )
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            extra = module_name.rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"connection type {type_name!r} needs an extra: pip install 'edgelink[{extra}]'"
+                f" ({exc})",
+                path="type",
+            ) from exc
+        loaded: DriverClass = getattr(module, attr)
+        self.register(type_name, loaded)
+        return loaded
+
+    def create(
+        self,
+        connection_id: str,
+        type_name: str,
+        config: Mapping[str, Any] | None = None,
+        context: Any = None,
+    ) -> AnyConnection:
+        """Instantiate a driver (no I/O: constructors only store config)."""
+        cls = self.get(type_name)
+        return cls(connection_id, dict(config or {}), context)

@@ -1,0 +1,124 @@
+"""Supervision settings: the numbers of DESIGN section 3, validated.
+
+`ConnectionSettings` is what one connection runs with; `ManagerSettings` adds
+the manager-wide limits. Top-level ``settings`` in a config file are defaults,
+a connection's own ``settings`` override them (`ConnectionSettings.merged`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgelink.backoff import Backoff, JitterMode
+
+__all__ = ["ConnectionSettings", "ManagerSettings"]
+
+PositiveSeconds = Field(gt=0)
+
+
+class ConnectionSettings(BaseModel):
+    """How one connection is supervised. Every field has the documented default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reconnect_initial_delay: float = Field(
+        default=0.1, ge=0, description="first reconnect delay, s"
+    )
+    reconnect_multiplier: float = Field(default=2.0, ge=1, description="delay growth per attempt")
+    reconnect_max_delay: float = Field(default=10.0, gt=0, description="delay cap, s")
+    reconnect_jitter: float = Field(default=0.2, ge=0, le=1, description="relative jitter, 0..1")
+    reconnect_jitter_mode: JitterMode = Field(
+        default=JitterMode.PROPORTIONAL, description="proportional (±jitter) or full (0..delay)"
+    )
+    reconnect_max_attempts: int | None = Field(
+        default=10, ge=1, description="attempts before suspension; null = never give up"
+    )
+    stable_after: float = Field(
+        default=10.0, ge=0, description="seconds connected before the attempt counter resets"
+    )
+    suspend_cooldown: float | None = Field(
+        default=300.0,
+        gt=0,
+        description="probe a suspended connection after this long; null = never",
+    )
+    suspend_cooldown_max: float = Field(
+        default=3600.0, gt=0, description="cap of the doubling cooldown"
+    )
+    connect_timeout: float = Field(default=3.0, gt=0, description="per attempt, s")
+    fast_path_timeout: float = Field(
+        default=0.5, gt=0, description="the immediate attempt after a TX drop"
+    )
+    request_timeout: float = Field(default=5.0, gt=0, description="one read/write/poll request, s")
+    health_check_interval: float | None = Field(
+        default=30.0, gt=0, description="seconds between health checks; null = none"
+    )
+    health_check_timeout: float = Field(default=5.0, gt=0, description="s")
+    health_check_failures: int = Field(
+        default=1, ge=1, description="consecutive failures before the link counts as lost"
+    )
+    health_degraded_latency: float | None = Field(
+        default=1.0, gt=0, description="a passing check slower than this marks health degraded"
+    )
+    data_timeout: float | None = Field(
+        default=None, gt=0, description="no data for this long while connected = lost (watchdog)"
+    )
+    sleep_probe_interval: float = Field(
+        default=60.0, gt=0, description="how often a sleeping device is probed, s"
+    )
+    auto_reconnect: bool = True
+    spam_max_pps: float | None = Field(
+        default=500, gt=0, description="datapoints/s before spam protection suspends; null = off"
+    )
+
+    @model_validator(mode="after")
+    def _check_delays(self) -> Self:
+        if self.reconnect_max_delay < self.reconnect_initial_delay:
+            raise ValueError(
+                f"reconnect_max_delay ({self.reconnect_max_delay}) must be >= "
+                f"reconnect_initial_delay ({self.reconnect_initial_delay})"
+            )
+        return self
+
+    def backoff(self) -> Backoff:
+        """Return the `Backoff` policy these settings describe."""
+        return Backoff(
+            initial=self.reconnect_initial_delay,
+            multiplier=self.reconnect_multiplier,
+            max=self.reconnect_max_delay,
+            jitter=self.reconnect_jitter,
+            max_attempts=self.reconnect_max_attempts,
+            mode=self.reconnect_jitter_mode,
+        )
+
+    def merged(self, overrides: dict[str, Any] | None) -> ConnectionSettings:
+        """Return these settings with ``overrides`` applied and validated."""
+        if not overrides:
+            return self
+        data = self.model_dump(include=set(ConnectionSettings.model_fields))
+        data.update(overrides)
+        return ConnectionSettings.model_validate(data)
+
+
+class ManagerSettings(ConnectionSettings):
+    """Connection defaults plus the limits that apply to the whole manager."""
+
+    max_connections: int | None = Field(
+        default=None, ge=1, description="most connections the manager (and its pool) holds"
+    )
+    max_concurrent_connects: int = Field(
+        default=64, ge=1, description="connect attempts in flight at once, manager-wide"
+    )
+    watchdog_interval: float = Field(
+        default=5.0, gt=0, description="how often the supervisor watchdog looks at every task, s"
+    )
+    sync_workers: int = Field(
+        default=32, ge=1, description="threads for blocking (SyncConnection) drivers"
+    )
+
+    def connection_defaults(self) -> ConnectionSettings:
+        """Return the per-connection part of these settings."""
+        return ConnectionSettings.model_validate(
+            self.model_dump(include=set(ConnectionSettings.model_fields))
+        )

@@ -1,0 +1,94 @@
+"""Device simulators for ``edgelink demo``, tests and benchmarks, and their command line.
+
+``python -m edgelink.sim tcp --count N --base-port P`` (and ``edgelink sim``,
+which reuses `add_sim_arguments` and `run_sim_from_args`) runs simulators
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
+
+__all__ = ["TcpSimulator", "add_sim_arguments", "run_sim_from_args", "run_tcp_simulator"]
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {value}")
+    return value
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator subcommands (``tcp``) and their options to ``parser``.
+
+    The parsed namespace is what `run_sim_from_args` takes.
+    """
+    kinds = parser.add_subparsers(dest="sim_kind", metavar="KIND", required=True)
+    tcp = kinds.add_parser(
+        "tcp",
+        help="PING/PONG line-protocol devices",
+        description="Run COUNT PING/PONG line-protocol devices on consecutive ports.",
+    )
+    tcp.add_argument("--count", type=_count, default=1, help="number of devices (default 1)")
+    tcp.add_argument(
+        "--base-port",
+        type=_port,
+        default=0,
+        help="port of the first device; 0 = ephemeral ports (default 0)",
+    )
+    tcp.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+
+
+def run_sim_from_args(args: argparse.Namespace) -> int:
+    """Run the simulator ``args`` describe until SIGTERM or SIGINT.
+
+    Returns:
+        The exit status: 0 after a signal, 1 if the simulator could not start.
+    """
+    if args.sim_kind == "tcp":
+        if args.base_port and args.base_port + args.count - 1 > 65535:
+            print("edgelink sim: --base-port + --count exceeds 65535", file=sys.stderr)
+            return 2
+        return asyncio.run(
+            _run_until_signal(run_tcp_simulator(args.count, args.base_port, args.host))
+        )
+    print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
+    return 2
+
+
+async def _run_until_signal(simulator: Coroutine[Any, Any, None]) -> int:
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(simulator, name="edgelink.sim")
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        # The simulator task was cancelled by a signal: a clean stop.
+        return 0
+    except OSError as exc:
+        print(f"edgelink sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    return 0

@@ -1,0 +1,957 @@
+"""The Supervisor: one connection's life in motion.
+
+It owns the driver's state machine and every task the connection runs:
+
+- the main task (``edgelink[<id>].main``): connect with ``connect_timeout``
+  (link opened *and* a first health check answered), back off with jitter,
+  suspend after ``reconnect_max_attempts``, probe after ``suspend_cooldown``,
+  fast-path one immediate attempt after a TX drop, sleep on `DeviceSleepError`,
+  stop in ``error`` on a permanent error;
+- while connected: the health task (``.health``), one task per poll group
+  (``.poll<N>``), and timers on the injectable clock for ``stable_after`` and
+  the ``data_timeout`` watchdog.
+
+Whatever notices a lost link (a failed health check, a driver calling
+`Connection.connection_lost`, a TX drop, the watchdog, a failed request in
+`execute_with_retry`) resolves one future; the main task then closes the link
+and goes back to reconnecting. Driver calls are made "busy" with a deadline so
+the manager's watchdog can see a call that overran its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from edgelink.backoff import Backoff
+from edgelink.clock import Clock, TimerHandle
+from edgelink.connection import AnyConnection, DriverAdapter
+from edgelink.errors import (
+    ConnectError,
+    ConnectTimeout,
+    DeviceError,
+    DeviceResetError,
+    DeviceSleepError,
+    PermanentError,
+    ProtocolError,
+    is_link_error,
+    is_permanent,
+)
+from edgelink.events import EventBus, make_event
+from edgelink.settings import ConnectionSettings
+from edgelink.state import ConnectionState, Health, StateMachine, Transition
+
+__all__ = ["DataSink", "PollSpec", "Supervisor", "WatchRule", "reason_for"]
+
+logger = logging.getLogger(__name__)
+
+S = ConnectionState
+T = TypeVar("T")
+
+#: ``sink(connection_id, tag, value, quality, ts)``: where reported data goes.
+DataSink = Callable[[str, str, Any, str, float], None]
+HealthCheck = Callable[[], Awaitable[bool]]
+
+#: States in which nothing runs until a person (or a config change) acts.
+RESTING = frozenset({S.DISCONNECTED, S.ERROR, S.SUSPENDED})
+
+
+@dataclass(frozen=True, slots=True)
+class PollSpec:
+    """One poll group: read ``tags`` every ``interval`` seconds while connected."""
+
+    tags: tuple[str, ...]
+    interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRule:
+    """A vital-sign watch on one tag (the power monitor seed)."""
+
+    tag: str
+    below: float | None = None
+    above: float | None = None
+    warning_after: int = 1
+    critical_after: int = 3
+    health_check: bool = False
+
+    def is_bad(self, value: Any) -> bool:
+        """Return True if ``value`` is outside the watched range."""
+        if isinstance(value, str):
+            # Text protocols report numbers as text: "0.0" is a reading too.
+            try:
+                value = float(value)
+            except ValueError:
+                return False
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.below is not None and value < self.below:
+            return True
+        return self.above is not None and value > self.above
+
+
+def reason_for(exc: BaseException | None) -> str:
+    """Map an error to the machine-readable status reason of DESIGN section 4."""
+    seen: set[int] = set()
+    cur = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ConnectionRefusedError):
+            return "refused"
+        if isinstance(cur, DeviceSleepError):
+            return "device_sleep"
+        if isinstance(cur, PermanentError):
+            return "auth" if "auth" in str(cur).lower() else "permanent"
+        if isinstance(cur, ProtocolError):
+            return "protocol_error"
+        if isinstance(cur, DeviceResetError):
+            return "device_reset_failed"
+        if isinstance(cur, TimeoutError):
+            return "timeout"
+        if isinstance(cur, ConnectionResetError | BrokenPipeError | EOFError):
+            return "connection_reset"
+        cur = cur.__cause__ or getattr(cur, "cause", None)
+    if exc is None:
+        return "lost"
+    return "connect_failed" if isinstance(exc, ConnectError | OSError) else "error"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class _Lost:
+    reason: str
+    error: BaseException | None = None
+    fast: bool = False
+    sleep: bool = False
+    permanent: bool = False
+
+
+class Supervisor:
+    """Runs one connection: connect, watch, reconnect, report.
+
+    Created and owned by `edgelink.manager.ConnectionManager`; all methods run
+    on the manager's event loop unless documented thread-safe.
+    """
+
+    def __init__(
+        self,
+        connection: AnyConnection,
+        settings: ConnectionSettings,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        name: str | None = None,
+        type_name: str | None = None,
+        admission: asyncio.Semaphore | None = None,
+        executor: Executor | None = None,
+        data_sink: DataSink | None = None,
+        poll: Sequence[PollSpec] = (),
+        watch: Sequence[WatchRule] = (),
+        extra_checks: Callable[[], Sequence[HealthCheck]] | None = None,
+        on_health_change: Callable[[str, Health], None] | None = None,
+    ) -> None:
+        self.connection_id = connection.connection_id
+        self.connection = connection
+        self.driver = DriverAdapter(connection, executor)
+        self.settings = settings
+        self.name = name
+        self.type_name = type_name or connection.type_name or type(connection).__name__
+        self._bus = bus
+        self._clock = clock
+        self._admission = admission
+        self._data_sink = data_sink
+        self._poll = tuple(poll)
+        self._watch = {rule.tag: rule for rule in watch}
+        self._watch_counts: dict[str, int] = {}
+        self._extra_checks = extra_checks
+        self._on_health_change = on_health_change
+        self._backoff: Backoff = settings.backoff()
+        self._sm = StateMachine(clock=clock.time, listener=self._on_transition)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+
+        self.desired: Literal["running", "stopped"] = "stopped"
+        self._task: asyncio.Task[None] | None = None
+        self._conn_tasks: list[asyncio.Task[None]] = []
+        self._timers: list[TimerHandle] = []
+        self._lost: asyncio.Future[_Lost] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._health_kick: asyncio.Future[None] | None = None
+        self._fast_requested = False
+        self._link_open = False
+        self._connected_event = asyncio.Event()
+        self._lifecycle = asyncio.Lock()
+        self._state_waiters: dict[ConnectionState, list[asyncio.Future[None]]] = {}
+        self._generation_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Counts the links this supervisor brought up; a new one is a new link.
+        self.link_generation = 0
+
+        self._attempts = 0
+        self._health = Health.UNKNOWN
+        self._health_failures = 0
+        self._health_latency: float | None = None
+        self._last_error: str | None = None
+        self._connected_at: float | None = None
+        self._last_data_at: float | None = None
+        self._last_data_mono: float | None = None
+        self._next_retry_at: float | None = None
+        self._cooldown: float | None = settings.suspend_cooldown
+        self._identity: str | None = None
+        self._busy: dict[str, float] = {}
+        self.restarts = 0
+        self.crashed: BaseException | None = None
+        connection.attach(self)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return self._sm.state
+
+    @property
+    def reason(self) -> str | None:
+        """Why the connection is in its state (machine-readable)."""
+        return self._sm.reason
+
+    @property
+    def health(self) -> Health:
+        """The link's health, apart from its state."""
+        return self._health
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error, as text."""
+        return self._last_error
+
+    @property
+    def connected_at(self) -> float | None:
+        """Wall-clock time the link last came up."""
+        return self._connected_at
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Failed attempts since the link was last stable."""
+        return self._attempts
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The main task, while one exists."""
+        return self._task
+
+    def is_running(self) -> bool:
+        """Return True while the main task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def status_dict(self) -> dict[str, Any]:
+        """Return the explainable status of DESIGN section 4."""
+        return {
+            "connection_id": self.connection_id,
+            "type": self.type_name,
+            "name": self.name,
+            "status": str(self._sm.state),
+            "reason": self._sm.reason,
+            "desired": self.desired,
+            "since": self._sm.since,
+            "health": str(self._health),
+            "health_latency": self._health_latency,
+            "connected_at": self._connected_at,
+            "last_data_at": self._last_data_at,
+            "last_error": self._last_error,
+            "reconnect_attempts": self._attempts,
+            "next_retry_at": self._next_retry_at,
+            "stats": self.connection.stats.as_dict(),
+            "transitions": [t.as_dict() for t in list(self._sm.history)[-5:]],
+        }
+
+    def overdue(self, now: float) -> list[str]:
+        """Return the roles whose driver call overran its deadline at monotonic ``now``."""
+        return [role for role, deadline in self._busy.items() if now > deadline]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Supervisor {self.connection_id} {self._sm.state} health={self._health} "
+            f"failures={self._health_failures} attempts={self._attempts}>"
+        )
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start supervising (idempotent). Must be called on the event loop."""
+        self.desired = "running"
+        if self.is_running():
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self.crashed = None
+        if self._sm.state in RESTING:
+            self._sm.transition(S.CONNECTING, reason="start")
+        self._task = self._loop.create_task(
+            self._run_main(), name=f"edgelink[{self.connection_id}].main"
+        )
+
+    async def stop(self, *, reason: str = "admin_stop", graceful: bool = True) -> None:
+        """Stop supervising: end every task, close the link, go ``disconnected``.
+
+        Lifecycle calls (stop, restart, resume) are serialized per connection,
+        so two admins restarting the same connection at once cannot interleave.
+
+        Args:
+            reason: The status reason to record (``admin_stop``, ``panic``, ``killed``...).
+            graceful: Give the driver's disconnect ``connect_timeout`` to finish;
+                False gives it a tenth of a second (kill).
+        """
+        async with self._lifecycle:
+            await self._stop(reason=reason, graceful=graceful)
+
+    async def _stop(self, *, reason: str, graceful: bool = True) -> None:
+        self.desired = "stopped"
+        await self._cancel_main()
+        await self._close_link(timeout=self.settings.connect_timeout if graceful else 0.1)
+        self._next_retry_at = None
+        if self._sm.state is not S.DISCONNECTED:
+            was_connected = self._sm.state is S.CONNECTED
+            self._transition(S.DISCONNECTED, reason)
+            if was_connected:
+                self._emit("disconnected", reason=reason)
+
+    async def restart(self, *, reason: str = "restart") -> None:
+        """Stop and start again, with a fresh attempt counter."""
+        async with self._lifecycle:
+            await self._stop(reason=reason)
+            self._attempts = 0
+            self._cooldown = self.settings.suspend_cooldown
+            self.start()
+
+    async def resume(self) -> None:
+        """Bring a suspended or failed connection back (a person said so).
+
+        A connection that is running and not resting is left alone.
+        """
+        async with self._lifecycle:
+            was = self._sm.state
+            if was not in RESTING and self.is_running():
+                return
+            await self._cancel_main()
+            await self._close_link(timeout=self.settings.connect_timeout)
+            self._attempts = 0
+            self._cooldown = self.settings.suspend_cooldown
+            self.desired = "running"
+            self.start()
+            self._emit("resumed", previous=str(was))
+
+    async def _cancel_main(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            # A driver that swallows cancellation could hold us here forever:
+            # bound the wait, the watchdog reports such a driver.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                async with asyncio.timeout(self.settings.connect_timeout + 1.0):
+                    await asyncio.shield(task)
+        self._lost = None
+        self._connected_at = None
+        await self._end_connected_tasks()
+
+    def abandon(self) -> None:
+        """Forget a stuck main task (the watchdog will start a new one)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self._busy.clear()
+
+    # ------------------------------------------------------- driver callbacks
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread (driver hooks may come from threads)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._thread_id:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+        """A datapoint arrived from the driver. Thread-safe."""
+        self._on_loop(self._handle_data, tag, value, quality, ts)
+
+    def _handle_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+        now = self._clock.time()
+        self._last_data_at = now
+        self._last_data_mono = self._clock.monotonic()
+        rule = self._watch.get(tag)
+        if rule is not None and quality == "good":
+            self._check_watch(rule, value)
+        if self._data_sink is not None:
+            try:
+                self._data_sink(
+                    self.connection_id, tag, value, quality, ts if ts is not None else now
+                )
+            except Exception:
+                logger.exception("%s: data sink failed for %s", self.connection_id, tag)
+
+    def on_activity(self) -> None:
+        """The link showed life. Thread-safe."""
+        self._last_data_mono = self._clock.monotonic()
+
+    def on_tx_drop(self) -> None:
+        """A frame broke mid-way: reconnect at once on the fast path. Thread-safe."""
+        self._on_loop(self._handle_tx_drop)
+
+    def _handle_tx_drop(self) -> None:
+        self._emit("tx_drop_detected")
+        self._fast_requested = True
+        self._lose(_Lost("tx_drop", fast=True))
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        """The driver noticed its link is gone. Thread-safe."""
+        self._on_loop(self._handle_lost, exc)
+
+    def _handle_lost(self, exc: BaseException | None) -> None:
+        reason = reason_for(exc)
+        if reason in ("connect_failed", "error", "lost"):
+            # The driver saw its open link end; "connect_failed" would mislead.
+            reason = "connection_lost"
+        self._lose(_Lost(reason, exc))
+
+    def report_failure(self, exc: BaseException) -> None:
+        """A request on the link failed with ``exc`` (from `execute_with_retry`)."""
+        if isinstance(exc, TimeoutError):
+            # A request that timed out leaves a request/response stream out of
+            # step: treat it as a dropped frame.
+            self._handle_tx_drop()
+        elif is_link_error(exc):
+            self._lose(_Lost(reason_for(exc), exc))
+
+    def reconnect(self, *, fast_path: bool = True, reason: str = "admin_reconnect") -> None:
+        """Drop the link and reconnect now (or cut a backoff wait short)."""
+        self._fast_requested = fast_path
+        if self._lost is not None and not self._lost.done():
+            self._lose(_Lost(reason, fast=fast_path))
+        elif self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def kick_health_check(self) -> None:
+        """Run the next health check now instead of at its interval."""
+        if self._health_kick is not None and not self._health_kick.done():
+            self._health_kick.set_result(None)
+
+    def _lose(self, lost: _Lost) -> None:
+        fut = self._lost
+        if fut is not None and not fut.done():
+            fut.set_result(lost)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _transition(self, new: ConnectionState, reason: str | None) -> Transition | None:
+        if self._sm.state is new:
+            self._sm.set_reason(reason)
+            return None
+        return self._sm.transition(new, reason=reason)
+
+    def _on_transition(self, tr: Transition) -> None:
+        if tr.new is S.CONNECTED:
+            self._connected_event.set()
+            self.link_generation += 1
+            if self._generation_waiters:
+                keep = []
+                for gen, fut in self._generation_waiters:
+                    if gen <= self.link_generation:
+                        if not fut.done():
+                            fut.set_result(None)
+                    else:
+                        keep.append((gen, fut))
+                self._generation_waiters = keep
+        elif tr.old is S.CONNECTED:
+            self._connected_event.clear()
+        waiters = self._state_waiters.pop(tr.new, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._emit("state_change", old=str(tr.old), new=str(tr.new), reason=tr.reason)
+
+    def _emit(self, event_type: str, **data: Any) -> None:
+        bus = self._bus
+        if not bus.wants(event_type):
+            # Nobody listens and the log would drop it: skip building the event
+            # (this is most events of a large fleet running quietly).
+            return
+        bus.emit(
+            make_event(
+                event_type,
+                self.connection_id,
+                self._clock.time(),
+                state=str(self._sm.state),
+                attempt=self._attempts,
+                connection=self.connection,
+                **data,
+            )
+        )
+
+    def _set_health(self, health: Health) -> None:
+        if health is not self._health:
+            self._health = health
+            if self._on_health_change is not None:
+                self._on_health_change(self.connection_id, health)
+
+    @contextlib.contextmanager
+    def _busy_for(self, role: str, timeout: float) -> Iterator[None]:
+        # The deadline is generous: it only catches a call that ignored its
+        # own timeout (a driver swallowing cancellation, a hung thread).
+        self._busy[role] = self._clock.monotonic() + 2 * timeout + 1.0
+        try:
+            yield
+        finally:
+            self._busy.pop(role, None)
+
+    async def _call(self, role: str, timeout: float, factory: Callable[[], Awaitable[T]]) -> T:
+        with self._busy_for(role, timeout):
+            async with asyncio.timeout(timeout):
+                return await factory()
+
+    async def wait_for_state(self, state: ConnectionState) -> None:
+        """Return once the connection is (or has entered) ``state``."""
+        if self._sm.state is state:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._state_waiters.setdefault(state, []).append(fut)
+        try:
+            await fut
+        finally:
+            waiters = self._state_waiters.get(state)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    async def wait_for_generation(self, generation: int) -> None:
+        """Return once link number ``generation`` (or a later one) is up."""
+        if self.link_generation >= generation and self._sm.state is S.CONNECTED:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (generation, fut)
+        self._generation_waiters.append(entry)
+        try:
+            await fut
+        finally:
+            if entry in self._generation_waiters:
+                self._generation_waiters.remove(entry)
+
+    async def wait_connected(self) -> None:
+        """Return once the connection is connected."""
+        await self._connected_event.wait()
+
+    # -------------------------------------------------------------- main task
+
+    async def _run_main(self) -> None:
+        try:
+            await self._run_lifecycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.crashed = exc
+            self._last_error = _describe(exc)
+            logger.exception("%s: supervisor task failed", self.connection_id)
+        finally:
+            if self._owns():
+                await self._end_connected_tasks()
+
+    def _owns(self) -> bool:
+        """Return True if the running task is this supervisor's current main task.
+
+        A task that was abandoned (stuck, then replaced by the watchdog) or is
+        being stopped must not touch shared state while it unwinds: whoever
+        replaced or stopped it has cleaned up already.
+        """
+        return asyncio.current_task() is self._task
+
+    async def _run_lifecycle(self) -> None:
+        s = self.settings
+        fast = False
+        in_cooldown = self._sm.state is S.SUSPENDED
+        while self._owns():
+            if in_cooldown:
+                if self._cooldown is None:
+                    return
+                self._next_retry_at = self._clock.time() + self._cooldown
+                await self._wait(self._cooldown)
+                self._cooldown = min(self._cooldown * 2, s.suspend_cooldown_max)
+            elif not fast and self._sm.state is S.RECONNECTING:
+                attempt = self._attempts + 1
+                delay = self._backoff.delay(attempt)
+                self._next_retry_at = self._clock.time() + delay
+                self._emit("reconnect_start", delay=round(delay, 4), next_attempt=attempt)
+                await self._wait(delay)
+            elif not fast and self._sm.state is S.SLEEPING:
+                self._next_retry_at = self._clock.time() + s.sleep_probe_interval
+                await self._wait(s.sleep_probe_interval)
+            self._next_retry_at = None
+            if fast:
+                self._emit("fast_path_active", timeout=s.fast_path_timeout)
+            timeout = s.fast_path_timeout if fast else s.connect_timeout
+            fast = False
+            self._fast_requested = False
+
+            error = await self._attempt(timeout)
+            if error is None:
+                lost = await self._run_connected()
+                await self._close_link(timeout=s.connect_timeout)
+                if self.desired == "stopped":
+                    return
+                self._last_error = _describe(lost.error) if lost.error else lost.reason
+                self._set_health(Health.UNHEALTHY)
+                if lost.permanent:
+                    self._transition(S.ERROR, lost.reason)
+                    self._emit("disconnected", reason=lost.reason)
+                    self._emit("error", reason=lost.reason, error=self._last_error)
+                    return
+                if lost.sleep:
+                    self._transition(S.SLEEPING, "device_sleep")
+                    self._emit("disconnected", reason="device_sleep")
+                    continue
+                if not s.auto_reconnect:
+                    self._transition(S.ERROR, lost.reason)
+                    self._emit("disconnected", reason=lost.reason)
+                    self._emit("error", reason=lost.reason, error=self._last_error)
+                    return
+                self._transition(S.RECONNECTING, lost.reason)
+                self._emit("disconnected", reason=lost.reason, error=self._last_error)
+                fast = lost.fast or self._fast_requested
+                in_cooldown = False
+                continue
+
+            # The attempt failed.
+            reason = reason_for(error)
+            self._last_error = _describe(error)
+            self.connection.stats.add({"errors": 1}, self._clock.time())
+            if isinstance(error, DeviceSleepError):
+                self._transition(S.SLEEPING, "device_sleep")
+                in_cooldown = False
+                continue
+            if is_permanent(error):
+                self._transition(S.ERROR, reason)
+                self._emit("error", reason=reason, error=self._last_error)
+                return
+            if in_cooldown:
+                # One probe after the cooldown failed: stay suspended and say so again.
+                self._emit(
+                    "suspended",
+                    reason="max_attempts",
+                    error=self._last_error,
+                    next_probe_in=self._cooldown,
+                )
+                self._sm.set_reason("max_attempts")
+                continue
+            if self._sm.state is S.CONNECTING:
+                # The first connect is not a reconnect attempt: the retries that
+                # follow it wait initial, initial*multiplier, ... like after a loss.
+                if not s.auto_reconnect:
+                    self._transition(S.ERROR, reason)
+                    self._emit("error", reason=reason, error=self._last_error)
+                    return
+                self._transition(S.RECONNECTING, reason)
+                continue
+            self._attempts += 1
+            self._emit("reconnect_failed", error=self._last_error, reason=reason)
+            if not s.auto_reconnect:
+                self._transition(S.ERROR, reason)
+                self._emit("error", reason=reason, error=self._last_error)
+                return
+            if self._backoff.exhausted(self._attempts):
+                self._transition(S.SUSPENDED, "max_attempts")
+                self._emit("max_retries_exceeded", attempts=self._attempts, error=self._last_error)
+                self._emit(
+                    "suspended",
+                    reason="max_attempts",
+                    error=self._last_error,
+                    next_probe_in=self._cooldown,
+                )
+                in_cooldown = True
+                continue
+            self._transition(S.RECONNECTING, reason)
+
+    async def _wait(self, delay: float) -> None:
+        """Wait ``delay`` on the clock; `reconnect()` cuts the wait short."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._wake = fut
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        handle = self._clock.call_later(delay, wake)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._wake = None
+
+    async def _attempt(self, timeout: float) -> BaseException | None:
+        """One connect attempt: open the link and get a first health check answered."""
+        admission = self._admission
+        try:
+            if admission is not None:
+                async with admission:
+                    await self._call("connect", timeout, self._open)
+            else:
+                await self._call("connect", timeout, self._open)
+        except asyncio.CancelledError:
+            if self._owns():
+                await self._close_link(timeout=0.5)
+            raise
+        except TimeoutError as exc:
+            if self._owns():
+                await self._close_link(timeout=0.5)
+            return ConnectTimeout(
+                f"no connection within {timeout:g} s", connection_id=self.connection_id
+            ).with_traceback(exc.__traceback__)
+        except Exception as exc:  # noqa: BLE001 - every driver error is classified, not fatal
+            if self._owns():
+                await self._close_link(timeout=0.5)
+            return exc
+        return None
+
+    async def _open(self) -> None:
+        self._link_open = True
+        await self.driver.connect()
+        ok = await self.driver.health_check()
+        if not ok:
+            raise ConnectError("first health check failed", connection_id=self.connection_id)
+        identity = await self.driver.identity()
+        if identity is not None:
+            previous, self._identity = self._identity, identity
+            if previous is not None and previous != identity:
+                self._emit("device_reset", old_identity=previous, new_identity=identity)
+                try:
+                    await self.driver.on_reset()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise DeviceResetError(
+                        f"re-provisioning after reset failed: {exc}",
+                        connection_id=self.connection_id,
+                        cause=exc,
+                    ) from exc
+
+    async def _close_link(self, *, timeout: float) -> None:
+        if not self._link_open:
+            return
+        self._link_open = False
+        # Shield the close: a stop that cancels us must still release the socket.
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.driver.disconnect())
+
+    # ------------------------------------------------------------- connected
+
+    async def _run_connected(self) -> _Lost:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[_Lost] = loop.create_future()
+        self._lost = lost
+        was_reconnect = self._sm.state is not S.CONNECTING
+        self._connected_at = self._clock.time()
+        self._last_data_mono = self._clock.monotonic()
+        self._health_failures = 0
+        self._set_health(Health.HEALTHY)
+        self._last_error = None
+        attempt = self._attempts
+        if was_reconnect:
+            self.connection.stats.add({"reconnects": 1}, self._clock.time())
+        self._transition(S.CONNECTED, None)
+        self._emit("connected", reconnect=was_reconnect)
+        if was_reconnect:
+            self._emit("reconnect_ok", attempts=attempt)
+
+        cid = self.connection_id
+        if s.health_check_interval is not None:
+            self._conn_tasks.append(
+                loop.create_task(self._run_health(), name=f"edgelink[{cid}].health")
+            )
+        for i, group in enumerate(self._poll):
+            self._conn_tasks.append(
+                loop.create_task(self._run_poll(group), name=f"edgelink[{cid}].poll{i}")
+            )
+        if self._attempts and s.stable_after >= 0:
+            self._timers.append(self._clock.call_later(s.stable_after, self._on_stable))
+        if s.data_timeout is not None:
+            self._arm_data_watchdog(s.data_timeout)
+        # A TX drop reported during the attempt itself still counts.
+        try:
+            return await lost
+        finally:
+            if self._owns():
+                self._lost = None
+                await self._end_connected_tasks()
+                self._connected_at = None
+
+    async def _end_connected_tasks(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        tasks, self._conn_tasks = self._conn_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _on_stable(self) -> None:
+        if self._sm.state is S.CONNECTED:
+            attempts, self._attempts = self._attempts, 0
+            self._cooldown = self.settings.suspend_cooldown
+            self._emit("connection_stable", previous_attempts=attempts)
+
+    def _arm_data_watchdog(self, timeout: float) -> None:
+        last = self._last_data_mono or self._clock.monotonic()
+        remaining = last + timeout - self._clock.monotonic()
+        self._timers.append(self._clock.call_later(remaining, self._check_data_watchdog))
+
+    def _check_data_watchdog(self) -> None:
+        timeout = self.settings.data_timeout
+        if timeout is None or self._lost is None:
+            return
+        last = self._last_data_mono or 0.0
+        if self._clock.monotonic() - last >= timeout:
+            self._lose(_Lost("data_timeout"))
+        else:
+            self._arm_data_watchdog(timeout)
+
+    async def _wait_health_interval(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._health_kick = fut
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        handle = self._clock.call_later(interval, wake)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._health_kick = None
+
+    async def _run_health(self) -> None:
+        s = self.settings
+        assert s.health_check_interval is not None
+        while True:
+            await self._wait_health_interval(s.health_check_interval)
+            lost = await self.check_health()
+            if lost is not None:
+                self._lose(lost)
+                return
+
+    async def check_health(self) -> _Lost | None:
+        """Run one health check now; return why the link is lost, or None."""
+        s = self.settings
+        started = self._clock.monotonic()
+        error: BaseException | None = None
+        ok = False
+        try:
+            if not self.driver.is_connected():
+                return _Lost("connection_lost")
+            ok = await self._call("health", s.health_check_timeout, self.driver.health_check)
+            if ok and self._extra_checks is not None:
+                for check in self._extra_checks():
+                    ok = bool(await self._call("health", s.health_check_timeout, check))
+                    if not ok:
+                        break
+        except asyncio.CancelledError:
+            raise
+        except DeviceSleepError as exc:
+            return _Lost("device_sleep", exc, sleep=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of the check is a failed check
+            if is_permanent(exc):
+                return _Lost(reason_for(exc), exc, permanent=True)
+            error = exc
+        latency = self._clock.monotonic() - started
+        self._health_latency = latency
+        if ok:
+            self._health_failures = 0
+            slow = s.health_degraded_latency is not None and latency > s.health_degraded_latency
+            self._set_health(Health.DEGRADED if slow else Health.HEALTHY)
+            return None
+        self._health_failures += 1
+        self.connection.stats.add({"errors": 1}, self._clock.time())
+        text = _describe(error) if error else "health check returned False"
+        self._last_error = text
+        self._emit(
+            "health_check_failed",
+            failures=self._health_failures,
+            threshold=s.health_check_failures,
+            error=text,
+        )
+        if self._health_failures >= s.health_check_failures:
+            self._set_health(Health.UNHEALTHY)
+            if isinstance(error, TimeoutError):
+                return _Lost("half_open" if self.driver.is_connected() else "timeout", error)
+            return _Lost("health_check_failed", error)
+        self._set_health(Health.DEGRADED)
+        return None
+
+    async def _run_poll(self, group: PollSpec) -> None:
+        s = self.settings
+        next_at = self._clock.monotonic()
+        while True:
+            for tag in group.tags:
+                try:
+                    value = await self._call(
+                        "poll", s.request_timeout, functools.partial(self.driver.read, tag)
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except (DeviceError, NotImplementedError) as exc:
+                    # The device said no for this tag: report it bad, keep the link.
+                    self._handle_data(tag, None, "bad", None)
+                    self._emit("error", reason="read_failed", tag=tag, error=_describe(exc))
+                    continue
+                except DeviceSleepError as exc:
+                    self._lose(_Lost("device_sleep", exc, sleep=True))
+                    return
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    self._handle_data(tag, None, "bad", None)
+                    if isinstance(exc, TimeoutError):
+                        self._handle_tx_drop()
+                    elif is_permanent(exc):
+                        self._lose(_Lost(reason_for(exc), exc, permanent=True))
+                    else:
+                        self._lose(_Lost(reason_for(exc), exc))
+                    return
+                self._handle_data(tag, value, "good", None)
+            # Fixed-rate schedule: a slow read delays the next round, it does not
+            # shift every later one; missed rounds are skipped, not bunched.
+            next_at += group.interval
+            now = self._clock.monotonic()
+            if next_at < now:
+                next_at = now
+            await self._clock.sleep(next_at - now)
+
+    # ----------------------------------------------------------- vital signs
+
+    def _check_watch(self, rule: WatchRule, value: Any) -> None:
+        if not rule.is_bad(value):
+            self._watch_counts[rule.tag] = 0
+            return
+        count = self._watch_counts.get(rule.tag, 0) + 1
+        self._watch_counts[rule.tag] = count
+        data = {"tag": rule.tag, "value": value, "consecutive": count}
+        if count == rule.warning_after:
+            self._emit("power_warning", **data)
+            if rule.health_check:
+                self.kick_health_check()
+        if count == rule.critical_after:
+            self._emit("power_critical", **data)

@@ -1,0 +1,12 @@
+"""The public test kit: a manual clock, fault injection and loopback peers.
+
+For edgelink's own tests and for yours::
+
+    from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer
+"""
+
+from edgelink.testing.clock import ManualClock
+from edgelink.testing.fault_proxy import Direction, FaultMode, FaultProxy
+from edgelink.testing.peers import PingPongPeer
+
+__all__ = ["Direction", "FaultMode", "FaultProxy", "ManualClock", "PingPongPeer"]

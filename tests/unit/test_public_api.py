@@ -1,0 +1,129 @@
+"""The curated public surface of ``edgelink``."""
+
+from __future__ import annotations
+
+import inspect
+
+import edgelink
+
+
+def test_all_is_sorted_and_importable() -> None:
+    """Test that __all__ is sorted (case-insensitively) and every name exists."""
+    names = list(edgelink.__all__)
+    assert names == sorted(names, key=str.lower)
+    assert len(names) == len(set(names))
+    for name in names:
+        assert hasattr(edgelink, name), name
+
+
+def test_design_names_are_public() -> None:
+    """Test that the public names DESIGN gives are exported under those names."""
+    for name in (
+        "ConnectionManager",
+        "SyncConnectionManager",
+        "ConnectionPool",
+        "Connection",
+        "BaseConnection",
+        "SyncConnection",
+        "ConnectionState",
+        "Health",
+        "Backoff",
+        "Event",
+        "EventBus",
+        "EdgelinkError",
+        "ConfigError",
+        "ConnectError",
+        "ConnectTimeout",
+        "ConnectionLostError",
+        "ReconnectionError",
+        "ProtocolError",
+        "DeviceError",
+        "DeviceSleepError",
+        "DeviceResetError",
+        "PermanentError",
+        "ConnectionHealthError",
+        "ConnectionPoolExhaustedError",
+        "RouteError",
+    ):
+        assert name in edgelink.__all__, name
+    assert edgelink.BaseConnection is edgelink.Connection
+
+
+def test_manager_has_design_methods() -> None:
+    """Test that the manager offers every method of DESIGN section 4, async where it says."""
+    m = edgelink.ConnectionManager
+    coros = (
+        "start",
+        "stop",
+        "start_connection",
+        "stop_connection",
+        "restart_connection",
+        "kill_connection",
+        "resume",
+        "remove_connection",
+        "wait_for_state",
+        "execute_with_retry",
+        "reload",
+        "safe_reconnect",
+    )
+    plain = (
+        "add_connection",
+        "get_connection",
+        "get_status",
+        "on_event",
+        "register_connection_type",
+        "get_health_monitor",
+        "get_connection_pool",
+        "mark_tx_drop",
+        "record_activity",
+        "from_config",
+    )
+    for name in coros:
+        assert inspect.iscoroutinefunction(getattr(m, name)), name
+    for name in plain:
+        assert callable(getattr(m, name)) and not inspect.iscoroutinefunction(getattr(m, name))
+
+
+def test_driver_base_gives_the_hooks() -> None:
+    """Test that the driver base classes give what DESIGN section 2 lists."""
+    for cls in (edgelink.Connection, edgelink.SyncConnection):
+        for name in (
+            "update_stats",
+            "report_data",
+            "mark_tx_drop",
+            "get_status",
+            "connection_lost",
+            "record_activity",
+        ):
+            assert callable(getattr(cls, name)), (cls, name)
+        for prop in ("status", "last_error", "connected_at", "reconnect_attempts", "stats"):
+            assert isinstance(inspect.getattr_static(cls, prop), property), (cls, prop)
+
+
+def test_blocking_methods_on_async_base_are_refused() -> None:
+    """Test that a seed-style blocking driver on the async base fails at class definition."""
+    import pytest
+
+    with pytest.raises(TypeError, match="subclass SyncConnection"):
+
+        class Blocking(edgelink.BaseConnection):
+            def connect(self) -> bool:  # type: ignore[override]
+                return True
+
+            async def disconnect(self) -> None: ...
+            def is_connected(self) -> bool:
+                return True
+
+            async def health_check(self) -> bool:
+                return True
+
+
+def test_stats_accept_seed_style_item_assignment() -> None:
+    """Test that ``stats['errors'] += 1`` works as in the seed, and typos are refused."""
+    import pytest
+
+    stats = edgelink.Stats()
+    stats["errors"] += 1
+    assert stats.as_dict()["errors"] == 1
+    with pytest.raises(KeyError, match="erors"):
+        stats["erors"] = 1
