@@ -33,6 +33,7 @@ from edgelink.config import (
     load_config,
 )
 from edgelink.connection import AnyConnection, SyncConnection
+from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     ConfigError,
     ConnectionLostError,
@@ -197,6 +198,9 @@ class ConnectionManager:
         self._watchdog_task: asyncio.Task[None] | None = None
         self._restart_tasks: set[asyncio.Task[None]] = set()
         self._pool: ConnectionPool | None = None
+        # Request deadlines: asyncio.timeout() per request would cost more than
+        # the rest of execute_with_retry (see edgelink.deadline).
+        self._deadlines = DeadlineWheel()
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -563,7 +567,7 @@ class ConnectionManager:
                 await self._await_link(sup, per_call, failures)
             generation = sup.link_generation
             try:
-                async with asyncio.timeout(per_call):
+                async with self._deadlines.timeout(per_call):
                     return await sup.driver.call(op)  # type: ignore[no-any-return]
             except (DeviceError, DeviceSleepError) as exc:
                 raise exc
