@@ -89,6 +89,20 @@ class Stats:
             if deltas.keys() - {"errors", "reconnects"}:
                 self.last_activity = now
 
+    def count_sent(self, nbytes: int) -> None:
+        """Count one packet of ``nbytes`` sent: the hot path of `add` for drivers."""
+        with self._lock:
+            self.packets_sent += 1
+            self.bytes_sent += nbytes
+            self.last_activity = time.time()
+
+    def count_received(self, nbytes: int) -> None:
+        """Count one packet of ``nbytes`` received: the hot path of `add` for drivers."""
+        with self._lock:
+            self.packets_received += 1
+            self.bytes_received += nbytes
+            self.last_activity = time.time()
+
     def as_dict(self) -> dict[str, Any]:
         """Return the counters as a dict (the status shape of DESIGN section 4)."""
         with self._lock:

@@ -287,6 +287,7 @@ class ConnectionManager:
             ],
             extra_checks=functools.partial(self._health_monitor.checks_for, cid),
             on_health_change=self._on_health_change,
+            deadlines=self._deadlines,
         )
         self._sups[cid] = sup
         self._specs[cid] = spec

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 from edgelink.backoff import Backoff
 from edgelink.clock import Clock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
+from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     ConnectError,
     ConnectTimeout,
@@ -160,6 +161,7 @@ class Supervisor:
         watch: Sequence[WatchRule] = (),
         extra_checks: Callable[[], Sequence[HealthCheck]] | None = None,
         on_health_change: Callable[[str, Health], None] | None = None,
+        deadlines: DeadlineWheel | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
         self.connection = connection
@@ -170,6 +172,9 @@ class Supervisor:
         self._bus = bus
         self._clock = clock
         self._admission = admission
+        # Driver-call deadlines, shared manager-wide: cheaper than
+        # asyncio.timeout() per health check and poll (see edgelink.deadline).
+        self._deadlines = deadlines or DeadlineWheel()
         self._data_sink = data_sink
         self._poll = tuple(poll)
         self._watch = {rule.tag: rule for rule in watch}
@@ -190,7 +195,6 @@ class Supervisor:
         self._health_kick: asyncio.Future[None] | None = None
         self._fast_requested = False
         self._link_open = False
-        self._connected_event = asyncio.Event()
         self._lifecycle = asyncio.Lock()
         self._state_waiters: dict[ConnectionState, list[asyncio.Future[None]]] = {}
         self._generation_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -463,7 +467,6 @@ class Supervisor:
 
     def _on_transition(self, tr: Transition) -> None:
         if tr.new is S.CONNECTED:
-            self._connected_event.set()
             self.link_generation += 1
             if self._generation_waiters:
                 keep = []
@@ -474,8 +477,6 @@ class Supervisor:
                     else:
                         keep.append((gen, fut))
                 self._generation_waiters = keep
-        elif tr.old is S.CONNECTED:
-            self._connected_event.clear()
         waiters = self._state_waiters.pop(tr.new, None)
         if waiters:
             for fut in waiters:
@@ -507,20 +508,16 @@ class Supervisor:
             if self._on_health_change is not None:
                 self._on_health_change(self.connection_id, health)
 
-    @contextlib.contextmanager
-    def _busy_for(self, role: str, timeout: float) -> Iterator[None]:
-        # The deadline is generous: it only catches a call that ignored its
-        # own timeout (a driver swallowing cancellation, a hung thread).
-        self._busy[role] = self._clock.monotonic() + 2 * timeout + 1.0
-        try:
-            yield
-        finally:
-            self._busy.pop(role, None)
-
     async def _call(self, role: str, timeout: float, factory: Callable[[], Awaitable[T]]) -> T:
-        with self._busy_for(role, timeout):
-            async with asyncio.timeout(timeout):
+        busy = self._busy
+        # The watchdog's deadline is generous: it only catches a call that
+        # ignored its own timeout (a driver swallowing cancellation, a hung thread).
+        busy[role] = self._clock.monotonic() + 2 * timeout + 1.0
+        try:
+            async with self._deadlines.timeout(timeout):
                 return await factory()
+        finally:
+            busy.pop(role, None)
 
     async def wait_for_state(self, state: ConnectionState) -> None:
         """Return once the connection is (or has entered) ``state``."""
@@ -550,7 +547,7 @@ class Supervisor:
 
     async def wait_connected(self) -> None:
         """Return once the connection is connected."""
-        await self._connected_event.wait()
+        await self.wait_for_state(S.CONNECTED)
 
     # -------------------------------------------------------------- main task
 

@@ -61,9 +61,9 @@ async def test_socket_is_tuned(peer: PingPongPeer) -> None:
     conn = driver(peer.port, keepalive_idle=11, tcp_user_timeout=7)
     await conn.connect()
     try:
-        writer = conn._writer
-        assert writer is not None
-        sock: socket.socket = writer.get_extra_info("socket")
+        transport = conn.transport
+        assert transport is not None
+        sock: socket.socket = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 11
