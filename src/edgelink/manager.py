@@ -560,6 +560,8 @@ class ConnectionManager:
             KeyError: for an unknown connection id.
         """
         sup = self._supervisor(connection_id)
+        driver = sup.driver
+        deadlines = self._deadlines
         retries = 3 if retries is None else retries
         per_call = timeout if timeout is not None else sup.settings.request_timeout
         failures = 0
@@ -567,32 +569,47 @@ class ConnectionManager:
             if sup.state is not ConnectionState.CONNECTED:
                 await self._await_link(sup, per_call, failures)
             generation = sup.link_generation
+            # The hot path: arm/disarm rather than a `with` block, and an async
+            # driver's op called right here, not through DriverAdapter.call.
+            deadline = deadlines.arm(per_call)
             try:
-                async with self._deadlines.timeout(per_call):
-                    return await sup.driver.call(op)  # type: ignore[no-any-return]
-            except (DeviceError, DeviceSleepError) as exc:
-                raise exc
+                if driver.is_sync:
+                    result = await driver.call(op)
+                else:
+                    result = op(driver.conn)
+                    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                        result = await result
+                return result  # type: ignore[no-any-return]
+            except asyncio.CancelledError:
+                if not deadlines.disarm(deadline, cancelled=True):
+                    raise
+                error: Exception = TimeoutError(f"no answer within {per_call:g} s")
+            except (DeviceError, DeviceSleepError):
+                raise
             except Exception as exc:
                 if is_permanent(exc) or not (is_link_error(exc) or isinstance(exc, TimeoutError)):
                     raise
-                failures += 1
-                sup.report_failure(exc)
-                if failures > retries:
-                    raise ConnectionLostError(
-                        f"gave up after {failures} attempts: {exc}",
-                        connection_id=connection_id,
-                        cause=exc,
-                    ) from exc
-                # Wait for a new link, not the broken one still marked connected.
-                try:
-                    async with asyncio.timeout(per_call):
-                        await sup.wait_for_generation(generation + 1)
-                except TimeoutError:
-                    raise ConnectionLostError(
-                        f"not back within {per_call:g} s after: {exc}",
-                        connection_id=connection_id,
-                        cause=exc,
-                    ) from exc
+                error = exc
+            finally:
+                deadlines.disarm(deadline)
+            failures += 1
+            sup.report_failure(error)
+            if failures > retries:
+                raise ConnectionLostError(
+                    f"gave up after {failures} attempts: {error}",
+                    connection_id=connection_id,
+                    cause=error,
+                ) from error
+            # Wait for a new link, not the broken one still marked connected.
+            try:
+                async with asyncio.timeout(per_call):
+                    await sup.wait_for_generation(generation + 1)
+            except TimeoutError:
+                raise ConnectionLostError(
+                    f"not back within {per_call:g} s after: {error}",
+                    connection_id=connection_id,
+                    cause=error,
+                ) from error
 
     async def _await_link(self, sup: Supervisor, timeout: float, failures: int) -> None:
         state = sup.state

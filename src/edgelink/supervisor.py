@@ -514,7 +514,7 @@ class Supervisor:
         # ignored its own timeout (a driver swallowing cancellation, a hung thread).
         busy[role] = self._clock.monotonic() + 2 * timeout + 1.0
         try:
-            async with self._deadlines.timeout(timeout):
+            with self._deadlines.timeout(timeout):
                 return await factory()
         finally:
             busy.pop(role, None)
