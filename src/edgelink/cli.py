@@ -1,4 +1,8 @@
-"""The ``edgelink`` command: ``demo``, ``check``, ``schema``, ``sim``.
+"""The ``edgelink`` command: ``run``, ``status``, ``demo``, ``check``, ``schema``, ``sim``.
+
+``edgelink run --config DIR`` runs a gateway from a config folder (see
+`edgelink.service`); ``edgelink status`` asks a running one for its
+connections and prints a table.
 
 ``edgelink demo`` starts a fleet of simulated PING/PONG TCP devices in this
 process, supervises a connection to each, polls their values and prints a
@@ -50,6 +54,22 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--refresh", type=float, default=1.0, help="status refresh, s")
     demo.add_argument("--plain", action="store_true", help="no screen clearing (logs, pipes)")
 
+    run = sub.add_parser("run", help="run a gateway from a config folder")
+    run.add_argument("--config", required=True, help="folder with connections.json (YAML too)")
+    run.add_argument("--port", type=int, default=None, help="API port (overrides edgelink.json)")
+    run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+    status = sub.add_parser("status", help="show the connections of a running gateway")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's API")
+    status.add_argument(
+        "--token",
+        default=None,
+        help="API token (default: $EDGELINK_TOKEN, else --config DIR's token file)",
+    )
+    status.add_argument("--config", default=None, help="config folder, to find the token file")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
     check = sub.add_parser("check", help="validate a connections.json / YAML file")
     check.add_argument("config", help="path to the config file")
 
@@ -74,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "sim":
         return run_sim_from_args(args)
+    if args.command == "run":
+        return _run_gateway(args)
+    if args.command == "status":
+        return _print_status(args)
     if args.command == "demo":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
@@ -213,6 +237,82 @@ def _render(
     else:
         sys.stdout.write("\x1b[2J\x1b[H" + text)
         sys.stdout.flush()
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from edgelink.errors import ConfigError
+    from edgelink.service.gateway import Gateway
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    gateway = Gateway(args.config, api_port=args.port, watch=not args.no_watch)
+
+    def announce(gw: Gateway) -> None:
+        if gw.api_address is not None:
+            host, port = gw.api_address
+            print(f"edgelink: API on http://{host}:{port} (token from {gw.token_origin})")
+        print("edgelink: running; Ctrl-C or SIGTERM stops, SIGHUP reloads", flush=True)
+
+    try:
+        asyncio.run(gateway.run(on_started=announce))
+    except ConfigError as exc:
+        print(f"edgelink: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _print_status(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    import httpx
+
+    from edgelink.service.token import TOKEN_ENV
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token and args.config:
+        with contextlib.suppress(OSError):
+            token = (Path(args.config) / ".edgelink_token").read_text().strip()
+    if not token:
+        print(f"edgelink: no token: pass --token, set {TOKEN_ENV} or --config DIR", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/")
+    try:
+        response = httpx.get(
+            f"{url}/api/connections", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+        )
+    except httpx.HTTPError as exc:
+        print(f"edgelink: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"edgelink: {url} answered {response.status_code}", file=sys.stderr)
+        return 1
+    connections = response.json()["connections"]
+    if args.json:
+        print(json.dumps(connections, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"edgelink at {url}")
+    for column in ("connection", "type", "state", "health", "reason", "attempts", "rx", "tx"):
+        table.add_column(column)
+    for st in sorted(connections, key=lambda c: c["connection_id"]):
+        table.add_row(
+            st["connection_id"],
+            st["type"],
+            st["status"],
+            st["health"],
+            st["reason"] or "",
+            str(st["reconnect_attempts"]),
+            str(st["stats"]["packets_received"]),
+            str(st["stats"]["packets_sent"]),
+        )
+    Console().print(table)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,7 +61,9 @@ __all__ = [
     "diff_configs",
     "diff_specs",
     "load_config",
+    "read_document",
     "validate_connection_id",
+    "validation_error",
 ]
 
 #: The ``file`` of a `ConfigError` for a config given as a dict.
@@ -520,6 +522,27 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> GatewayCo
         raise _config_error(_error_items(exc), file=file) from None
     _resolve_all(config, file=file)
     return config
+
+
+def read_document(path: str | os.PathLike[str]) -> Any:
+    """Read and parse one JSON or YAML config file (by suffix; others tried as both).
+
+    Raises:
+        ConfigError: naming the file, for a missing, unreadable, empty or
+            malformed file (with the line of a syntax error).
+    """
+    file = os.fspath(path)
+    return _parse(Path(file), file)
+
+
+def validation_error(
+    exc: ValidationError, *, file: str | None, prefix: tuple[Any, ...] = ()
+) -> ConfigError:
+    """Turn a pydantic ValidationError into a `ConfigError` naming the file and JSON paths.
+
+    No input value is echoed in the messages (a bad value may be a secret).
+    """
+    return _config_error(_error_items(exc, prefix=prefix), file=file)
 
 
 def _parse(path: Path, file: str) -> Any:

@@ -51,6 +51,11 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "power_critical",
         "supervisor_restarted",
         "health_change",
+        # The service (edgelink run): manager-wide, connection_id None.
+        "panic",
+        "recovered",
+        "config_reloaded",
+        "config_error",
     }
 )
 
@@ -77,6 +82,10 @@ _LEVELS: dict[str, int] = {
     "spam_suspended": logging.ERROR,
     "power_critical": logging.ERROR,
     "supervisor_restarted": logging.ERROR,
+    "panic": logging.CRITICAL,
+    "recovered": logging.WARNING,
+    "config_reloaded": logging.INFO,
+    "config_error": logging.ERROR,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

@@ -51,7 +51,7 @@ from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
 
-__all__ = ["ConnectionManager", "DataListener", "HealthMonitor"]
+__all__ = ["ConnectionManager", "DataListener", "HealthCheckListener", "HealthMonitor"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ T = TypeVar("T")
 #: ``listener(connection_id, tag, value, quality, ts)``: called for every datapoint.
 DataListener = Callable[[str, str, Any, str, float], None]
 StateCallback = Callable[[str, Any], Awaitable[None] | None]
+#: ``listener(connection_id, latency_s, ok)``: called after every health check.
+HealthCheckListener = Callable[[str, float, bool], None]
 
 
 class HealthMonitor:
@@ -192,6 +194,7 @@ class ConnectionManager:
         self._sups: dict[str, Supervisor] = {}
         self._specs: dict[str, ConnectionSpec] = {}
         self._data_listeners: list[DataListener] = []
+        self._health_listeners: list[HealthCheckListener] = []
         self._health_monitor = HealthMonitor(self)
         self._admission = asyncio.Semaphore(self.settings.max_concurrent_connects)
         self._executor: ThreadPoolExecutor | None = None
@@ -287,6 +290,7 @@ class ConnectionManager:
             ],
             extra_checks=functools.partial(self._health_monitor.checks_for, cid),
             on_health_change=self._on_health_change,
+            on_health_checked=self._on_health_checked,
             deadlines=self._deadlines,
         )
         self._sups[cid] = sup
@@ -500,6 +504,25 @@ class ConnectionManager:
                 listener(connection_id, tag, value, quality, ts)
             except Exception:
                 logger.exception("data listener %r failed", listener)
+
+    def on_health_check(self, listener: HealthCheckListener) -> Unsubscribe:
+        """Call ``listener(connection_id, latency_s, ok)`` after every health check that ran.
+
+        For metrics (a latency histogram). Runs on the event loop, inline: keep it cheap.
+        """
+        self._health_listeners = [*self._health_listeners, listener]
+
+        def remove() -> None:
+            self._health_listeners = [x for x in self._health_listeners if x is not listener]
+
+        return remove
+
+    def _on_health_checked(self, connection_id: str, latency: float, ok: bool) -> None:
+        for listener in self._health_listeners:
+            try:
+                listener(connection_id, latency, ok)
+            except Exception:
+                logger.exception("health check listener %r failed", listener)
 
     def _on_health_change(self, connection_id: str, health: Health) -> None:
         if self._bus.wants("health_change"):

@@ -161,6 +161,7 @@ class Supervisor:
         watch: Sequence[WatchRule] = (),
         extra_checks: Callable[[], Sequence[HealthCheck]] | None = None,
         on_health_change: Callable[[str, Health], None] | None = None,
+        on_health_checked: Callable[[str, float, bool], None] | None = None,
         deadlines: DeadlineWheel | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
@@ -181,6 +182,7 @@ class Supervisor:
         self._watch_counts: dict[str, int] = {}
         self._extra_checks = extra_checks
         self._on_health_change = on_health_change
+        self._on_health_checked = on_health_checked
         self._backoff: Backoff = settings.backoff()
         self._sm = StateMachine(clock=clock.time, listener=self._on_transition)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -877,6 +879,8 @@ class Supervisor:
             error = exc
         latency = self._clock.monotonic() - started
         self._health_latency = latency
+        if self._on_health_checked is not None:
+            self._on_health_checked(self.connection_id, latency, ok)
         if ok:
             self._health_failures = 0
             slow = s.health_degraded_latency is not None and latency > s.health_degraded_latency

@@ -21,7 +21,7 @@ from edgelink.clock import Clock
 from edgelink.config import ConfigDiff, ConnectionSpec
 from edgelink.connection import AnyConnection
 from edgelink.events import EventCallback, Unsubscribe
-from edgelink.manager import ConnectionManager, DataListener, HealthMonitor
+from edgelink.manager import ConnectionManager, DataListener, HealthCheckListener, HealthMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.state import ConnectionState
 
@@ -273,6 +273,10 @@ class SyncConnectionManager:
     def on_data(self, listener: DataListener) -> Unsubscribe:
         """Call ``listener(connection_id, tag, value, quality, ts)`` for every datapoint."""
         return self._call(self._manager.on_data, listener)
+
+    def on_health_check(self, listener: HealthCheckListener) -> Unsubscribe:
+        """Call ``listener(connection_id, latency_s, ok)`` after every health check."""
+        return self._call(self._manager.on_health_check, listener)
 
     def wait_for_state(
         self,

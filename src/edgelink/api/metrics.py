@@ -1,0 +1,112 @@
+"""Prometheus metrics of a gateway, in a registry of its own (never the global one).
+
+Connection figures are read from the manager at scrape time (no work per
+event); the health-check latency histogram is fed by
+`ConnectionManager.on_health_check`; API requests are counted by the app's
+middleware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgelink.state import ConnectionState
+
+if TYPE_CHECKING:
+    from edgelink.service.gateway import Gateway
+
+__all__ = ["GatewayMetrics"]
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway, extra: list[Callable[[], Iterator[Metric]]]) -> None:
+        self._gateway = gateway
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        states = GaugeMetricFamily("edgelink_connections", "Connections by state", labels=["state"])
+        up = GaugeMetricFamily(
+            "edgelink_connection_up",
+            "1 while the connection is connected",
+            labels=["connection_id"],
+        )
+        reconnects = CounterMetricFamily(
+            "edgelink_reconnects", "Reconnects since start", labels=["connection_id"]
+        )
+        errors = CounterMetricFamily(
+            "edgelink_connection_errors", "Errors since start", labels=["connection_id"]
+        )
+        counts = dict.fromkeys((str(s) for s in ConnectionState), 0)
+        manager = gateway._manager
+        if manager is not None:
+            for cid, status in manager.get_status().items():
+                counts[status["status"]] = counts.get(status["status"], 0) + 1
+                up.add_metric([cid], 1.0 if status["status"] == "connected" else 0.0)
+                reconnects.add_metric([cid], status["stats"]["reconnects"])
+                errors.add_metric([cid], status["stats"]["errors"])
+        for state, n in counts.items():
+            states.add_metric([state], n)
+        yield states
+        yield up
+        yield reconnects
+        yield errors
+        yield GaugeMetricFamily(
+            "edgelink_panic",
+            "1 while the gateway is in panic",
+            value=1.0 if gateway.panicked else 0.0,
+        )
+        for extra in self._extra:
+            yield from extra()
+
+
+class GatewayMetrics:
+    """The metrics of one gateway.
+
+    Args:
+        gateway: The gateway to describe.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._extra: list[Callable[[], Iterator[Metric]]] = []
+        self.registry.register(_GatewayCollector(gateway, self._extra))
+        self.health_latency = Histogram(
+            "edgelink_health_check_seconds",
+            "Health check latency",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.health_failures = Counter(
+            "edgelink_health_check_failures", "Failed health checks", registry=self.registry
+        )
+        self.api_requests = Counter(
+            "edgelink_api_requests",
+            "Admin API requests",
+            labelnames=["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def add_collector(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        """Add more metric families, produced at scrape time by ``collect()``."""
+        self._extra.append(collect)
+
+    def observe_health(self, connection_id: str, latency: float, ok: bool) -> None:
+        """Record one health check (a `ConnectionManager.on_health_check` listener)."""
+        self.health_latency.observe(latency)
+        if not ok:
+            self.health_failures.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def __repr__(self) -> str:
+        return f"<GatewayMetrics {self.registry!r}>"

@@ -1,0 +1,1 @@
+"""The gateway service (``edgelink run``): a config folder assembled into a running gateway."""

@@ -1,0 +1,175 @@
+"""The service's config folder: ``connections.json``, ``routing.json``, ``edgelink.json``.
+
+Each file may be JSON or YAML (``.json``, ``.yaml``, ``.yml``). Only
+``connections`` is required; a folder without ``routing`` has no routes and
+one without ``edgelink`` runs with the defaults below.
+
+``edgelink.json``::
+
+    {"api": {"host": "127.0.0.1", "port": 8080, "token": null},
+     "bridge": {"connection": "broker_local", "base_topic": "smarthome", "qos": 0,
+                "retain": true, "buffer": {"max_items": 100000, "max_age_s": 86400}},
+     "storage": {"path": "system_logs.db"}}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from edgelink.config import read_document, validation_error
+from edgelink.errors import ConfigError
+
+__all__ = [
+    "ApiSettings",
+    "BridgeSettings",
+    "BufferSettings",
+    "ConfigFolder",
+    "ServiceSettings",
+    "StorageSettings",
+    "load_service_settings",
+]
+
+_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class ApiSettings(BaseModel):
+    """The admin API: where it listens and how it is guarded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless told")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 = any free port)")
+    token: SecretStr | None = Field(
+        default=None, description="bearer token; else EDGELINK_TOKEN, else a generated 0600 file"
+    )
+    token_file: str = Field(
+        default=".edgelink_token", description="where a generated token is kept (config folder)"
+    )
+    stream_rate: float = Field(
+        default=500.0, gt=0, description="messages/s a stream client gets at most"
+    )
+    stream_clients: int = Field(default=32, ge=1, description="stream clients at once")
+
+
+class BufferSettings(BaseModel):
+    """Bounds of the bridge's SQLite buffer while the broker is away."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_items: int = Field(default=100_000, ge=1)
+    max_age_s: float = Field(default=86400.0, gt=0)
+
+
+class BridgeSettings(BaseModel):
+    """The MQTT bridge: which ``mqtt`` connection it publishes through, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection: str | None = Field(
+        default=None, description="id of an mqtt connection; null = bridge off"
+    )
+    base_topic: str = Field(default="smarthome", min_length=1)
+    qos: int = Field(default=0, ge=0, le=2)
+    retain: bool = True
+    buffer: BufferSettings = BufferSettings()
+    discovery: bool = Field(default=False, description="Home Assistant MQTT discovery")
+
+
+class StorageSettings(BaseModel):
+    """The SQLite system log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(default="system_logs.db", description="relative to the config folder")
+    max_rows: int = Field(default=100_000, ge=1)
+    max_age_s: float = Field(default=30 * 86400.0, gt=0)
+
+
+class ServiceSettings(BaseModel):
+    """``edgelink.json``: the service around the connections."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api: ApiSettings = ApiSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    storage: StorageSettings = StorageSettings()
+
+
+def load_service_settings(
+    source: str | os.PathLike[str] | dict[str, Any] | None,
+) -> ServiceSettings:
+    """Load ``edgelink.json`` (or YAML); None gives the defaults.
+
+    Raises:
+        ConfigError: naming the file, the JSON path and the reason.
+    """
+    if source is None:
+        return ServiceSettings()
+    if isinstance(source, dict):
+        file, data = "<dict>", source
+    else:
+        file = os.fspath(source)
+        data = read_document(file)
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be an object", file=file)
+    try:
+        return ServiceSettings.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, file=file) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFolder:
+    """The files of one config folder (each path None when the file is absent).
+
+    Raises:
+        ConfigError: from `find` when the folder or its connections file is missing,
+            or a file exists in two formats.
+    """
+
+    root: Path
+    connections: Path
+    routing: Path | None
+    service: Path | None
+
+    @classmethod
+    def find(cls, root: str | os.PathLike[str]) -> ConfigFolder:
+        """Find the config files in ``root``."""
+        folder = Path(root)
+        if not folder.is_dir():
+            raise ConfigError("config folder not found", file=str(folder))
+        connections = _one(folder, "connections")
+        if connections is None:
+            raise ConfigError(
+                "no connections.json (or .yaml) in the config folder", file=str(folder)
+            )
+        return cls(folder, connections, _one(folder, "routing"), _one(folder, "edgelink"))
+
+    def kind_of(self, path: str | os.PathLike[str]) -> str | None:
+        """Return which file ``path`` is (``connections``, ``routing``, ``edgelink``) or None."""
+        p = Path(path)
+        if p.parent.resolve() != self.root.resolve() or p.suffix.lower() not in _SUFFIXES:
+            return None
+        return p.stem if p.stem in ("connections", "routing", "edgelink") else None
+
+    def resolve(self, relative: str) -> Path:
+        """Return ``relative`` resolved against the folder (absolute paths stay)."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+
+def _one(folder: Path, stem: str) -> Path | None:
+    found = [
+        folder / f"{stem}{suffix}" for suffix in _SUFFIXES if (folder / f"{stem}{suffix}").exists()
+    ]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ConfigError(
+            f"{stem} exists in more than one format ({names}); keep one", file=str(folder)
+        )
+    return found[0] if found else None

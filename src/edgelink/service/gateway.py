@@ -1,0 +1,444 @@
+"""`Gateway`: a config folder assembled into a running gateway (``edgelink run``).
+
+It owns the `ConnectionManager` (and through it the router), the SQLite
+event log, the admin API server and the folder watch. Hot reload touches
+only what changed: `ConnectionManager.reload` restarts changed connections,
+and a bad file is reported (log, ``config_error`` event, `Gateway.status`)
+while the running config stays. Panic stops every device connection and
+keeps the API up until an explicit `Gateway.recover`.
+
+Example:
+    gateway = Gateway("config/")
+    await gateway.start()          # raises ConfigError for a bad folder
+    ...
+    await gateway.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from edgelink.clock import Clock
+from edgelink.errors import ConfigError, EdgelinkError
+from edgelink.events import Event, make_event
+from edgelink.manager import ConnectionManager
+from edgelink.registry import DriverRegistry
+from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
+from edgelink.service.token import resolve_token
+from edgelink.store import Database, EventLog
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger(__name__)
+
+#: Changes to the folder arriving within this window are applied together.
+RELOAD_DEBOUNCE_S = 0.3
+#: How long `stop` gives everything before it stops waiting.
+STOP_BUDGET_S = 4.0
+
+
+class Gateway:
+    """A gateway running from one config folder.
+
+    Args:
+        config_dir: The folder with ``connections.json`` (and optionally
+            ``routing.json`` and ``edgelink.json``; YAML too).
+        clock: The clock for the manager (tests pass a ManualClock).
+        registry: Driver types (default: built-ins and installed plugins).
+        serve_api: Start the HTTP API server (tests of the app alone pass False).
+        watch: Watch the folder and reload on changes.
+        api_port: Override ``api.port`` (0 = any free port).
+    """
+
+    def __init__(
+        self,
+        config_dir: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        registry: DriverRegistry | None = None,
+        serve_api: bool = True,
+        watch: bool = True,
+        api_port: int | None = None,
+    ) -> None:
+        self.config_dir = Path(config_dir)
+        self._clock = clock
+        self._registry = registry
+        self._serve_api = serve_api
+        self._watch = watch
+        self._api_port_override = api_port
+        self.folder: ConfigFolder | None = None
+        self.settings = ServiceSettings()
+        self._manager: ConnectionManager | None = None
+        self.db: Database | None = None
+        self.events: EventLog | None = None
+        self.token = ""
+        self.token_origin = ""
+        self.api_address: tuple[str, int] | None = None
+        self.started_at: float | None = None
+        self.panicked = False
+        self.panic_info: dict[str, Any] | None = None
+        self._panic_stopped: list[str] = []
+        self.last_reload: dict[str, Any] | None = None
+        self.config_errors: dict[str, str] = {}
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: Any = None
+        self._api_task: asyncio.Task[None] | None = None
+        self._api_socket: socket.socket | None = None
+        self._stopped = asyncio.Event()
+        self._unsubscribe: list[Any] = []
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def manager(self) -> ConnectionManager:
+        """The connection manager (after `start`).
+
+        Raises:
+            RuntimeError: before `start`.
+        """
+        if self._manager is None:
+            raise RuntimeError("the gateway is not started")
+        return self._manager
+
+    def status(self) -> dict[str, Any]:
+        """Return the service's own status: uptime, panic, reload, config errors."""
+        counts: dict[str, int] = {}
+        if self._manager is not None:
+            for status in self._manager.get_status().values():
+                counts[status["status"]] = counts.get(status["status"], 0) + 1
+        return {
+            "config_dir": str(self.config_dir),
+            "started_at": self.started_at,
+            "uptime_s": time.time() - self.started_at if self.started_at else None,
+            "connections": counts,
+            "panic": self.panic_info if self.panicked else None,
+            "last_reload": self.last_reload,
+            "config_errors": dict(self.config_errors),
+            "api": {"host": self.api_address[0], "port": self.api_address[1]}
+            if self.api_address
+            else None,
+        }
+
+    def __repr__(self) -> str:
+        state = "panic" if self.panicked else ("running" if self.started_at else "stopped")
+        return f"<Gateway {self.config_dir} {state}>"
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the folder and start everything.
+
+        Raises:
+            ConfigError: for a bad folder or file; nothing is left running.
+        """
+        folder = self.folder = ConfigFolder.find(self.config_dir)
+        self.settings = load_service_settings(folder.service)
+        token_file = folder.resolve(self.settings.api.token_file)
+        configured = self.settings.api.token
+        try:
+            self.token, self.token_origin = resolve_token(
+                configured.get_secret_value() if configured else None, token_file
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                str(exc), file=str(folder.service or folder.root), path="api.token"
+            ) from None
+        manager = ConnectionManager.from_config(
+            folder.connections, clock=self._clock, registry=self._registry
+        )
+        self._manager = manager
+        self.db = Database(folder.resolve(self.settings.storage.path))
+        self.events = EventLog(
+            self.db,
+            max_rows=self.settings.storage.max_rows,
+            max_age_s=self.settings.storage.max_age_s,
+        )
+        try:
+            await self.events.start()
+            self._unsubscribe.append(manager.on_event("*", self._record_event))
+            await manager.start()
+            if self._serve_api:
+                await self._start_api()
+            if self._watch:
+                self._tasks.append(
+                    asyncio.get_running_loop().create_task(
+                        self._run_watch(), name="edgelink.service.watch"
+                    )
+                )
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_at = time.time()
+        logger.info(
+            "gateway started from %s: %d connections, API %s",
+            folder.root,
+            len(manager),
+            f"http://{self.api_address[0]}:{self.api_address[1]}" if self.api_address else "off",
+        )
+
+    async def stop(self) -> None:
+        """Stop everything within about `STOP_BUDGET_S` seconds (idempotent)."""
+        for off in self._unsubscribe:
+            off()
+        self._unsubscribe.clear()
+        tasks, self._tasks = self._tasks, []
+        server, self._server = self._server, None
+        api_task, self._api_task = self._api_task, None
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_BUDGET_S):
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if server is not None and api_task is not None:
+                    # Let uvicorn close its connections and listener itself.
+                    server.should_exit = True
+                    await asyncio.gather(api_task, return_exceptions=True)
+                if self._manager is not None:
+                    await self._manager.stop()
+        if api_task is not None and not api_task.done():
+            api_task.cancel()
+            await asyncio.gather(api_task, return_exceptions=True)
+        sock, self._api_socket = self._api_socket, None
+        if sock is not None:
+            sock.close()
+        if self.events is not None:
+            await self.events.close()
+        if self.db is not None:
+            await self.db.close()
+        self.started_at = None
+        self._stopped.set()
+
+    async def run(
+        self,
+        *,
+        install_signals: bool = True,
+        on_started: Callable[[Gateway], None] | None = None,
+    ) -> None:
+        """Start, then serve until SIGTERM/SIGINT (SIGHUP reloads), then stop.
+
+        Args:
+            install_signals: Handle SIGTERM, SIGINT and SIGHUP on the loop.
+            on_started: Called once everything runs (e.g. to print the API address).
+        """
+        await self.start()
+        if on_started is not None:
+            on_started(self)
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if install_signals:
+            for sig, handler in (
+                (signal.SIGTERM, self._request_stop),
+                (signal.SIGINT, self._request_stop),
+                (signal.SIGHUP, self._request_reload),
+            ):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, handler)
+                    installed.append(sig)
+        try:
+            await self._stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def _request_stop(self) -> None:
+        logger.info("stop requested")
+        asyncio.get_running_loop().create_task(self.stop(), name="edgelink.service.stop")
+
+    def _request_reload(self) -> None:
+        logger.info("SIGHUP: reloading %s", self.config_dir)
+        asyncio.get_running_loop().create_task(
+            self._reload_logged(None), name="edgelink.service.reload"
+        )
+
+    async def _reload_logged(self, kinds: set[str] | None) -> None:
+        try:
+            await self.reload(kinds)
+        except Exception:
+            logger.exception("reload failed")
+
+    # ----------------------------------------------------------------- events
+
+    async def _record_event(self, event: Event) -> None:
+        if self.events is not None:
+            self.events.record(event)
+
+    def _emit(self, event_type: str, **data: Any) -> None:
+        if self._manager is not None:
+            self._manager.events.emit(make_event(event_type, None, time.time(), **data))
+
+    # ----------------------------------------------------------------- reload
+
+    async def reload(self, kinds: set[str] | None = None) -> dict[str, Any]:
+        """Re-read the folder (only ``kinds`` of files, or all) and apply what changed.
+
+        A bad file is reported and changes nothing of its kind; good files of
+        other kinds still apply. While in panic, connection changes wait for
+        `recover` (which reloads).
+
+        Returns:
+            The report: per kind, ``ok`` with what changed or ``error`` with the reason.
+        """
+        async with self._reload_lock:
+            folder = self.folder = ConfigFolder.find(self.config_dir)
+            wanted = kinds or {"connections", "routing", "edgelink"}
+            report: dict[str, Any] = {"at": time.time()}
+            if "connections" in wanted:
+                report["connections"] = await self._reload_connections(folder)
+            if "edgelink" in wanted:
+                report["edgelink"] = self._reload_service(folder)
+            self.last_reload = report
+            return report
+
+    async def _reload_connections(self, folder: ConfigFolder) -> dict[str, Any]:
+        if self.panicked:
+            return {"deferred": "the gateway is in panic; recover applies the new config"}
+        try:
+            diff = await self.manager.reload(folder.connections)
+        except ConfigError as exc:
+            return self._config_failed("connections", exc)
+        self.config_errors.pop("connections", None)
+        changes = {
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": list(diff.changed),
+        }
+        self._emit("config_reloaded", file=str(folder.connections), **changes)
+        return {"ok": True, **changes}
+
+    def _reload_service(self, folder: ConfigFolder) -> dict[str, Any]:
+        try:
+            new = load_service_settings(folder.service)
+        except ConfigError as exc:
+            return self._config_failed("edgelink", exc)
+        self.config_errors.pop("edgelink", None)
+        if new == self.settings:
+            return {"ok": True, "changed": False}
+        # API address, token, storage and bridge are wired at start: say so
+        # rather than half-apply them.
+        return {"ok": True, "changed": True, "restart_required": True}
+
+    def _config_failed(self, kind: str, exc: EdgelinkError) -> dict[str, Any]:
+        text = str(exc)
+        self.config_errors[kind] = text
+        logger.error("config %s not applied, the running one stays: %s", kind, text)
+        self._emit("config_error", kind=kind, error=text)
+        if self.events is not None:
+            self.events.record_error("config_error", text, exc=exc, data={"kind": kind})
+        return {"ok": False, "error": text}
+
+    async def _run_watch(self) -> None:
+        from watchfiles import awatch
+
+        folder = self.folder
+        assert folder is not None
+        async for changes in awatch(folder.root, debounce=int(RELOAD_DEBOUNCE_S * 1000)):
+            kinds = {k for _, path in changes if (k := folder.kind_of(path)) is not None}
+            if kinds:
+                logger.info("config changed: %s", ", ".join(sorted(kinds)))
+                await self._reload_logged(kinds)
+
+    # ------------------------------------------------------------------ panic
+
+    async def panic(self, *, reason: str = "panic", by: str = "api") -> dict[str, Any]:
+        """Stop every device connection now; keep the API up. Idempotent.
+
+        Nothing starts again (no reload, no admin start) until `recover`.
+        """
+        if self.panicked:
+            return dict(self.panic_info or {})
+        manager = self.manager
+        self.panicked = True
+        running = [cid for cid, st in manager.get_status().items() if st["desired"] == "running"]
+        self._panic_stopped = running
+        self.panic_info = {"at": time.time(), "reason": reason, "by": by, "stopped": len(running)}
+        logger.critical("PANIC (%s, by %s): stopping %d connections", reason, by, len(running))
+        sups = [manager.get_supervisor(cid) for cid in manager.connections]
+        await asyncio.gather(*(sup.stop(reason="panic", graceful=False) for sup in sups))
+        self._emit("panic", **self.panic_info)
+        if self.events is not None:
+            self.events.record_error("panic", f"panic by {by}: {reason}", data=self.panic_info)
+        return dict(self.panic_info)
+
+    async def recover(self, *, by: str = "api") -> dict[str, Any]:
+        """Leave panic: reload the folder and start what was running before."""
+        if not self.panicked:
+            return {"recovered": False, "reason": "not in panic"}
+        self.panicked = False
+        report = await self.reload()
+        manager = self.manager
+        started = 0
+        for cid in self._panic_stopped:
+            if cid in manager and manager.get_spec(cid).enabled:
+                await manager.start_connection(cid)
+                started += 1
+        self._panic_stopped = []
+        info = {"by": by, "started": started, "reload": report}
+        self._emit("recovered", by=by, started=started)
+        logger.warning("recovered from panic (by %s): %d connections started", by, started)
+        return {"recovered": True, **info}
+
+    # -------------------------------------------------------------------- api
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from edgelink.api.app import create_app
+
+        api = self.settings.api
+        port = api.port if self._api_port_override is None else self._api_port_override
+        sock = socket.socket(socket.AF_INET6 if ":" in api.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((api.host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {api.host}:{port}: {exc.strerror or exc}",
+                file=str(self.folder.service if self.folder else None),
+                path="api.port",
+            ) from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        self.api_address = sock.getsockname()[:2]
+        config = uvicorn.Config(
+            create_app(self),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws_ping_interval=20.0,
+        )
+        server = _make_server(config)
+        self._server = server
+        self._api_socket = sock
+        task = self._api_task = asyncio.get_running_loop().create_task(
+            server.serve(sockets=[sock]), name="edgelink.service.api"
+        )
+        # uvicorn has no start-up future to await; its flag flips within a few ms.
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the API server ended during start-up")
+            await asyncio.sleep(0.01)
+
+
+def _make_server(config: Any) -> Any:
+    """Return a uvicorn server without its signal handlers: the gateway owns the signals."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)

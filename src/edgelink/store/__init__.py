@@ -1,0 +1,5 @@
+"""Storage of the service: the SQLite system log and the bridge's uplink buffer."""
+
+from edgelink.store.sqlite import BufferedMessage, Database, EventLog, UplinkBuffer
+
+__all__ = ["BufferedMessage", "Database", "EventLog", "UplinkBuffer"]
