@@ -17,18 +17,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-import signal
 import sys
-import time
-from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Any
 
 from edgelink import __version__
 from edgelink.config import check_config, config_json_schema
-from edgelink.events import Event
-from edgelink.manager import ConnectionManager
 from edgelink.sim import add_sim_arguments, run_sim_from_args
 
 __all__ = ["main"]
@@ -53,6 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--outage", type=float, default=3.0, help="how long it stays unplugged")
     demo.add_argument("--refresh", type=float, default=1.0, help="status refresh, s")
     demo.add_argument("--plain", action="store_true", help="no screen clearing (logs, pipes)")
+    demo.add_argument(
+        "--port", type=int, default=8080, help="API port (default 8080; a free one if taken)"
+    )
 
     run = sub.add_parser("run", help="run a gateway from a config folder")
     run.add_argument("--config", required=True, help="folder with connections.json (YAML too)")
@@ -102,141 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
         logging.getLogger("edgelink.events").setLevel(logging.ERROR)
+        from edgelink.service.demo import run_demo
+
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_demo(args))
+            asyncio.run(run_demo(args))
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
-
-
-# ---------------------------------------------------------------------- demo
-
-
-async def _demo(args: argparse.Namespace) -> None:
-    from edgelink.sim.tcp import TcpSimulator
-
-    sim = TcpSimulator(count=args.devices, base_port=0)
-    await sim.start()
-    config: dict[str, Any] = {
-        "settings": {
-            "health_check_interval": 2.0,
-            "health_check_timeout": 1.0,
-            "connect_timeout": 1.0,
-            "reconnect_initial_delay": 0.2,
-            "reconnect_max_delay": 4.0,
-            "stable_after": 5.0,
-            "reconnect_max_attempts": None,
-        },
-        "connections": {
-            f"device_{i + 1:02d}": {
-                "type": "tcp",
-                "name": f"Simulated device {i + 1}",
-                "config": {"host": "127.0.0.1", "port": port, "identity_request": "ID?"},
-                "poll": [{"tags": ["temperature", "power"], "interval": 1.0}],
-            }
-            for i, port in enumerate(sim.ports)
-        },
-    }
-    log: deque[str] = deque(maxlen=8)
-    values: dict[tuple[str, str], Any] = {}
-    counts: Counter[str] = Counter()
-
-    def on_event(ev: Event) -> None:
-        if ev.type in ("disconnected", "reconnect_ok", "connected", "suspended"):
-            counts[ev.type] += 1
-            stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
-            extra = ev.data.get("reason") or ev.data.get("attempts") or ""
-            log.append(f"{stamp}  {ev.connection_id:<10} {ev.type:<13} {extra}")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
-    manager = ConnectionManager.from_config(config)
-    manager.on_event("*", on_event)
-
-    def on_data(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
-        values[(cid, tag)] = value if quality == "good" else "-"
-
-    manager.on_data(on_data)
-    print(
-        f"edgelink demo: {args.devices} simulated devices on 127.0.0.1 ports "
-        f"{sim.ports[0]}-{sim.ports[-1]}; Ctrl-C to stop",
-        flush=True,
-    )
-    started = time.monotonic()
-    next_chaos = started + args.chaos_every if args.chaos_every > 0 else None
-    revive: list[tuple[float, int]] = []
-    rng = random.Random()
-    async with manager:
-        while not stop.is_set():
-            now = time.monotonic()
-            if args.duration is not None and now - started >= args.duration:
-                break
-            if next_chaos is not None and now >= next_chaos:
-                victim = rng.randrange(args.devices)
-                await sim.stop_device(victim)
-                log.append(
-                    f"{time.strftime('%H:%M:%S')}  device_{victim + 1:02d} "
-                    f"unplugged for {args.outage:g} s (simulated)"
-                )
-                revive.append((now + args.outage, victim))
-                next_chaos = now + args.chaos_every
-            for due, idx in list(revive):
-                if now >= due:
-                    await sim.start_device(idx)
-                    revive.remove((due, idx))
-            _render(manager, values, log, counts, plain=args.plain)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(args.refresh):
-                    await stop.wait()
-    await sim.stop()
-    print(
-        f"demo finished: connected={counts['connected']} "
-        f"disconnected={counts['disconnected']} reconnected={counts['reconnect_ok']}",
-        flush=True,
-    )
-
-
-def _render(
-    manager: ConnectionManager,
-    values: dict[tuple[str, str], Any],
-    log: deque[str],
-    counts: Counter[str],
-    *,
-    plain: bool,
-) -> None:
-    rows = [
-        f"{'connection':<11} {'state':<13} {'health':<9} {'temp':>7} {'power':>7} "
-        f"{'rx':>6} {'attempts':>8}  reason"
-    ]
-    for cid, st in sorted(manager.get_status().items()):
-        rows.append(
-            f"{cid:<11} {st['status']:<13} {st['health']:<9} "
-            f"{values.get((cid, 'temperature'), '-')!s:>7} {values.get((cid, 'power'), '-')!s:>7} "
-            f"{st['stats']['packets_received']:>6} {st['reconnect_attempts']:>8}  "
-            f"{st['reason'] or ''}"
-        )
-    summary = Counter(st["status"] for st in manager.get_status().values())
-    head = "  ".join(f"{k}={v}" for k, v in sorted(summary.items()))
-    text = "\n".join(
-        [
-            f"edgelink demo  {time.strftime('%H:%M:%S')}  {head}  "
-            f"(reconnects so far: {counts['reconnect_ok']})",
-            "",
-            *rows,
-            "",
-            "recent events:",
-            *log,
-            "",
-        ]
-    )
-    if plain:
-        print(text, flush=True)
-    else:
-        sys.stdout.write("\x1b[2J\x1b[H" + text)
-        sys.stdout.flush()
 
 
 def _run_gateway(args: argparse.Namespace) -> int:

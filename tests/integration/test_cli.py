@@ -121,6 +121,7 @@ def test_check_bad_file(tmp_path: Path, name: str, text: str, where: str, why: s
     assert first.startswith("ERROR: ") and name in first
     assert f"{where}:" in first and why in proc.stdout
     assert "Traceback" not in proc.stderr
+    assert re.search(r"API on http://127\.0\.0\.1:\d+  token \S{20,}", out)
 
 
 def test_check_missing_file(tmp_path: Path):
@@ -171,6 +172,7 @@ def test_demo_runs_and_shows_a_reconnect():
     so_far = [int(n) for n in re.findall(r"reconnects so far: (\d+)", out)]
     assert so_far == sorted(so_far) and so_far[-1] >= 1
     assert "Traceback" not in proc.stderr
+    assert re.search(r"API on http://127\.0\.0\.1:\d+  token \S{20,}", out)
 
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:

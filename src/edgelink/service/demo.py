@@ -1,0 +1,196 @@
+"""``edgelink demo``: simulated devices, a config folder that uses them, and the gateway.
+
+It starts a fleet of PING/PONG TCP devices in this process, writes a config
+folder for them into a temporary directory, runs a `Gateway` on it (the admin
+API on 127.0.0.1, the token printed) and shows a live status table. Every few
+seconds it unplugs one device and plugs it back, so you can watch the
+reconnect: in the table, in ``GET /api/connections`` and on ``/api/stream``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from edgelink.events import Event
+from edgelink.manager import ConnectionManager
+from edgelink.service.gateway import Gateway
+
+__all__ = ["demo_config", "run_demo"]
+
+
+def demo_config(ports: list[int]) -> dict[str, Any]:
+    """Return the ``connections.json`` of the demo for simulated devices on ``ports``."""
+    return {
+        "settings": {
+            "health_check_interval": 2.0,
+            "health_check_timeout": 1.0,
+            "connect_timeout": 1.0,
+            "reconnect_initial_delay": 0.2,
+            "reconnect_max_delay": 4.0,
+            "stable_after": 5.0,
+            "reconnect_max_attempts": None,
+        },
+        "connections": {
+            f"device_{i + 1:02d}": {
+                "type": "tcp",
+                "name": f"Simulated device {i + 1}",
+                "config": {"host": "127.0.0.1", "port": port, "identity_request": "ID?"},
+                "poll": [{"tags": ["temperature", "power"], "interval": 1.0}],
+            }
+            for i, port in enumerate(ports)
+        },
+    }
+
+
+def _free_or_any(port: int) -> int:
+    """Return ``port`` if nothing listens on it at 127.0.0.1, else 0 (any free port)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+async def run_demo(args: argparse.Namespace) -> None:
+    """Run the demo until ``--duration`` passes or SIGINT/SIGTERM."""
+    from edgelink.sim.tcp import TcpSimulator
+
+    sim = TcpSimulator(count=args.devices, base_port=0)
+    await sim.start()
+    with tempfile.TemporaryDirectory(prefix="edgelink-demo-") as tmp:
+        folder = Path(tmp)
+        (folder / "connections.json").write_text(json.dumps(demo_config(sim.ports), indent=2))
+        api_port = _free_or_any(args.port)
+        (folder / "edgelink.json").write_text(
+            json.dumps({"api": {"host": "127.0.0.1", "port": api_port}}, indent=2)
+        )
+        gateway = Gateway(folder, watch=False)
+        try:
+            await _run(args, sim, gateway)
+        finally:
+            await gateway.stop()
+            await sim.stop()
+
+
+async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
+    log: deque[str] = deque(maxlen=8)
+    values: dict[tuple[str, str], Any] = {}
+    counts: Counter[str] = Counter()
+
+    def on_event(ev: Event) -> None:
+        if ev.type in ("disconnected", "reconnect_ok", "connected", "suspended"):
+            counts[ev.type] += 1
+            stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+            extra = ev.data.get("reason") or ev.data.get("attempts") or ""
+            log.append(f"{stamp}  {ev.connection_id:<10} {ev.type:<13} {extra}")
+
+    def on_data(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
+        values[(cid, tag)] = value if quality == "good" else "-"
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    await gateway.start()
+    manager = gateway.manager
+    manager.on_event("*", on_event)
+    manager.on_data(on_data)
+    print(
+        f"edgelink demo: {args.devices} simulated devices on 127.0.0.1 ports "
+        f"{sim.ports[0]}-{sim.ports[-1]}; Ctrl-C to stop",
+        flush=True,
+    )
+    if gateway.api_address is not None:
+        host, port = gateway.api_address
+        print(
+            f"edgelink demo: API on http://{host}:{port}  token {gateway.token}\n"
+            f'  try: curl -H "Authorization: Bearer {gateway.token}" '
+            f"http://{host}:{port}/api/connections",
+            flush=True,
+        )
+    started = time.monotonic()
+    next_chaos = started + args.chaos_every if args.chaos_every > 0 else None
+    revive: list[tuple[float, int]] = []
+    rng = random.Random()
+    while not stop.is_set():
+        now = time.monotonic()
+        if args.duration is not None and now - started >= args.duration:
+            break
+        if next_chaos is not None and now >= next_chaos:
+            victim = rng.randrange(args.devices)
+            await sim.stop_device(victim)
+            log.append(
+                f"{time.strftime('%H:%M:%S')}  device_{victim + 1:02d} "
+                f"unplugged for {args.outage:g} s (simulated)"
+            )
+            revive.append((now + args.outage, victim))
+            next_chaos = now + args.chaos_every
+        for due, idx in list(revive):
+            if now >= due:
+                await sim.start_device(idx)
+                revive.remove((due, idx))
+        _render(manager, values, log, counts, plain=args.plain)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.refresh):
+                await stop.wait()
+    print(
+        f"demo finished: connected={counts['connected']} "
+        f"disconnected={counts['disconnected']} reconnected={counts['reconnect_ok']}",
+        flush=True,
+    )
+
+
+def _render(
+    manager: ConnectionManager,
+    values: dict[tuple[str, str], Any],
+    log: deque[str],
+    counts: Counter[str],
+    *,
+    plain: bool,
+) -> None:
+    rows = [
+        f"{'connection':<11} {'state':<13} {'health':<9} {'temp':>7} {'power':>7} "
+        f"{'rx':>6} {'attempts':>8}  reason"
+    ]
+    for cid, st in sorted(manager.get_status().items()):
+        rows.append(
+            f"{cid:<11} {st['status']:<13} {st['health']:<9} "
+            f"{values.get((cid, 'temperature'), '-')!s:>7} {values.get((cid, 'power'), '-')!s:>7} "
+            f"{st['stats']['packets_received']:>6} {st['reconnect_attempts']:>8}  "
+            f"{st['reason'] or ''}"
+        )
+    summary = Counter(st["status"] for st in manager.get_status().values())
+    head = "  ".join(f"{k}={v}" for k, v in sorted(summary.items()))
+    text = "\n".join(
+        [
+            f"edgelink demo  {time.strftime('%H:%M:%S')}  {head}  "
+            f"(reconnects so far: {counts['reconnect_ok']})",
+            "",
+            *rows,
+            "",
+            "recent events:",
+            *log,
+            "",
+        ]
+    )
+    if plain:
+        print(text, flush=True)
+    else:
+        sys.stdout.write("\x1b[2J\x1b[H" + text)
+        sys.stdout.flush()
