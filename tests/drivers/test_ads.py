@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from pyads import constants, pyads_ex
+from pyads.testserver import PLCVariable
 
 from conftest import Recorder
-from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError
+from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError, ProtocolError
 from edgelink.drivers.ads import RUNTIME, AdsConnection, AdsRuntime, SymbolInfo
-from edgelink.testing import ManualClock
+from edgelink.testing import FaultMode, FaultProxy, ManualClock
 from edgelink.testing.ads_peer import AdsPeer, port_in_use
 
 NET_ID = "127.0.0.1.1.1"
@@ -395,3 +396,59 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> Non
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+async def test_wrong_length_answer_is_a_protocol_error(plc: AdsPeer) -> None:
+    """Test that an answer of the wrong length is a ProtocolError that drops the link."""
+    # A PLC answering two bytes' symbol with one: what a broken gateway in between might do.
+    plc.handler.add_variable(PLCVariable("MAIN.iBroken", b"\x01", constants.ADST_INT16, "INT"))
+    conn = driver()
+    lost: list[BaseException | None] = []
+    conn.connection_lost = lost.append  # type: ignore[method-assign]
+    await run(conn.connect)
+    try:
+        with pytest.raises(ProtocolError, match="bad answer"):
+            await run(conn.read, "MAIN.iBroken")
+        assert not conn.is_connected()
+        assert len(lost) == 1 and isinstance(lost[0], ProtocolError)
+        with pytest.raises(ConnectError, match="not connected"):
+            await run(conn.read, "MAIN.iCount")
+        await run(conn.connect)
+        assert await run(conn.read, "MAIN.iCount") == 5
+    finally:
+        await run(conn.disconnect)
+
+
+async def test_garbage_on_the_wire_rebuilds_the_link(
+    make_manager: Make, clock: ManualClock
+) -> None:
+    """Test that corrupted ADS frames (FaultProxy) drop the link and a fresh TCP link is dialled."""
+    if port_in_use():
+        pytest.skip("127.0.0.1:48898 is in use: the ADS tests need that fixed port")
+    async with AdsPeer(port=0) as plc:
+        plc.add_symbol("MAIN.iCount", "INT", 5)
+        async with FaultProxy("127.0.0.1", plc.bound_port, port=48898) as proxy:
+            m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=60)
+            m.add_connection(
+                "plc",
+                "ads",
+                {"ams_net_id": NET_ID, "host": "127.0.0.1", "timeout": 0.2},
+                poll=[{"tags": ["MAIN.iCount"], "interval": 1.0}],
+            )
+            got: list[tuple[Any, str]] = []
+            m.on_data(lambda cid, tag, value, quality, ts: got.append((value, quality)))
+            async with m:
+                await m.wait_for_state("plc", "connected", timeout=5)
+                await wait_until(lambda: len(got) == 1)
+                dialled = proxy.accepted
+                proxy.mode = FaultMode.CORRUPT
+                await clock.advance(1.0)
+                await m.wait_for_state("plc", "reconnecting", timeout=3)
+                proxy.mode = FaultMode.PASS
+                await clock.advance(await clock.wait_for_timer(lambda d: d < 1))
+                await m.wait_for_state("plc", "connected", timeout=3)
+                await wait_until(lambda: got[-1] == (5, "good") and len(got) >= 2)
+                # The probe plus adslib's own fresh TCP link.
+                assert proxy.accepted >= dialled + 2
+                assert m.get_status("plc")["stats"]["reconnects"] == 1
+    assert RUNTIME.routes() == {}

@@ -348,3 +348,21 @@ async def test_garbage_drops_and_rebuilds_the_link(
         lost = (await rec.of("disconnected"))[0]
         assert lost.data["reason"] == "protocol_error"
         assert "undecodable" in (lost.data["error"] or "")
+
+
+async def test_device_error_in_a_poll_keeps_the_link(make_manager: Make, peer: SerialPeer) -> None:
+    """Test that a polled tag the device refuses is reported bad while the link and other tags stay."""
+    m = make_manager(health_check_interval=60)
+    m.add_connection(
+        "rs",
+        "serial",
+        {"port": str(peer.path), "baudrate": 115200},
+        poll=[{"tags": ["nothing", "temperature"], "interval": 0.05}],
+    )
+    got: list[tuple[str, Any, str]] = []
+    m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
+    async with m:
+        await m.wait_for_state("rs", "connected", timeout=5)
+        await wait_until(lambda: len(got) >= 4)
+        assert got[:4] == [("nothing", None, "bad"), ("temperature", "21.5", "good")] * 2
+        assert m.get_status("rs")["stats"]["reconnects"] == 0

@@ -84,12 +84,13 @@ LINK_ERRORS: Final = frozenset(
         27,  # host unreachable
         1861,  # ADSERR_CLIENT_SYNCTIMEOUT
         1864,  # ADSERR_CLIENT_PORTNOTOPEN
-        1876,  # ADSERR_CLIENT_INVALIDRESPONSE
         10060,
         10061,
         10065,
     }
 )
+#: ADS codes that mean the PLC's answer was garbage.
+GARBAGE_ERRORS: Final = frozenset({1876})  # ADSERR_CLIENT_INVALIDRESPONSE
 #: ADS codes retrying cannot fix: licensing and secure-ADS refusals.
 PERMANENT_ERRORS: Final = frozenset({16, 29, 30})
 #: The symbol table changed (online change, download): cached handles are stale.
@@ -861,6 +862,11 @@ class AdsConnection(SyncConnection):
         text = f"ADS {what} on {self.ams_net_id}:{self.ams_port}: {exc}"
         if code in PERMANENT_ERRORS:
             return PermanentError(text, connection_id=self.connection_id, cause=exc)
+        if code in GARBAGE_ERRORS:
+            garbage = ProtocolError(text, connection_id=self.connection_id, cause=exc)
+            if self._port is not None:
+                self._mark_broken(garbage, self._port)
+            return garbage
         if code is None or code in LINK_ERRORS or code < 0x700 or 0x740 <= code < 0x800:
             # The AMS layer, adslib or the OS failed: the link is gone.
             error = ConnectError(text, connection_id=self.connection_id, cause=exc)

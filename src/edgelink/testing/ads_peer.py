@@ -320,6 +320,17 @@ class AdsPeer:
         self.handler.ads_state = value
 
     @property
+    def bound_port(self) -> int:
+        """The port the server listens on (the ephemeral one when created with ``port=0``).
+
+        Raises:
+            RuntimeError: if the peer is not running.
+        """
+        if self._server is None:
+            raise RuntimeError("AdsPeer is not running")
+        return int(self._server.server.getsockname()[1])
+
+    @property
     def requests(self) -> int:
         """Requests answered since the last start."""
         return len(self._server.request_history) if self._server is not None else 0
