@@ -7,7 +7,9 @@ fixed port and run one after the other; they skip when something else holds it.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -451,4 +453,25 @@ async def test_garbage_on_the_wire_rebuilds_the_link(
                 # The probe plus adslib's own fresh TCP link.
                 assert proxy.accepted >= dialled + 2
                 assert m.get_status("plc")["stats"]["reconnects"] == 1
+    assert RUNTIME.routes() == {}
+
+
+async def test_no_fds_or_threads_leak_over_restarts(plc: AdsPeer) -> None:
+    """Test that 10 cycles of PLC restart and reconnect leave no sockets or threads behind."""
+    conn = driver()
+    await run(conn.connect)
+    await run(conn.disconnect)
+    await asyncio.sleep(0.1)
+    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    for _ in range(10):
+        await run(conn.connect)
+        assert await run(conn.read, "MAIN.iCount") == 5
+        await plc.restart()
+        with pytest.raises(ConnectError):
+            await run(conn.read, "MAIN.iCount")
+        assert not conn.is_connected()
+        await run(conn.disconnect)
+    await asyncio.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert threading.active_count() <= threads
     assert RUNTIME.routes() == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -366,3 +367,26 @@ async def test_device_error_in_a_poll_keeps_the_link(make_manager: Make, peer: S
         await wait_until(lambda: len(got) >= 4)
         assert got[:4] == [("nothing", None, "bad"), ("temperature", "21.5", "good")] * 2
         assert m.get_status("rs")["stats"]["reconnects"] == 0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_no_fds_leak_over_unplug_cycles(peer: SerialPeer) -> None:
+    """Test that connecting through 20 unplug/re-plug cycles leaves no file descriptor open."""
+    conn = driver(peer)
+    owner = Owner()
+    conn.attach(owner)  # type: ignore[arg-type]
+    await conn.connect()
+    await conn.disconnect()
+    before = open_fds()
+    for _ in range(20):
+        await conn.connect()
+        assert await conn.health_check()
+        await peer.unplug()
+        await wait_until(lambda: not conn.is_connected())
+        await conn.disconnect()
+        await peer.plug()
+    assert len(owner.lost) == 20
+    assert open_fds() == before
