@@ -7,6 +7,7 @@ fixed port and run one after the other; they skip when something else holds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import threading
@@ -461,8 +462,8 @@ async def test_no_fds_or_threads_leak_over_restarts(plc: AdsPeer) -> None:
     conn = driver()
     await run(conn.connect)
     await run(conn.disconnect)
-    await asyncio.sleep(0.1)
-    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    await wait_until(lambda: len(plc_clients(plc)) == 0, timeout=2)
+    fds, threads = len(os.listdir("/proc/self/fd")), own_threads()
     for _ in range(10):
         await run(conn.connect)
         assert await run(conn.read, "MAIN.iCount") == 5
@@ -471,7 +472,29 @@ async def test_no_fds_or_threads_leak_over_restarts(plc: AdsPeer) -> None:
             await run(conn.read, "MAIN.iCount")
         assert not conn.is_connected()
         await run(conn.disconnect)
-    await asyncio.sleep(0.1)
-    assert len(os.listdir("/proc/self/fd")) == fds
-    assert threading.active_count() <= threads
+    # The test server's client threads notice a closed link within 50 ms.
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: own_threads() <= threads, timeout=2)
+    assert own_threads() <= threads, [(type(t).__name__, t.name) for t in threading.enumerate()]
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds, timeout=2)
+    # <=: a socket the test server was still closing may have counted before.
+    assert len(os.listdir("/proc/self/fd")) <= fds, fd_targets()
     assert RUNTIME.routes() == {}
+
+
+def plc_clients(plc: AdsPeer) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.is_alive() and type(t).__name__ == "_Client"]
+
+
+def own_threads() -> int:
+    """Threads other than the default executor's workers (a pool that grows as it likes)."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_"))
+
+
+def fd_targets() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out.append(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}")
+    return out
