@@ -29,6 +29,8 @@ ENTRY_POINT_GROUP = "edgelink.drivers"
 #: a missing extra only matters when its type is used.
 BUILTIN_DRIVERS: dict[str, str] = {
     "tcp": "edgelink.drivers.tcp:TCPConnection",
+    "serial": "edgelink.drivers.serial:SerialConnection",
+    "ads": "edgelink.drivers.ads:AdsConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

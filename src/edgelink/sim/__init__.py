@@ -2,7 +2,8 @@
 
 ``python -m edgelink.sim tcp --count N --base-port P`` (and ``edgelink sim``,
 which reuses `add_sim_arguments` and `run_sim_from_args`) runs simulators
-until SIGTERM or SIGINT.
+until SIGTERM or SIGINT; ``... sim serial --link PATH`` runs a serial device
+behind a new socat pty pair whose driver end is PATH.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from edgelink.drivers._framing import LENGTH_PREFIXES, Framing
+from edgelink.sim.serial import run_serial_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
 
-__all__ = ["TcpSimulator", "add_sim_arguments", "run_sim_from_args", "run_tcp_simulator"]
+__all__ = [
+    "TcpSimulator",
+    "add_sim_arguments",
+    "run_serial_simulator",
+    "run_sim_from_args",
+    "run_tcp_simulator",
+]
 
 
 def _count(text: str) -> int:
@@ -34,7 +43,7 @@ def _port(text: str) -> int:
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator subcommands (``tcp``) and their options to ``parser``.
+    """Add the simulator subcommands (``tcp``, ``serial``) and their options to ``parser``.
 
     The parsed namespace is what `run_sim_from_args` takes.
     """
@@ -52,6 +61,26 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of the first device; 0 = ephemeral ports (default 0)",
     )
     tcp.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    ser = kinds.add_parser(
+        "serial",
+        help="a line-protocol device on a socat pty pair",
+        description="Create a socat pty pair and run a PING/PONG device on its far end; "
+        "point the serial driver's port at --link.",
+    )
+    ser.add_argument("--link", required=True, help="path of the driver's end (a symlink)")
+    ser.add_argument(
+        "--device-link", default=None, help="path of the device's end (default LINK.device)"
+    )
+    ser.add_argument("--framing", choices=("line", "length"), default="line", help="default: line")
+    ser.add_argument(
+        "--delimiter", default="\\n", help="line delimiter, backslash escapes allowed (default \\n)"
+    )
+    ser.add_argument(
+        "--length-prefix",
+        choices=tuple(LENGTH_PREFIXES),
+        default="u16be",
+        help="length framing prefix (default u16be)",
+    )
 
 
 def run_sim_from_args(args: argparse.Namespace) -> int:
@@ -66,6 +95,24 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
             return 2
         return asyncio.run(
             _run_until_signal(run_tcp_simulator(args.count, args.base_port, args.host))
+        )
+    if args.sim_kind == "serial":
+        delimiter = args.delimiter.encode("utf-8").decode("unicode_escape")
+        try:
+            framing = Framing.from_config(
+                {
+                    "framing": args.framing,
+                    "delimiter": delimiter,
+                    "length_prefix": args.length_prefix,
+                }
+            )
+        except ValueError as exc:
+            print(f"edgelink sim: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(
+            _run_until_signal(
+                run_serial_simulator(args.link, device_path=args.device_link, framing=framing)
+            )
         )
     print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
     return 2
