@@ -29,6 +29,8 @@ ENTRY_POINT_GROUP = "edgelink.drivers"
 #: a missing extra only matters when its type is used.
 BUILTIN_DRIVERS: dict[str, str] = {
     "tcp": "edgelink.drivers.tcp:TCPConnection",
+    "modbus_tcp": "edgelink.drivers.modbus:ModbusTcpConnection",
+    "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]
