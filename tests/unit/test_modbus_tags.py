@@ -250,3 +250,18 @@ def test_block_values_decode_each_tag() -> None:
     """Test that a block's registers are split back into each tag's value."""
     block = plan_reads(tags("hr:0:int16", "hr:1:uint32", "hr:3*0.5"))[0]
     assert block.values([0xFFFF, 0, 7, 9]) == {"hr:0:int16": -1, "hr:1:uint32": 7, "hr:3*0.5": 4.5}
+
+
+@pytest.mark.parametrize(
+    ("text", "raw", "value"),
+    [
+        ("ir:0*0.1", 3, 0.3),
+        ("ir:0:int16*0.01", 0xFFF9, -0.07),
+        ("ir:0:uint32*0.001", [18, 54919], 1234.567),
+        ("ir:0*1e-20", 5, 5e-20),
+    ],
+)
+def test_scaled_integers_read_as_decimals(text: str, raw: int | list[int], value: float) -> None:
+    """Test that an integer times a decimal scale reads as that decimal, without float noise."""
+    words = raw if isinstance(raw, list) else [raw]
+    assert parse_tag(text).decode(words) == value

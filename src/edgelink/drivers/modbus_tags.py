@@ -37,6 +37,7 @@ bits per request).
 
 from __future__ import annotations
 
+import decimal
 import enum
 import math
 import struct
@@ -168,10 +169,12 @@ class ModbusTag:
     order: WordOrder = WordOrder.ABCD
     scale: float | None = None
     count: int = field(init=False)
+    _digits: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         count = 1 if self.table.is_bits else _STRUCT[self.dtype][1]
         object.__setattr__(self, "count", count)
+        object.__setattr__(self, "_digits", _scale_digits(self.scale, self.dtype))
 
     @property
     def end(self) -> int:
@@ -196,7 +199,9 @@ class ModbusTag:
             data = _swap_bytes(data)
         value: int | float = struct.unpack(">" + fmt, data)[0]
         if self.scale is not None:
-            return value * self.scale
+            scaled = value * self.scale
+            # An integer times 0.1 is meant as tenths: 3 * 0.1 reads 0.3, not 0.30000000000000004.
+            return round(scaled, self._digits) if self._digits is not None else scaled
         return value
 
     def encode(self, value: Any) -> list[int]:
@@ -250,6 +255,17 @@ class ModbusTag:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise TypeError(f"{self.text}: a bit must be true/false (or 0/1), got {value!r}")
+
+
+def _scale_digits(scale: float | None, dtype: DataType) -> int | None:
+    """Decimal places of a scaled integer reading (``*0.01`` -> 2), or None to keep all."""
+    if scale is None or dtype not in _INT_RANGES:
+        return None
+    exponent = decimal.Decimal(repr(scale)).as_tuple().exponent
+    if not isinstance(exponent, int):
+        return None
+    digits = max(0, -exponent)
+    return digits if digits <= 12 else None
 
 
 def _swap_bytes(data: bytes) -> bytes:
