@@ -53,6 +53,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 from pymodbus.transport.serialtransport import create_serial_connection
 
+from edgelink.clock import Clock, SystemClock
 from edgelink.deadline import DeadlineWheel
 from edgelink.drivers._socket import tune_tcp_socket
 from edgelink.errors import ConfigError, ConnectError, DeviceError, EdgelinkError, ProtocolError
@@ -251,6 +252,8 @@ class ModbusBus:
         self._silent_units: set[int] = set()
         self._quiet_until = 0.0
         self._connected: asyncio.Future[None] | None = None
+        #: Where the probe lane reads the time; tests put a ManualClock here.
+        self.clock: Clock = SystemClock()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open() else "closed"
@@ -281,11 +284,11 @@ class ModbusBus:
     def unit_status(self, unit_id: int) -> dict[str, Any]:
         """Return what the bus knows about one unit: failures, dead, next probe."""
         unit = self._units.get(unit_id, _Unit())
-        loop = asyncio.get_running_loop()
+        now = self.clock.monotonic()
         return {
             "failures": unit.failures,
             "dead": unit.dead,
-            "next_probe_in": max(0.0, unit.next_probe_at - loop.time()) if unit.dead else None,
+            "next_probe_in": max(0.0, unit.next_probe_at - now) if unit.dead else None,
             "answered": unit.answered,
             "timeouts": unit.timeouts,
         }
@@ -565,7 +568,7 @@ class ModbusBus:
         if unit is None:
             unit = self._units[member.unit_id] = _Unit()
         if unit.dead:
-            now = asyncio.get_running_loop().time()
+            now = self.clock.monotonic()
             if now < unit.next_probe_at:
                 raise ConnectError(
                     f"unit {member.unit_id} on {self.config.describe()} left {unit.failures} "
@@ -676,7 +679,7 @@ class ModbusBus:
         unit.timeouts += 1
         if unit.failures >= self.config.dead_after and not unit.dead:
             unit.dead = True
-            unit.next_probe_at = asyncio.get_running_loop().time() + self.config.probe_interval
+            unit.next_probe_at = self.clock.monotonic() + self.config.probe_interval
             logger.warning(
                 "%s: unit %d left %d requests unanswered; probing it every %g s",
                 self.config.key,
