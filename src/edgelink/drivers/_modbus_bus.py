@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import struct
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
@@ -95,7 +95,7 @@ class ModbusTimeoutError(EdgelinkError, TimeoutError):
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class BusConfig:
     """What one link is: the transport settings every member of a bus must share."""
 
@@ -113,8 +113,6 @@ class BusConfig:
     keepalive_interval: int = 5
     keepalive_count: int = 3
     tcp_user_timeout: float = 15.0
-    dead_after: int = 3
-    probe_interval: float = 5.0
 
     def describe(self) -> str:
         """The link, for messages: ``10.0.0.5:502`` or ``/dev/ttyUSB0 9600 8N1``."""
@@ -128,7 +126,12 @@ class BusMember(Protocol):
 
     connection_id: str
     unit_id: int
+    #: Seconds this device gets to answer a request.
     timeout: float
+    #: Unanswered requests in a row after which the device is dead (probe lane).
+    dead_after: int
+    #: Seconds between probes of a dead device.
+    probe_interval: float
 
     def update_stats(self, **deltas: int) -> None:
         """Count traffic."""
@@ -190,7 +193,7 @@ class _FairQueue:
         self._busy = False
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class _Unit:
     """What the bus knows about one unit id: its run of unanswered requests."""
 
@@ -576,7 +579,7 @@ class ModbusBus:
                     connection_id=cid,
                 )
             # This request is the probe; the next one waits a whole interval.
-            unit.next_probe_at = now + self.config.probe_interval
+            unit.next_probe_at = now + member.probe_interval
         await self._queue.acquire(member.unit_id)
         try:
             response = await self._on_wire(member, generation, unit, call, what)
@@ -677,15 +680,15 @@ class ModbusBus:
             return error
         unit.failures += 1
         unit.timeouts += 1
-        if unit.failures >= self.config.dead_after and not unit.dead:
+        if unit.failures >= member.dead_after and not unit.dead:
             unit.dead = True
-            unit.next_probe_at = self.clock.monotonic() + self.config.probe_interval
+            unit.next_probe_at = self.clock.monotonic() + member.probe_interval
             logger.warning(
                 "%s: unit %d left %d requests unanswered; probing it every %g s",
                 self.config.key,
                 member.unit_id,
                 unit.failures,
-                self.config.probe_interval,
+                member.probe_interval,
             )
         silent = ModbusTimeoutError(
             f"{what} (unit {member.unit_id}): no answer within {member.timeout:g} s",
@@ -738,9 +741,14 @@ def get_bus(config: BusConfig, connection_id: str) -> ModbusBus:
         bus = buses[config.key] = ModbusBus(config)
         return bus
     if bus.config != config:
+        differ = ", ".join(
+            f"{f.name} {getattr(config, f.name)!r} vs {getattr(bus.config, f.name)!r}"
+            for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(bus.config, f.name)
+        )
         raise ConfigError(
             f"shares link {config.key} with {', '.join(sorted(bus.members)) or 'another'} "
-            f"but its settings differ ({bus.config.describe()} vs {config.describe()}); "
+            f"but its settings differ ({differ}); "
             "connections on one link must use the same transport settings",
             path="config",
             connection_id=connection_id,

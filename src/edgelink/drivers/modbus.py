@@ -159,8 +159,8 @@ class ModbusConnection(Connection):
             cfg.choice("write_function", "auto", {"auto": "auto", "multiple": "multiple"})
             == "multiple"
         )
-        self._dead_after = cfg.integer("dead_after", 3, 1, 1000)
-        self._probe_interval = cfg.number("probe_interval", 5.0)
+        self.dead_after = cfg.integer("dead_after", 3, 1, 1000)
+        self.probe_interval = cfg.number("probe_interval", 5.0)
         self._tags: dict[str, ModbusTag] = {}
         self._plans: dict[tuple[str, ...], list[_Read]] = {}
         health = cfg.text("health_tag", "hr:0")
@@ -457,8 +457,6 @@ class ModbusTcpConnection(ModbusConnection):
             keepalive_interval=cfg.integer("keepalive_interval", 5, 1, 32767),
             keepalive_count=cfg.integer("keepalive_count", 3, 1, 127),
             tcp_user_timeout=cfg.number("tcp_user_timeout", 15.0),
-            dead_after=self._dead_after,
-            probe_interval=self._probe_interval,
         )
 
 
@@ -486,6 +484,4 @@ class ModbusRtuConnection(ModbusConnection):
             stopbits=cfg.integer("stopbits", 1, 1, 2),
             bytesize=cfg.integer("bytesize", 8, 5, 8),
             handle_local_echo=cfg.flag("handle_local_echo", False),
-            dead_after=self._dead_after,
-            probe_interval=self._probe_interval,
         )
