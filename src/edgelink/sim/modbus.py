@@ -302,7 +302,7 @@ class ModbusServer:
         """Start serving (a no-op while serving).
 
         Raises:
-            RuntimeError: if pymodbus cannot listen (port taken, no such serial port).
+            OSError: if the server cannot listen (port taken, no such serial port).
         """
         if self._server is not None:
             return
@@ -320,7 +320,11 @@ class ModbusServer:
             server = ModbusTcpServer(
                 devices, address=(self.host, self._port), trace_pdu=self._trace_pdu
             )
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus says only "Could not start listen"
+            where = self.serial_port or f"{self.host}:{self._port}"
+            raise OSError(f"cannot serve Modbus on {where}: {exc}") from exc
         self._server = server
         if self.serial_port is None:
             listener: Any = server.transport
@@ -504,7 +508,8 @@ class ModbusSimulator:
         """Start every device.
 
         Raises:
-            RuntimeError: if a port cannot be bound; started devices are stopped.
+            OSError: if a port cannot be bound; started devices are stopped.
+            RuntimeError: if the simulator was started before.
         """
         if self.servers:
             raise RuntimeError("ModbusSimulator.start() called twice")
