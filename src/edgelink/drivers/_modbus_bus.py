@@ -159,9 +159,15 @@ class _FairQueue:
     def __len__(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
+    def try_acquire(self) -> bool:
+        """Take the wire if it is free and nobody waits; never blocks."""
+        if self._busy or self._waiting:
+            return False
+        self._busy = True
+        return True
+
     async def acquire(self, lane: Hashable) -> None:
-        if not self._busy and not self._waiting:
-            self._busy = True
+        if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(lane, deque()).append(fut)
@@ -580,11 +586,13 @@ class ModbusBus:
                 )
             # This request is the probe; the next one waits a whole interval.
             unit.next_probe_at = now + member.probe_interval
-        await self._queue.acquire(member.unit_id)
+        queue = self._queue
+        if not queue.try_acquire():
+            await queue.acquire(member.unit_id)
         try:
             response = await self._on_wire(member, generation, unit, call, what)
         finally:
-            self._queue.release()
+            queue.release()
         if response.isError():
             code = response.exception_code
             name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -709,15 +717,13 @@ class ModbusBus:
 
 def _count(member: BusMember, flight: _Flight) -> None:
     """Book one request's traffic on the member that sent it (one stats update)."""
-    deltas = {
-        "packets_sent": 1 if flight.bytes_sent else 0,
-        "bytes_sent": flight.bytes_sent,
-        "packets_received": flight.packets_received,
-        "bytes_received": flight.bytes_received,
-    }
-    deltas = {k: v for k, v in deltas.items() if v}
-    if deltas:
-        member.update_stats(**deltas)
+    if flight.bytes_sent:
+        member.update_stats(
+            packets_sent=1,
+            bytes_sent=flight.bytes_sent,
+            packets_received=flight.packets_received,
+            bytes_received=flight.bytes_received,
+        )
 
 
 #: The buses of each event loop, by key.

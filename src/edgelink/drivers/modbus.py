@@ -163,6 +163,7 @@ class ModbusConnection(Connection):
         self.probe_interval = cfg.number("probe_interval", 5.0)
         self._tags: dict[str, ModbusTag] = {}
         self._plans: dict[tuple[str, ...], list[_Read]] = {}
+        self._raw_reads: dict[tuple[str, int, int], _Read] = {}
         health = cfg.text("health_tag", "hr:0")
         try:
             self.health_tag = self.tag(health)
@@ -318,22 +319,28 @@ class ModbusConnection(Connection):
             ConfigError: for an unknown table or a block outside the limits.
             DeviceError, ModbusTimeoutError, ProtocolError, ConnectError: as `read`.
         """
-        try:
-            kind = Table(table)
-        except ValueError:
-            names = ", ".join(t.value for t in Table)
-            raise ConfigError(f"unknown table {table!r} (known: {names})", path="table") from None
-        limit = self.max_bits if kind.is_bits else self.max_registers
-        if not 1 <= count <= limit or address < 0 or address + count > 65536:
-            raise ConfigError(
-                f"{table}:{address}+{count} is outside 0..65535 or over {limit} per request",
-                path="count",
-            )
-        read = self._read_for(ReadBlock(kind, address, count, ()))
+        key = (table, address, count)
+        read = self._raw_reads.get(key)
+        if read is None:
+            try:
+                kind = Table(table)
+            except ValueError:
+                names = ", ".join(t.value for t in Table)
+                raise ConfigError(
+                    f"unknown table {table!r} (known: {names})", path="table"
+                ) from None
+            limit = self.max_bits if kind.is_bits else self.max_registers
+            if not 1 <= count <= limit or address < 0 or address + count > 65536:
+                raise ConfigError(
+                    f"{table}:{address}+{count} is outside 0..65535 or over {limit} per request",
+                    path="count",
+                )
+            read = self._read_for(ReadBlock(kind, address, count, ()))
+            if len(self._raw_reads) >= _PLAN_CACHE_SIZE:
+                self._raw_reads.clear()
+            self._raw_reads[key] = read
         raw = await self._request(read)
-        if kind.is_bits:
-            return [bool(bit) for bit in raw[:count]]
-        return [int(word) for word in raw[:count]]
+        return list(raw[:count])
 
     async def read(self, tag: str) -> Any:
         """Read one tag.
@@ -356,15 +363,20 @@ class ModbusConnection(Connection):
         `ConfigError`. An error that breaks the link is raised.
         """
         results: dict[str, Any] = {}
-        good: list[str] = []
-        for text in tags:
-            try:
-                self.tag(text)
-            except ConfigError as exc:
-                results[text] = exc
-            else:
-                good.append(text)
-        for read in self._plan(tuple(good)):
+        key = tuple(tags)
+        plan = self._plans.get(key)
+        if plan is None:
+            # Not planned yet (or a bad tag in it): sort the bad tags out first.
+            good: list[str] = []
+            for text in key:
+                try:
+                    self.tag(text)
+                except ConfigError as exc:
+                    results[text] = exc
+                else:
+                    good.append(text)
+            plan = self._plan(tuple(good))
+        for read in plan:
             try:
                 raw = await self._request(read)
             except DeviceError as exc:
