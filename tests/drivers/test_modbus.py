@@ -512,3 +512,81 @@ async def test_silent_device_found_by_health_check(
         await m.wait_for_state("dev", "reconnecting", timeout=2)
     failed = (await rec.of("health_check_failed"))[0]
     assert "no answer within 0.2 s" in failed.data["error"]
+
+
+async def test_late_answer_to_an_abandoned_request_is_dropped() -> None:
+    """Test that an answer arriving after its request timed out is dropped, not taken as garbage."""
+    # A scripted device: answers transaction 1 after 0.6 s and 2 after 0.3 s, with the
+    # register value 10 x the transaction id. (pymodbus's server cannot do this: with
+    # overlapping requests on one link it stamps answers with the latest request's id.)
+    delays = {1: 0.6, 2: 0.3}
+    answered: list[int] = []
+    done = asyncio.Event()
+
+    async def device(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def answer(tid: int) -> None:
+            await asyncio.sleep(delays[tid])
+            writer.write(struct.pack(">HHHBBBH", tid, 0, 5, 1, 3, 2, 10 * tid))
+            answered.append(tid)
+
+        pending = []
+        try:
+            for _ in range(2):
+                request = await reader.readexactly(12)
+                pending.append(asyncio.create_task(answer(struct.unpack(">H", request[:2])[0])))
+            await asyncio.gather(*pending)
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            done.set()
+
+    srv = await asyncio.start_server(device, "127.0.0.1", 0)
+    c = ModbusTcpConnection("late", mb(srv.sockets[0].getsockname()[1], timeout=0.4))
+    drops: list[bool] = []
+    c.mark_tx_drop = lambda: drops.append(True)  # type: ignore[method-assign]
+    try:
+        await c.connect()
+        with pytest.raises(ModbusTimeoutError):
+            await c.read("hr:0")
+        # Transaction 1's answer comes while transaction 2 is on the wire.
+        assert await c.read("hr:0") == 20
+        assert answered == [1, 2]
+        assert c.is_connected() and drops == []
+        await c.disconnect()
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await c.disconnect()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_many_link_cycles_leave_no_sockets_or_tasks(server: ModbusServer) -> None:
+    """Test that connecting, failing and disconnecting many times leaks no fds or tasks."""
+    import psutil
+
+    proc = psutil.Process()
+    await asyncio.sleep(0)
+    fds, tasks = proc.num_fds(), len(asyncio.all_tasks())
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        fds_proxy = proc.num_fds()
+        for i in range(20):
+            c = ModbusTcpConnection("dev", mb(proxy.port))
+            await c.connect()
+            assert await c.read("hr:0") == 1
+            if i % 2:
+                proxy.mode = FaultMode.CORRUPT
+                with pytest.raises(ProtocolError):
+                    await c.read("hr:0")
+                proxy.mode = FaultMode.PASS
+            await c.disconnect()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if proc.num_fds() == fds_proxy and proxy.active_links == 0:
+                break
+        assert proc.num_fds() == fds_proxy
+    await asyncio.sleep(0.05)
+    assert proc.num_fds() == fds
+    assert len(asyncio.all_tasks()) == tasks
