@@ -78,6 +78,8 @@ __all__ = [
 
 #: Poll groups whose read plans are kept (a connection has a handful).
 _PLAN_CACHE_SIZE: Final = 64
+#: Parsed tags kept per connection.
+_TAG_CACHE_SIZE: Final = 4096
 _PARITIES: Final = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
 _PARITIES.update({"m": "M", "mark": "M", "s": "S", "space": "S"})
 
@@ -186,7 +188,10 @@ class ModbusConnection(Connection):
         """
         tag = self._tags.get(text)
         if tag is None:
-            tag = self._tags[text] = parse_tag(text)
+            tag = parse_tag(text)
+            if len(self._tags) >= _TAG_CACHE_SIZE:
+                self._tags.clear()  # arbitrary ad-hoc tags must not grow it forever
+            self._tags[text] = tag
         return tag
 
     def check_tag(self, tag: str) -> None:
