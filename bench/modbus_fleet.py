@@ -44,6 +44,7 @@ from _common import (
 )
 
 from edgelink import ConnectionManager, ConnectionState
+from edgelink.drivers import modbus as _modbus_driver  # imported before the RSS baseline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +79,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(ports) != args.devices:
             raise RuntimeError(f"simulator listens on {len(ports)} ports, not {args.devices}")
         tags = [f"ir:{i}" for i in range(args.registers)]
+        assert _modbus_driver.ModbusTcpConnection.type_name == "modbus_tcp"
         rss_before = me.memory_info().rss
         manager = ConnectionManager(reconnect_max_attempts=None)
         points = 0
