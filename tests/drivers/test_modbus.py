@@ -213,30 +213,74 @@ async def test_silent_device_times_out(conn: ModbusTcpConnection, device: Modbus
     assert conn.bus_status()["units"][1]["timeouts"] == 1  # type: ignore[index]
 
 
-async def test_socket_is_tuned(conn: ModbusTcpConnection, server: ModbusServer) -> None:
+async def test_socket_is_tuned(conn: ModbusTcpConnection) -> None:
     """Test that keepalive, TCP_USER_TIMEOUT and TCP_NODELAY are set on the link's socket."""
-    sockets = [
-        s
-        for s in _client_sockets()
-        if s.getpeername() == ("127.0.0.1", server.port) and s.type == socket.SOCK_STREAM
-    ]
-    assert sockets, "no client socket to the server"
-    sock = sockets[0]
+    assert conn.bus is not None
+    assert conn.bus.transport is not None
+    sock = conn.bus.transport.get_extra_info("socket")
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 15000
 
 
-def _client_sockets() -> list[socket.socket]:
-    """The connected TCP sockets of this loop's transports (asyncio's public view of them)."""
-    loop = asyncio.get_running_loop()
-    found = []
-    for transport in list(getattr(loop, "_transports", {}).values()):
-        sock = transport.get_extra_info("socket")
-        if sock is not None and transport.get_extra_info("peername") is not None:
-            found.append(sock)
-    return found
+async def test_no_reconnect_of_its_own(server: ModbusServer) -> None:
+    """Test that a dropped link stays down until connect() is called: pymodbus never redials."""
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        c = ModbusTcpConnection("dev", mb(proxy.port))
+        lost: list[BaseException | None] = []
+        c.connection_lost = lost.append  # type: ignore[method-assign]
+        await c.connect()
+        await proxy.drop_all()
+        async with asyncio.timeout(2):
+            while not lost:
+                await asyncio.sleep(0.01)
+        assert isinstance(lost[0], ConnectError)
+        assert not c.is_connected()
+        await asyncio.sleep(0.3)  # pymodbus's own reconnect would have dialled by now
+        with pytest.raises(ConnectError, match="not connected"):
+            await c.read("hr:0")
+        assert proxy.accepted == 1
+        await c.connect()  # edgelink's supervisor says when
+        assert await c.read("hr:0") == 1
+        assert proxy.accepted == 2
+        await c.disconnect()
+
+
+async def test_half_frame_then_silence_is_protocol_error_and_tx_drop() -> None:
+    """Test that half an answer and then nothing is a ProtocolError and a TX drop at the timeout."""
+    handled = asyncio.Event()
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readexactly(12)
+            writer.write(request[:2] + b"\x00\x00\x00\x05\x01\x03")  # 8 of 11 bytes
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            handled.set()
+
+    srv = await asyncio.start_server(half, "127.0.0.1", 0)
+    c = ModbusTcpConnection("dev", mb(srv.sockets[0].getsockname()[1], timeout=0.3))
+    drops: list[bool] = []
+    c.mark_tx_drop = lambda: drops.append(True)  # type: ignore[method-assign]
+    try:
+        await c.connect()
+        with pytest.raises(ProtocolError, match="8 bytes but no valid answer"):
+            await c.read("hr:0")
+        assert drops == [True]
+        assert not c.is_connected()
+        await c.disconnect()
+        await asyncio.wait_for(handled.wait(), 5)
+    finally:
+        await c.disconnect()
+        srv.close()
+        await srv.wait_closed()
 
 
 async def test_stats_count_packets_and_bytes(conn: ModbusTcpConnection) -> None:

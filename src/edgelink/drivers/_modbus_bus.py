@@ -285,6 +285,14 @@ class ModbusBus:
             self.close()
             _forget(self)
 
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        """The link's asyncio transport while it is open (``get_extra_info`` for its socket)."""
+        client = self._client
+        if client is None or not client.connected:
+            return None
+        return client.ctx.transport
+
     def is_open(self) -> bool:
         """Return True while the link is up."""
         client = self._client
