@@ -161,16 +161,27 @@ def install_signal_cleanup() -> None:
 
 
 class SimProcess:
-    """``python -m edgelink.sim tcp --count N --base-port P`` as a child process.
+    """``python -m edgelink.sim <kind> --count N --base-port P`` as a child process.
 
     `start` returns once the simulator printed ``listening:`` and records the
-    wall-clock time it read that line (`listening_at`).
+    wall-clock time it read that line (`listening_at`). ``kind`` is ``tcp``
+    (PING/PONG devices) or ``modbus`` (simulated inverters).
     """
 
-    def __init__(self, count: int, base_port: int, host: str = LOOPBACK) -> None:
+    def __init__(
+        self,
+        count: int,
+        base_port: int,
+        host: str = LOOPBACK,
+        *,
+        kind: str = "tcp",
+        extra: Sequence[str] = (),
+    ) -> None:
         self.count = count
         self.base_port = base_port
         self.host = host
+        self.kind = kind
+        self.extra = tuple(extra)
         self.proc: asyncio.subprocess.Process | None = None
         self.first_port: int | None = None
         self.last_port: int | None = None
@@ -196,13 +207,14 @@ class SimProcess:
             sys.executable,
             "-m",
             "edgelink.sim",
-            "tcp",
+            self.kind,
             "--count",
             str(self.count),
             "--base-port",
             str(self.base_port),
             "--host",
             self.host,
+            *self.extra,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

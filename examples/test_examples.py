@@ -26,6 +26,14 @@ EXPECTED = {
         "status: line_device connected",
         "done",
     ],
+    "modbus_inverter.py": [
+        "connected: inverter_1, inverter_2",
+        "inverter_2 ir:8*0.1       battery SoC, %",
+        "power limit: 10 %, AC power now",
+        "one TCP link for both units: yes",
+        "inverter_1: connected health=healthy",
+        "done",
+    ],
     "sync_facade.py": [
         "connected: boiler, pump",
         "4 threads wrote and read back 4 setpoints",

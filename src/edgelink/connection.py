@@ -28,11 +28,11 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from edgelink.errors import ConnectError
+from edgelink.errors import ConnectError, DeviceError
 from edgelink.redact import redact
 from edgelink.state import ConnectionState
 
@@ -312,6 +312,17 @@ class _ConnectionBase:
         """Return True while the link is up, from local knowledge only (no I/O)."""
         raise NotImplementedError
 
+    def check_tag(self, tag: str) -> None:
+        """Check that ``tag`` is valid for this driver, before anything runs. No I/O.
+
+        The manager calls this for every polled and watched tag when a
+        connection is added, so a mistyped tag fails at config time. The
+        default accepts every tag.
+
+        Raises:
+            ConfigError: (or ValueError) saying why the tag is invalid.
+        """
+
     def __repr__(self) -> str:
         cfg = redact(self.config)
         return f"<{type(self).__name__} {self.connection_id} {self.status} config={cfg}>"
@@ -356,6 +367,25 @@ class Connection(_ConnectionBase, abc.ABC):
     async def read(self, tag: str) -> Any:
         """Read one tag from the device."""
         raise NotImplementedError(f"{type(self).__name__} has no read()")
+
+    async def read_many(self, tags: Sequence[str]) -> dict[str, Any]:
+        """Read several tags, batching them where the protocol can (a poll group).
+
+        Returns a dict by tag. A tag the device refused maps to the exception
+        (a `DeviceError`), so one bad tag does not cost the others their
+        values; an error that breaks the link is raised instead. This default
+        reads tag by tag with `read`; drivers that can coalesce requests
+        (Modbus reads contiguous registers in one request) override it, and
+        the Supervisor then polls each group with one call bounded by
+        ``request_timeout``.
+        """
+        results: dict[str, Any] = {}
+        for tag in tags:
+            try:
+                results[tag] = await self.read(tag)
+            except DeviceError as exc:
+                results[tag] = exc
+        return results
 
     async def write(self, tag: str, value: Any) -> None:
         """Write one tag to the device."""
@@ -424,11 +454,15 @@ class DriverAdapter:
     it is awaited directly. ``connect()`` returning False becomes a `ConnectError`.
     """
 
-    __slots__ = ("_executor", "conn", "is_sync")
+    __slots__ = ("_executor", "conn", "has_read_many", "is_sync")
 
     def __init__(self, conn: AnyConnection, executor: Executor | None = None) -> None:
         self.conn = conn
         self.is_sync = isinstance(conn, SyncConnection)
+        #: True if the driver batches reads itself (overrides `Connection.read_many`).
+        self.has_read_many = (
+            isinstance(conn, Connection) and type(conn).read_many is not Connection.read_many
+        )
         self._executor = executor
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -477,6 +511,13 @@ class DriverAdapter:
         if isinstance(conn, SyncConnection):
             return await self._run(conn.read, tag)
         return await conn.read(tag)
+
+    async def read_many(self, tags: Sequence[str]) -> dict[str, Any]:
+        """Read several tags with the driver's batched read (see `Connection.read_many`)."""
+        conn = self.conn
+        if isinstance(conn, SyncConnection):
+            return {tag: await self._run(conn.read, tag) for tag in tags}
+        return await conn.read_many(tags)
 
     async def write(self, tag: str, value: Any) -> None:
         """Write one tag."""

@@ -251,14 +251,28 @@ class ConnectionManager:
             self._make_driver(spec)
 
     def _make_driver(self, spec: ConnectionSpec) -> AnyConnection:
+        where = f"connections.{spec.connection_id}"
         try:
-            return self.registry.create(spec.connection_id, spec.type, spec.config, self.context)
+            driver = self.registry.create(spec.connection_id, spec.type, spec.config, self.context)
         except ConfigError as exc:
-            where = f"connections.{spec.connection_id}"
             path = f"{where}.{exc.path}" if exc.path else where
             raise ConfigError(
                 exc.message, file=exc.file, path=path, connection_id=spec.connection_id
             ) from exc
+        # Polled and watched tags are checked by the driver now, so a mistyped
+        # tag is a config error, not a bad datapoint every interval.
+        tag_paths = [
+            (f"{where}.poll[{i}].tags[{j}]", tag)
+            for i, group in enumerate(spec.poll)
+            for j, tag in enumerate(group.tags)
+        ] + [(f"{where}.watch[{i}].tag", w.tag) for i, w in enumerate(spec.watch)]
+        for path, tag in tag_paths:
+            try:
+                driver.check_tag(tag)
+            except ValueError as exc:
+                message = exc.message if isinstance(exc, ConfigError) else str(exc)
+                raise ConfigError(message, path=path, connection_id=spec.connection_id) from exc
+        return driver
 
     def _add_spec(self, spec: ConnectionSpec) -> AnyConnection:
         cid = spec.connection_id

@@ -31,6 +31,8 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "tcp": "edgelink.drivers.tcp:TCPConnection",
     "serial": "edgelink.drivers.serial:SerialConnection",
     "ads": "edgelink.drivers.ads:AdsConnection",
+    "modbus_tcp": "edgelink.drivers.modbus:ModbusTcpConnection",
+    "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

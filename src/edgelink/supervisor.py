@@ -35,6 +35,7 @@ from edgelink.clock import Clock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
 from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
+    ConfigError,
     ConnectError,
     ConnectTimeout,
     DeviceError,
@@ -908,6 +909,11 @@ class Supervisor:
         s = self.settings
         next_at = self._clock.monotonic()
         while True:
+            if self.driver.has_read_many:
+                if not await self._poll_batch(group):
+                    return
+                next_at = await self._next_poll_round(next_at, group.interval)
+                continue
             for tag in group.tags:
                 try:
                     value = await self._call(
@@ -933,13 +939,68 @@ class Supervisor:
                         self._lose(_Lost(reason_for(exc), exc))
                     return
                 self._handle_data(tag, value, "good", None)
-            # Fixed-rate schedule: a slow read delays the next round, it does not
-            # shift every later one; missed rounds are skipped, not bunched.
-            next_at += group.interval
-            now = self._clock.monotonic()
-            if next_at < now:
-                next_at = now
-            await self._clock.sleep(next_at - now)
+            next_at = await self._next_poll_round(next_at, group.interval)
+
+    async def _next_poll_round(self, next_at: float, interval: float) -> float:
+        # Fixed-rate schedule: a slow read delays the next round, it does not
+        # shift every later one; missed rounds are skipped, not bunched.
+        next_at += interval
+        now = self._clock.monotonic()
+        if next_at < now:
+            next_at = now
+        await self._clock.sleep(next_at - now)
+        return next_at
+
+    async def _poll_batch(self, group: PollSpec) -> bool:
+        """Poll one group with the driver's batched read; return False once the link is lost.
+
+        A tag the device refused is reported bad with an ``error`` event and
+        the others keep their values; an error that breaks the link reports
+        every tag of the group bad and ends the poller like a failed read.
+        """
+        s = self.settings
+        try:
+            results = await self._call(
+                "poll", s.request_timeout, functools.partial(self.driver.read_many, group.tags)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            for tag in group.tags:
+                self._handle_data(tag, None, "bad", None)
+            return self._poll_failed(group.tags[0], exc)
+        for tag in group.tags:
+            if tag not in results:
+                continue
+            value = results[tag]
+            if isinstance(value, BaseException):
+                self._handle_data(tag, None, "bad", None)
+                if not self._poll_failed(tag, value, per_tag=True):
+                    return False
+                continue
+            self._handle_data(tag, value, "good", None)
+        return True
+
+    def _poll_failed(self, tag: str, exc: BaseException, *, per_tag: bool = False) -> bool:
+        """Classify a failed poll read; return True if polling goes on (the link is kept).
+
+        With ``per_tag`` the error belongs to one tag of a batch, so a bad tag
+        (`ConfigError`) costs that tag its value, not the connection its state.
+        """
+        if isinstance(exc, DeviceError | NotImplementedError) or (
+            per_tag and isinstance(exc, ConfigError)
+        ):
+            self._emit("error", reason="read_failed", tag=tag, error=_describe(exc))
+            return True
+        if isinstance(exc, DeviceSleepError):
+            self._lose(_Lost("device_sleep", exc, sleep=True))
+        elif isinstance(exc, TimeoutError):
+            self._handle_tx_drop()
+        elif is_permanent(exc):
+            self._lose(_Lost(reason_for(exc), exc, permanent=True))
+        else:
+            self._lose(_Lost(reason_for(exc), exc))
+        return False
 
     # ----------------------------------------------------------- vital signs
 

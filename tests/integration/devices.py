@@ -7,9 +7,11 @@ the peer's values, so every behaviour crosses a real socket.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 from edgelink.drivers.tcp import TCPConnection
-from edgelink.errors import DeviceSleepError, PermanentError
+from edgelink.errors import ConfigError, DeviceError, DeviceSleepError, PermanentError
 
 
 class ModalDevice(TCPConnection):
@@ -62,3 +64,32 @@ class CrashingDevice(TCPConnection):
             CrashingDevice.crashes -= 1
             raise DriverBug("boom")
         await super().connect()
+
+
+class BatchDevice(TCPConnection):
+    """A tcp device with a batched read: one ``read_many`` call per poll round.
+
+    Tags starting with ``bad`` are refused by ``check_tag``; a tag the device
+    answers with ``ERR`` maps to its `DeviceError`, as `Connection.read_many`
+    promises.
+    """
+
+    type_name = "batch"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.batches: list[tuple[str, ...]] = []
+
+    def check_tag(self, tag: str) -> None:
+        if tag.startswith("bad"):
+            raise ConfigError(f"tag {tag!r} is not a tag of this device", path="tag")
+
+    async def read_many(self, tags: Sequence[str]) -> dict[str, Any]:
+        self.batches.append(tuple(tags))
+        results: dict[str, Any] = {}
+        for tag in tags:
+            try:
+                results[tag] = await self.read(tag)
+            except DeviceError as exc:
+                results[tag] = exc
+        return results

@@ -220,3 +220,82 @@ async def test_module_runs_until_signalled(signum: signal.Signals) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_modbus_sim_serves_the_inverter_map() -> None:
+    """Test that python -m edgelink.sim modbus serves changing inverter registers and exits 0."""
+    from edgelink.drivers.modbus import ModbusTcpConnection
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgelink.sim",
+        "modbus",
+        "--count",
+        "2",
+        "--units",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 10)
+        match = re.fullmatch(rb"listening: 2 devices on 127\.0\.0\.1:(\d+)-(\d+)\n", line)
+        assert match, line
+        conn = ModbusTcpConnection(
+            "inv", {"host": "127.0.0.1", "port": int(match.group(2)), "unit_id": 2}
+        )
+        await conn.connect()
+        try:
+            tags = ["ir:0", "ir:1:float32", "ir:3*0.1", "ir:8*0.1", "hr:0", "coil:0", "di:0"]
+            first = await conn.read_many(tags)
+            assert first["ir:0"] == 1 and first["hr:0"] == 100 and first["coil:0"] is True
+            assert 0 <= first["ir:1:float32"] <= 5000 and 200 < first["ir:3*0.1"] < 260
+            assert 0 <= first["ir:8*0.1"] <= 100 and first["di:0"] is True
+            await conn.write("coil:0", False)  # inverter off: no power
+            assert await conn.read_many(["ir:0", "ir:1:float32"]) == {
+                "ir:0": 0,
+                "ir:1:float32": 0.0,
+            }
+        finally:
+            await conn.disconnect()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_modbus_sim_arguments() -> None:
+    """Test that the modbus subcommand parses its options and refuses impossible ones."""
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser)
+    args = parser.parse_args(["modbus", "--count", "4", "--base-port", "15020", "--units", "3"])
+    assert (args.sim_kind, args.count, args.base_port, args.units) == ("modbus", 4, 15020, 3)
+    bad = argparse.Namespace(sim_kind="modbus", count=1, base_port=0, host="127.0.0.1", units=300)
+    assert run_sim_from_args(bad) == 2
+
+
+async def test_modbus_simulator_unplugs_and_replugs_a_device() -> None:
+    """Test that a stopped simulated Modbus device refuses and serves again on its port."""
+    from edgelink.sim.modbus import ModbusSimulator
+
+    async with ModbusSimulator(3, seed=7) as modbus_sim:
+        ports = modbus_sim.ports
+        assert len(set(ports)) == 3
+        await modbus_sim.stop_device(1)
+        with pytest.raises(ConnectionRefusedError):
+            await connect(ports[1])
+        await modbus_sim.start_device(1)
+        assert modbus_sim.ports[1] == ports[1]
+        reader, writer = await connect(ports[1])
+        # FC 4, ir:0, one register, unit 1: the status register answers "running".
+        writer.write(bytes.fromhex("0001 0000 0006 01 04 0000 0001"))
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == bytes.fromhex(
+            "0001 0000 0005 01 04 02 0001"
+        )
+        await close((reader, writer))
+        assert modbus_sim.requests == 1

@@ -1,6 +1,6 @@
 """Device simulators for ``edgelink demo``, tests and benchmarks, and their command line.
 
-``python -m edgelink.sim tcp --count N --base-port P`` (and ``edgelink sim``,
+``python -m edgelink.sim tcp|modbus --count N --base-port P`` (and ``edgelink sim``,
 which reuses `add_sim_arguments` and `run_sim_from_args`) runs simulators
 until SIGTERM or SIGINT; ``... sim serial --link PATH`` runs a serial device
 behind a new socat pty pair whose driver end is PATH.
@@ -43,7 +43,7 @@ def _port(text: str) -> int:
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator subcommands (``tcp``, ``serial``) and their options to ``parser``.
+    """Add the simulator subcommands (``tcp``, ``modbus``, ``serial``) and their options.
 
     The parsed namespace is what `run_sim_from_args` takes.
     """
@@ -81,6 +81,25 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         default="u16be",
         help="length framing prefix (default u16be)",
     )
+    modbus = kinds.add_parser(
+        "modbus",
+        help="Modbus TCP inverters with a battery (needs the modbus extra)",
+        description=(
+            "Run COUNT Modbus TCP devices on consecutive ports, each an inverter with a "
+            "battery whose registers change over time (the map: edgelink.sim.modbus)."
+        ),
+    )
+    modbus.add_argument("--count", type=_count, default=1, help="number of devices (default 1)")
+    modbus.add_argument(
+        "--base-port",
+        type=_port,
+        default=0,
+        help="port of the first device; 0 = ephemeral ports (default 0)",
+    )
+    modbus.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    modbus.add_argument(
+        "--units", type=_count, default=1, help="unit ids per device, 1..N (default 1)"
+    )
 
 
 def run_sim_from_args(args: argparse.Namespace) -> int:
@@ -112,6 +131,23 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
         return asyncio.run(
             _run_until_signal(
                 run_serial_simulator(args.link, device_path=args.device_link, framing=framing)
+            )
+        )
+    if args.sim_kind == "modbus":
+        if args.base_port and args.base_port + args.count - 1 > 65535:
+            print("edgelink sim: --base-port + --count exceeds 65535", file=sys.stderr)
+            return 2
+        if args.units > 247:
+            print("edgelink sim: --units must be at most 247", file=sys.stderr)
+            return 2
+        try:
+            from edgelink.sim.modbus import run_modbus_simulator
+        except ImportError as exc:
+            print(f"edgelink sim: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(
+            _run_until_signal(
+                run_modbus_simulator(args.count, args.base_port, args.host, args.units)
             )
         )
     print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
