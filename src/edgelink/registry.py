@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "edgelink.drivers"
 #: a missing extra only matters when its type is used.
 BUILTIN_DRIVERS: dict[str, str] = {
     "tcp": "edgelink.drivers.tcp:TCPConnection",
+    "mqtt": "edgelink.drivers.mqtt:MQTTConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]
