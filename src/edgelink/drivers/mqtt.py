@@ -35,7 +35,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-from edgelink.connection import Connection
+from edgelink.connection import Connection, Stats
 from edgelink.drivers._socket import tune_tcp_socket
 from edgelink.errors import ConfigError, ConnectError, DeviceError, PermanentError, ProtocolError
 from edgelink.subscriptions import Subscription, SubscriptionLedger
@@ -338,6 +338,11 @@ class MQTTConnection(Connection):
         self._health_sub_mid: int | None = None
         self._last: dict[str, Any] = {}
         self._rx_messages = 0
+        # Traffic counted on the hot paths as plain ints and added to the shared
+        # Stats in bulk (update_stats per message would cost more than paho's
+        # own work for a publish): whoever reads `stats` gets exact figures.
+        self._pending_tx = [0, 0]
+        self._pending_rx = [0, 0]
 
     def _parse_subscription(self, item: Any, path: str) -> tuple[str, int, bool]:
         cid = self.connection_id
@@ -403,6 +408,23 @@ class MQTTConnection(Connection):
     def subscriptions(self) -> SubscriptionLedger:
         """The subscription ledger: what is subscribed and whether the broker confirmed it."""
         return self._ledger
+
+    @property
+    def stats(self) -> Stats:
+        """The traffic counters (PUBLISH packets and their wire bytes), up to date."""
+        self._flush_stats()
+        return self._stats
+
+    def _flush_stats(self) -> None:
+        tx, rx = self._pending_tx, self._pending_rx
+        if tx[0] or rx[0]:
+            self._pending_tx, self._pending_rx = [0, 0], [0, 0]
+            self.update_stats(
+                packets_sent=tx[0],
+                bytes_sent=tx[1],
+                packets_received=rx[0],
+                bytes_received=rx[1],
+            )
 
     def is_connected(self) -> bool:
         """Return True while the broker accepted the session and the socket is open."""
@@ -557,6 +579,7 @@ class MQTTConnection(Connection):
         self._ledger.link_down()
         self._fail_waiters(ConnectError("connection closed", connection_id=self.connection_id))
         self._teardown()
+        self._flush_stats()
         task, self._misc_task = self._misc_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -661,7 +684,9 @@ class MQTTConnection(Connection):
         if info.rc != _SUCCESS:
             self._check_rc(info.rc, f"publish to {topic!r}")
         tlen = len(topic) if topic.isascii() else len(topic.encode())
-        self.update_stats(packets_sent=1, bytes_sent=_publish_size(tlen, len(data), q))
+        tx = self._pending_tx
+        tx[0] += 1
+        tx[1] += _publish_size(tlen, len(data), q)
         if q == 0:
             return None
         if client.on_publish is None:
@@ -807,6 +832,8 @@ class MQTTConnection(Connection):
             await asyncio.sleep(MISC_INTERVAL)
             if client is not self._client:
                 return
+            # Also feeds the data watchdog for a link that only publishes.
+            self._flush_stats()
             try:
                 rc = client.loop_misc()
             except Exception as exc:  # noqa: BLE001 - becomes a lost link
@@ -959,9 +986,9 @@ class MQTTConnection(Connection):
                 probe[1].set_result(None)
             return
         tlen = len(topic) if topic.isascii() else len(topic.encode())
-        self.update_stats(
-            packets_received=1, bytes_received=_publish_size(tlen, len(payload), message.qos)
-        )
+        rx = self._pending_rx
+        rx[0] += 1
+        rx[1] += _publish_size(tlen, len(payload), message.qos)
         value = decode_payload(payload)
         self._last[topic] = value
         awaiting = self._ledger.awaiting_data
