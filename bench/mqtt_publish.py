@@ -172,7 +172,8 @@ class Counter:
         )
 
     def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         return self.proc.stdout.readline().strip()
@@ -287,7 +288,7 @@ async def run_phase(
             if qos and i % 16 == 15:
                 bare_direct.loop_read()  # the PUBACKs free inflight slots
         _drain_direct(bare_direct)
-        while qos and bare_direct._out_messages:  # noqa: SLF001 - waiting for the last acks
+        while qos and bare_direct._out_messages:  # paho's unacked QoS 1 messages
             bare_direct.loop(0.01)
     else:
         info = None
