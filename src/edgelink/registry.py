@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "edgelink.drivers"
 BUILTIN_DRIVERS: dict[str, str] = {
     "tcp": "edgelink.drivers.tcp:TCPConnection",
     "mqtt": "edgelink.drivers.mqtt:MQTTConnection",
+    "http": "edgelink.drivers.http:HTTPConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

@@ -1,8 +1,8 @@
 """Device simulators for ``edgelink demo``, tests and benchmarks, and their command line.
 
-``python -m edgelink.sim tcp --count N --base-port P`` (and ``edgelink sim``,
-which reuses `add_sim_arguments` and `run_sim_from_args`) runs simulators
-until SIGTERM or SIGINT.
+``python -m edgelink.sim tcp --count N --base-port P`` or ``... http --port P``
+(and ``edgelink sim``, which reuses `add_sim_arguments` and
+`run_sim_from_args`) runs simulators until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,9 +14,18 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from edgelink.sim.http import HttpDevice, HttpSimulator, run_http_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
 
-__all__ = ["TcpSimulator", "add_sim_arguments", "run_sim_from_args", "run_tcp_simulator"]
+__all__ = [
+    "HttpDevice",
+    "HttpSimulator",
+    "TcpSimulator",
+    "add_sim_arguments",
+    "run_http_simulator",
+    "run_sim_from_args",
+    "run_tcp_simulator",
+]
 
 
 def _count(text: str) -> int:
@@ -52,6 +61,19 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of the first device; 0 = ephemeral ports (default 0)",
     )
     tcp.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    http = kinds.add_parser(
+        "http",
+        help="an HTTP device with a JSON API (needs uvicorn)",
+        description="Run one simulated HTTP device: /health, /status, /values, /settings.",
+    )
+    http.add_argument(
+        "--port", type=_port, default=0, help="listen port; 0 = an ephemeral port (default 0)"
+    )
+    http.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    http.add_argument(
+        "--api-key", default=None, help="require this key (X-API-Key or Bearer); default none"
+    )
+    http.add_argument("--no-animate", action="store_true", help="keep the power figures still")
 
 
 def run_sim_from_args(args: argparse.Namespace) -> int:
@@ -67,6 +89,18 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
         return asyncio.run(
             _run_until_signal(run_tcp_simulator(args.count, args.base_port, args.host))
         )
+    if args.sim_kind == "http":
+        try:
+            return asyncio.run(
+                _run_until_signal(
+                    run_http_simulator(
+                        args.port, args.host, api_key=args.api_key, animate=not args.no_animate
+                    )
+                )
+            )
+        except RuntimeError as exc:  # uvicorn missing, or the server did not come up
+            print(f"edgelink sim: {exc}", file=sys.stderr)
+            return 1
     print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
     return 2
 
