@@ -108,6 +108,17 @@ async def wait_until(pred: Callable[[], object], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
+async def advance_until(clock: ManualClock, pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Advance the manual clock through short timers (backoff, polls) until ``pred()`` holds."""
+    async with asyncio.timeout(timeout):
+        while not pred():
+            delays = [d for d in clock.pending() if d < 5]
+            if delays:
+                await clock.advance(delays[0])
+            else:
+                await asyncio.sleep(0.005)
+
+
 def cfg(broker: MosquittoBroker, **extra: Any) -> dict[str, Any]:
     return {"host": broker.host, "port": broker.port, **extra}
 
@@ -411,7 +422,12 @@ async def test_broker_restart_reconnects_and_resubscribes(
     """Test that a killed broker means reconnecting, and its return brings the subscriptions back."""
     m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, reconnect_max_attempts=None)
     data = Data(m)
-    conn = m.add_connection("mq", "mqtt", cfg(own_broker, subscribe=["plant/#"], qos=1))
+    conn = m.add_connection(
+        "mq",
+        "mqtt",
+        cfg(own_broker, subscribe=["plant/#"], qos=1),
+        poll=[{"tags": ["plant/1/power"], "interval": 1.0}],
+    )
     assert isinstance(conn, MQTTConnection)
     conn.subscribe("late/topic")  # added at run time: replayed too
     async with m:
@@ -424,21 +440,18 @@ async def test_broker_restart_reconnects_and_resubscribes(
             await clock.advance(await clock.wait_for_timer(lambda d: d < 5))
         await wait_until(lambda: m.get_status("mq")["reconnect_attempts"] >= 1)
         own_broker.start()
-        async with asyncio.timeout(5):
-            # Advance through backoff delays until an attempt gets in.
-            while m.get_status("mq")["status"] != "connected":
-                delays = [d for d in clock.pending() if d < 5]
-                if delays:
-                    await clock.advance(delays[0])
-                else:
-                    await asyncio.sleep(0.005)
+        await advance_until(clock, lambda: m.get_status("mq")["status"] == "connected")
         await wait_until(lambda: conn.subscriptions.is_confirmed())
         assert [e["replays"] for e in conn.subscriptions.as_list()] == [1, 1]
         peer = peer_factory(own_broker)
         peer.publish("plant/1/power", b"7")
         peer.publish("late/topic", b"8")
-        await wait_until(lambda: len(data.points) >= 2)
-        assert [(t, v) for _, t, v, _ in data.points] == [("plant/1/power", 7), ("late/topic", 8)]
+        await wait_until(lambda: data.values("late/topic") == [8])
+        assert data.values("plant/1/power")[-1] == 7  # pushed by the broker
+        # The poll (a read of the last value) resumed, with one poller only.
+        await advance_until(clock, lambda: ("mq", "plant/1/power", 7, "good") in data.points[-1:])
+        pollers = [t for t in asyncio.all_tasks() if t.get_name() == "edgelink[mq].poll0"]
+        assert len(pollers) == 1
         assert m.get_status("mq")["stats"]["reconnects"] == 1
         assert m.get_status("mq")["health"] == "healthy"
 
