@@ -7,6 +7,7 @@ import gc
 import os
 import secrets
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import psutil
 import pytest
+import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError
@@ -218,6 +220,9 @@ def test_encode_payload_refuses_what_json_cannot_say(value: object) -> None:
         ({"host": "h", "health_topic": "a/+"}, "config.health_topic", "wildcards"),
         ({"host": "h", "will": {"topic": "a/#"}}, "config.will.topic", "wildcards"),
         ({"host": "h", "subscribe_timeout": 0}, "config.subscribe_timeout", "> 0"),
+        ({"host": "h", "ca_file": "ca.pem"}, "config.ca_file", "tls is not"),
+        ({"host": "h", "tls": True, "client_key": "k"}, "config.client_key", "client_cert"),
+        ({"host": "h", "tls": True, "verify": "no"}, "config.verify", "true or false"),
     ],
 )
 def test_bad_config_names_the_key(config: dict[str, Any], path: str, text: str) -> None:
@@ -233,6 +238,13 @@ def test_password_stays_out_of_repr_and_status() -> None:
     assert "s3cr3t-pw" not in repr(conn)
     assert "s3cr3t-pw" not in str(conn.get_status())
     assert "alice" in repr(conn)
+
+
+def test_tls_defaults_to_port_8883() -> None:
+    """Test that the default port follows tls (1883 plain, 8883 TLS) and an explicit one wins."""
+    assert MQTTConnection("m", {"host": "h"}).port == 1883
+    assert MQTTConnection("m", {"host": "h", "tls": True}).port == 8883
+    assert MQTTConnection("m", {"host": "h", "tls": True, "port": 9000}).port == 9000
 
 
 def test_registered_as_a_driver() -> None:
@@ -591,3 +603,96 @@ async def test_reconnect_cycles_leak_nothing(broker: MosquittoBroker) -> None:
     gc.collect()
     assert proc.num_fds() <= fds
     assert (threading.active_count(), len(asyncio.all_tasks())) == (threads, tasks)
+
+
+# -------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throw-away CA and a broker certificate for 127.0.0.1, as PEM files."""
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "broker.key"))
+    with open(d / "broker.pem", "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return {"ca": str(d / "ca.pem"), "cert": str(d / "broker.pem"), "key": str(d / "broker.key")}
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tls_files: dict[str, str]) -> Iterator[MosquittoBroker]:
+    """A mosquitto whose listener speaks TLS only."""
+    with MosquittoBroker(certfile=tls_files["cert"], keyfile=tls_files["key"]) as b:
+        yield b
+
+
+async def test_tls_connects_checks_and_carries_messages(
+    standalone: list[MQTTConnection], tls_broker: MosquittoBroker, tls_files: dict[str, str]
+) -> None:
+    """Test that a TLS link with the broker's CA connects, echoes and carries messages."""
+    got: list[tuple[str, Any]] = []
+    conn = MQTTConnection(
+        "m", cfg(tls_broker, tls=True, ca_file=tls_files["ca"], subscribe=["t/#"], qos=1)
+    )
+    conn.report_data = lambda tag, value, **kw: got.append((tag, value))  # type: ignore[method-assign]
+    standalone.append(conn)
+    await conn.connect()
+    assert conn._client is not None
+    sock = conn._client.socket()
+    assert isinstance(sock, ssl.SSLSocket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert await asyncio.wait_for(conn.health_check(), 2)
+    for i in range(200):  # a burst: TLS holds decrypted bytes the selector cannot see
+        conn.publish(f"t/{i}", i)
+    await wait_until(lambda: len(got) == 200)
+    assert got[-1] == ("t/199", 199)
+    await wait_until(lambda: conn.subscriptions.is_confirmed())
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        ({}, "certificate for '127.0.0.1' was refused"),  # the system CAs do not know ours
+        ({"ca": True, "tls_server_name": "broker.example"}, "broker.example"),
+    ],
+)
+async def test_tls_certificate_refusal_is_the_error_state(
+    make_manager: Make,
+    tls_broker: MosquittoBroker,
+    tls_files: dict[str, str],
+    extra: dict[str, Any],
+    text: str,
+) -> None:
+    """Test that an untrusted certificate or a wrong name ends in state error, no retries."""
+    config = cfg(tls_broker, tls=True)
+    if extra.pop("ca", False):
+        config["ca_file"] = tls_files["ca"]
+    config.update(extra)
+    m = make_manager(watchdog_interval=NO_WATCHDOG)
+    m.add_connection("mq", "mqtt", config)
+    async with m:
+        await m.wait_for_state("mq", "error", timeout=5)
+        status = m.get_status("mq")
+        assert text in status["last_error"]
+        assert status["reconnect_attempts"] == 0
+
+
+async def test_tls_without_verification_and_bad_files(
+    standalone: list[MQTTConnection], tls_broker: MosquittoBroker
+) -> None:
+    """Test that verify false connects to any certificate and a missing CA file is a ConfigError."""
+    conn = MQTTConnection("m", cfg(tls_broker, tls=True, verify=False))
+    standalone.append(conn)
+    await conn.connect()
+    assert await asyncio.wait_for(conn.health_check(), 2)
+    bad = MQTTConnection("b", cfg(tls_broker, tls=True, ca_file="/nonexistent/ca.pem"))
+    with pytest.raises(ConfigError) as info:
+        await bad.connect()
+    assert info.value.path == "config.ca_file"
+    plain = MQTTConnection("p", cfg(tls_broker))  # plain MQTT to a TLS port
+    standalone.append(plain)
+    with pytest.raises(ConnectError):
+        await asyncio.wait_for(plain.connect(), 2)

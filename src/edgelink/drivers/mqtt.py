@@ -9,9 +9,9 @@ How it runs: paho's client does the MQTT protocol; the asyncio loop does the
 I/O through paho's external-loop hooks (``add_reader``/``add_writer`` on its
 socket, ``loop_misc`` once a second in the task ``edgelink[<id>].mqtt``), so
 no thread runs per client and a publish is a plain function call that paho
-buffers. The TCP connect (and name lookup) is done here without blocking the
-loop (paho's own ``connect`` would block), the socket is tuned like every
-edgelink TCP link (TCP_NODELAY, which paho leaves off, keepalive,
+buffers. The TCP connect, name lookup and TLS handshake are done here without
+blocking the loop (paho's own ``connect`` would block), the socket is tuned
+like every edgelink TCP link (TCP_NODELAY, which paho leaves off, keepalive,
 TCP_USER_TIMEOUT) and handed to paho. paho never reconnects on its own: a
 lost link is reported to the supervisor, which reconnects with its backoff;
 every new link subscribes again from the `edgelink.subscriptions` ledger,
@@ -30,8 +30,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import socket
+import ssl
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -77,6 +80,31 @@ _PERMANENT_CONNACK: Final = {
 _AUTH_CONNACK: Final = frozenset({134, 135, 140})
 
 HealthMode = Literal["echo", "ping"]
+
+#: TLS contexts by (ca_file, verify, client_cert, client_key), shared by every
+#: connection: loading a CA bundle takes tens of ms, which must neither block
+#: the loop nor happen per connect.
+_TlsKey = tuple[str | None, bool, str | None, str | None]
+_tls_contexts: dict[_TlsKey, ssl.SSLContext] = {}
+_tls_lock = threading.Lock()
+
+
+def _tls_context(key: _TlsKey) -> ssl.SSLContext:
+    with _tls_lock:
+        ctx = _tls_contexts.get(key)
+        if ctx is None:
+            ca, verify, cert, private_key = key
+            is_dir = ca is not None and os.path.isdir(ca)
+            ctx = ssl.create_default_context(
+                cafile=None if is_dir else ca, capath=ca if is_dir else None
+            )
+            if not verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if cert is not None:
+                ctx.load_cert_chain(cert, private_key)
+            _tls_contexts[key] = ctx
+        return ctx
 
 
 def encode_payload(value: Any) -> bytes:
@@ -153,6 +181,33 @@ def _publish_size(topic_len: int, payload_len: int, qos: int) -> int:
     remaining = 2 + topic_len + payload_len + (2 if qos else 0)
     header = 2 if remaining < 128 else 3 if remaining < 16384 else 4 if remaining < 2097152 else 5
     return header + remaining
+
+
+def _tls_pending(sock: Any) -> int:
+    """Bytes a TLS socket has decrypted but not handed out yet (0 for plain sockets)."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
+async def _fd_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
+    """Wait until ``sock`` is readable (or writable)."""
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(sock, ready)
+    else:
+        loop.add_reader(sock, ready)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(sock)
+        else:
+            loop.remove_reader(sock)
 
 
 class _PahoClient(paho.Client):
@@ -232,7 +287,37 @@ class MQTTConnection(Connection):
                 "host is required (a non-empty string)", path="config.host", connection_id=cid
             )
         self.host: str = host
-        self.port = _int(cfg, "port", 1883, 1, 65535, cid)
+        tls = cfg.get("tls", False)
+        if not isinstance(tls, bool):
+            raise ConfigError(
+                f"tls must be true or false, got {tls!r}", path="config.tls", connection_id=cid
+            )
+        self.tls = tls
+        self.port = _int(cfg, "port", 8883 if tls else 1883, 1, 65535, cid)
+        verify = cfg.get("verify", True)
+        if not isinstance(verify, bool):
+            raise ConfigError(
+                f"verify must be true or false, got {verify!r}",
+                path="config.verify",
+                connection_id=cid,
+            )
+        self.verify = verify
+        self.ca_file = _optional_str(cfg, "ca_file", cid)
+        self.client_cert = _optional_str(cfg, "client_cert", cid)
+        self.client_key = _optional_str(cfg, "client_key", cid)
+        self.tls_server_name = _optional_str(cfg, "tls_server_name", cid)
+        if self.client_key is not None and self.client_cert is None:
+            raise ConfigError(
+                "client_key needs client_cert", path="config.client_key", connection_id=cid
+            )
+        if not tls:
+            for key in ("ca_file", "client_cert", "client_key", "tls_server_name"):
+                if cfg.get(key) is not None:
+                    raise ConfigError(
+                        f'{key} is set but tls is not: add "tls": true',
+                        path=f"config.{key}",
+                        connection_id=cid,
+                    )
         self.username = _optional_str(cfg, "username", cid)
         self._password = _optional_str(cfg, "password", cid)
         if self._password is not None and self.username is None:
@@ -446,7 +531,7 @@ class MQTTConnection(Connection):
         """
         await self.disconnect()
         loop = asyncio.get_running_loop()
-        sock = await self._open_socket(loop)
+        sock: socket.socket = await self._open_socket(loop)
         tune_tcp_socket(
             sock,
             keepalive_idle=self.keepalive_idle,
@@ -454,6 +539,12 @@ class MQTTConnection(Connection):
             keepalive_count=self.keepalive_count,
             user_timeout=self.tcp_user_timeout,
         )
+        if self.tls:
+            try:
+                sock = await self._start_tls(loop, sock)
+            except BaseException:
+                sock.close()
+                raise
         client = self._make_client()
         client.edgelink_socket = sock
         self._client, self._loop = client, loop
@@ -490,7 +581,7 @@ class MQTTConnection(Connection):
         except BaseException:
             self._closing = True
             self._teardown()
-            if sock.fileno() != -1:
+            if sock.fileno() != -1:  # paho never took it
                 sock.close()
             raise
         finally:
@@ -503,6 +594,57 @@ class MQTTConnection(Connection):
             rc, mid = client.subscribe(self.health_topic, 0)
             self._health_sub_mid = mid
         self._ledger.link_up()
+
+    async def _start_tls(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket
+    ) -> ssl.SSLSocket:
+        """Wrap the connected socket in TLS and run the handshake without blocking the loop.
+
+        Raises:
+            ConfigError: if the CA bundle or client certificate cannot be loaded.
+            PermanentError: if the broker's certificate is refused (wrong CA or name).
+            ConnectError: if the handshake fails otherwise.
+        """
+        key = (self.ca_file, self.verify, self.client_cert, self.client_key)
+        ctx = _tls_contexts.get(key)
+        if ctx is None:
+            try:
+                ctx = await asyncio.to_thread(_tls_context, key)
+            except (OSError, ssl.SSLError) as exc:
+                path = "config.client_cert" if self.client_cert else "config.ca_file"
+                raise ConfigError(
+                    f"cannot load the TLS files: {exc}", path=path, connection_id=self.connection_id
+                ) from exc
+        name = self.tls_server_name or self.host
+        ssock = ctx.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False)
+        where = f"{self.host}:{self.port}"
+        try:
+            while True:
+                try:
+                    ssock.do_handshake()
+                    return ssock
+                except ssl.SSLWantReadError:
+                    await _fd_ready(loop, ssock, write=False)
+                except ssl.SSLWantWriteError:
+                    await _fd_ready(loop, ssock, write=True)
+        except ssl.SSLCertVerificationError as exc:
+            ssock.close()
+            raise PermanentError(
+                f"TLS: the broker's certificate for {name!r} was refused: "
+                f"{exc.verify_message or exc}",
+                connection_id=self.connection_id,
+                cause=exc,
+            ) from exc
+        except (ssl.SSLError, OSError) as exc:
+            ssock.close()
+            raise ConnectError(
+                f"TLS handshake with {where} failed: {exc}",
+                connection_id=self.connection_id,
+                cause=exc,
+            ) from exc
+        except BaseException:
+            ssock.close()
+            raise
 
     async def _open_socket(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
         where = f"{self.host}:{self.port}"
@@ -873,8 +1015,16 @@ class MQTTConnection(Connection):
             for _ in range(READ_BATCH):
                 before = self._rx_messages
                 rc = client.loop_read()
-                if rc != _SUCCESS or self._rx_messages == before or client.socket() is None:
-                    break
+                sock = client.socket()
+                if rc != _SUCCESS or sock is None:
+                    return
+                if self._rx_messages == before and not _tls_pending(sock):
+                    return
+            # The batch is used up. Bytes TLS already decrypted wake no
+            # selector: come back for them on the next loop turn.
+            sock = client.socket()
+            if sock is not None and _tls_pending(sock) and self._loop is not None:
+                self._loop.call_soon(self._on_readable)
         except ProtocolError as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - a frame paho choked on is garbage

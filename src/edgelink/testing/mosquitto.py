@@ -56,6 +56,9 @@ class MosquittoBroker:
             and kept for restarts.
         persistence: Keep retained messages and sessions across `restart`
             (in the broker's directory).
+        certfile: With ``keyfile``, the listener speaks TLS with this certificate
+            (PEM, the chain after the server certificate).
+        keyfile: The certificate's private key (PEM).
         extra_config: More mosquitto.conf lines.
         executable: The mosquitto binary (default: found on PATH or in /usr/sbin).
 
@@ -71,9 +74,15 @@ class MosquittoBroker:
         allow_anonymous: bool | None = None,
         port: int | None = None,
         persistence: bool = False,
+        certfile: str | os.PathLike[str] | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
         extra_config: str = "",
         executable: str | None = None,
     ) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        self.certfile = None if certfile is None else Path(certfile)
+        self.keyfile = None if keyfile is None else Path(keyfile)
         self.host = _LOOPBACK
         self.users = dict(users or {})
         self.acl = acl
@@ -147,8 +156,10 @@ class MosquittoBroker:
 
     def _write_config(self, port: int) -> Path:
         d = self.directory
-        lines = [
-            f"listener {port} {self.host}",
+        lines = [f"listener {port} {self.host}"]
+        if self.certfile is not None and self.keyfile is not None:
+            lines += [f"certfile {self.certfile}", f"keyfile {self.keyfile}"]
+        lines += [
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {d}/",
