@@ -290,6 +290,19 @@ async def test_subscribed_messages_become_datapoints(
             ]
         )
         assert m.get_status("mq")["health"] == "healthy"
+        # Subscriptions added and removed at run time take effect at once.
+        conn.subscribe("runtime/#", qos=1)
+        await wait_until(lambda: conn.subscriptions.is_confirmed())
+        peer.publish("runtime/a", b"1")
+        await wait_until(lambda: data.values("runtime/a") == [1])
+        conn.unsubscribe("runtime/#")
+        # The echo comes back after the broker handled the UNSUBSCRIBE sent before it.
+        assert await conn.health_check()
+        peer.publish("runtime/a", b"2")
+        peer.publish("plant/3/power", b"3")  # a marker behind it
+        await wait_until(lambda: data.values("plant/3/power"))
+        assert data.values("runtime/a") == [1]
+        assert "runtime/#" not in conn.subscriptions
 
 
 async def test_write_publishes_with_qos_and_retain(
