@@ -175,6 +175,7 @@ def test_resolve_pointer_errors_say_where(tokens: tuple[str, ...], text: str) ->
     ("config", "path", "text"),
     [
         ({}, "config.base_url", "required"),
+        ({"base_url": "http://h", "apikey": "x"}, "config.apikey", "unknown key 'apikey'"),
         ({"base_url": "ftp://x"}, "config.base_url", "http:// or https://"),
         ({"base_url": "http://"}, "config.base_url", "with a host"),
         ({"base_url": "http://h/#x"}, "config.base_url", "fragment"),

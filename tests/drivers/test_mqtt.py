@@ -202,6 +202,7 @@ def test_encode_payload_refuses_what_json_cannot_say(value: object) -> None:
     ("config", "path", "text"),
     [
         ({}, "config.host", "host is required"),
+        ({"host": "h", "subcribe": ["a"]}, "config.subcribe", "unknown key 'subcribe'"),
         ({"host": "h", "port": 0}, "config.port", "1..65535"),
         ({"host": "h", "qos": 3}, "config.qos", "0..2"),
         ({"host": "h", "subscribe": "a/b"}, "config.subscribe", "list"),

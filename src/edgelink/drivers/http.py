@@ -58,6 +58,16 @@ READ_METHODS: Final = frozenset({"GET", "POST"})
 WRITE_METHODS: Final = frozenset({"PUT", "POST", "PATCH"})
 _ALL_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
+#: Every config key the driver knows; any other is refused (a typo must not
+#: pass silently).
+CONFIG_KEYS: Final = frozenset(
+    {
+        "base_url", "headers", "api_key", "api_key_header", "api_key_prefix", "health_path",
+        "timeout", "write_method", "verify", "follow_redirects", "trust_env", "keepalive_idle",
+        "keepalive_interval", "keepalive_count", "tcp_user_timeout",
+    }
+)  # fmt: skip
+
 
 # TLS contexts by CA source (True = the default bundle), shared by every
 # connection: building one loads the CA bundle (35-70 ms here), which must
@@ -187,6 +197,11 @@ class HTTPConnection(Connection):
 
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(message, path=f"config.{key}", connection_id=cid)
+
+        unknown = sorted(set(cfg) - CONFIG_KEYS)
+        if unknown:
+            known = ", ".join(sorted(CONFIG_KEYS))
+            raise fail(unknown[0], f"unknown key {unknown[0]!r}; the http driver knows {known}")
 
         base_url = cfg.get("base_url")
         if not isinstance(base_url, str) or not base_url:

@@ -81,6 +81,18 @@ _AUTH_CONNACK: Final = frozenset({134, 135, 140})
 
 HealthMode = Literal["echo", "ping"]
 
+#: Every config key the driver knows; any other is refused (a typo must not
+#: pass silently).
+CONFIG_KEYS: Final = frozenset(
+    {
+        "host", "port", "username", "password", "client_id", "subscribe", "qos", "keepalive",
+        "retain", "protocol", "clean_session", "session_expiry", "will", "health_check",
+        "health_topic", "subscribe_timeout", "tls", "ca_file", "verify", "tls_server_name",
+        "client_cert", "client_key", "keepalive_idle", "keepalive_interval", "keepalive_count",
+        "tcp_user_timeout",
+    }
+)  # fmt: skip
+
 #: TLS contexts by (ca_file, verify, client_cert, client_key), shared by every
 #: connection: loading a CA bundle takes tens of ms, which must neither block
 #: the loop nor happen per connect.
@@ -281,6 +293,14 @@ class MQTTConnection(Connection):
     ) -> None:
         super().__init__(connection_id, config, context)
         cfg, cid = self.config, connection_id
+        unknown = sorted(set(cfg) - CONFIG_KEYS)
+        if unknown:
+            known = ", ".join(sorted(CONFIG_KEYS))
+            raise ConfigError(
+                f"unknown key {unknown[0]!r}; the mqtt driver knows {known}",
+                path=f"config.{unknown[0]}",
+                connection_id=cid,
+            )
         host = cfg.get("host")
         if not isinstance(host, str) or not host:
             raise ConfigError(
