@@ -89,7 +89,7 @@ CONFIG_KEYS: Final = frozenset(
         "retain", "protocol", "clean_session", "session_expiry", "will", "health_check",
         "health_topic", "subscribe_timeout", "tls", "ca_file", "verify", "tls_server_name",
         "client_cert", "client_key", "keepalive_idle", "keepalive_interval", "keepalive_count",
-        "tcp_user_timeout",
+        "tcp_user_timeout", "max_inflight",
     }
 )  # fmt: skip
 
@@ -346,6 +346,7 @@ class MQTTConnection(Connection):
             )
         self.qos = _int(cfg, "qos", 0, 0, 2, cid)
         self.keepalive = _int(cfg, "keepalive", 60, 0, 65535, cid)
+        self.max_inflight = _int(cfg, "max_inflight", 20, 1, 65535, cid)
         retain = cfg.get("retain", False)
         if not isinstance(retain, bool):
             raise ConfigError(
@@ -707,6 +708,7 @@ class MQTTConnection(Connection):
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             reconnect_on_failure=False,
         )
+        client.max_inflight_messages_set(self.max_inflight)
         if self.username is not None:
             client.username_pw_set(self.username, self._password)
         if self._will is not None:
@@ -1039,12 +1041,16 @@ class MQTTConnection(Connection):
                 if rc != _SUCCESS or sock is None:
                     return
                 if self._rx_messages == before and not _tls_pending(sock):
-                    return
-            # The batch is used up. Bytes TLS already decrypted wake no
-            # selector: come back for them on the next loop turn.
-            sock = client.socket()
-            if sock is not None and _tls_pending(sock) and self._loop is not None:
-                self._loop.call_soon(self._on_readable)
+                    break
+            else:
+                # The batch is used up. Bytes TLS already decrypted wake no
+                # selector: come back for them on the next loop turn.
+                if _tls_pending(sock) and self._loop is not None:
+                    self._loop.call_soon(self._on_readable)
+            if client.want_write():
+                # What the packets read released (QoS acks, messages waiting
+                # for an inflight slot) goes out now, not one loop turn later.
+                client.loop_write()
         except ProtocolError as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - a frame paho choked on is garbage
