@@ -418,9 +418,15 @@ class Supervisor:
 
     def _handle_degraded(self, reason: str | None) -> None:
         # Only a connected link has a health to refine; a failing check
-        # (unhealthy) outranks the driver's word, and the next check or link
-        # re-evaluates anyway.
-        if self._sm.state is not S.CONNECTED or self._health is Health.UNHEALTHY:
+        # (unhealthy) outranks the driver's word, a link already lost keeps its
+        # health until the main task handles the loss, and the next check or
+        # link re-evaluates anyway.
+        lost = self._lost
+        if (
+            self._sm.state is not S.CONNECTED
+            or self._health is Health.UNHEALTHY
+            or (lost is not None and lost.done())
+        ):
             return
         self._set_health(self._passing_health())
 
