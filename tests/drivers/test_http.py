@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from edgelink import (
     ConfigError,
@@ -482,3 +483,51 @@ def test_cli_sim_http_serves_and_stops_on_sigterm() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# ------------------------------------------------------------------- HTTPS
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throw-away CA and a device certificate for 127.0.0.1, as PEM files."""
+    d = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "dev.key"))
+    with open(d / "dev.pem", "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return {"ca": str(d / "ca.pem"), "cert": str(d / "dev.pem"), "key": str(d / "dev.key")}
+
+
+@pytest.fixture(scope="module")
+def https_sim(tls_files: dict[str, str]) -> Iterator[HttpSimulator]:
+    """The simulated device behind HTTPS."""
+    with HttpSimulator(certfile=tls_files["cert"], keyfile=tls_files["key"]) as s:
+        yield s
+
+
+async def test_https_with_the_device_ca(
+    conns: list[HTTPConnection], https_sim: HttpSimulator, tls_files: dict[str, str]
+) -> None:
+    """Test that HTTPS works with the device's CA bundle, and with verify false."""
+    assert https_sim.url.startswith("https://")
+    conn = await connected(conns, https_sim, verify=tls_files["ca"])
+    assert await conn.read("/status#/device/serial") == "SIM-0001"
+    loose = await connected(conns, https_sim, verify=False)
+    assert await loose.read("/values/mode") == "auto"
+
+
+async def test_untrusted_certificate_is_the_error_state(
+    make_manager: Make, https_sim: HttpSimulator
+) -> None:
+    """Test that a certificate the system CAs do not trust ends in state error, no retries."""
+    m = make_manager(watchdog_interval=NO_WATCHDOG)
+    m.add_connection("inv", "http", {"base_url": https_sim.url})
+    async with m:
+        await m.wait_for_state("inv", "error", timeout=5)
+        status = m.get_status("inv")
+        assert "certificate was refused" in status["last_error"]
+        assert status["reconnect_attempts"] == 0

@@ -173,6 +173,18 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: rare for devices, and only a hint
 
 
+def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connect error, if that is what it is."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _is_json(response: httpx.Response) -> bool:
     media = str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json") or media == "text/json"
@@ -437,6 +449,18 @@ class HTTPConnection(Connection):
                 f"{where}: no answer within {self.timeout:g} s ({type(exc).__name__})",
                 connection_id=cid,
                 cause=exc,
+            ) from exc
+        except httpx.ConnectError as exc:
+            bad_cert = _cert_error(exc)
+            if bad_cert is not None:
+                raise PermanentError(
+                    f"{where}: TLS: the device's certificate was refused: "
+                    f"{bad_cert.verify_message or bad_cert}",
+                    connection_id=cid,
+                    cause=exc,
+                ) from exc
+            raise ConnectError(
+                f"{where}: {exc or type(exc).__name__}", connection_id=cid, cause=exc
             ) from exc
         except httpx.RemoteProtocolError as exc:
             raise ProtocolError(

@@ -277,6 +277,8 @@ class HttpSimulator:
     `stop` and `start` again bring it back on the same port (a device reboot).
     ``device`` may be replaced while it runs: each request goes to the current one.
 
+    With ``certfile`` and ``keyfile`` (PEM) it serves HTTPS.
+
     Example:
         with HttpSimulator() as sim:
             manager.add_connection("inv", "http", {"base_url": sim.url})
@@ -289,11 +291,21 @@ class HttpSimulator:
     """
 
     def __init__(
-        self, device: HttpDevice | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        device: HttpDevice | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        certfile: str | None = None,
+        keyfile: str | None = None,
     ) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("certfile and keyfile go together")
         self.device = device if device is not None else HttpDevice()
         self.host = host
         self._port = port
+        self.certfile = certfile
+        self.keyfile = keyfile
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -308,8 +320,9 @@ class HttpSimulator:
 
     @property
     def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:8080``."""
-        return f"http://{self.host}:{self._port}"
+        """The base URL, e.g. ``http://127.0.0.1:8080`` (``https://`` with a certificate)."""
+        scheme = "https" if self.certfile else "http"
+        return f"{scheme}://{self.host}:{self._port}"
 
     @property
     def is_running(self) -> bool:
@@ -350,6 +363,8 @@ class HttpSimulator:
             http="h11",
             ws="none",
             timeout_graceful_shutdown=1,
+            ssl_certfile=self.certfile,
+            ssl_keyfile=self.keyfile,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
