@@ -5,7 +5,9 @@ answers health checks and reads/writes tags; it never decides states, counts
 retries or sleeps between attempts: its `Supervisor` does. The base classes
 give every driver `update_stats`, `report_data`, `mark_tx_drop`,
 `connection_lost`, `record_activity` and `get_status`, which talk to the
-supervisor through the small `ConnectionOwner` protocol.
+supervisor through the small `ConnectionOwner` protocol. A driver whose link
+works but not fully (a subscription the peer never confirmed) says so with
+`report_degraded`: the state stays connected and the health shows ``degraded``.
 
 Example:
     class PingDevice(Connection):
@@ -32,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from edgelink.clock import Clock, SystemClock
 from edgelink.errors import ConnectError, DeviceError
 from edgelink.redact import redact
 from edgelink.state import ConnectionState
@@ -49,6 +52,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The clock of a driver that runs without an owner (tests, scripts).
+_SYSTEM_CLOCK = SystemClock()
 
 STAT_FIELDS = (
     "packets_sent",
@@ -158,6 +164,16 @@ class ConnectionOwner(Protocol):
     def status_dict(self) -> dict[str, Any]:
         """Return the full status dict."""
 
+    # Added after the first drivers: an owner written before may lack these two,
+    # so the base class looks them up with getattr.
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the owner waits on (a `ManualClock` in tests)."""
+
+    def on_degraded(self, reason: str | None) -> None:
+        """The driver's link works but not fully (None: fully again). May come from any thread."""
+
 
 class _ConnectionBase:
     """What both driver styles share: identity, config, stats and the owner hooks."""
@@ -177,6 +193,7 @@ class _ConnectionBase:
         # but what the driver said is kept as a hint for a standalone driver.
         self._own_last_error: str | None = None
         self._own_connected_at: float | None = None
+        self._degraded_reason: str | None = None
 
     # -- owner wiring -------------------------------------------------------
 
@@ -232,6 +249,37 @@ class _ConnectionBase:
         """Say the link showed life without a datapoint (feeds the data watchdog)."""
         if self._owner is not None:
             self._owner.on_activity()
+
+    def report_degraded(self, reason: str | None) -> None:
+        """Say the link works but not fully, and why; None says it is whole again. Thread-safe.
+
+        For what a health check cannot see, e.g. a subscription replayed after a
+        reconnect that the peer never confirmed (`edgelink.subscriptions`). The
+        supervisor keeps the state and shows health ``degraded`` with the reason
+        (``health_reason`` in the status) until the driver clears it. It never
+        reconnects for this: a failing health check does that.
+        """
+        if reason == self._degraded_reason:
+            return
+        self._degraded_reason = reason
+        hook = getattr(self._owner, "on_degraded", None)
+        if hook is not None:
+            hook(reason)
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why the driver said its link is degraded (`report_degraded`), or None."""
+        return self._degraded_reason
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of the owner (a `ManualClock` in tests); the system clock without one.
+
+        Drivers that keep timers of their own (a confirmation deadline) use it,
+        so that tests can advance them like the supervisor's.
+        """
+        clock = getattr(self._owner, "clock", None)
+        return clock if clock is not None else _SYSTEM_CLOCK
 
     def get_status(self) -> dict[str, Any]:
         """Return the status dict of DESIGN section 4."""

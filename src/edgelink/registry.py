@@ -33,6 +33,8 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "ads": "edgelink.drivers.ads:AdsConnection",
     "modbus_tcp": "edgelink.drivers.modbus:ModbusTcpConnection",
     "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
+    "mqtt": "edgelink.drivers.mqtt:MQTTConnection",
+    "http": "edgelink.drivers.http:HTTPConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

@@ -253,6 +253,11 @@ class Supervisor:
         return self._attempts
 
     @property
+    def clock(self) -> Clock:
+        """The clock every wait of this connection goes through (drivers use it too)."""
+        return self._clock
+
+    @property
     def task(self) -> asyncio.Task[None] | None:
         """The main task, while one exists."""
         return self._task
@@ -273,6 +278,7 @@ class Supervisor:
             "since": self._sm.since,
             "health": str(self._health),
             "health_latency": self._health_latency,
+            "health_reason": self.connection.degraded_reason,
             "connected_at": self._connected_at,
             "last_data_at": self._last_data_at,
             "last_error": self._last_error,
@@ -412,6 +418,37 @@ class Supervisor:
     def on_activity(self) -> None:
         """The link showed life. Thread-safe."""
         self._last_data_mono = self._clock.monotonic()
+
+    def on_degraded(self, reason: str | None) -> None:
+        """The driver says its link works but not fully (None: whole again). Thread-safe."""
+        self._on_loop(self._handle_degraded, reason)
+
+    def _handle_degraded(self, reason: str | None) -> None:
+        # Only a connected link has a health to refine; a failing check
+        # (unhealthy) outranks the driver's word, a link already lost keeps its
+        # health until the main task handles the loss, and the next check or
+        # link re-evaluates anyway.
+        lost = self._lost
+        if (
+            self._sm.state is not S.CONNECTED
+            or self._health is Health.UNHEALTHY
+            or (lost is not None and lost.done())
+        ):
+            return
+        self._set_health(self._passing_health())
+
+    def _passing_health(self) -> Health:
+        """The health of a link whose checks pass: degraded if slow or the driver says so."""
+        s = self.settings
+        latency = self._health_latency
+        slow = (
+            s.health_degraded_latency is not None
+            and latency is not None
+            and latency > s.health_degraded_latency
+        )
+        if slow or self._health_failures or self.connection.degraded_reason is not None:
+            return Health.DEGRADED
+        return Health.HEALTHY
 
     def on_tx_drop(self) -> None:
         """A frame broke mid-way: reconnect at once on the fast path. Thread-safe."""
@@ -765,7 +802,9 @@ class Supervisor:
         self._connected_at = self._clock.time()
         self._last_data_mono = self._clock.monotonic()
         self._health_failures = 0
-        self._set_health(Health.HEALTHY)
+        self._set_health(
+            Health.HEALTHY if self.connection.degraded_reason is None else Health.DEGRADED
+        )
         self._last_error = None
         attempt = self._attempts
         if was_reconnect:
@@ -884,8 +923,7 @@ class Supervisor:
             self._on_health_checked(self.connection_id, latency, ok)
         if ok:
             self._health_failures = 0
-            slow = s.health_degraded_latency is not None and latency > s.health_degraded_latency
-            self._set_health(Health.DEGRADED if slow else Health.HEALTHY)
+            self._set_health(self._passing_health())
             return None
         self._health_failures += 1
         self.connection.stats.add({"errors": 1}, self._clock.time())

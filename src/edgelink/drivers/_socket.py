@@ -5,7 +5,35 @@ from __future__ import annotations
 import contextlib
 import socket
 
-__all__ = ["tune_tcp_socket"]
+__all__ = ["tcp_socket_options", "tune_tcp_socket"]
+
+
+def tcp_socket_options(
+    *,
+    keepalive_idle: int = 10,
+    keepalive_interval: int = 5,
+    keepalive_count: int = 3,
+    user_timeout: float = 15.0,
+    nodelay: bool = True,
+) -> list[tuple[int, int, int]]:
+    """Return the ``(level, option, value)`` triples of `tune_tcp_socket`.
+
+    For libraries that open sockets themselves and take options to set
+    (httpx's ``socket_options``). Options this platform lacks are left out.
+    """
+    opts: list[tuple[int, int, int]] = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    if nodelay:
+        opts.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+    for name, value in (
+        ("TCP_KEEPIDLE", keepalive_idle),
+        ("TCP_KEEPINTVL", keepalive_interval),
+        ("TCP_KEEPCNT", keepalive_count),
+        ("TCP_USER_TIMEOUT", int(user_timeout * 1000)),
+    ):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            opts.append((socket.IPPROTO_TCP, opt, value))
+    return opts
 
 
 def tune_tcp_socket(
@@ -25,18 +53,13 @@ def tune_tcp_socket(
     fails instead of queueing for minutes; Nagle off keeps request latency low.
     Options a platform lacks are skipped.
     """
-    opts: list[tuple[int, int, int]] = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    if nodelay:
-        opts.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
-    for name, value in (
-        ("TCP_KEEPIDLE", keepalive_idle),
-        ("TCP_KEEPINTVL", keepalive_interval),
-        ("TCP_KEEPCNT", keepalive_count),
-        ("TCP_USER_TIMEOUT", int(user_timeout * 1000)),
-    ):
-        opt = getattr(socket, name, None)
-        if opt is not None:
-            opts.append((socket.IPPROTO_TCP, opt, value))
+    opts = tcp_socket_options(
+        keepalive_idle=keepalive_idle,
+        keepalive_interval=keepalive_interval,
+        keepalive_count=keepalive_count,
+        user_timeout=user_timeout,
+        nodelay=nodelay,
+    )
     for level, opt, value in opts:
         with contextlib.suppress(OSError):
             sock.setsockopt(level, opt, value)

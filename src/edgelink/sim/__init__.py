@@ -1,9 +1,9 @@
 """Device simulators for ``edgelink demo``, tests and benchmarks, and their command line.
 
-``python -m edgelink.sim tcp|modbus --count N --base-port P`` (and ``edgelink sim``,
-which reuses `add_sim_arguments` and `run_sim_from_args`) runs simulators
-until SIGTERM or SIGINT; ``... sim serial --link PATH`` runs a serial device
-behind a new socat pty pair whose driver end is PATH.
+``python -m edgelink.sim tcp|modbus --count N --base-port P`` or ``... http --port P``
+(and ``edgelink sim``, which reuses `add_sim_arguments` and `run_sim_from_args`)
+runs simulators until SIGTERM or SIGINT; ``... sim serial --link PATH`` runs a
+serial device behind a new socat pty pair whose driver end is PATH.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from collections.abc import Coroutine
 from typing import Any
 
 from edgelink.drivers._framing import LENGTH_PREFIXES, Framing
+from edgelink.sim.http import HttpDevice, HttpSimulator, run_http_simulator
 from edgelink.sim.serial import run_serial_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
 
 __all__ = [
+    "HttpDevice",
+    "HttpSimulator",
     "TcpSimulator",
     "add_sim_arguments",
+    "run_http_simulator",
     "run_serial_simulator",
     "run_sim_from_args",
     "run_tcp_simulator",
@@ -100,6 +104,19 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     modbus.add_argument(
         "--units", type=_count, default=1, help="unit ids per device, 1..N (default 1)"
     )
+    http = kinds.add_parser(
+        "http",
+        help="an HTTP device with a JSON API (needs uvicorn)",
+        description="Run one simulated HTTP device: /health, /status, /values, /settings.",
+    )
+    http.add_argument(
+        "--port", type=_port, default=0, help="listen port; 0 = an ephemeral port (default 0)"
+    )
+    http.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    http.add_argument(
+        "--api-key", default=None, help="require this key (X-API-Key or Bearer); default none"
+    )
+    http.add_argument("--no-animate", action="store_true", help="keep the power figures still")
 
 
 def run_sim_from_args(args: argparse.Namespace) -> int:
@@ -150,6 +167,18 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
                 run_modbus_simulator(args.count, args.base_port, args.host, args.units)
             )
         )
+    if args.sim_kind == "http":
+        try:
+            return asyncio.run(
+                _run_until_signal(
+                    run_http_simulator(
+                        args.port, args.host, api_key=args.api_key, animate=not args.no_animate
+                    )
+                )
+            )
+        except RuntimeError as exc:  # uvicorn missing, or the server did not come up
+            print(f"edgelink sim: {exc}", file=sys.stderr)
+            return 1
     print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
     return 2
 
