@@ -26,6 +26,13 @@ EXPECTED = {
         "status: line_device connected",
         "done",
     ],
+    "routing.py": [
+        "heater setpoint: 43.0",
+        "last reading: 18.0",
+        "route: passed=True filtered=True",
+        "heater setpoint still: 43.0",
+        "done",
+    ],
     "sync_facade.py": [
         "connected: boiler, pump",
         "4 threads wrote and read back 4 setpoints",
