@@ -34,6 +34,13 @@ EXPECTED = {
         "inverter_1: connected health=healthy",
         "done",
     ],
+    "routing.py": [
+        "heater setpoint: 43.0",
+        "last reading: 18.0",
+        "route: passed=True filtered=True",
+        "heater setpoint still: 43.0",
+        "done",
+    ],
     "sync_facade.py": [
         "connected: boiler, pump",
         "4 threads wrote and read back 4 setpoints",

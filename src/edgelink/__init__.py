@@ -36,6 +36,7 @@ from edgelink.events import Event, EventBus
 from edgelink.manager import ConnectionManager, HealthMonitor
 from edgelink.pool import ConnectionPool
 from edgelink.registry import DriverRegistry
+from edgelink.router import DataPoint, DataSpace, LogTarget, MemoryTarget, Router, Target
 from edgelink.settings import ConnectionSettings, ManagerSettings
 from edgelink.state import ConnectionState, Health
 from edgelink.supervisor import Supervisor
@@ -67,6 +68,8 @@ __all__ = [
     "ConnectionState",
     "ConnectionStatus",
     "ConnectTimeout",
+    "DataPoint",
+    "DataSpace",
     "DeviceError",
     "DeviceResetError",
     "DeviceSleepError",
@@ -79,14 +82,18 @@ __all__ = [
     "HealthMonitor",
     "JitterMode",
     "load_config",
+    "LogTarget",
     "ManagerSettings",
+    "MemoryTarget",
     "PermanentError",
     "ProtocolError",
     "ReconnectionError",
     "RouteError",
+    "Router",
     "Stats",
     "Supervisor",
     "SyncConnection",
     "SyncConnectionManager",
     "SystemClock",
+    "Target",
 ]

@@ -168,7 +168,57 @@ class ConnectionPoolExhaustedError(EdgelinkError):
 
 
 class RouteError(EdgelinkError, ValueError):
-    """A route, condition or transform is invalid."""
+    """A route, condition or transform is invalid (or ``routing.json`` is).
+
+    Args:
+        message: The reason.
+        route_id: The route it concerns, if known.
+        expression: The condition or transform text that is wrong, if any.
+        position: 1-based character position inside ``expression``.
+        file: The file that was read, if the routes came from one.
+        path: The JSON path inside the document, e.g. ``routes[2].condition``.
+        errors: Every ``(path, reason)`` found, when a document had several.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        route_id: str | None = None,
+        expression: str | None = None,
+        position: int | None = None,
+        file: str | None = None,
+        path: str | None = None,
+        errors: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.route_id = route_id
+        self.expression = expression
+        self.position = position
+        self.file = file
+        self.path = path
+        self.errors: list[tuple[str, str]] = errors or [(path or "", message)]
+        super().__init__(message)
+
+    @property
+    def detail(self) -> str:
+        """The reason with the route, expression and position, without file and path."""
+        text = self.message
+        if self.expression is not None:
+            where = f" at position {self.position}" if self.position is not None else ""
+            shown = self.expression
+            if len(shown) > 120:
+                shown = shown[:117] + "..."
+            text = f"{text} in {shown!r}{where}"
+        if self.route_id is not None:
+            text = f"route {self.route_id!r}: {text}"
+        return text
+
+    def __str__(self) -> str:
+        if len(self.errors) > 1:
+            lines = [f"{self.file or '<routes>'}: {len(self.errors)} errors"]
+            lines += [f"  {p or '(root)'}: {m}" for p, m in self.errors]
+            return "\n".join(lines)
+        return ": ".join([*(p for p in (self.file, self.path) if p), self.detail])
 
 
 def is_permanent(exc: BaseException) -> bool:

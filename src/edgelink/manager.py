@@ -6,6 +6,11 @@ drivers, and the supervisor watchdog that restarts a connection whose task
 died or got stuck. `execute_with_retry` is how everything else (the router,
 the API, user code) talks to a device without caring whether the link is up
 right now.
+
+It also owns one `Router` (`ConnectionManager.router`): every datapoint a
+driver reports goes through it, its connection writes go through
+`execute_with_retry`, and its spam protection suspends a connection that
+reports more than ``spam_max_pps`` datapoints per second.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from edgelink.errors import (
 )
 from edgelink.events import Event, EventBus, EventCallback, Unsubscribe, make_event
 from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.router import Router
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
@@ -206,6 +212,7 @@ class ConnectionManager:
         self._deadlines = DeadlineWheel()
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._router = Router(clock=self.clock, writer=self._write_for_router)
 
     # ---------------------------------------------------------- construction
 
@@ -309,6 +316,9 @@ class ConnectionManager:
         )
         self._sups[cid] = sup
         self._specs[cid] = spec
+        self._router.register_connection(
+            cid, spam_max_pps=spec.settings.spam_max_pps, on_spam=self._on_spam
+        )
         if self._started and spec.enabled:
             sup.start()
         return driver
@@ -359,6 +369,7 @@ class ConnectionManager:
         sup.connection.attach(None)
         self._sups.pop(connection_id, None)
         self._specs.pop(connection_id, None)
+        self._router.unregister_connection(connection_id)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -389,6 +400,8 @@ class ConnectionManager:
         for restart in list(self._restart_tasks):
             restart.cancel()
         await asyncio.gather(*self._restart_tasks, return_exceptions=True)
+        # Pending writes would only meet closing links now.
+        await self._router.aclose()
         await asyncio.gather(*(sup.stop(reason="shutdown") for sup in self._sups.values()))
         if self._pool is not None:
             await self._pool.close()
@@ -414,6 +427,7 @@ class ConnectionManager:
         sup = self._supervisor(connection_id)
         if not self._started:
             raise RuntimeError("the manager is not started")
+        self._router.reset_spam(connection_id)
         if sup.state in (ConnectionState.ERROR, ConnectionState.SUSPENDED):
             await sup.resume()
         else:
@@ -425,17 +439,26 @@ class ConnectionManager:
 
     async def restart_connection(self, connection_id: str) -> None:
         """Stop and start one connection with a fresh attempt counter."""
-        await self._supervisor(connection_id).restart(reason="admin_restart")
+        sup = self._supervisor(connection_id)
+        self._router.reset_spam(connection_id)
+        await sup.restart(reason="admin_restart")
 
     async def kill_connection(self, connection_id: str) -> None:
         """Stop one connection at once, giving its driver no time to close politely."""
         await self._supervisor(connection_id).stop(reason="killed", graceful=False)
 
     async def resume(self, connection_id: str) -> None:
-        """Bring a suspended (or failed) connection back."""
-        await self._supervisor(connection_id).resume()
+        """Bring a suspended (or failed) connection back; also re-arms its spam protection."""
+        sup = self._supervisor(connection_id)
+        self._router.reset_spam(connection_id)
+        await sup.resume()
 
     # ----------------------------------------------------------------- views
+
+    @property
+    def router(self) -> Router:
+        """The manager's router: every datapoint drivers report goes through it."""
+        return self._router
 
     def _supervisor(self, connection_id: str) -> Supervisor:
         try:
@@ -513,6 +536,8 @@ class ConnectionManager:
         return remove
 
     def _on_data(self, connection_id: str, tag: str, value: Any, quality: str, ts: float) -> None:
+        if not self._router.route_data(connection_id, tag, value, quality=quality, ts=ts):
+            return  # spam protection dropped it
         for listener in self._data_listeners:
             try:
                 listener(connection_id, tag, value, quality, ts)
@@ -537,6 +562,43 @@ class ConnectionManager:
                 listener(connection_id, latency, ok)
             except Exception:
                 logger.exception("health check listener %r failed", listener)
+
+    async def _write_for_router(self, connection_id: str, tag: str, value: Any) -> None:
+        """The router's writer: a connection write with the retries of execute_with_retry."""
+        await self.execute_with_retry(connection_id, lambda c: c.write(tag, value))
+
+    def _on_spam(self, connection_id: str, info: dict[str, Any]) -> None:
+        """Spam protection tripped (the router drops the data already): suspend the connection."""
+        loop = self._loop
+        if loop is None or not self._started:
+            return
+        task = loop.create_task(
+            self._suspend_for_spam(connection_id, info), name=f"edgelink[{connection_id}].spam"
+        )
+        self._restart_tasks.add(task)
+        task.add_done_callback(self._restart_tasks.discard)
+
+    async def _suspend_for_spam(self, connection_id: str, info: dict[str, Any]) -> None:
+        sup = self._sups.get(connection_id)
+        if sup is None:
+            return
+        # Checked under the supervisor's lifecycle lock: a resume() that came
+        # first has re-armed the guard, and then there is nothing to do.
+        suspended = await sup.suspend(
+            "spam", only_if=lambda: self._router.is_spam_blocked(connection_id), **info
+        )
+        if suspended:
+            self._bus.emit(
+                make_event(
+                    "spam_suspended",
+                    connection_id,
+                    self.clock.time(),
+                    state=str(sup.state),
+                    attempt=sup.reconnect_attempts,
+                    connection=sup.connection,
+                    **info,
+                )
+            )
 
     def _on_health_change(self, connection_id: str, health: Health) -> None:
         if self._bus.wants("health_change"):

@@ -364,6 +364,42 @@ class Supervisor:
             self.start()
             self._emit("resumed", previous=str(was))
 
+    async def suspend(
+        self,
+        reason: str,
+        *,
+        only_if: Callable[[], bool] | None = None,
+        **data: Any,
+    ) -> bool:
+        """Suspend a running connection for ``reason`` (e.g. ``spam``): it waits for a person.
+
+        Ends every task, closes the link, goes ``suspended`` with ``reason``
+        and emits ``suspended`` (and ``disconnected`` if it was connected).
+        No cooldown probe follows; `resume` brings it back.
+
+        Args:
+            reason: The status reason.
+            only_if: Checked under the lifecycle lock; False leaves the
+                connection alone (the cause went away while we waited).
+            **data: Context for the ``suspended`` event.
+
+        Returns:
+            True if the connection was suspended now; False if it was not
+            running (stopped, failed, already suspended) or ``only_if`` said no.
+        """
+        async with self._lifecycle:
+            if self._sm.state in RESTING or (only_if is not None and not only_if()):
+                return False
+            was_connected = self._sm.state is S.CONNECTED
+            await self._cancel_main()
+            await self._close_link(timeout=self.settings.connect_timeout)
+            self._next_retry_at = None
+            self._transition(S.SUSPENDED, reason)
+            if was_connected:
+                self._emit("disconnected", reason=reason)
+            self._emit("suspended", reason=reason, **data)
+            return True
+
     async def _cancel_main(self) -> None:
         task, self._task = self._task, None
         if task is not None and not task.done():

@@ -71,3 +71,23 @@ def test_classification(exc: BaseException, link: bool, permanent: bool) -> None
     """Test that the class of an error decides what happens to the link."""
     assert e.is_link_error(exc) is link
     assert e.is_permanent(exc) is permanent
+
+
+def test_route_error_names_file_path_route_expression_position() -> None:
+    """Test that a RouteError prints where it is, survives pickling, and lists many errors."""
+    err = e.RouteError(
+        "bad condition: unexpected '>'",
+        route_id="r1",
+        expression="value >> 1",
+        position=8,
+        file="routing.json",
+        path="routes[0].condition",
+    )
+    text = "routing.json: routes[0].condition: route 'r1': bad condition: unexpected '>'"
+    assert str(err) == text + " in 'value >> 1' at position 8"
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.route_id, back.position, back.path) == ("r1", 8, "routes[0].condition")
+    long = e.RouteError("x", expression="v" * 500, position=1)
+    assert len(str(long)) < 200
+    many = e.RouteError("a", file="f.json", errors=[("routes[0].id", "a"), ("routes[1].to", "b")])
+    assert "2 errors" in str(many) and "routes[1].to: b" in str(many)

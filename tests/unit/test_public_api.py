@@ -49,6 +49,26 @@ def test_design_names_are_public() -> None:
     assert edgelink.BaseConnection is edgelink.Connection
 
 
+def test_router_names_are_public() -> None:
+    """Test that the router's names of the issue are exported, and manager.router is one."""
+    for name in ("Router", "DataPoint", "DataSpace", "Target", "RouteError", "MemoryTarget"):
+        assert name in edgelink.__all__, name
+    manager = edgelink.ConnectionManager()
+    router = manager.router
+    assert isinstance(router, edgelink.Router)
+    assert isinstance(router.data, edgelink.DataSpace)
+    for name in ("load_routes", "route_data", "add_target", "route_stats"):
+        assert callable(getattr(router, name)) and not inspect.iscoroutinefunction(
+            getattr(router, name)
+        ), name
+    assert inspect.iscoroutinefunction(router.drain)
+    assert inspect.iscoroutinefunction(edgelink.Target.send)
+    params = list(inspect.signature(router.route_data).parameters)
+    assert params[:4] == ["source_id", "tag", "value", "metadata"]
+    fields = edgelink.DataPoint._fields[:6]
+    assert fields == ("address", "value", "ts", "quality", "source", "metadata")
+
+
 def test_manager_has_design_methods() -> None:
     """Test that the manager offers every method of DESIGN section 4, async where it says."""
     m = edgelink.ConnectionManager

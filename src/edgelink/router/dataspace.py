@@ -1,0 +1,291 @@
+"""The data space: the last values of every address, a short history, a tree, subscriptions."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from edgelink.router.address import PatternIndex, parse_pattern
+from edgelink.router.datapoint import DataPoint
+
+__all__ = ["DataSpace", "DataSubscriber", "Record"]
+
+logger = logging.getLogger(__name__)
+
+#: A datapoint as stored: a DataPoint, or a plain tuple of its fields in its
+#: order (what the router stores; a DataPoint is made from it when read).
+Record = (
+    DataPoint | tuple[str, Any, float, str, str, Mapping[str, Any] | None, tuple[str, ...], int]
+)
+
+_as_datapoint = tuple.__new__
+
+
+def _dp(record: Record) -> DataPoint:
+    if type(record) is DataPoint:
+        return record
+    made: DataPoint = _as_datapoint(DataPoint, record)
+    return made
+
+
+#: ``callback(datapoint)``: called on the event loop, inside ``route_data``.
+DataSubscriber = Callable[[DataPoint], None]
+
+#: Subscription lookups cached per address; beyond this the cache starts over.
+_SUB_CACHE_LIMIT: Final = 100_000
+
+
+class _Subscription:
+    __slots__ = ("active", "callback", "changes_only", "errors", "pattern")
+
+    def __init__(self, pattern: str, callback: DataSubscriber, changes_only: bool) -> None:
+        self.pattern = pattern
+        self.callback = callback
+        self.changes_only = changes_only
+        self.errors = 0
+        self.active = True
+
+
+class DataSpace:
+    """Last value per address, a bounded history (ring) per address, browsable as a tree.
+
+    The router stores every datapoint it receives here (and every value
+    routed to a virtual address). Writes to devices and targets are not
+    stored: a device's value is what it reports.
+
+    Example:
+        space = router.data
+        space.get("plc_1.MAIN.temperature")        # DataPoint | None
+        space.children("plc_1.MAIN")               # ["plc_1.MAIN.fbBattery", ...]
+        space.history("plc_1.MAIN.temperature")    # oldest first
+        off = space.subscribe("plc_1.**", print)   # every change under plc_1
+
+    Args:
+        history: Datapoints kept per address (at least 1: the last value).
+        max_addresses: Addresses kept; datapoints for new addresses beyond it
+            are not stored (counted in ``refused``) so a source inventing
+            addresses cannot grow memory without bound.
+    """
+
+    def __init__(self, *, history: int = 10, max_addresses: int = 100_000) -> None:
+        self.history_size = max(1, int(history))
+        self.max_addresses = max_addresses
+        # The router writes here directly on its hot path: one ring of records
+        # per address, whose last item is the last value. Never rebound.
+        self._rings: dict[str, deque[Record]] = {}
+        self._tree: dict[str, set[str]] = {}
+        self._subs: list[_Subscription] = []
+        self._sub_index: PatternIndex[_Subscription] = PatternIndex()
+        self._sub_cache: dict[str, tuple[_Subscription, ...]] = {}
+        #: Datapoints not stored because ``max_addresses`` was reached.
+        self.refused = 0
+        self._warned_full = False
+
+    # ----------------------------------------------------------------- views
+
+    def get(self, address: str) -> DataPoint | None:
+        """Return the last datapoint of ``address``, or None."""
+        ring = self._rings.get(address)
+        return _dp(ring[-1]) if ring else None
+
+    def value(self, address: str, default: object = None) -> object:
+        """Return the last value of ``address``, or ``default``."""
+        ring = self._rings.get(address)
+        return ring[-1][1] if ring else default
+
+    def history(self, address: str) -> list[DataPoint]:
+        """Return the kept datapoints of ``address``, oldest first."""
+        return [_dp(r) for r in self._rings.get(address, ())]
+
+    def children(self, prefix: str = "") -> list[str]:
+        """Return the paths one segment below ``prefix`` (``""`` for the top), sorted.
+
+        ``children("plc_1.MAIN")`` gives ``["plc_1.MAIN.fbBattery",
+        "plc_1.MAIN.temperature"]``; a child is an address, a branch, or both.
+        """
+        return sorted(self._tree.get(prefix.rstrip("."), ()))
+
+    def addresses(self, pattern: str | None = None) -> list[str]:
+        """Return every stored address (matching ``pattern``, if given), sorted."""
+        if pattern is None:
+            return sorted(self._rings)
+        index: PatternIndex[bool] = PatternIndex()
+        parsed = parse_pattern(pattern)
+        if parsed.is_exact:
+            return [pattern] if pattern in self._rings else []
+        index.add(parsed, True)
+        return sorted(a for a in self._rings if index.match(a))
+
+    def snapshot(self, prefix: str = "") -> dict[str, DataPoint]:
+        """Return the last datapoint of every address at or under ``prefix``."""
+        below = prefix + "."
+        return {
+            a: _dp(r[-1])
+            for a, r in self._rings.items()
+            if r and (not prefix or a == prefix or a.startswith(below))
+        }
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._rings
+
+    def __len__(self) -> int:
+        return len(self._rings)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._rings))
+
+    def __repr__(self) -> str:
+        return (
+            f"<DataSpace addresses={len(self._rings)} history={self.history_size} "
+            f"subscriptions={len(self._subs)}>"
+        )
+
+    # ---------------------------------------------------------------- writes
+
+    def put(self, dp: Record) -> None:
+        """Store a datapoint as the last value of its address and notify subscribers."""
+        ring = self._rings.get(dp[0])
+        if ring is None:
+            ring = self._new_ring(dp[0])
+            if ring is None:
+                return
+        prev = ring[-1] if ring else None
+        ring.append(dp)
+        if self._subs:
+            self.notify(dp, prev)
+
+    def _new_ring(self, address: str) -> deque[Record] | None:
+        """Make the ring of a new address (and its tree branches); None when full."""
+        if len(self._rings) >= self.max_addresses:
+            self.refused += 1
+            if not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "data space full (%d addresses): new addresses are not stored",
+                    self.max_addresses,
+                )
+            return None
+        ring: deque[Record] = deque(maxlen=self.history_size)
+        self._rings[address] = ring
+        tree = self._tree
+        parent = ""
+        pos = address.find(".")
+        while True:
+            child = address if pos < 0 else address[:pos]
+            branch = tree.get(parent)
+            if branch is None:
+                branch = tree[parent] = set()
+            branch.add(child)
+            if pos < 0:
+                break
+            parent = child
+            pos = address.find(".", pos + 1)
+        return ring
+
+    def remove(self, prefix: str) -> int:
+        """Forget the address ``prefix`` and every address under it; return how many."""
+        below = prefix + "."
+        gone = [a for a in self._rings if a == prefix or a.startswith(below)]
+        for address in gone:
+            del self._rings[address]
+        if gone:
+            self._rebuild_tree()
+        return len(gone)
+
+    def clear(self) -> None:
+        """Forget every address."""
+        self._rings.clear()
+        self._tree.clear()
+        self._warned_full = False
+
+    def _rebuild_tree(self) -> None:
+        # ``_rings`` is never rebound: the router holds it for its hot path.
+        self._tree = {}
+        for address in self._rings:
+            parent = ""
+            parts = address.split(".")
+            for i in range(1, len(parts) + 1):
+                child = ".".join(parts[:i])
+                self._tree.setdefault(parent, set()).add(child)
+                parent = child
+
+    # --------------------------------------------------------- subscriptions
+
+    def subscribe(
+        self, pattern: str, callback: DataSubscriber, *, changes_only: bool = True
+    ) -> Callable[[], None]:
+        """Call ``callback(datapoint)`` for datapoints stored at addresses matching ``pattern``.
+
+        Patterns are those of routes (``plc_1.**``, ``mqtt.*.alarms/#``).
+        With ``changes_only`` only a datapoint whose value or quality differs
+        from the address's previous one is passed on. Callbacks run on the
+        event loop inside ``route_data``: keep them short (put the datapoint
+        on a queue). One that raises is logged once and counted, never
+        stops routing.
+
+        Returns:
+            A function that unsubscribes.
+
+        Raises:
+            RouteError: for a bad pattern.
+        """
+        parsed = parse_pattern(pattern)
+        sub = _Subscription(pattern, callback, changes_only)
+        # _subs is mutated in place, never rebound: the router holds it too.
+        self._subs.append(sub)
+        self._sub_index.add(parsed, sub)
+        self._sub_cache = {}
+
+        def unsubscribe() -> None:
+            if not sub.active:
+                return
+            sub.active = False
+            self._subs.remove(sub)
+            index: PatternIndex[_Subscription] = PatternIndex()
+            for s in self._subs:
+                index.add(parse_pattern(s.pattern), s)
+            self._sub_index = index
+            self._sub_cache = {}
+
+        return unsubscribe
+
+    def notify(self, record: Record, prev: Record | None) -> None:
+        """Hand a stored datapoint to the subscribers of its address (`put` and the router)."""
+        address = record[0]
+        subs = self._sub_cache.get(address)
+        if subs is None:
+            subs = tuple(s for s, _ in self._sub_index.match(address))
+            if len(self._sub_cache) >= _SUB_CACHE_LIMIT:
+                self._sub_cache = {}
+            self._sub_cache[address] = subs
+        if not subs:
+            return
+        changed: bool | None = None
+        dp: DataPoint | None = None
+        for sub in subs:
+            if not sub.active:
+                continue
+            if sub.changes_only:
+                if changed is None:
+                    changed = _changed(prev, record)
+                if not changed:
+                    continue
+            if dp is None:
+                dp = _dp(record)
+            try:
+                sub.callback(dp)
+            except Exception:
+                sub.errors += 1
+                if sub.errors == 1:
+                    logger.exception("data subscriber %r for %r failed", sub.callback, sub.pattern)
+
+
+def _changed(prev: Record | None, record: Record) -> bool:
+    if prev is None:
+        return True
+    try:
+        return bool(prev[1] != record[1]) or prev[3] != record[3]
+    except Exception:  # noqa: BLE001 - a value type with an odd __ne__ counts as changed
+        return True
