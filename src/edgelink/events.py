@@ -56,6 +56,9 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "recovered",
         "config_reloaded",
         "config_error",
+        "webhook_failed",
+        "bridge_buffering",
+        "bridge_dropped",
     }
 )
 
@@ -86,6 +89,9 @@ _LEVELS: dict[str, int] = {
     "recovered": logging.WARNING,
     "config_reloaded": logging.INFO,
     "config_error": logging.ERROR,
+    "webhook_failed": logging.WARNING,
+    "bridge_buffering": logging.WARNING,
+    "bridge_dropped": logging.ERROR,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

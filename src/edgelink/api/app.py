@@ -12,6 +12,11 @@ Routes:
     POST /api/admin/instances/{id}/{action}            start|stop|restart|kill|resume|
                                                        disconnect|reconnect
     POST /api/admin/panic, /api/admin/recover, /api/admin/reload
+    GET  /api/routes, /api/routes/{id}                 the route table, with counters
+    PUT  /api/routes                                   replace routing.json (validated, atomic)
+    POST /api/routes/validate                          check a routing.json without applying it
+    GET  /api/data/tree, /api/data/point, /api/data/history   the data space
+    GET  /api/bridge                                   the MQTT bridge's counters
     GET  /api/events                                   the SQLite event log, paged, filtered
     GET  /metrics                                      Prometheus
     WS   /api/stream, /api/nodered/stream              events and datapoints by pattern
@@ -25,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -34,6 +39,8 @@ from edgelink import __version__
 from edgelink.api.auth import require_token
 from edgelink.api.metrics import GatewayMetrics
 from edgelink.api.stream import StreamHub, register_stream
+from edgelink.errors import RouteError
+from edgelink.router import check_routes
 
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway
@@ -172,6 +179,73 @@ def create_app(gateway: Gateway) -> FastAPI:
         """Re-read the config folder now (as SIGHUP does)."""
         return await gateway.reload()
 
+    @guarded.get("/api/routes", tags=["routes"])
+    async def routes() -> dict[str, Any]:
+        """The current route table as written, each route with its counters."""
+        router = gateway.manager.router
+        return {
+            "routes": [{**spec, "stats": router.route_stats(spec["id"])} for spec in router.routes],
+            "stats": router.stats(),
+        }
+
+    @guarded.get("/api/routes/{route_id}", tags=["routes"])
+    async def route(route_id: str) -> dict[str, Any]:
+        """One route and its counters."""
+        router = gateway.manager.router
+        for spec in router.routes:
+            if spec["id"] == route_id:
+                return {**spec, "stats": router.route_stats(route_id)}
+        raise HTTPException(404, detail=f"unknown route {route_id!r}")
+
+    @guarded.post("/api/routes/validate", tags=["routes"])
+    async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """Check a routing.json document (conditions and transforms compiled); apply nothing."""
+        try:
+            count = check_routes(document, clock=gateway.manager.clock)
+        except RouteError as exc:
+            return {"ok": False, "error": str(exc), "path": exc.path}
+        return {"ok": True, "routes": count}
+
+    @guarded.put("/api/routes", tags=["routes"])
+    async def put_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """Replace the route table; on success it is written to routing.json too."""
+        try:
+            return await gateway.replace_routes(document)
+        except RouteError as exc:
+            raise HTTPException(
+                422, detail={"error": str(exc), "path": exc.path, "route_id": exc.route_id}
+            ) from None
+
+    @guarded.get("/api/data/tree", tags=["data"])
+    async def data_tree(
+        prefix: str = Query(default="", max_length=512, description="an address prefix"),
+    ) -> dict[str, Any]:
+        """Browse the data space: the children one level below ``prefix``."""
+        return {"prefix": prefix, "children": gateway.manager.router.data.children(prefix)}
+
+    @guarded.get("/api/data/point", tags=["data"])
+    async def data_point(address: str = Query(max_length=512)) -> dict[str, Any]:
+        """The last datapoint at an address."""
+        dp = gateway.manager.router.data.get(address)
+        if dp is None:
+            raise HTTPException(404, detail=f"no datapoint at {address!r}")
+        return dp.as_dict()
+
+    @guarded.get("/api/data/history", tags=["data"])
+    async def data_history(address: str = Query(max_length=512)) -> dict[str, Any]:
+        """The recent datapoints at an address, oldest first."""
+        points = gateway.manager.router.data.history(address)
+        if not points:
+            raise HTTPException(404, detail=f"no datapoint at {address!r}")
+        return {"address": address, "history": [dp.as_dict() for dp in points]}
+
+    @guarded.get("/api/bridge", tags=["service"])
+    async def bridge() -> dict[str, Any]:
+        """The MQTT bridge: live or buffering, published, buffered, depth, dropped."""
+        if gateway.bridge is None:
+            return {"enabled": False}
+        return {"enabled": True, **gateway.bridge.stats()}
+
     @guarded.get("/api/events", tags=["events"])
     async def events(
         type: str | None = Query(default=None, max_length=64, description="event type"),
@@ -218,7 +292,8 @@ def _wire_live_sources(gateway: Gateway, metrics: GatewayMetrics, hub: StreamHub
     offs = [
         manager.on_health_check(metrics.observe_health),
         manager.on_event("*", hub.publish_event),
-        manager.on_data(hub.publish_data),
+        # The data space, not the drivers: virtual addresses (calc.*) stream too.
+        manager.router.data.subscribe("**", hub.publish_data, changes_only=False),
     ]
     gateway._unsubscribe.extend(offs)
 

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from edgelink.state import ConnectionState
 
 if TYPE_CHECKING:
+    from edgelink.router import Router
     from edgelink.service.gateway import Gateway
 
 __all__ = ["GatewayMetrics"]
@@ -61,8 +62,53 @@ class _GatewayCollector(Collector):
             "1 while the gateway is in panic",
             value=1.0 if gateway.panicked else 0.0,
         )
+        if manager is not None:
+            yield from _router_metrics(manager.router)
+        bridge = gateway.bridge
+        if bridge is not None:
+            stats = bridge.stats()
+            yield GaugeMetricFamily(
+                "edgelink_bridge_buffer_depth",
+                "Messages waiting for the broker",
+                value=stats["depth"],
+            )
+            yield GaugeMetricFamily(
+                "edgelink_bridge_live",
+                "1 while the bridge publishes live",
+                value=float(stats["live"]),
+            )
+            for name, key, text in (
+                ("edgelink_bridge_published", "published", "Messages published"),
+                ("edgelink_bridge_buffered", "buffered", "Messages that went to the buffer"),
+                ("edgelink_bridge_dropped", "dropped", "Messages the full buffer dropped"),
+            ):
+                yield CounterMetricFamily(name, text, value=stats[key])
         for extra in self._extra:
             yield from extra()
+
+
+def _router_metrics(router: Router) -> Iterator[Metric]:
+    stats = router.stats()
+    yield CounterMetricFamily(
+        "edgelink_datapoints", "Datapoints that entered the router", value=stats["received"]
+    )
+    yield CounterMetricFamily(
+        "edgelink_datapoints_spam_dropped",
+        "Datapoints spam protection dropped",
+        value=stats["spam_dropped"],
+    )
+    routed = CounterMetricFamily(
+        "edgelink_route_passed", "Datapoints a route delivered onwards", labels=["route"]
+    )
+    errors = CounterMetricFamily(
+        "edgelink_route_errors", "Condition, transform or delivery failures", labels=["route"]
+    )
+    for spec in router.routes:
+        route_stats = router.route_stats(spec["id"])
+        routed.add_metric([spec["id"]], route_stats["passed"])
+        errors.add_metric([spec["id"]], route_stats["errors"])
+    yield routed
+    yield errors
 
 
 class GatewayMetrics:

@@ -30,6 +30,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from edgelink.api.auth import websocket_token
 from edgelink.events import EVENT_TYPES, Event
+from edgelink.router.datapoint import DataPoint
 from edgelink.service.token import token_matches
 
 if TYPE_CHECKING:
@@ -139,11 +140,11 @@ class StreamHub:
                     message = json.dumps({"type": "event", **body}, default=str)
                 client.offer(message)
 
-    def publish_data(self, source: str, tag: str, value: Any, quality: str, ts: float) -> None:
-        """Send a datapoint to every client whose patterns match (a data listener)."""
+    def publish_data(self, dp: DataPoint) -> None:
+        """Send a datapoint to every client whose patterns match (a data space subscriber)."""
         if not self._clients:
             return
-        address = f"{source}.{tag}"
+        address = dp.address
         message: str | None = None
         for client in self._clients:
             if client.data and client.wants_address(address):
@@ -152,11 +153,11 @@ class StreamHub:
                         {
                             "type": "data",
                             "address": address,
-                            "source": source,
-                            "tag": tag,
-                            "value": value,
-                            "quality": quality,
-                            "ts": ts,
+                            "source": dp.source,
+                            "tag": dp.tag,
+                            "value": dp.value,
+                            "quality": dp.quality,
+                            "ts": dp.ts,
                         },
                         default=str,
                     )

@@ -20,7 +20,7 @@ from edgelink.router.address import (
 )
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.dataspace import DataSpace, DataSubscriber
-from edgelink.router.engine import Router, RouteTableDiff, SpamCallback
+from edgelink.router.engine import Router, RouteTableDiff, SpamCallback, check_routes
 from edgelink.router.expr import (
     DROP,
     Condition,
@@ -55,6 +55,7 @@ __all__ = [
     "Template",
     "Transform",
     "Writer",
+    "check_routes",
     "compile_condition",
     "compile_transform",
     "load_routing",

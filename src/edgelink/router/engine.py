@@ -381,6 +381,9 @@ class Router:
         self.received = 0
         #: Datapoints dropped by spam protection.
         self.spam_dropped = 0
+        #: Datapoints dropped while paused (the service's panic).
+        self.paused_dropped = 0
+        self.paused = False
         #: Route firings the loop guard prevented.
         self.loop_blocked = 0
 
@@ -500,6 +503,17 @@ class Router:
         """Every route of the current table as written, in order."""
         return [r.spec.as_dict() for r in self._table.routes]
 
+    def pause(self) -> None:
+        """Stop routing: every datapoint is dropped (counted) until `resume`. Idempotent.
+
+        The service's panic uses it; deliveries already scheduled still finish.
+        """
+        self.paused = True
+
+    def resume(self) -> None:
+        """Route again after `pause`."""
+        self.paused = False
+
     def route_stats(self, route_id: str) -> dict[str, Any]:
         """Return a route's counters.
 
@@ -523,6 +537,8 @@ class Router:
             "routes": len(self._table.routes),
             "received": self.received,
             "spam_dropped": self.spam_dropped,
+            "paused": self.paused,
+            "paused_dropped": self.paused_dropped,
             "loop_blocked": self.loop_blocked,
             "addresses": len(self.data),
             "cached_plans": len(self._table.plans),
@@ -713,8 +729,12 @@ class Router:
         value: a failing condition or transform counts as an error of its route.
 
         Returns:
-            False if spam protection dropped the datapoint, else True.
+            False if spam protection dropped the datapoint, or the router is
+            paused (`pause`), else True.
         """
+        if self.paused:
+            self.paused_dropped += 1
+            return False
         if metadata is not None:
             if quality is None:
                 quality = metadata.get("quality", "good")
@@ -1125,3 +1145,19 @@ def _located(exc: RouteError, file: str, path: str) -> RouteError:
         expression=exc.expression,
         position=exc.position,
     )
+
+
+def check_routes(
+    source: str | os.PathLike[str] | Mapping[str, Any], *, clock: Clock | None = None
+) -> int:
+    """Validate and compile a ``routing.json`` without applying it anywhere.
+
+    Returns:
+        The number of routes.
+
+    Raises:
+        RouteError: exactly as `Router.load_routes` would.
+    """
+    scratch = Router(clock=clock)
+    scratch.load_routes(source)
+    return len(scratch.routes)

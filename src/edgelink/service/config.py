@@ -9,7 +9,8 @@ one without ``edgelink`` runs with the defaults below.
     {"api": {"host": "127.0.0.1", "port": 8080, "token": null},
      "bridge": {"connection": "broker_local", "base_topic": "smarthome", "qos": 0,
                 "retain": true, "buffer": {"max_items": 100000, "max_age_s": 86400}},
-     "storage": {"path": "system_logs.db"}}
+     "storage": {"path": "system_logs.db"},
+     "webhooks": {"alert_service": {"url": "https://alerts.example/hook", "retries": 3}}}
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigFolder",
     "ServiceSettings",
     "StorageSettings",
+    "WebhookSettings",
     "load_service_settings",
 ]
 
@@ -80,6 +82,18 @@ class BridgeSettings(BaseModel):
     discovery: bool = Field(default=False, description="Home Assistant MQTT discovery")
 
 
+class WebhookSettings(BaseModel):
+    """One webhook target, ``webhook.<name>`` in routes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://\S+$", description="where each datapoint is POSTed")
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_key: SecretStr | None = Field(default=None, description="sent as a bearer token")
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    retries: int = Field(default=3, ge=0, le=20)
+
+
 class StorageSettings(BaseModel):
     """The SQLite system log."""
 
@@ -98,6 +112,9 @@ class ServiceSettings(BaseModel):
     api: ApiSettings = ApiSettings()
     bridge: BridgeSettings = BridgeSettings()
     storage: StorageSettings = StorageSettings()
+    webhooks: dict[str, WebhookSettings] = Field(
+        default_factory=dict, description="webhook targets by name (webhook.<name> in routes)"
+    )
 
 
 def load_service_settings(

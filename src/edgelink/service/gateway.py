@@ -1,7 +1,8 @@
 """`Gateway`: a config folder assembled into a running gateway (``edgelink run``).
 
-It owns the `ConnectionManager` (and through it the router), the SQLite
-event log, the admin API server and the folder watch. Hot reload touches
+It owns the `ConnectionManager` (and through it the router, which it loads
+with ``routing.json`` and the webhook targets of ``edgelink.json``), the
+SQLite event log, the MQTT bridge, the admin API server and the folder watch. Hot reload touches
 only what changed: `ConnectionManager.reload` restarts changed connections,
 and a bad file is reported (log, ``config_error`` event, `Gateway.status`)
 while the running config stays. Panic stops every device connection and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -27,14 +29,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
-from edgelink.errors import ConfigError, EdgelinkError
+from edgelink.config import load_config, read_document
+from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.registry import DriverRegistry
+from edgelink.router.datapoint import DataPoint
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.token import resolve_token
-from edgelink.store import Database, EventLog
+from edgelink.store import Database, EventLog, UplinkBuffer
+
+#: The routing table of a folder without routing.json.
+NO_ROUTES: dict[str, Any] = {"version": "1.0", "routes": []}
 
 __all__ = ["Gateway"]
 
@@ -80,6 +88,8 @@ class Gateway:
         self._manager: ConnectionManager | None = None
         self.db: Database | None = None
         self.events: EventLog | None = None
+        self.bridge: MqttBridge | None = None
+        self.webhooks: dict[str, Any] = {}
         self.token = ""
         self.token_origin = ""
         self.api_address: tuple[str, int] | None = None
@@ -154,9 +164,12 @@ class Gateway:
                 str(exc), file=str(folder.service or folder.root), path="api.token"
             ) from None
         manager = ConnectionManager.from_config(
-            folder.connections, clock=self._clock, registry=self._registry
+            self._connections_document(folder), clock=self._clock, registry=self._registry
         )
         self._manager = manager
+        self._check_bridge(manager)
+        self._add_webhooks(manager)
+        manager.router.load_routes(folder.routing or NO_ROUTES)
         self.db = Database(folder.resolve(self.settings.storage.path))
         self.events = EventLog(
             self.db,
@@ -167,6 +180,20 @@ class Gateway:
             await self.events.start()
             self._unsubscribe.append(manager.on_event("*", self._record_event))
             await manager.start()
+            if self.settings.bridge.connection is not None:
+                bridge = self.settings.bridge
+                self.bridge = MqttBridge(
+                    manager,
+                    manager.router,
+                    bridge,
+                    UplinkBuffer(
+                        self.db,
+                        max_items=bridge.buffer.max_items,
+                        max_age_s=bridge.buffer.max_age_s,
+                    ),
+                    on_event=self._emit,
+                )
+                await self.bridge.start()
             if self._serve_api:
                 await self._start_api()
             if self._watch:
@@ -199,6 +226,9 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_BUDGET_S):
                 await asyncio.gather(*tasks, return_exceptions=True)
+                bridge, self.bridge = self.bridge, None
+                if bridge is not None:
+                    await bridge.stop()
                 if server is not None and api_task is not None:
                     # Let uvicorn close its connections and listener itself.
                     server.should_exit = True
@@ -295,6 +325,8 @@ class Gateway:
             report: dict[str, Any] = {"at": time.time()}
             if "connections" in wanted:
                 report["connections"] = await self._reload_connections(folder)
+            if "routing" in wanted:
+                report["routing"] = self._reload_routes(folder)
             if "edgelink" in wanted:
                 report["edgelink"] = self._reload_service(folder)
             self.last_reload = report
@@ -304,7 +336,7 @@ class Gateway:
         if self.panicked:
             return {"deferred": "the gateway is in panic; recover applies the new config"}
         try:
-            diff = await self.manager.reload(folder.connections)
+            diff = await self.manager.reload(self._connections_document(folder))
         except ConfigError as exc:
             return self._config_failed("connections", exc)
         self.config_errors.pop("connections", None)
@@ -315,6 +347,121 @@ class Gateway:
         }
         self._emit("config_reloaded", file=str(folder.connections), **changes)
         return {"ok": True, **changes}
+
+    def _reload_routes(self, folder: ConfigFolder) -> dict[str, Any]:
+        try:
+            diff = self.manager.router.load_routes(folder.routing or NO_ROUTES)
+        except RouteError as exc:
+            return self._config_failed("routing", exc)
+        self.config_errors.pop("routing", None)
+        changes = {
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": list(diff.changed),
+        }
+        self._emit("config_reloaded", file=str(folder.routing or "(no routing.json)"), **changes)
+        return {"ok": True, **changes}
+
+    async def replace_routes(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Apply a new route table (atomically) and write it to the folder's routing file.
+
+        Raises:
+            RouteError: for a bad table; nothing changes, on disk or in the router.
+        """
+        async with self._reload_lock:
+            diff = self.manager.router.load_routes(document)
+            folder = self.folder = ConfigFolder.find(self.config_dir)
+            path = folder.routing or folder.root / "routing.json"
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+            else:
+                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+            # Written beside, then renamed: a reader (the watch) never sees half a file.
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            self.config_errors.pop("routing", None)
+        changes = {
+            "added": list(diff.added),
+            "removed": list(diff.removed),
+            "changed": list(diff.changed),
+        }
+        self._emit("config_reloaded", file=str(path), **changes)
+        return {"ok": True, "file": str(path), **changes}
+
+    def _connections_document(self, folder: ConfigFolder) -> dict[str, Any]:
+        """Read connections.json; give the bridge's broker connection its last will.
+
+        Raises:
+            ConfigError: naming connections.json, for any bad input.
+        """
+        document = read_document(folder.connections)
+        bridge = self.settings.bridge
+        conns = document.get("connections") if isinstance(document, dict) else None
+        entry = (
+            conns.get(bridge.connection) if isinstance(conns, dict) and bridge.connection else None
+        )
+        if isinstance(entry, dict) and entry.get("type") == "mqtt":
+            config = entry.setdefault("config", {})
+            if isinstance(config, dict):
+                config.setdefault("will", bridge_will(bridge.base_topic))
+        try:
+            # Validated here so that errors name the file, not "<dict>".
+            load_config(document)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.message,
+                file=str(folder.connections),
+                path=exc.path,
+                errors=exc.errors,
+                connection_id=exc.connection_id,
+            ) from None
+        if not isinstance(document, dict):  # load_config refused anything else already
+            raise ConfigError("the top level must be an object", file=str(folder.connections))
+        return document
+
+    def _check_bridge(self, manager: ConnectionManager) -> None:
+        cid = self.settings.bridge.connection
+        if cid is None:
+            return
+        where = str(self.folder.service if self.folder else "edgelink.json")
+        if cid not in manager:
+            raise ConfigError(
+                f"bridge.connection {cid!r} is not a connection of connections.json",
+                file=where,
+                path="bridge.connection",
+            )
+        if manager.get_spec(cid).type != "mqtt":
+            raise ConfigError(
+                f"bridge.connection {cid!r} must be an mqtt connection",
+                file=where,
+                path="bridge.connection",
+            )
+
+    def _add_webhooks(self, manager: ConnectionManager) -> None:
+        from edgelink.bridge.webhook import WebhookTarget
+
+        for name, hook in self.settings.webhooks.items():
+            target = WebhookTarget(
+                name,
+                hook.url,
+                headers=hook.headers,
+                api_key=hook.api_key.get_secret_value() if hook.api_key else None,
+                timeout=hook.timeout,
+                retries=hook.retries,
+                on_failure=self._webhook_failed,
+            )
+            manager.router.add_target(f"webhook.{name}", target)
+            self.webhooks[name] = target
+
+    def _webhook_failed(self, name: str, error: str, dp: DataPoint) -> None:
+        self._emit("webhook_failed", webhook=name, error=error, address=dp.address)
+        if self.events is not None:
+            self.events.record_error(
+                "webhook_failed", f"webhook {name}: {error}", data={"address": dp.address}
+            )
 
     def _reload_service(self, folder: ConfigFolder) -> dict[str, Any]:
         try:
@@ -363,6 +510,9 @@ class Gateway:
         self._panic_stopped = running
         self.panic_info = {"at": time.time(), "reason": reason, "by": by, "stopped": len(running)}
         logger.critical("PANIC (%s, by %s): stopping %d connections", reason, by, len(running))
+        manager.router.pause()
+        if self.bridge is not None:
+            self.bridge.pause()
         sups = [manager.get_supervisor(cid) for cid in manager.connections]
         await asyncio.gather(*(sup.stop(reason="panic", graceful=False) for sup in sups))
         self._emit("panic", **self.panic_info)
@@ -377,6 +527,9 @@ class Gateway:
         self.panicked = False
         report = await self.reload()
         manager = self.manager
+        manager.router.resume()
+        if self.bridge is not None:
+            self.bridge.resume()
         started = 0
         for cid in self._panic_stopped:
             if cid in manager and manager.get_spec(cid).enabled:

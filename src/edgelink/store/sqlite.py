@@ -78,6 +78,8 @@ _ERROR_TYPES = frozenset(
         "config_error",
         "route_error",
         "webhook_failed",
+        "bridge_dropped",
+        "panic",
     }
 )
 

@@ -1,0 +1,1 @@
+"""Targets that leave the gateway: the MQTT bridge (Node-RED) and webhooks."""
