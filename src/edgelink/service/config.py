@@ -92,6 +92,9 @@ class WebhookSettings(BaseModel):
     api_key: SecretStr | None = Field(default=None, description="sent as a bearer token")
     timeout: float = Field(default=5.0, gt=0, le=120)
     retries: int = Field(default=3, ge=0, le=20)
+    retry_delay: float = Field(
+        default=0.5, gt=0, le=60, description="first retry delay, s; doubles, jittered, up to 10 s"
+    )
 
 
 class StorageSettings(BaseModel):

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
@@ -235,6 +236,10 @@ class Gateway:
                     await asyncio.gather(api_task, return_exceptions=True)
                 if self._manager is not None:
                     await self._manager.stop()
+        webhooks, self.webhooks = self.webhooks, {}
+        for target in webhooks.values():
+            with contextlib.suppress(Exception):
+                await target.aclose()
         if api_task is not None and not api_task.done():
             api_task.cancel()
             await asyncio.gather(api_task, return_exceptions=True)
@@ -451,6 +456,11 @@ class Gateway:
                 api_key=hook.api_key.get_secret_value() if hook.api_key else None,
                 timeout=hook.timeout,
                 retries=hook.retries,
+                backoff=Backoff(
+                    initial=hook.retry_delay,
+                    max=max(10.0, hook.retry_delay),
+                    max_attempts=None,
+                ),
                 on_failure=self._webhook_failed,
             )
             manager.router.add_target(f"webhook.{name}", target)
