@@ -444,6 +444,9 @@ class MQTTConnection(Connection):
         self._health_sub_mid: int | None = None
         self._last: dict[str, Any] = {}
         self._rx_messages = 0
+        #: Loop time of the last bytes from the broker, and of the last health check.
+        self._last_rx = 0.0
+        self._last_check = 0.0
         # Traffic counted on the hot paths as plain ints and added to the shared
         # Stats in bulk (update_stats per message would cost more than paho's
         # own work for a publish): whoever reads `stats` gets exact figures.
@@ -781,11 +784,21 @@ class MQTTConnection(Connection):
     async def health_check(self) -> bool:
         """One round trip through the broker: the echo of a probe, or an UNSUBACK (``ping``).
 
+        While publishes wait for their acks, traffic from the broker since the
+        previous check counts as the answer: a busy link is not probed (the
+        probe would wait behind the backlog).
+
         Raises:
             ConnectError: if the link is down or goes down before the answer.
         """
         client = self._live_client()
         loop = asyncio.get_running_loop()
+        since, self._last_check = self._last_check, loop.time()
+        if self._waiters and self._last_rx > since > 0:
+            # Publishes wait for their acks and the broker has answered since
+            # the last check: it is alive and working. A probe would only
+            # queue behind the backlog and could time out on a link doing fine.
+            return True
         fut: asyncio.Future[None] = loop.create_future()
         if self.health_mode == "ping":
             # The broker must answer an UNSUBSCRIBE even for a filter it never
@@ -1031,6 +1044,8 @@ class MQTTConnection(Connection):
         client = self._client
         if client is None:
             return
+        if self._loop is not None:
+            self._last_rx = self._loop.time()
         try:
             # paho reads one packet per call; a burst is handled in one turn
             # (bounded, so other connections get the loop too).
