@@ -8,6 +8,8 @@ give every driver `update_stats`, `report_data`, `mark_tx_drop`,
 supervisor through the small `ConnectionOwner` protocol. A driver whose link
 works but not fully (a subscription the peer never confirmed) says so with
 `report_degraded`: the state stays connected and the health shows ``degraded``.
+A blocking driver hands what must run on the event loop (a subscription
+ledger) over with `call_on_loop`.
 
 Example:
     class PingDevice(Connection):
@@ -164,8 +166,8 @@ class ConnectionOwner(Protocol):
     def status_dict(self) -> dict[str, Any]:
         """Return the full status dict."""
 
-    # Added after the first drivers: an owner written before may lack these two,
-    # so the base class looks them up with getattr.
+    # Added after the first drivers: an owner written before may lack these
+    # three, so the base class looks them up with getattr.
 
     @property
     def clock(self) -> Clock:
@@ -173,6 +175,13 @@ class ConnectionOwner(Protocol):
 
     def on_degraded(self, reason: str | None) -> None:
         """The driver's link works but not fully (None: fully again). May come from any thread."""
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the owner's event loop thread. May come from any thread.
+
+        Returns:
+            False if the owner has no loop to run it on (never started, or closed).
+        """
 
 
 class _ConnectionBase:
@@ -265,6 +274,23 @@ class _ConnectionBase:
         hook = getattr(self._owner, "on_degraded", None)
         if hook is not None:
             hook(reason)
+
+    def call_on_loop(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the owner's event loop thread. Thread-safe.
+
+        For what a blocking driver keeps on the loop, from its worker threads and
+        its library's callback threads: a `edgelink.subscriptions.SubscriptionLedger`
+        is not thread-safe and its timers run on the owner's clock. Called on the
+        loop thread it runs at once, from any other thread soon after.
+
+        Returns:
+            False if nothing will run it: the driver has no owner (used on its
+            own), or the owner has no running loop.
+        """
+        hook = getattr(self._owner, "call_soon", None)
+        if hook is None:
+            return False
+        return bool(hook(callback, *args))
 
     @property
     def degraded_reason(self) -> str | None:

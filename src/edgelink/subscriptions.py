@@ -384,6 +384,10 @@ class SubscriptionLedger:
         for entry in due:
             entry.replays += 1
             entry.replayed_at = now
+            if entry.expect_data:
+                # A refusal took it off the list; the datum this replay brings
+                # must still find it, or the entry could never be confirmed.
+                self._awaiting[entry.key] = entry
         self._update_degraded()
         logger.debug("%s: replaying %d unconfirmed subscriptions", self.name, len(due))
         self._call_replay(due)

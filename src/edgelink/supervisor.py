@@ -422,7 +422,7 @@ class Supervisor:
 
     # ------------------------------------------------------- driver callbacks
 
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+    def _on_loop(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread (driver hooks may come from threads)."""
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -431,6 +431,18 @@ class Supervisor:
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the loop thread for the driver. Thread-safe.
+
+        Returns:
+            False if there is no loop to run it on (never started, or closed).
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        self._on_loop(callback, *args)
+        return True
 
     def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
         """A datapoint arrived from the driver. Thread-safe."""

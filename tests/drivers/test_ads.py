@@ -21,6 +21,7 @@ from pyads.testserver import PLCVariable
 from conftest import Recorder
 from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError, ProtocolError
 from edgelink.drivers.ads import RUNTIME, AdsConnection, AdsRuntime, SymbolInfo
+from edgelink.subscriptions import SubscriptionState
 from edgelink.testing import FaultMode, FaultProxy, ManualClock
 from edgelink.testing.ads_peer import AdsPeer, port_in_use
 
@@ -243,50 +244,145 @@ async def test_unreachable_plc_is_a_connect_error() -> None:
     assert RUNTIME.routes() == {}
 
 
-async def test_notifications_report_data_and_replay_after_reconnect(
+def ads_config(**extra: Any) -> dict[str, Any]:
+    return {"ams_net_id": NET_ID, "host": "127.0.0.1", "timeout": 0.2, **extra}
+
+
+def live_callbacks(conn: AdsConnection) -> int:
+    """Notification callbacks of ``conn`` in pyads's process-wide store."""
+    return len([k for k in pyads_ex.callback_store if k[0] is conn._adr])
+
+
+async def test_notifications_are_replayed_after_a_plc_restart_and_confirmed_by_data(
     make_manager: Make, plc: AdsPeer, clock: ManualClock
 ) -> None:
-    """Test that device notifications arrive as data and are replayed after every reconnect."""
+    """Test that notifications are replayed after a PLC restart and confirmed by the first value."""
     m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=5)
     conn = m.add_connection(
         "plc",
         "ads",
-        {
-            "ams_net_id": NET_ID,
-            "host": "127.0.0.1",
-            "timeout": 0.2,
-            "notifications": ["MAIN.iCount", {"tag": "MAIN.nothing"}],
-        },
+        ads_config(
+            notifications=["MAIN.iCount", {"tag": "MAIN.fTemp", "mode": "cycle", "cycle_time": 1}]
+        ),
     )
+    assert isinstance(conn, AdsConnection)
+    ledger = conn.subscriptions
     got: list[tuple[str, Any, str]] = []
     m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
     async with m:
         await m.wait_for_state("plc", "connected", timeout=5)
-        # The missing symbol does not stop the link; it is reported bad.
-        assert got == [("MAIN.nothing", None, "bad")]
+        # The PLC sends each one's current value when it is added: that confirms it.
+        await wait_until(ledger.is_confirmed)
+        assert sorted(got) == [("MAIN.fTemp", 21.5, "good"), ("MAIN.iCount", 5, "good")]
         plc.set_value("MAIN.iCount", 6)
-        await wait_until(lambda: len(got) == 2)
+        await wait_until(lambda: got[-1] == ("MAIN.iCount", 6, "good"))
         await plc.restart()
         await clock.advance(5)  # the health check finds the link dead
         await m.wait_for_state("plc", "reconnecting", timeout=3)
-        await clock.advance(await clock.wait_for_timer(lambda d: d < 1))
+        assert not ledger.is_link_up
+        assert {e.state for e in ledger} == {SubscriptionState.IDLE}
+        delay = await clock.wait_for_timer(lambda d: d < 1)
+        plc.set_value("MAIN.iCount", 7)  # while the link is down
+        seen = len(got)
+        await clock.advance(delay)
         await m.wait_for_state("plc", "connected", timeout=3)
-        plc.set_value("MAIN.iCount", 7)
-        await wait_until(lambda: len(got) == 4)
-        assert got[1:] == [
-            ("MAIN.iCount", 6, "good"),
-            ("MAIN.nothing", None, "bad"),
-            ("MAIN.iCount", 7, "good"),
-        ]
-        assert isinstance(conn, AdsConnection)
-        assert conn.subscriptions() == ["MAIN.iCount", "MAIN.nothing"]
-        # One live callback in pyads's store: the dead link's was dropped.
-        assert len([k for k in pyads_ex.callback_store if k[0] is conn._adr]) == 1
-        await m.execute_with_retry("plc", lambda c: c.unsubscribe("MAIN.iCount"))
+        await wait_until(ledger.is_confirmed)
+        # Replayed once on the new link, each confirmed by the value it brought.
+        assert sorted(got[seen:]) == [("MAIN.fTemp", 21.5, "good"), ("MAIN.iCount", 7, "good")]
+        assert [(e.key, e.replays) for e in ledger] == [("MAIN.iCount", 1), ("MAIN.fTemp", 1)]
+        assert plc.notifications_added("MAIN.iCount") == 2
+        status = m.get_status("plc")
+        assert (status["health"], status["health_reason"]) == ("healthy", None)
+        # One live callback each: the dead link's were dropped.
+        assert live_callbacks(conn) == 2
         plc.set_value("MAIN.iCount", 8)
+        await wait_until(lambda: got[-1] == ("MAIN.iCount", 8, "good"))
+    assert live_callbacks(conn) == 0
+
+
+async def test_a_notification_that_never_delivers_degrades_and_is_replayed_until_it_does(
+    make_manager: Make, plc: AdsPeer, clock: ManualClock
+) -> None:
+    """Test that a notification bringing no value degrades the health, is retried, then heals."""
+    plc.drop_notifications("MAIN.iCount")
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=60)
+    conn = m.add_connection(
+        "plc",
+        "ads",
+        ads_config(notifications=["MAIN.iCount", "MAIN.fTemp"], notification_timeout=2),
+    )
+    assert isinstance(conn, AdsConnection)
+    ledger = conn.subscriptions
+    got: list[tuple[str, Any, str]] = []
+    m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
+    async with m:
+        await m.wait_for_state("plc", "connected", timeout=5)
+        await wait_until(lambda: got == [("MAIN.fTemp", 21.5, "good")])
+        assert plc.notifications_added("MAIN.iCount") == 1
+        assert m.get_status("plc")["health"] == "healthy"
+        await clock.advance(2)
+        status = m.get_status("plc")
+        assert (status["status"], status["health"]) == ("connected", "degraded")
+        assert status["health_reason"] == (
+            "1 subscription unconfirmed: 'MAIN.iCount' (no data within 2 s)"
+        )
+        # Replayed at once (the dead notification deleted, a new one added),
+        # and given twice as long this time.
+        await wait_until(lambda: plc.notifications_added("MAIN.iCount") == 2)
+        assert ledger.get("MAIN.iCount").replays == 2  # type: ignore[union-attr]
+        assert 4.0 in clock.pending()
+        plc.drop_notifications("MAIN.iCount", drop=False)
+        await clock.advance(4)
+        await wait_until(lambda: m.get_status("plc")["health"] == "healthy")
+        assert m.get_status("plc")["health_reason"] is None
+        assert got[-1] == ("MAIN.iCount", 5, "good")
+        assert plc.notifications_added("MAIN.iCount") == 3
+        assert ledger.is_confirmed()
+        assert live_callbacks(conn) == 2
+        assert m.get_status("plc")["stats"]["reconnects"] == 0
+
+
+async def test_missing_symbols_and_run_time_changes_go_through_the_ledger(
+    make_manager: Make, plc: AdsPeer, clock: ManualClock
+) -> None:
+    """Test that a missing symbol is bad and degraded until it exists; subscribe/unsubscribe work."""
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=60)
+    conn = m.add_connection(
+        "plc",
+        "ads",
+        ads_config(notifications=["MAIN.iCount", "MAIN.nothing"], notification_timeout=2),
+    )
+    assert isinstance(conn, AdsConnection)
+    ledger = conn.subscriptions
+    got: list[tuple[str, Any, str]] = []
+    m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
+    async with m:
+        await m.wait_for_state("plc", "connected", timeout=5)
+        # The missing symbol does not stop the link; it is reported bad, and refused.
+        await wait_until(lambda: len(got) == 2 and m.get_status("plc")["health"] == "degraded")
+        assert sorted(got) == [("MAIN.iCount", 5, "good"), ("MAIN.nothing", None, "bad")]
+        assert m.get_status("plc")["health_reason"] == (
+            "1 subscription unconfirmed: 'MAIN.nothing' (refused: symbol not found (1808))"
+        )
+        await clock.advance(2)
+        await wait_until(lambda: got.count(("MAIN.nothing", None, "bad")) == 2)
+        plc.add_symbol("MAIN.nothing", "INT", 3)  # an online change adds it
+        await clock.advance(4)
+        await wait_until(ledger.is_confirmed)
+        assert got[-1] == ("MAIN.nothing", 3, "good")
+        assert m.get_status("plc")["health"] == "healthy"
+
+        await m.execute_with_retry("plc", lambda c: c.subscribe("MAIN.sName"))
+        await wait_until(lambda: got[-1] == ("MAIN.sName", "boiler", "good"))
+        await m.execute_with_retry("plc", lambda c: c.unsubscribe("MAIN.iCount"))
+        assert ledger.keys() == ["MAIN.nothing", "MAIN.sName"]
+        plc.set_value("MAIN.iCount", 8)
+        await wait_until(lambda: live_callbacks(conn) == 2)
+        plc.set_value("MAIN.iCount", 9)
         await asyncio.sleep(0.05)
-        assert len(got) == 4
-    assert [k for k in pyads_ex.callback_store if k[0] is conn._adr] == []
+        assert ("MAIN.iCount", 8, "good") not in got and ("MAIN.iCount", 9, "good") not in got
+        assert ledger.is_confirmed()
+    assert live_callbacks(conn) == 0
 
 
 async def test_plc_stopped_reconnecting_then_back_and_polling_resumes(
@@ -379,6 +475,20 @@ async def test_read_errors_in_a_poll_keep_the_link(make_manager: Make, plc: AdsP
             {"ams_net_id": NET_ID, "notifications": [{"tag": "a", "every": 1}]},
             "config.notifications[0]",
             "unknown keys",
+        ),
+        (
+            {"ams_net_id": NET_ID, "notification_timeout": 0},
+            "config.notification_timeout",
+            "positive",
+        ),
+        (
+            {
+                "ams_net_id": NET_ID,
+                "notification_timeout": 2,
+                "notifications": [{"tag": "a", "mode": "cycle", "cycle_time": 1.5, "max_delay": 1}],
+            },
+            "config.notifications[0]",
+            r"\(2\.5 s\) must be below notification_timeout \(2 s\)",
         ),
     ],
 )

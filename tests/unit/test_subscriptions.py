@@ -143,6 +143,21 @@ async def test_expect_data_waits_for_a_datum(clock: ManualClock) -> None:
     assert ledger.awaiting_data == {}
 
 
+async def test_refused_expect_data_entry_awaits_data_again_on_retry(clock: ManualClock) -> None:
+    """Test that an expect_data entry refused once waits for a datum again when it is replayed."""
+    ledger, driver = make(clock)
+    ledger.add("MAIN.iCount", expect_data=True)
+    ledger.link_up()
+    ledger.acknowledged("MAIN.iCount", ok=False, error="symbol not found")
+    assert ledger.awaiting_data == {}
+    await clock.advance(10)
+    assert driver.replays == [["MAIN.iCount"], ["MAIN.iCount"]]
+    assert list(ledger.awaiting_data) == ["MAIN.iCount"]
+    ledger.data_received("MAIN.iCount")
+    assert driver.degraded[-1] is None
+    assert ledger.is_confirmed()
+
+
 async def test_link_down_clears_degraded_and_stops_timers(clock: ManualClock) -> None:
     """Test that losing the link clears the reason and no replay runs without a link."""
     ledger, driver = make(clock)

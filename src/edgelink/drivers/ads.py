@@ -12,9 +12,26 @@ Config keys (see docs/drivers/ads.md):
 - ``require_run`` (true): the health check passes only while the PLC is in RUN
 - ``notifications``: symbols the PLC pushes (ADS device notifications), each a
   name or ``{"tag": ..., "mode": "change"|"cycle", "cycle_time": s, "max_delay": s}``
+- ``notification_timeout`` (10.0 s): how long a (re-)added notification may take
+  to deliver its first value before the health turns ``degraded``
 
 pyads is a blocking library, so this is a `SyncConnection`: the Supervisor runs
-every call in a worker thread under its timeouts. pyads's adslib keeps one
+every call in a worker thread under its timeouts.
+
+Notifications are kept in a `edgelink.subscriptions.SubscriptionLedger` and
+replayed on every new link. The PLC sends a notification's current value right
+after it is added (TwinCAT does for on-change notifications; a cyclic one
+delivers within its cycle), so the first value confirms the entry; one that
+brings none within ``notification_timeout`` makes the health ``degraded`` and
+is deleted and added again with the ledger's doubling delay. The ledger lives
+on the event loop (it is not thread-safe and its timers run on the
+supervisor's clock): link up and down, values from adslib's notification
+thread and run-time `AdsConnection.subscribe` calls are handed to the loop
+(`edgelink.connection.SyncConnection.call_on_loop`), and the blocking ADS
+requests of a replay run in a worker thread, one replay after the other per
+connection.
+
+pyads's adslib keeps one
 router per process — the local AMS net id, one TCP connection per PLC address
 and the routes onto it — so that state is owned here, once per process
 (`AdsRuntime`): several connections share routes and TCP links safely, and a
@@ -29,9 +46,12 @@ refusals are a `PermanentError`.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import math
 import socket
@@ -48,6 +68,7 @@ from edgelink.errors import (
     PermanentError,
     ProtocolError,
 )
+from edgelink.subscriptions import Subscription, SubscriptionLedger
 
 try:
     from pyads import constants as ads_constants
@@ -133,6 +154,14 @@ class _Notification:
     mode: Literal["change", "cycle"] = "change"
     cycle_time: float = 0.1
     max_delay: float = 0.0
+
+    def options(self) -> dict[str, Any]:
+        """The ledger entry's options (`from_entry` turns them back into a spec)."""
+        return {"mode": self.mode, "cycle_time": self.cycle_time, "max_delay": self.max_delay}
+
+    @classmethod
+    def from_entry(cls, entry: Subscription) -> _Notification:
+        return cls(entry.key, **entry.options)
 
 
 @dataclasses.dataclass(slots=True)
@@ -301,7 +330,7 @@ def _parse_net_id(value: Any, key: str, connection_id: str) -> str:
     return ".".join(str(int(p)) for p in parts)
 
 
-def _parse_notification(item: Any, index: int, connection_id: str) -> _Notification:
+def _parse_notification(item: Any, index: int, connection_id: str, timeout: float) -> _Notification:
     path = f"config.notifications[{index}]"
 
     def bad(why: str) -> ConfigError:
@@ -326,6 +355,14 @@ def _parse_notification(item: Any, index: int, connection_id: str) -> _Notificat
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise bad(f"{key} must be a number of seconds >= 0, got {value!r}")
         numbers[key] = float(value)
+    if numbers["cycle_time"] + numbers["max_delay"] >= timeout:
+        # The PLC may take that long for the first value: every replay would
+        # time out and the link look degraded while it works.
+        raise bad(
+            f"cycle_time + max_delay ({numbers['cycle_time'] + numbers['max_delay']:g} s) "
+            f"must be below notification_timeout ({timeout:g} s), which bounds the wait "
+            "for a notification's first value"
+        )
     return _Notification(tag, mode, numbers["cycle_time"], numbers["max_delay"])
 
 
@@ -383,10 +420,24 @@ class AdsConnection(SyncConnection):
         if not isinstance(require_run, bool):
             raise bad("require_run", f"must be true or false, got {require_run!r}")
         self.require_run = require_run
+        notification_timeout = cfg.get("notification_timeout", 10.0)
+        if (
+            isinstance(notification_timeout, bool)
+            or not isinstance(notification_timeout, int | float)
+            or not notification_timeout > 0
+        ):
+            raise bad(
+                "notification_timeout",
+                f"must be a positive number of seconds, got {notification_timeout!r}",
+            )
+        self.notification_timeout = float(notification_timeout)
         raw = cfg.get("notifications", [])
         if not isinstance(raw, Sequence) or isinstance(raw, str):
             raise bad("notifications", "must be a list of symbol names or objects")
-        specs = [_parse_notification(item, i, connection_id) for i, item in enumerate(raw)]
+        specs = [
+            _parse_notification(item, i, connection_id, self.notification_timeout)
+            for i, item in enumerate(raw)
+        ]
 
         self._runtime = RUNTIME
         self._adr = AmsAddr(self.ams_net_id, self.ams_port)
@@ -397,15 +448,34 @@ class AdsConnection(SyncConnection):
         self._lease: _Lease | None = None
         self._broken = False
         self._symbols: dict[str, _Symbol] = {}
-        #: The subscription ledger: what is replayed on every connect.
-        self._wanted: dict[str, _Notification] = {spec.tag: spec for spec in specs}
-        #: Live notification handles of this link, by tag.
+        #: Counts the links this driver opened; the open one's number tells a
+        #: replay, a value or a refusal of an earlier link from its own.
+        self._generation = 0
+        #: Live notification handles of this link, by tag (under ``_lock``).
         self._active: dict[str, tuple[int, int | None]] = {}
+        # The ledger and what goes with it are used on the event loop only.
+        self._ledger = SubscriptionLedger(
+            self._replay,
+            confirm_within=self.notification_timeout,
+            clock=lambda: self.clock,
+            on_degraded=self.report_degraded,
+            name=connection_id,
+        )
+        for spec in specs:
+            self._ledger.add(spec.tag, expect_data=True, **spec.options())
+        #: The link the ledger is up for (0: down).
+        self._ledger_link = 0
+        #: Blocking work for the ledger, run in order by one worker thread at a time.
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._jobs_running: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ link
 
     def connect(self) -> None:
-        """Route to the PLC, open a local AMS port and replay the notifications.
+        """Route to the PLC, open a local AMS port and have the notifications replayed.
+
+        The replay runs after this returns (on the event loop and a worker
+        thread); without an owner to report to, nothing is added on the PLC.
 
         Raises:
             ConnectError: if the PLC cannot be reached.
@@ -427,6 +497,7 @@ class AdsConnection(SyncConnection):
                 ) from exc
             self._port, self._lease = port, lease
             self._broken = False
+            self._generation += 1
             self._symbols.clear()
             self._active.clear()
             try:
@@ -438,11 +509,12 @@ class AdsConnection(SyncConnection):
                         connection_id=self.connection_id,
                         cause=exc,
                     ) from exc
-                for spec in list(self._wanted.values()):
-                    self._subscribe_now(spec)
             except BaseException:
                 self._close_locked()
                 raise
+            # Queued under the lock: whatever ends this link queues its
+            # link-down after this, so the loop sees them in that order.
+            self.call_on_loop(self._link_up, self._generation)
 
     def _resolve(self) -> str:
         try:
@@ -482,6 +554,7 @@ class AdsConnection(SyncConnection):
         self._port = self._lease = None
         if port is None:
             return
+        self.call_on_loop(self._link_down, self._generation)
         # Tidy up on the PLC while the link works; after the first failure
         # every further round trip would only wait out its timeout.
         remote = not self._broken
@@ -667,6 +740,14 @@ class AdsConnection(SyncConnection):
 
     # --------------------------------------------------------- notifications
 
+    @property
+    def subscriptions(self) -> SubscriptionLedger:
+        """The notification ledger: what is subscribed and whether its first value came.
+
+        Read it on the event loop thread: it is not thread-safe.
+        """
+        return self._ledger
+
     def subscribe(
         self,
         tag: str,
@@ -677,49 +758,142 @@ class AdsConnection(SyncConnection):
     ) -> None:
         """Have the PLC push ``tag`` (an ADS device notification); values arrive as data.
 
-        The subscription is kept and replayed after every reconnect. Calling it
-        again for the same tag replaces the subscription.
-
-        While the link is down the subscription waits for the next connect. A
-        symbol the PLC lacks is reported as a datapoint of quality ``bad`` (at
-        every replay) instead of failing the link.
+        The notification is recorded in the ledger, added at once on a live
+        link and again after every reconnect. This returns without waiting for
+        the PLC: the first value confirms the notification; one that brings
+        none within ``notification_timeout``, or that the PLC refuses (a symbol
+        it lacks), turns the health ``degraded`` and is added again with a
+        doubling delay until it delivers. A symbol the PLC lacks is also
+        reported as a datapoint of quality ``bad`` at every attempt; the link
+        stays. Calling it again for the same tag with other options replaces
+        the notification. Thread-safe.
 
         Raises:
             ConfigError: for a bad mode or time.
-            ConnectError: if the link breaks while subscribing.
         """
         spec = _parse_notification(
             {"tag": tag, "mode": mode, "cycle_time": cycle_time, "max_delay": max_delay},
-            len(self._wanted),
+            len(self._ledger),
             self.connection_id,
+            self.notification_timeout,
         )
-        with self._lock:
-            self._wanted[tag] = spec
-            if self.is_connected():
-                self._unsubscribe_now(tag)
-                self._subscribe_now(spec)
+        self._on_ledger(
+            functools.partial(self._ledger.add, tag, expect_data=True, **spec.options())
+        )
 
     def unsubscribe(self, tag: str) -> None:
-        """Stop the notification for ``tag`` and forget it (no replay)."""
-        with self._lock:
-            self._wanted.pop(tag, None)
-            if self.is_connected():
-                self._unsubscribe_now(tag)
+        """Stop the notification for ``tag`` and forget it (no replay). Thread-safe.
 
-    def subscriptions(self) -> list[str]:
-        """Return the tags in the subscription ledger."""
-        with self._lock:
-            return list(self._wanted)
+        This returns at once: once the event loop took it (at once when called
+        there) no further value of ``tag`` is reported, and the notification
+        is deleted on the PLC a moment later.
+        """
+        self._on_ledger(functools.partial(self._forget, tag))
 
-    def _subscribe_now(self, spec: _Notification) -> None:
-        try:
-            symbol = self._symbol(spec.tag)
-        except DeviceError as exc:
-            # A symbol the PLC lacks must not stop the link, nor the other
-            # subscriptions: say so on the data path and go on.
-            logger.warning("%s: cannot subscribe to %s: %s", self.connection_id, spec.tag, exc)
-            self.report_data(spec.tag, None, quality="bad")
+    def _on_ledger(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` where the ledger lives: on the owner's loop, inline while there is none."""
+        if self.call_on_loop(fn):
             return
+        if not self._ledger.is_link_up:
+            # Without a loop the ledger never went up: this only records.
+            fn()
+
+    # On the loop thread: the ledger's side of the link.
+
+    def _link_up(self, link: int) -> None:
+        if link != self._live_link():
+            return  # that link ended before the loop got here
+        self._ledger_link = link
+        self._ledger.link_up()
+
+    def _link_down(self, link: int) -> None:
+        if link != self._ledger_link:
+            return
+        self._ledger_link = 0
+        self._ledger.link_down()
+
+    def _confirm(self, link: int, tag: str) -> None:
+        if link == self._ledger_link:
+            self._ledger.data_received(tag)
+
+    def _refused(self, link: int, tag: str, error: str) -> None:
+        if link == self._ledger_link:
+            self._ledger.acknowledged(tag, ok=False, error=error)
+
+    def _replay(self, entries: Sequence[Subscription]) -> None:
+        """(Re-)add ledger entries on the current link; the ADS requests run in a worker."""
+        link = self._ledger_link
+        if link:
+            specs = [_Notification.from_entry(entry) for entry in entries]
+            self._enqueue(functools.partial(self._replay_now, link, specs))
+
+    def _forget(self, tag: str) -> None:
+        if self._ledger.remove(tag) is not None and self._ledger_link:
+            self._enqueue(functools.partial(self._delete_now, self._ledger_link, tag))
+
+    def _enqueue(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)
+        if self._jobs_running is None:
+            self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        running = asyncio.get_running_loop().run_in_executor(None, self._run_jobs)
+        self._jobs_running = running
+        running.add_done_callback(self._jobs_done)
+
+    def _jobs_done(self, running: asyncio.Future[None]) -> None:
+        self._jobs_running = None
+        if self._jobs:
+            # Queued after the worker found the queue empty.
+            self._start_jobs()
+
+    # In a worker thread: the blocking ADS requests.
+
+    def _run_jobs(self) -> None:
+        # One worker per connection at a time, so jobs run in the order they
+        # were queued: a delete after the add it undoes, a retry after the add.
+        while self._jobs:
+            job = self._jobs.popleft()
+            try:
+                job()
+            except Exception:
+                logger.exception("%s: notification request failed", self.connection_id)
+
+    def _live_link(self) -> int:
+        """The open link's number, or 0 while none is open (or it broke)."""
+        return self._generation if self._port is not None and not self._broken else 0
+
+    def _replay_now(self, link: int, specs: Sequence[_Notification]) -> None:
+        for spec in specs:
+            with self._lock:
+                if link != self._live_link():
+                    return  # that link is gone; the next one replays everything
+                try:
+                    # A retry replaces the notification that brought nothing.
+                    self._unsubscribe_now(spec.tag)
+                    self._subscribe_now(spec, link)
+                except (DeviceError, PermanentError) as exc:
+                    refusal = _refusal(exc)
+                except (ConnectError, ProtocolError) as exc:
+                    # The link broke: it is marked broken, its link-down is
+                    # queued, and the next link replays everything.
+                    logger.debug("%s: replay stopped: %s", self.connection_id, exc)
+                    return
+                else:
+                    continue
+            # Not a link failure: say so on the data path and in the ledger, go on.
+            logger.debug("%s: cannot subscribe to %s: %s", self.connection_id, spec.tag, refusal)
+            self.report_data(spec.tag, None, quality="bad")
+            self.call_on_loop(self._refused, link, spec.tag, refusal)
+
+    def _delete_now(self, link: int, tag: str) -> None:
+        with self._lock:
+            if link == self._live_link():
+                with contextlib.suppress(ConnectError, ProtocolError, PermanentError):
+                    self._unsubscribe_now(tag)
+
+    def _subscribe_now(self, spec: _Notification, link: int) -> None:
+        symbol = self._symbol(spec.tag)
         attrib = NotificationAttrib(
             symbol.size,
             ads_constants.ADSTRANS_SERVERONCHA
@@ -729,7 +903,7 @@ class AdsConnection(SyncConnection):
             max_delay=spec.max_delay * 1000,
             cycle_time=spec.cycle_time * 1000,
         )
-        callback = self._make_callback(symbol)
+        callback = self._make_callback(symbol, link)
         handles = self._call(
             f"subscribe {spec.tag}",
             pyads_ex.adsSyncAddDeviceNotificationReqEx,
@@ -755,8 +929,9 @@ class AdsConnection(SyncConnection):
         finally:
             pyads_ex.callback_store.pop((self._adr, handles[0]), None)
 
-    def _make_callback(self, symbol: _Symbol) -> Callable[[Any, Any], None]:
+    def _make_callback(self, symbol: _Symbol, link: int) -> Callable[[Any, Any], None]:
         tag = symbol.name
+        ledger = self._ledger
 
         def on_notification(notification: Any, _data: Any) -> None:
             # Runs on adslib's notification thread: decode, hand over, never raise.
@@ -774,7 +949,14 @@ class AdsConnection(SyncConnection):
                 logger.exception("%s: bad notification for %s", self.connection_id, tag)
                 return
             self.update_stats(packets_received=1, bytes_received=size)
+            # Dict lookups, safe from this thread. Unsubscribed: its delete is
+            # on the way. Awaiting: the loop put it there before it queued the
+            # replay that brought this value.
+            if tag not in ledger:
+                return
             self.report_data(tag, value, ts=ts)
+            if tag in ledger.awaiting_data:
+                self.call_on_loop(self._confirm, link, tag)
 
         return on_notification
 
@@ -879,7 +1061,16 @@ class AdsConnection(SyncConnection):
         if port != self._port or self._broken:
             return
         self._broken = True
+        self.call_on_loop(self._link_down, self._generation)
         self.connection_lost(error)
+
+
+def _refusal(exc: DeviceError | PermanentError) -> str:
+    """What the PLC said when it refused a notification: ``symbol not found (1808)``."""
+    cause = exc.cause
+    if isinstance(cause, pyads_ex.ADSError):
+        return str(cause).removeprefix("ADSError: ").rstrip(". ")
+    return exc.message or type(exc).__name__
 
 
 def _is_string(plc_type: Any) -> bool:

@@ -10,7 +10,18 @@ PLC which the driver depends on:
   type, size and comment, where the stock one sends empty entries;
 - the ADS state (``read_state``) can be set: RUN, STOP, CONFIG, ...;
 - device notifications can be added by handle (how pyads adds them by name)
-  and their handles are unique across symbols.
+  and their handles are unique across symbols;
+- right after a notification is added the symbol's current value is sent
+  once, as a TwinCAT PLC does (the stock handler sends a value only when it
+  changes), so a client can tell a notification that works from one that
+  does not;
+- notifications on a symbol can be dropped (`AdsPeer.drop_notifications`):
+  accepted with a handle like any other, but never sent, neither that first
+  value nor changes;
+- those first values and the changes `AdsPeer.set_value` makes reach a
+  client's callback in a buffer of the value's full size (the stock handler
+  copies a value past the end of a one-byte header field; it still does for
+  values a client writes over ADS).
 
 The server thread's stream handling is made robust too: requests are split by
 their AMS/TCP length (the stock loop takes one request per ``recv``, so two
@@ -25,18 +36,25 @@ skip when something else holds the port. Needs the ``ads`` extra.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ctypes
 import itertools
 import logging
 import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Self
 
 try:
     from pyads import constants
+    from pyads.filetimes import dt_to_filetime
+    from pyads.pyads_ex import callback_store
+    from pyads.structs import SAdsNotificationHeader
     from pyads.testserver import AdsTestServer, AdvancedHandler, PLCVariable
     from pyads.testserver.handler import AmsPacket, AmsResponseData
     from pyads.testserver.testserver import AdsClientConnection
@@ -79,6 +97,10 @@ _SCALARS: dict[str, tuple[int, str]] = {
 #: callbacks in one process-wide store keyed by handle, and the handler fires
 #: a notification by looking its handle up there.
 _NOTIFICATION_IDS = itertools.count(1)
+
+#: How long the first value of a new notification waits for the client to
+#: store its callback (pyads does so once the add's answer reached it).
+FIRST_VALUE_WAIT = 2.0
 
 
 def port_in_use(host: str = "127.0.0.1", port: int = ADS_TCP_PORT) -> bool:
@@ -131,6 +153,14 @@ class PlcHandler(AdvancedHandler):  # type: ignore[misc]
         super().__init__()
         self.ads_state: int = constants.ADSSTATE_RUN
         self._lock = threading.Lock()
+        #: Symbols whose new notifications are dropped.
+        self._dropped: set[str] = set()
+        #: Handles of dropped notifications, with their symbol: they never fire.
+        self._dead: dict[int, str] = {}
+        #: Notifications added, by symbol name (dropped ones too).
+        self.notifications_added: collections.Counter[str] = collections.Counter()
+        #: New notifications whose first value goes out after the answer.
+        self._first_values: list[tuple[PLCVariable, int]] = []
 
     def add_symbol(
         self, name: str, type_name: str, value: Any = None, *, comment: str = ""
@@ -142,6 +172,75 @@ class PlcHandler(AdvancedHandler):  # type: ignore[misc]
         with self._lock:
             self.add_variable(var)
         return var
+
+    def drop_notifications(self, name: str, *, drop: bool = True) -> None:
+        """Drop notifications on ``name`` added from now on (``drop=False``: send them again).
+
+        A dropped notification is added like any other (the client gets a
+        handle, and may delete it), but nothing is ever sent on it. Those
+        added before keep working, and those dropped stay dead.
+        """
+        with self._lock:
+            if drop:
+                self._dropped.add(name)
+            else:
+                self._dropped.discard(name)
+
+    def set_value(self, var: PLCVariable, raw: bytes) -> None:
+        """Store a variable's new raw value; its live notifications fire if it changed."""
+        with self._lock:
+            if var.value == raw:
+                return
+            var.value = raw
+            for handle in list(var.notifications):
+                self._fire(handle, raw)
+
+    def send_first_values(self) -> None:
+        """Send the current value on the notifications just added, once the client is ready.
+
+        Called after an answer went out. Each value waits in its own thread
+        until the client stored the callback for its handle, so the request
+        stream goes on meanwhile.
+        """
+        with self._lock:
+            pending, self._first_values = self._first_values, []
+        for var, handle in pending:
+            threading.Thread(
+                target=self._send_first_value,
+                args=(var, handle),
+                name=f"AdsPeer-first-value-{handle}",
+                daemon=True,
+            ).start()
+
+    def _send_first_value(self, var: PLCVariable, handle: int) -> None:
+        deadline = time.monotonic() + FIRST_VALUE_WAIT
+        while time.monotonic() < deadline:
+            with self._lock:
+                if handle not in var.notifications:
+                    return  # deleted before the client was ready
+                if self._fire(handle, var.value):
+                    return
+            time.sleep(0.001)
+        logger.debug("AdsPeer: no client callback for notification %d", handle)
+
+    @staticmethod
+    def _fire(handle: int, raw: bytes) -> bool:
+        """Call the client callbacks stored for ``handle`` with ``raw``; False if there is none."""
+        # pyads keeps every client's callbacks in one process-wide store; the
+        # copy keeps a client adding one meanwhile from breaking the loop.
+        callbacks = [(key[0], fn) for key, fn in list(callback_store.items()) if key[1] == handle]
+        if not callbacks:
+            return False
+        # The header and the value behind it, in one buffer of the full size.
+        buffer = ctypes.create_string_buffer(ctypes.sizeof(SAdsNotificationHeader) + len(raw))
+        header = SAdsNotificationHeader.from_buffer(buffer)
+        header.hNotification = handle
+        header.nTimeStamp = dt_to_filetime(datetime.now().astimezone())
+        header.cbSampleSize = len(raw)
+        ctypes.memmove(ctypes.addressof(header) + SAdsNotificationHeader.data.offset, raw, len(raw))
+        for address, fn in callbacks:
+            fn(address.amsAddrStruct(), header, 0)
+        return True
 
     def variables(self) -> Iterator[PLCVariable]:
         """Return the stored variables."""
@@ -165,6 +264,10 @@ class PlcHandler(AdvancedHandler):  # type: ignore[misc]
                         return self._ok(state, self._with_length(self._upload()))
                 if command == constants.ADSCOMMAND_ADDDEVICENOTE:
                     return self._ok(state, self._add_notification(header.data))
+                if command == constants.ADSCOMMAND_DELDEVICENOTE:
+                    handle = struct.unpack("<I", header.data[:4])[0]
+                    if self._dead.pop(handle, None) is not None:
+                        return self._ok(state, b"")
                 return super().handle_request(request)
         except KeyError:
             code = (
@@ -199,7 +302,12 @@ class PlcHandler(AdvancedHandler):  # type: ignore[misc]
         else:
             var = self.get_variable_by_indices(group, offset)
         handle = next(_NOTIFICATION_IDS)
-        var.notifications.append(handle)
+        self.notifications_added[var.name] += 1
+        if var.name in self._dropped:
+            self._dead[handle] = var.name
+        else:
+            var.notifications.append(handle)
+            self._first_values.append((var, handle))
         return struct.pack("<I", handle)
 
 
@@ -239,6 +347,7 @@ class _Client(AdsClientConnection):  # type: ignore[misc]
         self.server.request_history.append(request)
         response = self.server.handler.handle_request(request)
         self.client.sendall(self.construct_response(response, request))
+        self.server.handler.send_first_values()
 
 
 class _Server(AdsTestServer):  # type: ignore[misc]
@@ -287,6 +396,7 @@ class AdsPeer:
             await plc.stop()                 # the PLC is gone: the link times out
             await plc.start()                # back, same symbols
             plc.ads_state = pyads.ADSSTATE_STOP   # read_state says STOP
+            plc.drop_notifications("MAIN.temperature")   # new ones never deliver
 
     Args:
         host: The address to listen on.
@@ -371,7 +481,19 @@ class AdsPeer:
         """
         var = self._variable(name)
         _, raw = _encode(var.symbol_type, value)
-        var.write(raw)
+        self.handler.set_value(var, raw)
+
+    def drop_notifications(self, name: str, *, drop: bool = True) -> None:
+        """Drop notifications on ``name`` added from now on: accepted, never sent.
+
+        ``drop=False`` sends the ones added after it again. What a PLC whose
+        notifications are lost on the way looks like to a client.
+        """
+        self.handler.drop_notifications(name, drop=drop)
+
+    def notifications_added(self, name: str) -> int:
+        """Return how many notifications clients added on ``name`` (dropped ones too)."""
+        return self.handler.notifications_added[name]
 
     async def start(self) -> None:
         """Listen on host:port (again, after a `stop`). No-op if running.
