@@ -160,7 +160,9 @@ def test_demo_runs_and_shows_a_reconnect():
     assert time.monotonic() - started < 15
     out = proc.stdout
     assert out.startswith("edgelink demo: 3 simulated devices on 127.0.0.1 ports ")
-    assert re.search(r"device_0[123]\s+connected\s+healthy", out)
+    assert re.search(r"device_0[123]\s+tcp\s+connected\s+healthy", out)
+    assert re.search(r"inverter_1\s+modbus_tcp\s+connected", out)
+    assert "calc.inverter_1_kw = " in out
     assert "unplugged for 1 s (simulated)" in out
     finished = re.search(
         r"demo finished: connected=(\d+) disconnected=(\d+) reconnected=(\d+)", out

@@ -31,7 +31,7 @@ async def test_event_log_keeps_events_and_errors_with_tracebacks(tmp_path: Path)
         except RuntimeError as exc:
             log.record_error("route_error", "route r1 failed", exc=exc, data={"password": "x"})
         rows = await log.query(limit=10)
-        assert [r["type"] for r in rows][0] == "route_error"
+        assert rows[0]["type"] == "route_error"
         assert "RuntimeError: boom" in rows[0]["traceback"]
         assert rows[0]["data"] == {"message": "route r1 failed", "password": "***"}
         assert rows[0]["level"] == "error"

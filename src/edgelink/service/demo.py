@@ -1,10 +1,12 @@
 """``edgelink demo``: simulated devices, a config folder that uses them, and the gateway.
 
-It starts a fleet of PING/PONG TCP devices in this process, writes a config
-folder for them into a temporary directory, runs a `Gateway` on it (the admin
-API on 127.0.0.1, the token printed) and shows a live status table. Every few
-seconds it unplugs one device and plugs it back, so you can watch the
-reconnect: in the table, in ``GET /api/connections`` and on ``/api/stream``.
+It starts simulators in this process — a fleet of PING/PONG TCP devices, two
+Modbus TCP inverters with batteries, an HTTP device — writes a config folder
+for them (connections, a few routes) into a temporary directory, runs a
+`Gateway` on it (the admin API on 127.0.0.1, the token printed) and shows a
+live status table. Every few seconds it unplugs one TCP device and plugs it
+back, so you can watch the reconnect: in the table, in ``GET
+/api/connections`` and on ``/api/stream``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,39 @@ from edgelink.service.gateway import Gateway
 __all__ = ["demo_config", "run_demo"]
 
 
-def demo_config(ports: list[int]) -> dict[str, Any]:
-    """Return the ``connections.json`` of the demo for simulated devices on ``ports``."""
-    return {
+#: The demo's routes: a unit conversion, an alarm with a condition, a chain.
+DEMO_ROUTES: dict[str, Any] = {
+    "version": "1.0",
+    "routes": [
+        {
+            "id": "inverter_kw",
+            "from": "*.ir:1:float32",
+            "to": "calc.{source}_kw",
+            "transform": "scale(0.001) | round(2)",
+            "description": "AC power of each inverter in kW",
+        },
+        {
+            "id": "hot_device",
+            "from": "*.temperature",
+            "to": "log.alarms",
+            "condition": "value > 24.5",
+            "description": "log a warm device",
+        },
+        {
+            "id": "http_ac_kw",
+            "from": "meter.*",
+            "to": "calc.meter_kw",
+            "transform": "scale(0.001) | round(2)",
+        },
+    ],
+}
+
+
+def demo_config(
+    ports: list[int], modbus_ports: list[int] | None = None, http_url: str | None = None
+) -> dict[str, Any]:
+    """Return the ``connections.json`` of the demo for its simulated devices."""
+    config: dict[str, Any] = {
         "settings": {
             "health_check_interval": 2.0,
             "health_check_timeout": 1.0,
@@ -52,6 +84,21 @@ def demo_config(ports: list[int]) -> dict[str, Any]:
             for i, port in enumerate(ports)
         },
     }
+    for i, port in enumerate(modbus_ports or []):
+        config["connections"][f"inverter_{i + 1}"] = {
+            "type": "modbus_tcp",
+            "name": f"Simulated inverter {i + 1}",
+            "config": {"host": "127.0.0.1", "port": port, "unit_id": 1},
+            "poll": [{"tags": ["ir:1:float32", "ir:8*0.1"], "interval": 1.0}],
+        }
+    if http_url is not None:
+        config["connections"]["meter"] = {
+            "type": "http",
+            "name": "Simulated HTTP meter",
+            "config": {"base_url": http_url, "health_path": "/health"},
+            "poll": [{"tags": ["/status#/power/ac"], "interval": 1.0}],
+        }
+    return config
 
 
 def _free_or_any(port: int) -> int:
@@ -71,9 +118,25 @@ async def run_demo(args: argparse.Namespace) -> None:
 
     sim = TcpSimulator(count=args.devices, base_port=0)
     await sim.start()
+    modbus: Any = None
+    http: Any = None
+    with contextlib.suppress(ImportError):  # without the modbus extra: no inverters
+        from edgelink.sim.modbus import ModbusSimulator
+
+        modbus = ModbusSimulator(2)
+        await modbus.start()
+    with contextlib.suppress(ImportError, RuntimeError):  # without uvicorn: no meter
+        from edgelink.sim.http import HttpSimulator
+
+        http = HttpSimulator()
+        await asyncio.to_thread(http.start)
     with tempfile.TemporaryDirectory(prefix="edgelink-demo-") as tmp:
         folder = Path(tmp)
-        (folder / "connections.json").write_text(json.dumps(demo_config(sim.ports), indent=2))
+        config = demo_config(
+            sim.ports, modbus.ports if modbus else None, http.url if http else None
+        )
+        (folder / "connections.json").write_text(json.dumps(config, indent=2))
+        (folder / "routing.json").write_text(json.dumps(DEMO_ROUTES, indent=2))
         api_port = _free_or_any(args.port)
         (folder / "edgelink.json").write_text(
             json.dumps({"api": {"host": "127.0.0.1", "port": api_port}}, indent=2)
@@ -84,6 +147,10 @@ async def run_demo(args: argparse.Namespace) -> None:
         finally:
             await gateway.stop()
             await sim.stop()
+            if modbus is not None:
+                await modbus.stop()
+            if http is not None:
+                await asyncio.to_thread(http.stop)
 
 
 async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
@@ -99,7 +166,9 @@ async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
             log.append(f"{stamp}  {ev.connection_id:<10} {ev.type:<13} {extra}")
 
     def on_data(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
-        values[(cid, tag)] = value if quality == "good" else "-"
+        shown = value if quality == "good" else "-"
+        values[(cid, tag)] = shown
+        values[(cid, "")] = f"{tag}={shown}"
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,6 +185,13 @@ async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
         f"{sim.ports[0]}-{sim.ports[-1]}; Ctrl-C to stop",
         flush=True,
     )
+    others = [
+        f"{cid} ({manager.get_spec(cid).type})"
+        for cid in manager.connections
+        if not cid.startswith("device_")
+    ]
+    if others:
+        print(f"edgelink demo: also {', '.join(others)}; routes from routing.json", flush=True)
     if gateway.api_address is not None:
         host, port = gateway.api_address
         print(
@@ -165,16 +241,22 @@ def _render(
     plain: bool,
 ) -> None:
     rows = [
-        f"{'connection':<11} {'state':<13} {'health':<9} {'temp':>7} {'power':>7} "
+        f"{'connection':<11} {'type':<10} {'state':<13} {'health':<9} {'last value':<24} "
         f"{'rx':>6} {'attempts':>8}  reason"
     ]
     for cid, st in sorted(manager.get_status().items()):
+        last = values.get((cid, "temperature")) or values.get((cid, "")) or "-"
         rows.append(
-            f"{cid:<11} {st['status']:<13} {st['health']:<9} "
-            f"{values.get((cid, 'temperature'), '-')!s:>7} {values.get((cid, 'power'), '-')!s:>7} "
+            f"{cid:<11} {st['type']:<10} {st['status']:<13} {st['health']:<9} {last!s:<24.24} "
             f"{st['stats']['packets_received']:>6} {st['reconnect_attempts']:>8}  "
             f"{st['reason'] or ''}"
         )
+    calc = sorted(manager.router.data.children("calc"))
+    routed = [
+        f"{address} = {dp.value}"
+        for address in calc
+        if (dp := manager.router.data.get(address)) is not None
+    ]
     summary = Counter(st["status"] for st in manager.get_status().values())
     head = "  ".join(f"{k}={v}" for k, v in sorted(summary.items()))
     text = "\n".join(
@@ -183,6 +265,8 @@ def _render(
             f"(reconnects so far: {counts['reconnect_ok']})",
             "",
             *rows,
+            "",
+            "routed (routing.json): " + ("  ".join(routed) if routed else "-"),
             "",
             "recent events:",
             *log,
