@@ -30,7 +30,7 @@ async def read_line_matching(stream: asyncio.StreamReader, pattern: str, timeout
 
 
 async def test_run_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """Test that edgelink run serves the API, reloads on SIGHUP and exits cleanly on SIGTERM."""
+    """Test that edgelink run serves the API, reloads on SIGHUP, answers edgelink status, stops on SIGTERM."""
     async with PingPongPeer() as dev_a, PingPongPeer() as dev_b:
         settings = {"health_check_interval": 0.5, "reconnect_jitter": 0.0}
         conns = {"dev_a": {"type": "tcp", "config": {"host": "127.0.0.1", "port": dev_a.port}}}
@@ -77,6 +77,38 @@ async def test_run_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path)
                         await asyncio.sleep(0.05)
                 listing = (await client.get("/api/connections")).json()["connections"]
                 assert {c["connection_id"] for c in listing} == {"dev_a", "dev_b"}
+            status = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "edgelink.cli",
+                "status",
+                "--url",
+                url,
+                "--token",
+                TOKEN,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "COLUMNS": "160"},
+            )
+            out, err = await asyncio.wait_for(status.communicate(), 20)
+            assert status.returncode == 0, err.decode()
+            table = out.decode()
+            assert re.search(r"dev_a\s.*tcp\s.*connected", table), table
+            assert "dev_b" in table
+            wrong = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "edgelink.cli",
+                "status",
+                "--url",
+                url,
+                "--token",
+                "nope",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(wrong.communicate(), 20)
+            assert wrong.returncode == 1 and b"401" in err
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), 10)
