@@ -331,3 +331,42 @@ async def test_bad_service_config_names_file_and_path(
     (tmp_path / "edgelink.json").write_text(json.dumps({"api": {"token": "short"}}))
     with pytest.raises(ConfigError, match="too short"):
         await Gateway(tmp_path, serve_api=False, watch=False).start()
+
+
+async def test_stream_rate_limit_drops_and_reports(
+    tmp_path: Path, peers: list[PingPongPeer]
+) -> None:
+    """Test that a stream client over its rate gets a dropped count, and the gateway goes on."""
+    write_connections(tmp_path, {"dev_a": peers[0].port})
+    write_service(tmp_path, stream_rate=20)
+    gw = Gateway(tmp_path, api_port=0, watch=False)
+    await gw.start()
+    try:
+        host, port = gw.api_address or ("", 0)
+        uri = f"ws://{host}:{port}/api/stream?token={TOKEN}&events=none&data=calc.**"
+        async with websockets.connect(uri) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            for i in range(500):
+                gw.manager.router.route_data("calc", "flood", i)
+            kinds: dict[str, int] = {}
+            async with asyncio.timeout(5):
+                while "dropped" not in kinds:
+                    message = json.loads(await ws.recv())
+                    kinds[message["type"]] = kinds.get(message["type"], 0) + 1
+                    if message["type"] == "dropped":
+                        assert message["count"] >= 400
+            assert kinds["data"] <= 25  # the bucket holds one second's worth
+        assert gw.manager.router.data.get("calc.flood").value == 499  # type: ignore[union-attr]
+    finally:
+        await gw.stop()
+
+
+async def test_bad_bodies_are_422_with_the_field(client: httpx.AsyncClient) -> None:
+    """Test that an invalid request body is refused with 422 naming the field."""
+    response = await client.post("/api/admin/panic", json={"reason": "x" * 1000})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "reason"]
+    response = await client.put(
+        "/api/routes", content=b"not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
