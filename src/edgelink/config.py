@@ -25,10 +25,8 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -44,6 +42,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from edgelink.documents import read_document
 from edgelink.errors import ConfigError
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
@@ -73,8 +72,6 @@ MAX_CONNECTION_ID_LENGTH: Final = 128
 #: How many ids `check_config` lists before it abbreviates.
 _CHECK_LIST_MAX: Final = 10
 _SCHEMA_TITLE: Final = "edgelink connections.json"
-_JSON_SUFFIXES: Final = frozenset({".json"})
-_YAML_SUFFIXES: Final = frozenset({".yaml", ".yml"})
 
 # Ids become router addresses (``<id>.<tag>``, resolved by the longest id
 # prefix, with ``*``/``**`` as wildcards) and MQTT topic levels, where ``+``
@@ -506,7 +503,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> GatewayCo
     data: Any
     if isinstance(source, str | os.PathLike):
         file = os.fspath(source)
-        data = _parse(Path(file), file)
+        data = read_document(file)
     else:
         # Already parsed; anything but a mapping is reported as a bad top level.
         file, data = DICT_SOURCE, source
@@ -524,17 +521,6 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> GatewayCo
     return config
 
 
-def read_document(path: str | os.PathLike[str]) -> Any:
-    """Read and parse one JSON or YAML config file (by suffix; others tried as both).
-
-    Raises:
-        ConfigError: naming the file, for a missing, unreadable, empty or
-            malformed file (with the line of a syntax error).
-    """
-    file = os.fspath(path)
-    return _parse(Path(file), file)
-
-
 def validation_error(
     exc: ValidationError, *, file: str | None, prefix: tuple[Any, ...] = ()
 ) -> ConfigError:
@@ -543,116 +529,6 @@ def validation_error(
     No input value is echoed in the messages (a bad value may be a secret).
     """
     return _config_error(_error_items(exc, prefix=prefix), file=file)
-
-
-def _parse(path: Path, file: str) -> Any:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=file) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a file", file=file) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=file) from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not valid UTF-8 (byte {exc.start})", file=file) from None
-    if not text.strip():
-        raise ConfigError("the file is empty", file=file)
-    suffix = path.suffix.lower()
-    if suffix in _JSON_SUFFIXES:
-        return _parse_json(text, file)
-    if suffix in _YAML_SUFFIXES:
-        return _parse_yaml(text, file)
-    try:
-        return _parse_json(text, file)
-    except ConfigError as json_error:
-        try:
-            return _parse_yaml(text, file)
-        except ConfigError as yaml_error:
-            # Report in the language the file appears to be written in.
-            looks_like_json = text.lstrip()[:1] in ("{", "[")
-            raise (json_error if looks_like_json else yaml_error) from None
-
-
-class _DuplicateKeyError(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of duplicate keys silently; a duplicated connection
-    # id would then vanish without a word.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKeyError(key)
-        result[key] = value
-    return result
-
-
-def _parse_json(text: str, file: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_unique_object)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file
-        ) from None
-    except _DuplicateKeyError as exc:
-        raise ConfigError(f"duplicate key {exc.key!r}", file=file) from None
-    except RecursionError:
-        raise ConfigError("JSON nesting is too deep", file=file) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate mapping keys (YAML 1.2 forbids them)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # merged keys may be overridden, that is what `<<` is for
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable: the base constructor reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str, file: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        # Only problem, context and position: str(exc) quotes the offending
-        # line, which may hold a secret. ``from None`` keeps it out of tracebacks.
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = exc.problem or exc.context or "invalid YAML"
-        if exc.problem and exc.context:
-            reason = f"{exc.problem} ({exc.context})"
-        kind = (
-            "YAML error"
-            if isinstance(exc, yaml.constructor.ConstructorError)
-            else "YAML syntax error"
-        )
-        raise ConfigError(f"{kind}{where}: {reason}", file=file) from None
-    except yaml.reader.ReaderError as exc:
-        raise ConfigError(
-            f"YAML error: unacceptable character at position {exc.position}", file=file
-        ) from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ConfigError(f"YAML error: {type(exc).__name__}", file=file) from None
 
 
 def _json_type(value: Any) -> str:

@@ -18,17 +18,16 @@ all of a document's problems are collected in ``RouteError.errors``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgelink.errors import RouteError
+from edgelink.documents import read_document
+from edgelink.errors import ConfigError, RouteError
 
 __all__ = [
     "RouteSpec",
@@ -196,50 +195,6 @@ def _format_path(loc: Iterable[Any]) -> str:
 
 def _read(path: Path, file: str) -> Any:
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise RouteError("file not found", file=file) from None
-    except IsADirectoryError:
-        raise RouteError("is a directory, not a file", file=file) from None
-    except OSError as exc:
-        raise RouteError(f"cannot read the file: {exc.strerror or exc}", file=file) from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise RouteError(f"not valid UTF-8 (byte {exc.start})", file=file) from None
-    if not text.strip():
-        raise RouteError("the file is empty", file=file)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            return yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise RouteError(f"YAML syntax error{where}: {exc.problem}", file=file) from None
-        except yaml.YAMLError as exc:
-            raise RouteError(f"YAML error: {type(exc).__name__}", file=file) from None
-    try:
-        return json.loads(text, object_pairs_hook=_unique_object)
-    except json.JSONDecodeError as exc:
-        raise RouteError(
-            f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file
-        ) from None
-    except _DuplicateKeyError as exc:
-        raise RouteError(f"duplicate key {exc.key!r}", file=file) from None
-    except RecursionError:
-        raise RouteError("JSON nesting is too deep", file=file) from None
-
-
-class _DuplicateKeyError(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKeyError(key)
-        result[key] = value
-    return result
+        return read_document(path)
+    except ConfigError as exc:
+        raise RouteError(exc.message, file=file) from None
