@@ -388,3 +388,35 @@ class GcTimer:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
+
+
+def run_benchmark(
+    name: str,
+    benchmark: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    max_runtime: float | None = None,
+    nofile: bool = True,
+) -> int:
+    """Run one benchmark the way every script does, print its JSON, return the exit code.
+
+    Cleans up subprocesses on signals, raises RLIMIT_NOFILE (``nofile``), keeps
+    edgelink's log quiet, bounds the run by ``max_runtime`` seconds, adds the
+    machine info and prints exactly one JSON object, also when it fails.
+
+    Returns:
+        0 if every target passed (or there are none), 2 if one failed, 1 on an error.
+    """
+    install_signal_cleanup()
+    if nofile:
+        raise_nofile()
+    quiet_logging()
+    info = machine_info()
+    try:
+        coro = benchmark()
+        result = asyncio.run(bounded(coro, max_runtime) if max_runtime else coro)  # type: ignore[arg-type]
+    except Exception as exc:
+        emit({"benchmark": name, "error": repr(exc), "pass": False, "machine": info})
+        return 1
+    result["machine"] = info
+    emit(result)
+    return 0 if result.get("pass", True) else 2

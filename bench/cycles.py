@@ -35,17 +35,13 @@ import psutil
 from _common import (
     LOOPBACK,
     GcTimer,
-    bounded,
     check,
     cpu_seconds,
-    emit,
-    install_signal_cleanup,
     log,
-    machine_info,
     poll_until,
-    quiet_logging,
     r,
     raise_nofile,
+    run_benchmark,
 )
 
 from edgelink import ConnectionManager, ConnectionState
@@ -219,18 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_cleanup()
-    raise_nofile()
-    quiet_logging()
-    info = machine_info()
-    try:
-        result = asyncio.run(bounded(run(args), args.max_runtime))
-    except Exception as exc:
-        emit({"benchmark": "cycles", "error": repr(exc), "pass": False, "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0 if result["pass"] else 2
+    return run_benchmark("cycles", lambda: run(args), max_runtime=args.max_runtime)
 
 
 if __name__ == "__main__":

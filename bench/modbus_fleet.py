@@ -31,16 +31,11 @@ from _common import (
     LOOPBACK,
     LoopLag,
     SimProcess,
-    bounded,
     cpu_seconds,
-    emit,
-    install_signal_cleanup,
     log,
-    machine_info,
     poll_until,
-    quiet_logging,
     r,
-    raise_nofile,
+    run_benchmark,
 )
 
 from edgelink import ConnectionManager, ConnectionState
@@ -166,19 +161,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_cleanup()
-    raise_nofile()
-    quiet_logging()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    info = machine_info()
-    try:
-        result = asyncio.run(bounded(run(args), args.max_runtime))
-    except Exception as exc:
-        emit({"benchmark": "modbus_fleet", "error": repr(exc), "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0
+    return run_benchmark("modbus_fleet", lambda: run(args), max_runtime=args.max_runtime)
 
 
 if __name__ == "__main__":

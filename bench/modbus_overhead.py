@@ -23,7 +23,6 @@ Target: median ratio at most 1.10.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import statistics
@@ -35,16 +34,11 @@ from typing import Any
 from _common import (
     LOOPBACK,
     SimProcess,
-    bounded,
     check,
-    emit,
-    install_signal_cleanup,
     log,
-    machine_info,
     percentile,
-    quiet_logging,
     r,
-    raise_nofile,
+    run_benchmark,
 )
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -185,19 +179,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_cleanup()
-    raise_nofile()
-    quiet_logging()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    info = machine_info()
-    try:
-        result = asyncio.run(bounded(run(args), args.max_runtime))
-    except Exception as exc:
-        emit({"benchmark": "modbus_overhead", "error": repr(exc), "pass": False, "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0 if result["pass"] else 2
+    return run_benchmark("modbus_overhead", lambda: run(args), max_runtime=args.max_runtime)
 
 
 if __name__ == "__main__":

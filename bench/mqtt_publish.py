@@ -46,13 +46,9 @@ import paho.mqtt.client as paho
 import psutil
 from _common import (
     LOOPBACK,
-    bounded,
-    emit,
-    install_signal_cleanup,
     log,
-    machine_info,
-    quiet_logging,
     r,
+    run_benchmark,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -403,17 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.counter is not None:
         return run_counter(args.counter)
-    install_signal_cleanup()
-    quiet_logging()
-    info = machine_info()
-    try:
-        result = asyncio.run(bounded(run(args), args.max_runtime))
-    except Exception as exc:
-        emit({"benchmark": "mqtt_publish", "error": repr(exc), "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0
+    return run_benchmark(
+        "mqtt_publish", lambda: run(args), max_runtime=args.max_runtime, nofile=False
+    )
 
 
 if __name__ == "__main__":

@@ -38,19 +38,15 @@ from typing import Any
 from _common import (
     LOOPBACK,
     SimProcess,
-    bounded,
     busy_ports,
     check,
-    emit,
-    install_signal_cleanup,
     log,
-    machine_info,
     median,
     percentile,
     poll_until,
-    quiet_logging,
     r,
     raise_nofile,
+    run_benchmark,
 )
 
 from edgelink import ConnectionManager, ConnectionState
@@ -298,18 +294,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_cleanup()
-    raise_nofile()
-    quiet_logging()
-    info = machine_info()
-    try:
-        result = asyncio.run(bounded(run(args), args.max_runtime))
-    except Exception as exc:
-        emit({"benchmark": "reconnect", "error": repr(exc), "pass": False, "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0 if result["pass"] else 2
+    return run_benchmark("reconnect", lambda: run(args), max_runtime=args.max_runtime)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from _common import check, emit, install_signal_cleanup, log, machine_info, quiet_logging, r
+from _common import check, log, r, run_benchmark
 
 from edgelink.router import DataPoint, Router, Target
 from edgelink.router.address import PatternIndex, parse_pattern
@@ -300,19 +300,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_cleanup()
-    quiet_logging()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    info = machine_info()
-    try:
-        result = asyncio.run(run(args))
-    except Exception as exc:
-        emit({"benchmark": "router", "error": repr(exc), "pass": False, "machine": info})
-        return 1
-    result["machine"] = info
-    emit(result)
-    return 0 if result["pass"] else 2
+    return run_benchmark("router", lambda: run(args), max_runtime=None, nofile=False)
 
 
 if __name__ == "__main__":
