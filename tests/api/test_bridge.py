@@ -84,7 +84,13 @@ def broker() -> Iterator[MosquittoBroker]:
         yield b
 
 
-def write_folder(folder: Path, connections: dict[str, Any], routes: list[Any], qos: int) -> None:
+def write_folder(
+    folder: Path,
+    connections: dict[str, Any],
+    routes: list[Any],
+    qos: int,
+    discovery: list[dict[str, Any]] | None = None,
+) -> None:
     (folder / "connections.json").write_text(
         json.dumps({"settings": FAST, "connections": connections})
     )
@@ -93,7 +99,12 @@ def write_folder(folder: Path, connections: dict[str, Any], routes: list[Any], q
         json.dumps(
             {
                 "api": {"token": "bridge-test-token-0123456789"},
-                "bridge": {"connection": "broker", "base_topic": "smarthome", "qos": qos},
+                "bridge": {
+                    "connection": "broker",
+                    "base_topic": "smarthome",
+                    "qos": qos,
+                    "discovery": discovery or [],
+                },
             }
         )
     )
@@ -125,8 +136,16 @@ async def test_modbus_value_reaches_mqtt_with_transform_and_set_writes_back(
         routes = [
             {"id": "inv_kw", "from": "inv.hr:0", "to": "calc.inv_kw", "transform": "scale(0.001)"}
         ]
-        write_folder(tmp_path, connections, routes, qos=1)
-        sub = Subscriber(broker, "smarthome/#")
+        discovery = [
+            {
+                "address": "calc.inv_kw",
+                "name": "Inverter power",
+                "unit": "kW",
+                "device_class": "power",
+            }
+        ]
+        write_folder(tmp_path, connections, routes, qos=1, discovery=discovery)
+        sub = Subscriber(broker, "#")
         gateway = Gateway(tmp_path, serve_api=False, watch=False)
         await gateway.start()
         try:
@@ -144,6 +163,16 @@ async def test_modbus_value_reaches_mqtt_with_transform_and_set_writes_back(
                 lambda: any(t == "smarthome/inv/hr:0" for t, _ in sub.snapshot())
             )
             assert await eventually(lambda: ("smarthome/status", b"online") in sub.snapshot())
+            announced = await eventually(
+                lambda: [
+                    json.loads(p)
+                    for t, p in sub.snapshot()
+                    if t == "homeassistant/sensor/edgelink_calc_inv_kw/config"
+                ]
+            )
+            assert announced[-1]["state_topic"] == "smarthome/calc/inv_kw"
+            assert announced[-1]["unit_of_measurement"] == "kW"
+            assert announced[-1]["availability_topic"] == "smarthome/status"
             device.hr[0] = 2500
             assert await eventually(
                 lambda: any(p["value"] == pytest.approx(2.5) for p in kw_payloads())

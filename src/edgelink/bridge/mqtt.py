@@ -14,7 +14,10 @@ is supervised like any other (reconnect, health, status):
   ``offline`` after it stops or, as the broker connection's last will, when
   the gateway vanishes;
 - what the broker delivers under the base topic is never mirrored back (no
-  echo loops).
+  echo loops);
+- datapoints listed in ``bridge.discovery`` are announced to Home Assistant
+  (MQTT discovery: a retained sensor config under ``homeassistant/sensor/``)
+  on every connect.
 
 While the broker is away, datapoints go to the SQLite `UplinkBuffer` (bounded
 by count and age, oldest dropped first and counted) and are flushed in order
@@ -102,6 +105,8 @@ class MqttBridge:
         self._buffer = buffer
         self._on_event = on_event
         self._echo_prefix = f"{self.connection_id}.{self.base}/"
+        self._discovery = tuple(settings.discovery)
+        self._discovery_prefix = settings.discovery_prefix.rstrip("/")
         self._live = False
         self._paused = False
         self._pending: list[tuple[str, bytes]] = []
@@ -151,6 +156,39 @@ class MqttBridge:
     def topic_for(self, dp: DataPoint) -> str:
         """Return the topic a datapoint is mirrored to."""
         return f"{self.base}/{dp.source}/{dp.tag.replace('.', '/')}"
+
+    def state_topic(self, address: str) -> str:
+        """Return the topic an address is mirrored to (its source: the longest endpoint)."""
+        source, tag = self._router.resolve(address)
+        if source is None:
+            source, _, tag = address.partition(".")
+        return f"{self.base}/{source}/{tag.replace('.', '/')}"
+
+    def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """Return the Home Assistant discovery ``(topic, config)`` of each listed datapoint."""
+        messages = []
+        for entry in self._discovery:
+            object_id = "edgelink_" + "".join(
+                ch if ch.isalnum() else "_" for ch in entry.address
+            ).strip("_")
+            config: dict[str, Any] = {
+                "name": entry.name or entry.address,
+                "unique_id": object_id,
+                "object_id": object_id,
+                "state_topic": self.state_topic(entry.address),
+                "value_template": "{{ value_json.value }}",
+                "availability_topic": f"{self.base}/status",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+            optional = {
+                "unit_of_measurement": entry.unit,
+                "device_class": entry.device_class,
+                "state_class": entry.state_class,
+            }
+            config.update({k: v for k, v in optional.items() if v is not None})
+            messages.append((f"{self._discovery_prefix}/sensor/{object_id}/config", config))
+        return messages
 
     # ------------------------------------------------------------- lifecycle
 
@@ -283,7 +321,10 @@ class MqttBridge:
 
     def _link_up(self) -> None:
         with contextlib.suppress(EdgelinkError):
-            self._driver().publish(f"{self.base}/status", "online", qos=1, retain=True)
+            driver = self._driver()
+            driver.publish(f"{self.base}/status", "online", qos=1, retain=True)
+            for topic, config in self.discovery_messages():
+                driver.publish(topic, json.dumps(config), qos=1, retain=True)
         # Live again only once the buffer is flushed (the uplink task decides).
         self._wake.set()
 

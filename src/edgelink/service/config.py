@@ -30,6 +30,7 @@ __all__ = [
     "BridgeSettings",
     "BufferSettings",
     "ConfigFolder",
+    "DiscoveryEntry",
     "ServiceSettings",
     "StorageSettings",
     "WebhookSettings",
@@ -67,6 +68,18 @@ class BufferSettings(BaseModel):
     max_age_s: float = Field(default=86400.0, gt=0)
 
 
+class DiscoveryEntry(BaseModel):
+    """One datapoint announced to Home Assistant as a sensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(min_length=3, description="e.g. calc.inverter_1_kw")
+    name: str | None = Field(default=None, description="shown in Home Assistant")
+    unit: str | None = Field(default=None, description="unit_of_measurement, e.g. kW")
+    device_class: str | None = Field(default=None, description="e.g. power, temperature")
+    state_class: str | None = Field(default="measurement")
+
+
 class BridgeSettings(BaseModel):
     """The MQTT bridge: which ``mqtt`` connection it publishes through, and how."""
 
@@ -79,7 +92,10 @@ class BridgeSettings(BaseModel):
     qos: int = Field(default=0, ge=0, le=2)
     retain: bool = True
     buffer: BufferSettings = BufferSettings()
-    discovery: bool = Field(default=False, description="Home Assistant MQTT discovery")
+    discovery: list[DiscoveryEntry] = Field(
+        default_factory=list, description="datapoints announced to Home Assistant (MQTT discovery)"
+    )
+    discovery_prefix: str = Field(default="homeassistant", min_length=1)
 
 
 class WebhookSettings(BaseModel):
