@@ -370,3 +370,24 @@ async def test_bad_bodies_are_422_with_the_field(client: httpx.AsyncClient) -> N
         "/api/routes", content=b"not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
+
+
+async def test_logged_exceptions_reach_the_event_log_with_their_trace(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    """Test that an exception logged anywhere in edgelink is kept in SQLite with its stack."""
+    import logging
+
+    def failing_listener(*_: Any) -> None:
+        raise ZeroDivisionError("listener bug")
+
+    off = gateway.manager.on_data(failing_listener)
+    try:
+        gateway.manager.get_connection("dev_a").report_data("temperature", 1.0)  # type: ignore[union-attr]
+        await asyncio.sleep(0)
+    finally:
+        off()
+    logging.getLogger("edgelink.test").error("from a thread", exc_info=ValueError("x"))
+    rows = (await client.get("/api/events", params={"type": "exception"})).json()["events"]
+    assert any("ZeroDivisionError: listener bug" in (r["traceback"] or "") for r in rows)
+    assert all(r["level"] == "error" for r in rows)

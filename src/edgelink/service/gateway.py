@@ -40,7 +40,7 @@ from edgelink.registry import DriverRegistry
 from edgelink.router.datapoint import DataPoint
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.token import resolve_token
-from edgelink.store import Database, EventLog, UplinkBuffer
+from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 
 #: The routing table of a folder without routing.json.
 NO_ROUTES: dict[str, Any] = {"version": "1.0", "routes": []}
@@ -180,6 +180,9 @@ class Gateway:
         try:
             await self.events.start()
             self._unsubscribe.append(manager.on_event("*", self._record_event))
+            handler = ErrorLogHandler(self.events, asyncio.get_running_loop())
+            logging.getLogger("edgelink").addHandler(handler)
+            self._unsubscribe.append(lambda: logging.getLogger("edgelink").removeHandler(handler))
             await manager.start()
             if self.settings.bridge.connection is not None:
                 bridge = self.settings.bridge

@@ -1,5 +1,11 @@
 """Storage of the service: the SQLite system log and the bridge's uplink buffer."""
 
-from edgelink.store.sqlite import BufferedMessage, Database, EventLog, UplinkBuffer
+from edgelink.store.sqlite import (
+    BufferedMessage,
+    Database,
+    ErrorLogHandler,
+    EventLog,
+    UplinkBuffer,
+)
 
-__all__ = ["BufferedMessage", "Database", "EventLog", "UplinkBuffer"]
+__all__ = ["BufferedMessage", "Database", "ErrorLogHandler", "EventLog", "UplinkBuffer"]

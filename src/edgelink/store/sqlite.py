@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from edgelink.events import Event, log_name
 from edgelink.redact import redact
 
-__all__ = ["BufferedMessage", "Database", "EventLog", "UplinkBuffer"]
+__all__ = ["BufferedMessage", "Database", "ErrorLogHandler", "EventLog", "UplinkBuffer"]
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +352,41 @@ class EventLog:
                 await task
         with contextlib.suppress(RuntimeError):
             await self.flush()
+
+
+class ErrorLogHandler(logging.Handler):
+    """Keeps every ERROR record with an exception in the `EventLog`, stack trace included.
+
+    Attach it to the ``edgelink`` logger: a driver or callback failure that is
+    logged with ``logger.exception`` then lands in SQLite (type ``exception``)
+    next to the events. Records may come from any thread; they are handed to
+    the event loop that runs the log.
+    """
+
+    def __init__(self, log: EventLog, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(level=logging.ERROR)
+        self._log = log
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record (only those with exception info)."""
+        if record.exc_info is None or record.exc_info[1] is None:
+            return
+        exc = record.exc_info[1]
+        try:
+            message = record.getMessage()
+            data = {"logger": record.name, "where": f"{record.module}:{record.lineno}"}
+
+            def store() -> None:
+                self._log.record_error("exception", message, exc=exc, data=data)
+
+            if threading.get_ident() == self._thread:
+                store()
+            elif not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(store)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 @dataclass(frozen=True, slots=True)
