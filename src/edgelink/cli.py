@@ -49,6 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=int, default=8080, help="API port (default 8080; a free one if taken)"
     )
+    demo.add_argument(
+        "--mqtt",
+        metavar="HOST:PORT",
+        default=None,
+        help="mirror every datapoint to this MQTT broker under smarthome/ (default: no bridge)",
+    )
 
     run = sub.add_parser("run", help="run a gateway from a config folder")
     run.add_argument("--config", required=True, help="folder with connections.json (YAML too)")

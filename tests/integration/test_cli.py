@@ -217,3 +217,43 @@ def test_sim_tcp_answers_ping_and_stops_on_sigterm():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_demo_with_mqtt_mirrors_to_a_broker():
+    """Test that `edgelink demo --mqtt` bridges the demo's datapoints to that broker."""
+    import paho.mqtt.client as paho
+
+    from edgelink.testing.mosquitto import MosquittoBroker
+
+    with MosquittoBroker() as broker:
+        topics: list[str] = []
+        sub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        sub.on_connect = lambda client, *_: client.subscribe("smarthome/#")
+        sub.on_message = lambda client, userdata, msg: topics.append(msg.topic)
+        sub.connect("127.0.0.1", broker.port)
+        sub.loop_start()
+        try:
+            proc = run(
+                "demo",
+                "--devices",
+                "2",
+                "--duration",
+                "4",
+                "--chaos-every",
+                "0",
+                "--plain",
+                "--port",
+                "0",
+                "--mqtt",
+                f"127.0.0.1:{broker.port}",
+                timeout=30,
+            )
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "MQTT bridge on 127.0.0.1:" in proc.stdout
+        assert re.search(r"broker\s+mqtt\s+connected", proc.stdout)
+    assert "smarthome/device_01/temperature" in topics
+    assert "smarthome/status" in topics
+    assert any(t.startswith("smarthome/calc/") for t in topics)

@@ -135,12 +135,19 @@ async def run_demo(args: argparse.Namespace) -> None:
         config = demo_config(
             sim.ports, modbus.ports if modbus else None, http.url if http else None
         )
+        service: dict[str, Any] = {"api": {"host": "127.0.0.1", "port": _free_or_any(args.port)}}
+        if args.mqtt:
+            host, _, port = args.mqtt.rpartition(":")
+            config["connections"]["broker"] = {
+                "type": "mqtt",
+                "name": "MQTT broker (bridge)",
+                "config": {"host": host or "127.0.0.1", "port": int(port or 1883)},
+                "settings": {"spam_max_pps": None},
+            }
+            service["bridge"] = {"connection": "broker", "base_topic": "smarthome"}
         (folder / "connections.json").write_text(json.dumps(config, indent=2))
         (folder / "routing.json").write_text(json.dumps(DEMO_ROUTES, indent=2))
-        api_port = _free_or_any(args.port)
-        (folder / "edgelink.json").write_text(
-            json.dumps({"api": {"host": "127.0.0.1", "port": api_port}}, indent=2)
-        )
+        (folder / "edgelink.json").write_text(json.dumps(service, indent=2))
         gateway = Gateway(folder, watch=False)
         try:
             await _run(args, sim, gateway)
@@ -192,6 +199,12 @@ async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
     ]
     if others:
         print(f"edgelink demo: also {', '.join(others)}; routes from routing.json", flush=True)
+    if gateway.bridge is not None:
+        print(
+            f"edgelink demo: MQTT bridge on {args.mqtt}: mosquitto_sub -h "
+            f"{args.mqtt.rpartition(':')[0] or '127.0.0.1'} -t 'smarthome/#' -v",
+            flush=True,
+        )
     if gateway.api_address is not None:
         host, port = gateway.api_address
         print(
