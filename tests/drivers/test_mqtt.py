@@ -341,6 +341,28 @@ async def test_write_publishes_with_qos_and_retain(
         peer.publish("cmd/mode", b"", retain=True)  # clear the retained message
 
 
+async def test_a_burst_the_socket_cannot_take_goes_out_in_order(
+    standalone: list[MQTTConnection], broker: MosquittoBroker, peer_factory: Callable[..., Peer]
+) -> None:
+    """Test that publishes beyond the socket buffer wait for it to drain and arrive in order."""
+    peer = peer_factory(broker)
+    peer.subscribe("burst/#")
+    count, payload = 400, b"x" * 32768  # 13 MB: far more than the socket buffers hold
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        conn = MQTTConnection("m", {"host": proxy.address[0], "port": proxy.port})
+        standalone.append(conn)
+        await conn.connect()
+        proxy.mode = FaultMode.STALL
+        for i in range(count):
+            assert conn.publish(f"burst/{i}", payload) is None
+        await asyncio.sleep(0.2)
+        assert proxy.bytes_up < count * len(payload)
+        proxy.mode = FaultMode.PASS
+        await wait_until(lambda: len(peer.messages) >= count, timeout=15)
+        assert [t for t, _, _ in peer.messages] == [f"burst/{i}" for i in range(count)]
+        assert conn.is_connected()
+
+
 async def test_read_errors_say_why(
     standalone: list[MQTTConnection], broker: MosquittoBroker
 ) -> None:
