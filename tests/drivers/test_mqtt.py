@@ -341,6 +341,67 @@ async def test_write_publishes_with_qos_and_retain(
         peer.publish("cmd/mode", b"", retain=True)  # clear the retained message
 
 
+async def test_a_publish_from_a_datapoint_callback_goes_out(
+    make_manager: Make, broker: MosquittoBroker, peer_factory: Callable[..., Peer]
+) -> None:
+    """Test that publishing inside the data callback (paho's read on the stack) works."""
+    m = make_manager(watchdog_interval=NO_WATCHDOG)
+    m.add_connection("mq", "mqtt", cfg(broker, subscribe=["in/#"]))
+    peer = peer_factory(broker)
+    peer.subscribe("out/#")
+    async with m:
+        await m.wait_for_state("mq", "connected", timeout=5)
+        conn = m.get_connection("mq")
+        assert isinstance(conn, MQTTConnection)
+        await wait_until(lambda: conn.subscriptions.is_confirmed())
+        # A QoS 1 publish first: paho then calls on_publish for every QoS 0
+        # packet it writes, under the lock its read holds during on_message.
+        fut = conn.publish("out/first", "1", qos=1)
+        assert fut is not None
+        await asyncio.wait_for(fut, 5)
+        acks: list[asyncio.Future[None] | None] = []
+
+        def relay(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
+            conn.publish("out/" + tag[3:], value, qos=0)
+            acks.append(conn.publish("out/" + tag[3:] + "/acked", value, qos=1))
+
+        m.on_data(relay)
+        peer.publish("in/a", b"2")
+        peer.publish("in/b", b"3")
+        await wait_until(lambda: len(peer.messages) >= 5)
+        assert [(t, p) for t, p, _ in peer.messages] == [
+            ("out/first", b"1"),
+            ("out/a", b"2"),
+            ("out/a/acked", b"2"),
+            ("out/b", b"3"),
+            ("out/b/acked", b"3"),
+        ]
+        await asyncio.wait_for(asyncio.gather(*[a for a in acks if a is not None]), 5)
+        assert len(acks) == 2
+
+
+async def test_a_burst_the_socket_cannot_take_goes_out_in_order(
+    standalone: list[MQTTConnection], broker: MosquittoBroker, peer_factory: Callable[..., Peer]
+) -> None:
+    """Test that publishes beyond the socket buffer wait for it to drain and arrive in order."""
+    peer = peer_factory(broker)
+    peer.subscribe("burst/#")
+    count, payload = 400, b"x" * 32768  # 13 MB: far more than the socket buffers hold
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        conn = MQTTConnection("m", {"host": proxy.address[0], "port": proxy.port})
+        standalone.append(conn)
+        await conn.connect()
+        proxy.mode = FaultMode.STALL
+        for i in range(count):
+            assert conn.publish(f"burst/{i}", payload) is None
+        await asyncio.sleep(0.2)
+        assert proxy.bytes_up < count * len(payload)
+        proxy.mode = FaultMode.PASS
+        await wait_until(lambda: len(peer.messages) >= count, timeout=15)
+        assert [t for t, _, _ in peer.messages] == [f"burst/{i}" for i in range(count)]
+        assert conn.is_connected()
+
+
 async def test_read_errors_say_why(
     standalone: list[MQTTConnection], broker: MosquittoBroker
 ) -> None:

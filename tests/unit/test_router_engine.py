@@ -543,6 +543,39 @@ async def test_drain_timeout_and_aclose(router: Router) -> None:
     await router.drain(timeout=1)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_send_past_the_delivery_timeout_fails_alone(batched: bool) -> None:
+    """Test that a send running past delivery_timeout is a delivery error, and the next goes."""
+
+    class Stuck(Target):
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        async def send(self, tag: str, dp: DataPoint) -> None:
+            if dp.value == 0:
+                await asyncio.Event().wait()
+            self.got.append(dp.value)
+
+    class StuckBatch(Stuck):
+        async def send_batch(self, items: Any) -> None:
+            for tag, dp in items:
+                await self.send(tag, dp)
+
+    target = StuckBatch() if batched else Stuck()
+    router = Router(clock=ManualClock(), delivery_timeout=0.1)
+    router.add_target("t", target)
+    router.load_routes(routes(route("r", "plc.x", "t.x")))
+    router.route_data("plc", "x", 0)
+    await asyncio.sleep(0)  # the first delivery starts alone
+    router.route_data("plc", "x", 1)
+    await router.drain(timeout=2)
+    assert target.got == [1]
+    stats = router.target_stats("t")
+    assert (stats["sent"], stats["errors"]) == (1, 1)
+    assert stats["last_error"] == "TimeoutError"
+    assert router.route_stats("r")["errors"] == 1
+
+
 async def test_queue_limit_drops_oldest(mem: MemoryTarget) -> None:
     """Test that an outbox over its limit drops its oldest datapoints and counts them."""
     gate = asyncio.Event()
