@@ -866,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     try:
         result = orchestrate(args)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit: SIGTERM/SIGHUP; the children and the broker are gone by now.
         emit({"benchmark": "bridge", "error": repr(exc), "pass": False, "machine": info})
         return 1
     finally:
