@@ -275,7 +275,10 @@ class _SpamGuard:
             self.budget, self.window = int(max_pps), 1.0
         else:
             self.budget, self.window = 1, 1.0 / max_pps
-        self.stamps: deque[float] = deque(maxlen=self.budget)
+        # Made on the first datapoint: an empty deque is 600 bytes and one more
+        # object for the garbage collector, per connection, also for the many
+        # that never report data (health-checked links).
+        self.stamps: deque[float] | None = None
         self.monotonic = monotonic
         self.on_exceeded = on_exceeded
         self.tripped = False
@@ -285,6 +288,8 @@ class _SpamGuard:
             return False
         now = self.monotonic()
         stamps = self.stamps
+        if stamps is None:
+            stamps = self.stamps = deque(maxlen=self.budget)
         if len(stamps) == self.budget and now - stamps[0] < self.window:
             self.tripped = True
             elapsed = now - stamps[0]
@@ -648,7 +653,7 @@ class Router:
         guard = self._guards.get(source_id)
         if guard is not None:
             guard.tripped = False
-            guard.stamps.clear()
+            guard.stamps = None
 
     def is_spam_blocked(self, source_id: str) -> bool:
         """Return True while spam protection drops ``source_id``'s datapoints."""
