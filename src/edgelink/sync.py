@@ -23,6 +23,7 @@ from edgelink.connection import AnyConnection
 from edgelink.events import EventCallback, Unsubscribe
 from edgelink.manager import ConnectionManager, DataListener, HealthCheckListener, HealthMonitor
 from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.router import DataPoint, RouteTableDiff
 from edgelink.state import ConnectionState
 
 __all__ = ["SyncConnectionManager"]
@@ -265,6 +266,35 @@ class SyncConnectionManager:
     def get_status(self, connection_id: str | None = None) -> dict[str, Any]:
         """Return the status of one connection, or of all."""
         return self._call(self._manager.get_status, connection_id)
+
+    # ----------------------------------------------------------------- router
+    # The router is not thread-safe: these run its methods on the loop.
+
+    def load_routes(self, source: str | PathLike[str] | Mapping[str, Any]) -> RouteTableDiff:
+        """Load a ``routing.json`` (path or dict) into the manager's router, atomically.
+
+        Raises:
+            RouteError: for a bad table; the old one stays.
+        """
+        return self._call(self._manager.router.load_routes, source)
+
+    def route_data(
+        self,
+        source_id: str,
+        tag: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Route one datapoint from a thread; False if spam protection (or a pause) dropped it."""
+        return self._call(self._manager.router.route_data, source_id, tag, value, metadata)
+
+    def get_datapoint(self, address: str) -> DataPoint | None:
+        """Return the last datapoint at an address of the data space, or None."""
+        return self._call(self._manager.router.data.get, address)
+
+    def drain_routes(self, timeout: float | None = 5.0) -> None:
+        """Block until every delivery the router scheduled has finished."""
+        self._run(self._manager.router.drain(timeout))
 
     def on_event(self, event_type: str, callback: EventCallback) -> Unsubscribe:
         """Subscribe to an event type (``"*"`` = all); callbacks run off the loop."""

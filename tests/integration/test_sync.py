@@ -273,6 +273,36 @@ def test_reconnect_with_manual_clock(make_sync: MakeSync, threaded_peer: PeerThr
         assert sync.get_status("dev")["stats"]["reconnects"] == 1
 
 
+def test_router_from_threads(make_sync: MakeSync, threaded_peer: PeerThread):
+    """Test that routes load and datapoints route, write and land in the data space from threads."""
+    with make_sync(request_timeout=2.0) as sync:
+        sync.add_connection("dev", "tcp", tcp(threaded_peer.port))
+        sync.wait_for_state("dev", "connected", timeout=5)
+        diff = sync.load_routes(
+            {
+                "routes": [
+                    {"id": "r", "from": "calc.in", "to": "dev.setpoint", "transform": "scale(2)"}
+                ]
+            }
+        )
+        assert diff.added == ["r"]
+        results: list[bool] = []
+        threads = [
+            threading.Thread(target=lambda i=i: results.append(sync.route_data("calc", "in", i)))
+            for i in range(1, 5)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        assert results == [True] * 4
+        sync.drain_routes()
+        point = sync.get_datapoint("calc.in")
+        assert point is not None and point.value in (1, 2, 3, 4)
+        assert sync.execute_with_retry("dev", lambda c: c.read("setpoint")) == str(point.value * 2)
+        assert sync.get_datapoint("nowhere.x") is None
+
+
 # -- threads ----------------------------------------------------------------------
 
 
