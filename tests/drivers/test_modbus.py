@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import struct
 import sys
@@ -612,7 +613,10 @@ async def test_many_link_cycles_leave_no_sockets_or_tasks(server: ModbusServer) 
     import psutil
 
     proc = psutil.Process()
-    await asyncio.sleep(0)
+    # Let what earlier tests left closing finish, so only growth counts here
+    # (a leak adds descriptors; a late close elsewhere can only remove some).
+    gc.collect()
+    await asyncio.sleep(0.05)
     fds, tasks = proc.num_fds(), len(asyncio.all_tasks())
     async with FaultProxy("127.0.0.1", server.port) as proxy:
         fds_proxy = proc.num_fds()
@@ -628,9 +632,9 @@ async def test_many_link_cycles_leave_no_sockets_or_tasks(server: ModbusServer) 
             await c.disconnect()
         for _ in range(50):
             await asyncio.sleep(0.01)
-            if proc.num_fds() == fds_proxy and proxy.active_links == 0:
+            if proc.num_fds() <= fds_proxy and proxy.active_links == 0:
                 break
-        assert proc.num_fds() == fds_proxy
+        assert proc.num_fds() <= fds_proxy
     await asyncio.sleep(0.05)
-    assert proc.num_fds() == fds
+    assert proc.num_fds() <= fds
     assert len(asyncio.all_tasks()) == tasks
