@@ -420,3 +420,38 @@ def run_benchmark(
     result["machine"] = info
     emit(result)
     return 0 if result.get("pass", True) else 2
+
+
+def split_mqtt_packets(buf: bytearray) -> tuple[list[tuple[int, int, int]], int]:
+    """Split the complete MQTT packets off the front of ``buf`` (a raw subscriber's input).
+
+    Returns:
+        ``[(first byte, body start, body end), ...]`` and how many bytes of
+        ``buf`` they took; an incomplete packet at the end stays for later.
+    """
+    packets: list[tuple[int, int, int]] = []
+    i, end = 0, len(buf)
+    while i + 2 <= end:
+        kind = buf[i]
+        n, mult, j = 0, 1, i + 1
+        while j < end:  # the remaining length: a varint of 7-bit groups
+            b = buf[j]
+            n += (b & 0x7F) * mult
+            mult *= 128
+            j += 1
+            if not b & 0x80:
+                break
+        else:
+            break
+        if j + n > end:
+            break
+        packets.append((kind, j, j + n))
+        i = j + n
+    return packets, i
+
+
+def publish_topic(buf: bytearray, kind: int, start: int) -> tuple[bytes, int]:
+    """Return the topic of a PUBLISH body at ``start`` and where its payload begins."""
+    tlen = (buf[start] << 8) | buf[start + 1]
+    topic = bytes(buf[start + 2 : start + 2 + tlen])
+    return topic, start + 2 + tlen + (2 if kind & 0x06 else 0)

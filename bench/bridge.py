@@ -159,6 +159,8 @@ class Receiver:
 
     def pump(self) -> int:
         """Read what the socket has (non-blocking); return the PUBLISH frames booked."""
+        from _common import publish_topic, split_mqtt_packets
+
         try:
             data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -168,30 +170,16 @@ class Receiver:
         now = time.monotonic()
         buf = self.buf
         buf += data
-        i, end, booked = 0, len(buf), 0
+        booked = 0
         t0, t_warm, t_end = self.t0 - 1e-6, self.t_warm, self.t_end + 1e-6
         lat = self.latencies
         per_topic = self.per_topic
-        while i + 2 <= end:
-            kind = buf[i]
-            n, mult, j = 0, 1, i + 1
-            while j < end:
-                b = buf[j]
-                n += (b & 0x7F) * mult
-                mult *= 128
-                j += 1
-                if not b & 0x80:
-                    break
-            else:
-                break
-            if j + n > end:
-                break
+        packets, consumed = split_mqtt_packets(buf)
+        for kind, start, stop in packets:
             if kind & 0xF0 == 0x30:
-                tlen = (buf[j] << 8) | buf[j + 1]
-                topic = bytes(buf[j + 2 : j + 2 + tlen])
-                start = j + 2 + tlen + (2 if kind & 0x06 else 0)
+                topic, payload = publish_topic(buf, kind, start)
                 try:
-                    ts = float(buf[start : j + n]) / 2
+                    ts = float(buf[payload:stop]) / 2
                 except ValueError:
                     ts = -1.0
                 if t0 <= ts <= t_end:
@@ -208,8 +196,7 @@ class Receiver:
                     self.bad += 1
             elif kind == 0x90:
                 self.subscribed = True
-            i = j + n
-        del buf[:i]
+        del buf[:consumed]
         if booked:
             self.last_rx = now
         return booked

@@ -47,8 +47,10 @@ import psutil
 from _common import (
     LOOPBACK,
     log,
+    publish_topic,
     r,
     run_benchmark,
+    split_mqtt_packets,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -127,24 +129,10 @@ def run_counter(port: int) -> int:
                 return 1
             now = time.monotonic()
             buf += data
-            i, end = 0, len(buf)
-            while i + 2 <= end:
-                kind = buf[i]
-                n, mult, j = 0, 1, i + 1
-                while j < end:
-                    b = buf[j]
-                    n += (b & 0x7F) * mult
-                    mult *= 128
-                    j += 1
-                    if not b & 0x80:
-                        break
-                else:
-                    break
-                if j + n > end:
-                    break
+            packets, consumed = split_mqtt_packets(buf)
+            for kind, start, _ in packets:
                 if kind & 0xF0 == 0x30:
-                    tlen = (buf[j] << 8) | buf[j + 1]
-                    topic = bytes(buf[j + 2 : j + 2 + tlen])
+                    topic, _ = publish_topic(buf, kind, start)
                     phase = topic.split(b"/", 2)[1]
                     c = counts.get(phase)
                     if c is None:
@@ -154,8 +142,7 @@ def run_counter(port: int) -> int:
                         c[2] = now
                 elif kind == 0x90:
                     subscribed = True
-                i = j + n
-            del buf[:i]
+            del buf[:consumed]
 
 
 class Counter:
