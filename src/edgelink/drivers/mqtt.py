@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from edgelink.connection import Connection, Stats
+from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
 from edgelink.errors import ConfigError, ConnectError, DeviceError, PermanentError, ProtocolError
 from edgelink.subscriptions import Subscription, SubscriptionLedger
@@ -980,12 +981,8 @@ class MQTTConnection(Connection):
         connack = self._connack
         if connack is not None:
             futures.append(connack)
-        for fut in futures:
-            if not fut.done():
-                fut.set_exception(error)
-                # Nobody may wait for it (a publish nobody awaited): don't log
-                # "exception was never retrieved".
-                fut.exception()
+        # Nobody may wait for them (publishes nobody awaited).
+        fail_all(futures, error)
 
     def _link_gone(self, error: BaseException) -> None:
         """The broker's link ended without us closing it."""

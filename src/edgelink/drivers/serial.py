@@ -39,6 +39,7 @@ from typing import Any
 
 from edgelink.connection import Connection
 from edgelink.drivers._framing import FrameError, Framing
+from edgelink.drivers._futures import fail_all
 from edgelink.errors import ConfigError, ConnectError, DeviceError, ProtocolError
 
 try:
@@ -554,11 +555,7 @@ class SerialConnection(Connection):
 
     def _fail_pending(self, error: BaseException) -> None:
         pending, self._pending = self._pending, deque()
-        for fut in pending:
-            if not fut.done():
-                fut.set_exception(error)
-                # Nobody may be waiting any more; don't log "never retrieved".
-                fut.exception()
+        fail_all(pending, error)
         waiter = self._unsolicited_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
