@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="cProfile one phase; the top functions go to stderr (inflates CPU figures)",
     )
+    p.add_argument(
+        "--gc-policy",
+        choices=("off", "fleet"),
+        default="off",
+        help="the manager's garbage-collection policy (edgelink.gcpolicy)",
+    )
     p.add_argument("--max-runtime", type=float, default=900.0, help="hard time limit of the run, s")
     args = p.parse_args(argv)
     if args.n < 1 or args.procs < 1 or args.steady <= 0:
@@ -157,6 +163,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "procs": args.procs,
             "health_check_interval": args.health_interval,
             "base_port": args.base_port,
+            "gc_policy": args.gc_policy,
         },
     }
     nofile = result["nofile"] = raise_nofile()
@@ -185,7 +192,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         gc.collect()
         rss_before = me.memory_info().rss
-        manager = ConnectionManager(health_check_interval=args.health_interval)
+        manager = ConnectionManager(
+            health_check_interval=args.health_interval, gc_policy=args.gc_policy
+        )
         t = time.perf_counter()
         ids = [f"d{i}" for i in range(n)]
         for i, cid in enumerate(ids):
@@ -236,6 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         gc.collect()
         rss_connected = me.memory_info().rss
+
         result["memory"] = {
             "rss_before_mb": r(rss_before / 2**20, 1),
             "rss_after_add_mb": r(rss_added / 2**20, 1),
@@ -244,8 +254,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_per_conn_kb": r((rss_connected - rss_before) / n / 1024, 2),
         }
 
-        # Steady state: everything up, health checks every interval.
+        # Steady state: everything up, health checks every interval (and the
+        # gc policy's freeze done: it waits for the fleet to settle).
         await asyncio.sleep(args.settle)
+        if args.gc_policy != "off":
+            await poll_until(lambda: manager.runtime_status()["gc"]["freezes"] > 0, 30.0)
         sent0 = sum(s.connection.stats.packets_sent for s in sups)
         sim_cpu0 = [cpu_seconds(p) for p in sim_ps]
         lag = LoopLag()
@@ -275,6 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "health_checks_expected": int(n * wall / args.health_interval),
             "still_connected": still,
             "loop_lag": lag_stats,
+            "loop_lag_manager": manager.loop_lag(),
             "gc": gc_steady.as_dict(),
             "simulators_cpu_pct": r(100 * sim_cpu / wall, 2),
         }

@@ -59,6 +59,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "webhook_failed",
         "bridge_buffering",
         "bridge_dropped",
+        # The manager: the event loop stalled (connection_id None).
+        "loop_lag",
     }
 )
 
@@ -92,6 +94,7 @@ _LEVELS: dict[str, int] = {
     "webhook_failed": logging.WARNING,
     "bridge_buffering": logging.WARNING,
     "bridge_dropped": logging.ERROR,
+    "loop_lag": logging.WARNING,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

@@ -48,6 +48,8 @@ from edgelink.errors import (
     is_permanent,
 )
 from edgelink.events import Event, EventBus, EventCallback, Unsubscribe, make_event
+from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
+from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.router import Router
 from edgelink.settings import ManagerSettings
@@ -62,6 +64,11 @@ __all__ = ["ConnectionManager", "DataListener", "HealthCheckListener", "HealthMo
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Least seconds between two ``loop_lag`` events (stalls between are counted).
+LAG_EVENT_INTERVAL = 10.0
+#: How often the freeze waits another ``settle`` for connections still connecting.
+GC_SETTLE_TRIES = 6
 
 #: ``listener(connection_id, tag, value, quality, ts)``: called for every datapoint.
 DataListener = Callable[[str, str, Any, str, float], None]
@@ -172,6 +179,10 @@ class ConnectionManager:
         clock: The clock every wait goes through (tests pass a ManualClock).
         registry: Driver types; a fresh one with the built-ins and plugins by default.
         context: Passed to every driver (the seed's ``app_context``).
+        gc_policy: ``"fleet"`` (or a `GcPolicy`) freezes the fleet's long-lived
+            objects out of the garbage collector once it is up and after each
+            reload (see `edgelink.gcpolicy`); off by default, since the
+            collector is process-wide.
         **settings: Defaults of DESIGN section 3 plus ``max_connections``,
             ``max_concurrent_connects``, ``watchdog_interval``, ``sync_workers``.
 
@@ -185,6 +196,7 @@ class ConnectionManager:
         clock: Clock | None = None,
         registry: DriverRegistry | None = None,
         context: Any = None,
+        gc_policy: GcPolicy | str | None = None,
         **settings: Any,
     ) -> None:
         try:
@@ -213,6 +225,19 @@ class ConnectionManager:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._router = Router(clock=self.clock, writer=self._write_for_router)
+        self._lag = LoopLagMonitor(
+            interval=self.settings.loop_lag_interval,
+            threshold=self.settings.loop_lag_threshold,
+            on_stall=self._on_loop_stall,
+        )
+        self._lag_reported = 0
+        self._lag_event_at = float("-inf")
+        try:
+            policy = resolve_gc_policy(gc_policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="gc_policy") from None
+        self._gc = GcState(policy) if policy is not None else None
+        self._gc_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------- construction
 
@@ -224,6 +249,7 @@ class ConnectionManager:
         clock: Clock | None = None,
         registry: DriverRegistry | None = None,
         context: Any = None,
+        gc_policy: GcPolicy | str | None = None,
     ) -> Self:
         """Build a manager from a ``connections.json``/YAML path or a dict (DESIGN section 6).
 
@@ -234,7 +260,11 @@ class ConnectionManager:
         """
         config = load_config(source)
         manager = cls(
-            clock=clock, registry=registry, context=context, **config.settings.model_dump()
+            clock=clock,
+            registry=registry,
+            context=context,
+            gc_policy=gc_policy,
+            **config.settings.model_dump(),
         )
         manager._check_specs(config.specs().values())
         for spec in config.specs().values():
@@ -386,12 +416,22 @@ class ConnectionManager:
         self._watchdog_task = self._loop.create_task(
             self._run_watchdog(), name="edgelink.manager.watchdog"
         )
+        self._lag.start()
+        if self._gc is not None:
+            self._gc.install()
+            self._schedule_gc_settle()
 
     async def stop(self) -> None:
         """Close every connection and end every task the manager started (idempotent)."""
         if not self._started:
             return
         self._started = False
+        self._lag.stop()
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+            self._gc_timer = None
+        if self._gc is not None:
+            self._gc.uninstall()
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None:
             task.cancel()
@@ -767,9 +807,65 @@ class ConnectionManager:
             self._add_spec(new_specs[cid])
         for cid in diff.added:
             self._add_spec(new_specs[cid])
+        if diff.added or diff.changed or diff.removed:
+            self._schedule_gc_settle()
         return diff
 
     # ------------------------------------------------------------ monitoring
+
+    def loop_lag(self) -> dict[str, Any]:
+        """Event-loop lag: recent p50/p99, maximum and stalls since start (milliseconds)."""
+        return self._lag.snapshot()
+
+    @property
+    def lag_monitor(self) -> LoopLagMonitor:
+        """The loop-lag sampler (its histogram feeds ``/metrics``)."""
+        return self._lag
+
+    def runtime_status(self) -> dict[str, Any]:
+        """The process as the manager sees it: loop lag and the garbage-collection policy."""
+        return {
+            "loop_lag": self._lag.snapshot(),
+            "gc": self._gc.snapshot() if self._gc is not None else None,
+        }
+
+    def _on_loop_stall(self, lag: float) -> None:
+        # One event per quiet period: a loop that stalls every second must not
+        # also flood the event log; the count says how many were folded in.
+        now = self.clock.monotonic()
+        if now - self._lag_event_at < LAG_EVENT_INTERVAL:
+            return
+        stalls = self._lag.stalls - self._lag_reported
+        self._lag_reported = self._lag.stalls
+        self._lag_event_at = now
+        self._bus.emit(
+            make_event(
+                "loop_lag",
+                None,
+                self.clock.time(),
+                lag_ms=round(lag * 1000, 1),
+                threshold_ms=round(self._lag.threshold * 1000, 1),
+                stalls=stalls,
+            )
+        )
+
+    def _schedule_gc_settle(self, tries: int = 0) -> None:
+        """Freeze the collector once the fleet has settled (the policy's ``settle`` delay)."""
+        if self._gc is None or self._loop is None or not self._started:
+            return
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+        self._gc_timer = self._loop.call_later(self._gc.policy.settle, self._gc_settle, tries)
+
+    def _gc_settle(self, tries: int) -> None:
+        self._gc_timer = None
+        if self._gc is None:
+            return
+        connecting = ConnectionState.CONNECTING
+        if tries < GC_SETTLE_TRIES and any(s.state is connecting for s in self._sups.values()):
+            self._schedule_gc_settle(tries + 1)
+            return
+        self._gc.settled()
 
     def get_health_monitor(self) -> HealthMonitor:
         """Return the health monitor (custom checks, state callbacks)."""

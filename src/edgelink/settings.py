@@ -117,6 +117,14 @@ class ManagerSettings(ConnectionSettings):
     sync_workers: int = Field(
         default=32, ge=1, description="threads for blocking (SyncConnection) drivers"
     )
+    loop_lag_interval: float = Field(
+        default=0.25, gt=0, description="how often the event-loop lag is sampled, s"
+    )
+    loop_lag_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        description="event-loop lag counted as a stall and reported (loop_lag event), s",
+    )
 
     def connection_defaults(self) -> ConnectionSettings:
         """Return the per-connection part of these settings.

@@ -222,6 +222,13 @@ async def test_metrics(client: httpx.AsyncClient, gateway: Gateway) -> None:
         in (await client.get("/metrics")).text
     )
     assert "edgelink_panic 0.0" in text
+    lag = re.search(r"^edgelink_loop_lag_seconds_count (\S+)$", text, re.M)
+    assert lag is not None and float(lag.group(1)) >= 1  # sampled every 0.25 s
+    assert 'edgelink_loop_lag_seconds_bucket{le="+Inf"}' in text
+    assert "edgelink_loop_stalls_total" in text
+    runtime = (await client.get("/api/service")).json()["runtime"]
+    assert runtime["loop_lag"]["samples"] >= 1
+    assert runtime["gc"]["policy"] == "fleet"  # the service runs with the fleet gc policy
 
 
 async def test_bad_reload_keeps_running_config_and_good_reload_touches_only_changes(

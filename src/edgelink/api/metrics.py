@@ -12,12 +12,18 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from edgelink.state import ConnectionState
 
 if TYPE_CHECKING:
+    from edgelink.manager import ConnectionManager
     from edgelink.router import Router
     from edgelink.service.gateway import Gateway
 
@@ -64,6 +70,7 @@ class _GatewayCollector(Collector):
         )
         if manager is not None:
             yield from _router_metrics(manager.router)
+            yield from _runtime_metrics(manager)
         bridge = gateway.bridge
         if bridge is not None:
             stats = bridge.stats()
@@ -85,6 +92,26 @@ class _GatewayCollector(Collector):
                 yield CounterMetricFamily(name, text, value=stats[key])
         for extra in self._extra:
             yield from extra()
+
+
+def _runtime_metrics(manager: ConnectionManager) -> Iterator[Metric]:
+    lag = manager.lag_monitor
+    yield HistogramMetricFamily(
+        "edgelink_loop_lag_seconds",
+        "How late the event loop ran a timer (sampled)",
+        buckets=[("+Inf" if b == float("inf") else str(b), n) for b, n in lag.buckets()],
+        sum_value=lag.sum,
+    )
+    yield CounterMetricFamily(
+        "edgelink_loop_stalls", "Loop-lag samples at or above the threshold", value=lag.stalls
+    )
+    gc_status = manager.runtime_status()["gc"]
+    if gc_status is not None:
+        yield GaugeMetricFamily(
+            "edgelink_gc_frozen_objects",
+            "Objects the garbage collector skips (the gc policy froze them)",
+            value=gc_status["frozen_objects"],
+        )
 
 
 def _router_metrics(router: Router) -> Iterator[Metric]:

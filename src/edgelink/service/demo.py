@@ -272,10 +272,13 @@ def _render(
     ]
     summary = Counter(st["status"] for st in manager.get_status().values())
     head = "  ".join(f"{k}={v}" for k, v in sorted(summary.items()))
+    lag = manager.loop_lag()
     text = "\n".join(
         [
             f"edgelink demo  {time.strftime('%H:%M:%S')}  {head}  "
-            f"(reconnects so far: {counts['reconnect_ok']})",
+            f"(reconnects so far: {counts['reconnect_ok']})  "
+            f"loop lag p99 {lag['p99_ms'] if lag['p99_ms'] is not None else '-'} ms "
+            f"max {lag['max_ms']} ms",
             "",
             *rows,
             "",

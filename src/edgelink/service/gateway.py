@@ -66,6 +66,9 @@ class Gateway:
         serve_api: Start the HTTP API server (tests of the app alone pass False).
         watch: Watch the folder and reload on changes.
         api_port: Override ``api.port`` (0 = any free port).
+        gc_policy: The manager's garbage-collection policy: the service runs a
+            fleet, so ``"fleet"`` (freeze the long-lived objects once up and
+            after each reload; see `edgelink.gcpolicy`) unless told ``"off"``.
     """
 
     def __init__(
@@ -77,8 +80,10 @@ class Gateway:
         serve_api: bool = True,
         watch: bool = True,
         api_port: int | None = None,
+        gc_policy: str | None = "fleet",
     ) -> None:
         self.config_dir = Path(config_dir)
+        self._gc_policy = gc_policy
         self._clock = clock
         self._registry = registry
         self._serve_api = serve_api
@@ -135,6 +140,7 @@ class Gateway:
             "panic": self.panic_info if self.panicked else None,
             "last_reload": self.last_reload,
             "config_errors": dict(self.config_errors),
+            "runtime": self._manager.runtime_status() if self._manager is not None else None,
             "api": {"host": self.api_address[0], "port": self.api_address[1]}
             if self.api_address
             else None,
@@ -165,7 +171,10 @@ class Gateway:
                 str(exc), file=str(folder.service or folder.root), path="api.token"
             ) from None
         manager = ConnectionManager.from_config(
-            self._connections_document(folder), clock=self._clock, registry=self._registry
+            self._connections_document(folder),
+            clock=self._clock,
+            registry=self._registry,
+            gc_policy=self._gc_policy,
         )
         self._manager = manager
         self._check_bridge(manager)
