@@ -192,6 +192,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         gc.collect()
         rss_before = me.memory_info().rss
+        tracked_before = len(gc.get_objects())
         manager = ConnectionManager(
             health_check_interval=args.health_interval, gc_policy=args.gc_policy
         )
@@ -245,6 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         gc.collect()
         rss_connected = me.memory_info().rss
+        tracked_connected = len(gc.get_objects())
 
         result["memory"] = {
             "rss_before_mb": r(rss_before / 2**20, 1),
@@ -252,6 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_connected_mb": r(rss_connected / 2**20, 1),
             "per_conn_added_kb": r((rss_added - rss_before) / n / 1024, 2),
             "rss_per_conn_kb": r((rss_connected - rss_before) / n / 1024, 2),
+            "gc_tracked_per_conn": r((tracked_connected - tracked_before) / n, 1),
         }
 
         # Steady state: everything up, health checks every interval (and the
