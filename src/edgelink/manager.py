@@ -225,6 +225,12 @@ class ConnectionManager:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._router = Router(clock=self.clock, writer=self._write_for_router)
+        # One bound method each for every supervisor, not one per connection:
+        # each would be another object the garbage collector tracks per link.
+        self._data_sink = self._on_data
+        self._health_change_cb = self._on_health_change
+        self._health_checked_cb = self._on_health_checked
+        self._spam_cb = self._on_spam
         self._lag = LoopLagMonitor(
             interval=self.settings.loop_lag_interval,
             threshold=self.settings.loop_lag_threshold,
@@ -331,7 +337,7 @@ class ConnectionManager:
             type_name=spec.type,
             admission=self._admission,
             executor=self._executor_for_sync() if _is_sync(driver) else None,
-            data_sink=self._on_data,
+            data_sink=self._data_sink,
             poll=[PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
             watch=[
                 WatchRule(
@@ -340,14 +346,14 @@ class ConnectionManager:
                 for w in spec.watch
             ],
             extra_checks=functools.partial(self._health_monitor.checks_for, cid),
-            on_health_change=self._on_health_change,
-            on_health_checked=self._on_health_checked,
+            on_health_change=self._health_change_cb,
+            on_health_checked=self._health_checked_cb,
             deadlines=self._deadlines,
         )
         self._sups[cid] = sup
         self._specs[cid] = spec
         self._router.register_connection(
-            cid, spam_max_pps=spec.settings.spam_max_pps, on_spam=self._on_spam
+            cid, spam_max_pps=spec.settings.spam_max_pps, on_spam=self._spam_cb
         )
         if self._started and spec.enabled:
             sup.start()

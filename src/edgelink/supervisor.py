@@ -176,7 +176,7 @@ class Supervisor:
         self._admission = admission
         # Driver-call deadlines, shared manager-wide: cheaper than
         # asyncio.timeout() per health check and poll (see edgelink.deadline).
-        self._deadlines = deadlines or DeadlineWheel()
+        self._deadlines = deadlines if deadlines is not None else DeadlineWheel()
         self._data_sink = data_sink
         self._poll = tuple(poll)
         self._watch = {rule.tag: rule for rule in watch}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import types
 from collections.abc import Callable
 
 import pytest
 
 from conftest import Recorder, tcp
 from edgelink import ConfigError, ConnectionManager
+from edgelink.deadline import DeadlineWheel
 from edgelink.gcpolicy import GcPolicy
 from edgelink.testing.peers import PingPongPeer
 
@@ -76,3 +78,36 @@ def test_an_unknown_gc_policy_is_a_config_error() -> None:
     """Test that gc_policy='bogus' is refused with the argument named."""
     with pytest.raises(ConfigError, match="gc_policy"):
         ConnectionManager(gc_policy="bogus")
+
+
+async def test_links_add_no_deadline_wheels_or_bound_methods_of_their_own(
+    make_manager: Make, peer: PingPongPeer
+) -> None:
+    """Test that connections share the manager's deadline wheel and callbacks.
+
+    An empty wheel is falsy (it has a length), and ``deadlines or DeadlineWheel()``
+    once gave every supervisor its own: one more wheel, dict and loop timer
+    per link and per check.
+    """
+
+    def count() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        wheels = sum(1 for o in objects if isinstance(o, DeadlineWheel))
+        methods = sum(
+            1
+            for o in objects
+            if isinstance(o, types.MethodType) and isinstance(o.__self__, ConnectionManager)
+        )
+        return wheels, methods
+
+    m = make_manager()
+    base = count()
+    for i in range(20):
+        m.add_connection(f"dev{i}", "tcp", tcp(peer.port))
+    async with m:
+        for i in range(20):
+            await m.wait_for_state(f"dev{i}", "connected", timeout=5)
+        wheels, methods = count()
+    assert wheels == base[0]
+    assert methods - base[1] < 5  # the manager's own tasks; four per link before
