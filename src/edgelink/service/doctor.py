@@ -74,8 +74,8 @@ CLOSE_TIMEOUT_S = 2.0
 PROBE_CONCURRENCY = 16
 #: Topics shown per kind of problem in a report line.
 SHOWN = 3
-#: Driver types whose link is TCP (keepalive applies; the fault proxy can sit in between).
-TCP_TYPES = frozenset({"tcp", "modbus_tcp", "mqtt", "http", "ads"})
+#: Driver types whose TCP link gets the keepalive options of DESIGN section 3.
+TCP_TYPES = frozenset({"tcp", "modbus_tcp", "mqtt", "http"})
 #: Caps on the settings of the supervised connection a fault run uses: so that a
 #: run takes seconds, whatever the real intervals are.
 FAULT_CAPS: dict[str, float] = {
