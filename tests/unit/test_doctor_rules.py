@@ -88,7 +88,7 @@ def test_lock_live_stale_garbage_and_absent(tmp_path: Path) -> None:
     """Test the lock check: a live PID warns, a dead one is stale, garbage warns, none is free."""
     assert _check_lock(tmp_path).detail == "free (no lock file)"
     lock = tmp_path / "edgelink.lock"
-    child = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     lock.write_text(f'{{"pid": {child.pid}}}')
     stale = _check_lock(tmp_path)
