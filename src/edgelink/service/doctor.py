@@ -72,6 +72,8 @@ DNS_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
 #: Connections probed at once.
 PROBE_CONCURRENCY = 16
+#: Fault drills run at once (each holds a proxy and a supervised connection for seconds).
+DRILL_CONCURRENCY = 8
 #: Topics shown per kind of problem in a report line.
 SHOWN = 3
 #: Driver types whose TCP link gets the keepalive options of DESIGN section 3.
@@ -262,7 +264,13 @@ async def _run_drills(
             drills.append(spec)
             continue
         checks.append(Check("faults", cid, "drills", Verdict.SKIP, why))
-    results = await asyncio.gather(*(_fault_drills(s, registry) for s in drills))
+    semaphore = asyncio.Semaphore(DRILL_CONCURRENCY)
+
+    async def drill(spec: ConnectionSpec) -> list[Check]:
+        async with semaphore:
+            return await _fault_drills(spec, registry)
+
+    results = await asyncio.gather(*(drill(s) for s in drills))
     for found in results:
         checks.extend(found)
     return checks
