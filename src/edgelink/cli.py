@@ -77,6 +77,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of connections.json")
 
+    doctor = sub.add_parser("doctor", help="self-test an installation from its config folder")
+    doctor.add_argument("--config", required=True, help="folder with connections.json (YAML too)")
+    doctor.add_argument(
+        "--faults", action="store_true", help="also drill drop, stall and half-open per TCP device"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--max-detect",
+        type=float,
+        default=60.0,
+        help="warn when a pulled cable goes unnoticed longer than this, s (default 60)",
+    )
+
     sim = sub.add_parser("sim", help="run device simulators")
     add_sim_arguments(sim)
     return parser
@@ -100,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_gateway(args)
     if args.command == "status":
         return _print_status(args)
+    if args.command == "doctor":
+        return _run_doctor(args)
     if args.command == "demo":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
@@ -135,6 +150,25 @@ def _run_gateway(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from edgelink.errors import ConfigError
+    from edgelink.service.doctor import print_report, run_doctor
+
+    logging.basicConfig(level=logging.CRITICAL)
+    try:
+        report = asyncio.run(
+            run_doctor(args.config, faults=args.faults, max_detect_s=args.max_detect)
+        )
+    except ConfigError as exc:
+        print(f"edgelink: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report)
+    return report.exit_code
 
 
 def _print_status(args: argparse.Namespace) -> int:
