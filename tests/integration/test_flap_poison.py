@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
+from devices import BatchDevice
 
 from conftest import Recorder, tcp
 from edgelink import ConnectionManager, Health
@@ -316,3 +317,46 @@ async def test_timeouts_of_an_unreachable_device_are_no_strikes(
         await m.wait_for_state("dev", "connected", timeout=2)
         assert len(await rec.of("tx_drop_detected")) == 4
         assert await rec.of("poll_quarantined") == []
+
+
+class CrashingBatchDevice(BatchDevice):
+    """A batched driver whose ``read_many`` crashes on every batch holding ``status``."""
+
+    type_name = "crashing_batch"
+
+    async def read_many(self, tags: Sequence[str]) -> dict[str, Any]:
+        results = await super().read_many(tags)
+        if "status" in tags:
+            return {tag: int(value) for tag, value in results.items()}  # "WEIRD": ValueError
+        return results
+
+
+async def test_crashing_batch_quarantines_its_group_only(
+    make_manager: Make, peer: PingPongPeer, clock: ManualClock
+) -> None:
+    """Test that a batched read that crashes as a whole quarantines its group, not others."""
+    peer.values["status"] = "WEIRD"
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=None)
+    m.register_connection_type("crashing_batch", CrashingBatchDevice)
+    m.add_connection(
+        "dev",
+        "crashing_batch",
+        tcp(peer.port),
+        poll=[
+            {"tags": ["temperature", "status"], "interval": 1.0},
+            {"tags": ["power"], "interval": 1.0},
+        ],
+    )
+    rec = Recorder(m)
+    data = DataLog(m)
+    async with m:
+        await m.wait_for_state("dev", "connected", timeout=5)
+        for _ in range(3):
+            await clock.wait_for_sleepers(2)
+            await clock.advance(1.0)
+        (q,) = await rec.wait_for("poll_quarantined")
+        assert q.data["tags"] == ["temperature", "status"] and "ValueError" in q.data["error"]
+        assert {e["tag"] for e in m.get_status("dev")["quarantined"]} == {"temperature", "status"}
+        assert data.good("power") == 4 and data.good("temperature") == 0
+        assert await rec.of("disconnected") == []
+        assert await m.release_quarantine("dev") == ["temperature", "status"]
