@@ -374,7 +374,9 @@ class Supervisor:
     def __repr__(self) -> str:
         return (
             f"<Supervisor {self.connection_id} {self._sm.state} health={self._health} "
-            f"failures={self._health_failures} attempts={self._attempts}>"
+            f"failures={self._health_failures} attempts={self._attempts}"
+            f"{' flapping' if self._flapping_since is not None else ''}"
+            f"{f' quarantined={len(self._quarantine)}' if self._quarantine else ''}>"
         )
 
     # -------------------------------------------------------------- lifecycle

@@ -73,6 +73,7 @@ async def test_flapping_link_is_held_down_then_let_back_and_cleared(
     assert st["flapping"] is True and st["health_reason"] == "flapping"
     assert st["flap"]["flaps"] == 3 and st["flap"]["penalty"] > 2500
     assert st["next_retry_at"] == pytest.approx(clock.time() + hold, abs=0.1)
+    assert "flapping" in repr(m.get_supervisor("dev"))
 
     # No attempt is made while held down: the proxy sees no new connection.
     accepted = proxy.accepted
@@ -208,22 +209,31 @@ async def poll_rounds(clock: ManualClock, n: int) -> None:
     await clock.wait_for_timer(lambda d: d == 1.0)
 
 
+def buggy_device(
+    make_manager: Make,
+    clock: ManualClock,
+    cls: type[TCPConnection],
+    peer: PingPongPeer,
+    groups: list[list[str]],
+) -> tuple[ConnectionManager, Any, Recorder, DataLog]:
+    """A manager with one connection of driver ``cls`` polling ``groups`` every second."""
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=None)
+    m.register_connection_type(cls.type_name, cls)
+    conn = m.add_connection(
+        "dev", cls.type_name, tcp(peer.port), poll=[{"tags": g, "interval": 1.0} for g in groups]
+    )
+    return m, conn, Recorder(m), DataLog(m)
+
+
 async def test_crashing_tag_is_quarantined_while_the_rest_flows(
     make_manager: Make, peer: PingPongPeer, clock: ManualClock
 ) -> None:
     """Test that a tag whose decoding crashes is quarantined after 3 rounds; the link and other tags go on."""
     peer.values["status"] = "WEIRD"
-    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=None)
-    m.register_connection_type("decode_bug", DecodeBugDevice)
-    conn = m.add_connection(
-        "dev",
-        "decode_bug",
-        tcp(peer.port),
-        poll=[{"tags": ["temperature", "status", "power"], "interval": 1.0}],
+    m, conn, rec, data = buggy_device(
+        make_manager, clock, DecodeBugDevice, peer, [["temperature", "status", "power"]]
     )
     assert isinstance(conn, DecodeBugDevice)
-    rec = Recorder(m)
-    data = DataLog(m)
     async with m:
         await m.wait_for_state("dev", "connected", timeout=5)
         await poll_rounds(clock, 2)  # rounds 1..3
@@ -235,6 +245,7 @@ async def test_crashing_tag_is_quarantined_while_the_rest_flows(
         (entry,) = m.get_status("dev")["quarantined"]
         assert entry["tag"] == "status" and entry["reason"] == "poison"
         assert entry["since"] == pytest.approx(clock.time()) and entry["strikes"] == 3
+        assert "quarantined=1" in repr(m.get_supervisor("dev"))
 
         await poll_rounds(clock, 3)
         # The link never dropped; the other tags kept flowing; status is read no more.
@@ -336,19 +347,9 @@ async def test_crashing_batch_quarantines_its_group_only(
 ) -> None:
     """Test that a batched read that crashes as a whole quarantines its group, not others."""
     peer.values["status"] = "WEIRD"
-    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, health_check_interval=None)
-    m.register_connection_type("crashing_batch", CrashingBatchDevice)
-    m.add_connection(
-        "dev",
-        "crashing_batch",
-        tcp(peer.port),
-        poll=[
-            {"tags": ["temperature", "status"], "interval": 1.0},
-            {"tags": ["power"], "interval": 1.0},
-        ],
+    m, _conn, rec, data = buggy_device(
+        make_manager, clock, CrashingBatchDevice, peer, [["temperature", "status"], ["power"]]
     )
-    rec = Recorder(m)
-    data = DataLog(m)
     async with m:
         await m.wait_for_state("dev", "connected", timeout=5)
         for _ in range(3):
