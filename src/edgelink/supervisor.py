@@ -1256,10 +1256,16 @@ class Supervisor:
 
     def _on_flap_stable(self) -> None:
         """The link stayed up ``stable_after`` since it was let back: no longer flapping."""
-        if self._sm.state is S.CONNECTED and not self._hold_down():
-            self._clear_flapping("stable")
-            if self._health is Health.DEGRADED:
-                self._set_health(self._passing_health())
+        if self._sm.state is not S.CONNECTED:
+            return
+        hold = self._hold_down()
+        if hold:
+            # Let back early by an admin: flapping until the penalty has decayed.
+            self._timers.append(self._clock.call_later(hold, self._on_flap_stable))
+            return
+        self._clear_flapping("stable")
+        if self._health is Health.DEGRADED:
+            self._set_health(self._passing_health())
 
     def _reset_flap(self, reason: str) -> None:
         if self._damper is not None:

@@ -132,12 +132,24 @@ async def test_admin_reconnect_cuts_the_hold_down_and_restart_forgives(
     make_manager: Make, proxy: FaultProxy, clock: ManualClock
 ) -> None:
     """Test that an admin reconnect ends a hold-down and a restart clears the flap history."""
-    m, rec, _hold = await make_flapping(make_manager, proxy, clock)
+    m, rec, hold = await make_flapping(make_manager, proxy, clock)
     await m.safe_reconnect("dev")
     await m.wait_for_state("dev", "connected", timeout=2)
+    # Up and stable, but let back early: flagged until the penalty has decayed.
+    await clock.advance(10)
+    assert m.get_status("dev")["flapping"] is True
+    await clock.advance(hold - 10)
+    (cleared,) = await rec.wait_for("flap_cleared")
+    assert cleared.data["reason"] == "stable"
+    assert m.get_status("dev")["flap"]["flaps"] == 3
+
+    # The penalty is still near the reuse limit: two more quick losses are enough.
+    await flap(m, proxy, clock, 1)
+    await proxy.drop_all()
+    assert (await rec.wait_for("flapping", 2))[1].data["flaps"] == 5
     await m.restart_connection("dev")
     await m.wait_for_state("dev", "connected", timeout=2)
-    (cleared,) = await rec.wait_for("flap_cleared")
+    cleared = (await rec.wait_for("flap_cleared", 2))[1]
     assert cleared.data["reason"] == "admin_restart"
     st = m.get_status("dev")
     assert st["flapping"] is False and st["flap"]["flaps"] == 0 and st["flap"]["penalty"] == 0
