@@ -128,7 +128,15 @@ class ConnectionSettings(BaseModel):
         )
 
     def dampening(self) -> Dampening | None:
-        """Return the flap `Dampening` policy these settings describe (None when off)."""
+        """Return the flap `Dampening` policy these settings describe (None when off).
+
+        The same (frozen) object every time, shared by the connections that
+        share these settings.
+        """
+        return self._dampening
+
+    @functools.cached_property
+    def _dampening(self) -> Dampening | None:
         if not self.flap_dampening:
             return None
         return Dampening(
