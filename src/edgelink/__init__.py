@@ -16,6 +16,7 @@ from edgelink.config import (
     load_config,
 )
 from edgelink.connection import BaseConnection, Connection, Stats, SyncConnection
+from edgelink.dampening import Dampening, FlapDamper
 from edgelink.errors import (
     ConfigError,
     ConnectError,
@@ -68,6 +69,7 @@ __all__ = [
     "ConnectionState",
     "ConnectionStatus",
     "ConnectTimeout",
+    "Dampening",
     "DataPoint",
     "DataSpace",
     "DeviceError",
@@ -77,6 +79,7 @@ __all__ = [
     "EdgelinkError",
     "Event",
     "EventBus",
+    "FlapDamper",
     "GatewayConfig",
     "Health",
     "HealthMonitor",

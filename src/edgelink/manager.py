@@ -499,6 +499,14 @@ class ConnectionManager:
         self._router.reset_spam(connection_id)
         await sup.resume()
 
+    async def release_quarantine(self, connection_id: str, tag: str | None = None) -> list[str]:
+        """Poll quarantined tags of a connection again (all, or ``tag``); return those released.
+
+        Raises:
+            KeyError: for an unknown connection, or a ``tag`` that is not quarantined.
+        """
+        return self._supervisor(connection_id).release_quarantine(tag)
+
     # ----------------------------------------------------------------- views
 
     @property

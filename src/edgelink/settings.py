@@ -13,6 +13,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgelink.backoff import Backoff, JitterMode
+from edgelink.dampening import Dampening
 
 __all__ = ["ConnectionSettings", "ManagerSettings"]
 
@@ -73,12 +74,45 @@ class ConnectionSettings(BaseModel):
         default=500, gt=0, description="datapoints/s before spam protection suspends; null = off"
     )
 
+    flap_dampening: bool = Field(
+        default=True, description="hold down the reconnect of a flapping link (flap_* below)"
+    )
+    flap_penalty: float = Field(
+        default=1000.0, gt=0, description="penalty per flap (up, then down)"
+    )
+    flap_half_life: float = Field(default=120.0, gt=0, description="the penalty halves in this, s")
+    flap_suppress_limit: float = Field(
+        default=2500.0, gt=0, description="a penalty this high flags the link flapping: held down"
+    )
+    flap_reuse_limit: float = Field(
+        default=1000.0, gt=0, description="a held link reconnects once its penalty decays below"
+    )
+    flap_max_hold_down: float = Field(
+        default=600.0, gt=0, description="the longest a flapping link is held down, s"
+    )
+    flap_event_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="while flapping, per-attempt events of one type at most this often, s",
+    )
+    poison_after: int | None = Field(
+        default=3,
+        ge=1,
+        description="consecutive crashes or timeouts of one poll read before it is quarantined; "
+        "null = never",
+    )
+
     @model_validator(mode="after")
     def _check_delays(self) -> Self:
         if self.reconnect_max_delay < self.reconnect_initial_delay:
             raise ValueError(
                 f"reconnect_max_delay ({self.reconnect_max_delay}) must be >= "
                 f"reconnect_initial_delay ({self.reconnect_initial_delay})"
+            )
+        if self.flap_reuse_limit >= self.flap_suppress_limit:
+            raise ValueError(
+                f"flap_reuse_limit ({self.flap_reuse_limit}) must be < "
+                f"flap_suppress_limit ({self.flap_suppress_limit})"
             )
         return self
 
@@ -91,6 +125,26 @@ class ConnectionSettings(BaseModel):
             jitter=self.reconnect_jitter,
             max_attempts=self.reconnect_max_attempts,
             mode=self.reconnect_jitter_mode,
+        )
+
+    def dampening(self) -> Dampening | None:
+        """Return the flap `Dampening` policy these settings describe (None when off).
+
+        The same (frozen) object every time, shared by the connections that
+        share these settings.
+        """
+        return self._dampening
+
+    @functools.cached_property
+    def _dampening(self) -> Dampening | None:
+        if not self.flap_dampening:
+            return None
+        return Dampening(
+            penalty=self.flap_penalty,
+            half_life=self.flap_half_life,
+            suppress_limit=self.flap_suppress_limit,
+            reuse_limit=self.flap_reuse_limit,
+            max_hold_down=self.flap_max_hold_down,
         )
 
     def merged(self, overrides: dict[str, Any] | None) -> ConnectionSettings:

@@ -11,6 +11,17 @@ It owns the driver's state machine and every task the connection runs:
   (``.poll<N>``), and timers on the injectable clock for ``stable_after`` and
   the ``data_timeout`` watchdog.
 
+Two protections keep one bad device from costing the gateway more than itself:
+
+- flap dampening (`edgelink.dampening`): a link that keeps going up and down
+  is flagged ``flapping``, its reconnect is held down until its penalty decays,
+  and its per-attempt events are coalesced meanwhile;
+- poison quarantine: a poll read that crashes (an exception that is no
+  edgelink, OS or timeout error: a bug in driver or decode code) or times out
+  ``poison_after`` times in a row is quarantined, no longer read, while the
+  rest of the connection keeps flowing; `Supervisor.release_quarantine` brings
+  it back.
+
 Whatever notices a lost link (a failed health check, a driver calling
 `Connection.connection_lost`, a TX drop, the watchdog, a failed request in
 `execute_with_retry`) resolves one future; the main task then closes the link
@@ -33,6 +44,7 @@ from typing import Any, Literal, TypeVar
 from edgelink.backoff import Backoff
 from edgelink.clock import Clock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
+from edgelink.dampening import FlapDamper
 from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     ConfigError,
@@ -41,6 +53,7 @@ from edgelink.errors import (
     DeviceError,
     DeviceResetError,
     DeviceSleepError,
+    EdgelinkError,
     PermanentError,
     ProtocolError,
     is_link_error,
@@ -63,6 +76,24 @@ HealthCheck = Callable[[], Awaitable[bool]]
 
 #: States in which nothing runs until a person (or a config change) acts.
 RESTING = frozenset({S.DISCONNECTED, S.ERROR, S.SUSPENDED})
+
+#: Per-attempt events that a flapping link emits at most once per
+#: ``flap_event_interval`` each (``error`` only for failed reads). Transitions
+#: (``connected``, ``disconnected``, ``state_change``...) always go out: the
+#: bridge and the status depend on them, and the hold-down already bounds them.
+COALESCED_WHILE_FLAPPING = frozenset(
+    {
+        "reconnect_start",
+        "reconnect_failed",
+        "fast_path_active",
+        "tx_drop_detected",
+        "health_check_failed",
+        "error",
+    }
+)
+
+#: Losses that are no flap: a person asked for them.
+_NOT_A_FLAP = frozenset({"admin_reconnect"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +154,17 @@ def reason_for(exc: BaseException | None) -> str:
     if exc is None:
         return "lost"
     return "connect_failed" if isinstance(exc, ConnectError | OSError) else "error"
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Return True if a failed read is a crash of the handler rather than of the link.
+
+    Edgelink errors, OS errors and timeouts have a meaning (section 5 of the
+    design) and their own policy; anything else a driver's read or decode
+    raises (``KeyError``, ``struct.error``, ``ValueError``...) is a bug that a
+    reconnect cannot fix.
+    """
+    return not isinstance(exc, EdgelinkError | OSError | TimeoutError | EOFError)
 
 
 def _describe(exc: BaseException) -> str:
@@ -218,6 +260,18 @@ class Supervisor:
         self._busy: dict[str, float] = {}
         self.restarts = 0
         self.crashed: BaseException | None = None
+        policy = settings.dampening()
+        self._damper = FlapDamper(policy) if policy is not None else None
+        #: Wall-clock time the link was flagged flapping (None: it is not).
+        self._flapping_since: float | None = None
+        #: event type -> (monotonic time it last went out, how many were held back since).
+        self._coalesced: dict[str, tuple[float, int]] = {}
+        #: Events a flapping link held back, in total.
+        self.suppressed_events = 0
+        #: Consecutive crashes or timeouts per polled tag (bounded by the poll config).
+        self._strikes: dict[str, int] = {}
+        #: Quarantined tags: tag -> why and since when.
+        self._quarantine: dict[str, dict[str, Any]] = {}
         connection.attach(self)
 
     # ------------------------------------------------------------------ views
@@ -278,7 +332,8 @@ class Supervisor:
             "since": self._sm.since,
             "health": str(self._health),
             "health_latency": self._health_latency,
-            "health_reason": self.connection.degraded_reason,
+            "health_reason": self.connection.degraded_reason
+            or ("flapping" if self._flapping_since is not None else None),
             "connected_at": self._connected_at,
             "last_data_at": self._last_data_at,
             "last_error": self._last_error,
@@ -286,7 +341,31 @@ class Supervisor:
             "next_retry_at": self._next_retry_at,
             "stats": self.connection.stats.as_dict(),
             "transitions": [t.as_dict() for t in list(self._sm.history)[-5:]],
+            "flapping": self._flapping_since is not None,
+            "flap": self.flap_status(),
+            "quarantined": [dict(entry) for entry in self._quarantine.values()],
         }
+
+    def flap_status(self) -> dict[str, Any] | None:
+        """Return the flap dampening's view of the link (None when dampening is off)."""
+        damper = self._damper
+        if damper is None:
+            return None
+        now = self._clock.monotonic()
+        held = damper.hold_down(now)
+        return {
+            "flapping": self._flapping_since is not None,
+            "since": self._flapping_since,
+            "penalty": round(damper.penalty(now), 1),
+            "flaps": damper.flaps,
+            "held_until": self._clock.time() + held if held else None,
+            "suppressed_events": self.suppressed_events,
+        }
+
+    @property
+    def quarantined(self) -> dict[str, dict[str, Any]]:
+        """The quarantined poll tags: tag -> reason, cause, error, since, strikes (a copy)."""
+        return {tag: dict(entry) for tag, entry in self._quarantine.items()}
 
     def overdue(self, now: float) -> list[str]:
         """Return the roles whose driver call overran its deadline at monotonic ``now``."""
@@ -295,7 +374,9 @@ class Supervisor:
     def __repr__(self) -> str:
         return (
             f"<Supervisor {self.connection_id} {self._sm.state} health={self._health} "
-            f"failures={self._health_failures} attempts={self._attempts}>"
+            f"failures={self._health_failures} attempts={self._attempts}"
+            f"{' flapping' if self._flapping_since is not None else ''}"
+            f"{f' quarantined={len(self._quarantine)}' if self._quarantine else ''}>"
         )
 
     # -------------------------------------------------------------- lifecycle
@@ -345,6 +426,10 @@ class Supervisor:
             await self._stop(reason=reason)
             self._attempts = 0
             self._cooldown = self.settings.suspend_cooldown
+            if reason != "supervisor_restarted":
+                # A person restarted it: the flap history is forgiven. The
+                # watchdog restarting a dead task forgives nothing.
+                self._reset_flap(reason)
             self.start()
 
     async def resume(self) -> None:
@@ -360,6 +445,7 @@ class Supervisor:
             await self._close_link(timeout=self.settings.connect_timeout)
             self._attempts = 0
             self._cooldown = self.settings.suspend_cooldown
+            self._reset_flap("resumed")
             self.desired = "running"
             self.start()
             self._emit("resumed", previous=str(was))
@@ -494,7 +580,12 @@ class Supervisor:
             and latency is not None
             and latency > s.health_degraded_latency
         )
-        if slow or self._health_failures or self.connection.degraded_reason is not None:
+        if (
+            slow
+            or self._health_failures
+            or self.connection.degraded_reason is not None
+            or self._flapping_since is not None
+        ):
             return Health.DEGRADED
         return Health.HEALTHY
 
@@ -573,6 +664,13 @@ class Supervisor:
         self._emit("state_change", old=str(tr.old), new=str(tr.new), reason=tr.reason)
 
     def _emit(self, event_type: str, **data: Any) -> None:
+        if (
+            self._flapping_since is not None
+            and event_type in COALESCED_WHILE_FLAPPING
+            and (event_type != "error" or data.get("reason") in ("read_failed", "read_crashed"))
+            and not self._let_through(event_type, data)
+        ):
+            return
         bus = self._bus
         if not bus.wants(event_type):
             # Nobody listens and the log would drop it: skip building the event
@@ -672,6 +770,12 @@ class Supervisor:
                 self._next_retry_at = self._clock.time() + self._cooldown
                 await self._wait(self._cooldown)
                 self._cooldown = min(self._cooldown * 2, s.suspend_cooldown_max)
+            elif self._sm.state is S.RECONNECTING and (hold := self._hold_down()) > 0:
+                # Flapping: held down until the penalty decays, fast path or
+                # not. An admin reconnect cuts the wait short (a person said so).
+                self._next_retry_at = self._clock.time() + hold
+                self._sm.set_reason("flapping")
+                await self._wait(hold)
             elif not fast and self._sm.state is S.RECONNECTING:
                 attempt = self._attempts + 1
                 delay = self._backoff.delay(attempt)
@@ -712,6 +816,8 @@ class Supervisor:
                     return
                 self._transition(S.RECONNECTING, lost.reason)
                 self._emit("disconnected", reason=lost.reason, error=self._last_error)
+                if lost.reason not in _NOT_A_FLAP:
+                    self._record_flap()
                 fast = lost.fast or self._fast_requested
                 in_cooldown = False
                 continue
@@ -719,6 +825,9 @@ class Supervisor:
             # The attempt failed.
             reason = reason_for(error)
             self._last_error = _describe(error)
+            # The device itself is unreachable: reads that timed out were the
+            # link's fault, not their tags'.
+            self._strikes.clear()
             self.connection.stats.add({"errors": 1}, self._clock.time())
             if isinstance(error, DeviceSleepError):
                 self._transition(S.SLEEPING, "device_sleep")
@@ -851,7 +960,9 @@ class Supervisor:
         self._last_data_mono = self._clock.monotonic()
         self._health_failures = 0
         self._set_health(
-            Health.HEALTHY if self.connection.degraded_reason is None else Health.DEGRADED
+            Health.HEALTHY
+            if self.connection.degraded_reason is None and self._flapping_since is None
+            else Health.DEGRADED
         )
         self._last_error = None
         attempt = self._attempts
@@ -873,6 +984,8 @@ class Supervisor:
             )
         if self._attempts and s.stable_after >= 0:
             self._timers.append(self._clock.call_later(s.stable_after, self._on_stable))
+        if self._flapping_since is not None:
+            self._timers.append(self._clock.call_later(s.stable_after, self._on_flap_stable))
         if s.data_timeout is not None:
             self._arm_data_watchdog(s.data_timeout)
         # A TX drop reported during the attempt itself still counts.
@@ -1001,6 +1114,8 @@ class Supervisor:
                 next_at = await self._next_poll_round(next_at, group.interval)
                 continue
             for tag in group.tags:
+                if tag in self._quarantine:
+                    continue
                 try:
                     value = await self._call(
                         "poll", s.request_timeout, functools.partial(self.driver.read, tag)
@@ -1017,13 +1132,20 @@ class Supervisor:
                     return
                 except Exception as exc:  # noqa: BLE001 - classified below
                     self._handle_data(tag, None, "bad", None)
+                    if is_poison(exc):
+                        # A bug in the read or its decoding: a reconnect cannot
+                        # fix it, so the link and the other tags carry on.
+                        self._strike((tag,), exc)
+                        continue
                     if isinstance(exc, TimeoutError):
+                        self._strike((tag,), exc)
                         self._handle_tx_drop()
                     elif is_permanent(exc):
                         self._lose(_Lost(reason_for(exc), exc, permanent=True))
                     else:
                         self._lose(_Lost(reason_for(exc), exc))
                     return
+                self._strikes.pop(tag, None)
                 self._handle_data(tag, value, "good", None)
             next_at = await self._next_poll_round(next_at, group.interval)
 
@@ -1045,48 +1167,212 @@ class Supervisor:
         every tag of the group bad and ends the poller like a failed read.
         """
         s = self.settings
+        tags = group.tags
+        if self._quarantine:
+            tags = tuple(tag for tag in tags if tag not in self._quarantine)
+            if not tags:
+                return True
         try:
             results = await self._call(
-                "poll", s.request_timeout, functools.partial(self.driver.read_many, group.tags)
+                "poll", s.request_timeout, functools.partial(self.driver.read_many, tags)
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
-            for tag in group.tags:
+            for tag in tags:
                 self._handle_data(tag, None, "bad", None)
-            return self._poll_failed(group.tags[0], exc)
-        for tag in group.tags:
+            return self._poll_failed(tags, exc)
+        for tag in tags:
             if tag not in results:
                 continue
             value = results[tag]
             if isinstance(value, BaseException):
                 self._handle_data(tag, None, "bad", None)
-                if not self._poll_failed(tag, value, per_tag=True):
+                if not self._poll_failed((tag,), value, per_tag=True):
                     return False
                 continue
+            self._strikes.pop(tag, None)
             self._handle_data(tag, value, "good", None)
         return True
 
-    def _poll_failed(self, tag: str, exc: BaseException, *, per_tag: bool = False) -> bool:
-        """Classify a failed poll read; return True if polling goes on (the link is kept).
+    def _poll_failed(
+        self, tags: Sequence[str], exc: BaseException, *, per_tag: bool = False
+    ) -> bool:
+        """Classify a failed poll read of ``tags``; return True if polling goes on.
 
         With ``per_tag`` the error belongs to one tag of a batch, so a bad tag
         (`ConfigError`) costs that tag its value, not the connection its state.
+        A crash (`is_poison`) keeps the link and counts a strike against the
+        tags; a timeout counts one too, and drops the link.
         """
+        tag = tags[0]
         if isinstance(exc, DeviceError | NotImplementedError) or (
             per_tag and isinstance(exc, ConfigError)
         ):
             self._emit("error", reason="read_failed", tag=tag, error=_describe(exc))
             return True
+        if is_poison(exc):
+            self._strike(tags, exc)
+            return True
         if isinstance(exc, DeviceSleepError):
             self._lose(_Lost("device_sleep", exc, sleep=True))
         elif isinstance(exc, TimeoutError):
+            self._strike(tags, exc)
             self._handle_tx_drop()
         elif is_permanent(exc):
             self._lose(_Lost(reason_for(exc), exc, permanent=True))
         else:
             self._lose(_Lost(reason_for(exc), exc))
         return False
+
+    # ---------------------------------------------------------- flap dampening
+
+    def _hold_down(self) -> float:
+        damper = self._damper
+        return 0.0 if damper is None else damper.hold_down(self._clock.monotonic())
+
+    def _record_flap(self) -> None:
+        """The link was up and went down: add a penalty; flag it flapping on suppression."""
+        damper = self._damper
+        if damper is None:
+            return
+        now = self._clock.monotonic()
+        was_suppressed = damper.is_suppressed(now)
+        if not damper.record_flap(now) or was_suppressed:
+            return
+        hold = damper.hold_down(now)
+        first = self._flapping_since is None
+        if first:
+            self._flapping_since = self._clock.time()
+        # One event per hold-down (the hold-down itself bounds how often).
+        self._emit(
+            "flapping",
+            flaps=damper.flaps,
+            penalty=round(damper.penalty(now), 1),
+            hold_down=round(hold, 3),
+            first=first,
+            suppressed_events=self.suppressed_events,
+        )
+
+    def _on_flap_stable(self) -> None:
+        """The link stayed up ``stable_after`` since it was let back: no longer flapping."""
+        if self._sm.state is not S.CONNECTED:
+            return
+        hold = self._hold_down()
+        if hold:
+            # Let back early by an admin: flapping until the penalty has decayed.
+            self._timers.append(self._clock.call_later(hold, self._on_flap_stable))
+            return
+        self._clear_flapping("stable")
+        if self._health is Health.DEGRADED:
+            self._set_health(self._passing_health())
+
+    def _reset_flap(self, reason: str) -> None:
+        if self._damper is not None:
+            self._damper.reset()
+        self._clear_flapping(reason)
+
+    def _clear_flapping(self, reason: str) -> None:
+        if self._flapping_since is None:
+            return
+        since, self._flapping_since = self._flapping_since, None
+        held_back = sum(n for _, n in self._coalesced.values())
+        self._coalesced.clear()
+        self._emit(
+            "flap_cleared",
+            reason=reason,
+            flapping_since=since,
+            suppressed_events=self.suppressed_events,
+            held_back=held_back,
+        )
+
+    def _let_through(self, event_type: str, data: dict[str, Any]) -> bool:
+        """Rate-limit one per-attempt event of a flapping link; count what is held back.
+
+        The event that goes out after a quiet spell carries ``coalesced``: how
+        many of its type were held back before it.
+        """
+        now = self._clock.monotonic()
+        last = self._coalesced.get(event_type)
+        if last is None or now - last[0] >= self.settings.flap_event_interval:
+            self._coalesced[event_type] = (now, 0)
+            if last is not None and last[1]:
+                data["coalesced"] = last[1]
+            return True
+        self._coalesced[event_type] = (last[0], last[1] + 1)
+        self.suppressed_events += 1
+        return False
+
+    # --------------------------------------------------------------- poison
+
+    def _strike(self, tags: Sequence[str], exc: BaseException) -> None:
+        """Count one crash or timeout against each of ``tags``; quarantine at ``poison_after``."""
+        crash = is_poison(exc)
+        text = _describe(exc)
+        if crash:
+            self._emit("error", reason="read_crashed", tag=tags[0], tags=list(tags), error=text)
+        limit = self.settings.poison_after
+        if limit is None:
+            return
+        newly: list[str] = []
+        for tag in tags:
+            count = self._strikes.get(tag, 0) + 1
+            if count < limit:
+                self._strikes[tag] = count
+                continue
+            self._strikes.pop(tag, None)
+            self._quarantine[tag] = {
+                "tag": tag,
+                "reason": "poison",
+                "cause": "crash" if crash else "timeout",
+                "error": text,
+                "since": self._clock.time(),
+                "strikes": count,
+            }
+            newly.append(tag)
+        if not newly:
+            return
+        # Once per quarantine, with the traceback a developer needs to fix the
+        # driver: the tag is no longer read, so this cannot repeat.
+        logger.warning(
+            "%s: poll read of %s quarantined after %d consecutive %s: %s",
+            self.connection_id,
+            ", ".join(newly),
+            limit,
+            "crashes" if crash else "timeouts",
+            text,
+            exc_info=exc if crash else None,
+        )
+        self._emit(
+            "poll_quarantined",
+            reason="poison",
+            cause="crash" if crash else "timeout",
+            tags=newly,
+            strikes=limit,
+            error=text,
+        )
+
+    def release_quarantine(self, tag: str | None = None) -> list[str]:
+        """Read quarantined tags again (all of them, or ``tag``); return those released.
+
+        The next poll round reads them; a tag that crashes again is
+        quarantined again after ``poison_after`` strikes.
+
+        Raises:
+            KeyError: if ``tag`` is given and not quarantined.
+        """
+        if tag is None:
+            released = list(self._quarantine)
+        elif tag in self._quarantine:
+            released = [tag]
+        else:
+            raise KeyError(f"tag {tag!r} of {self.connection_id!r} is not quarantined")
+        for name in released:
+            del self._quarantine[name]
+            self._strikes.pop(name, None)
+        if released:
+            self._emit("quarantine_released", tags=released)
+        return released
 
     # ----------------------------------------------------------- vital signs
 

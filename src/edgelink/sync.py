@@ -246,6 +246,10 @@ class SyncConnectionManager:
         """Bring a suspended or failed connection back."""
         self._run(self._manager.resume(connection_id))
 
+    def release_quarantine(self, connection_id: str, tag: str | None = None) -> list[str]:
+        """Poll quarantined tags of a connection again; return those released."""
+        return self._run(self._manager.release_quarantine(connection_id, tag))
+
     def get_connection(self, connection_id: str) -> AnyConnection | None:
         """Return the driver object of a connection, or None."""
         return self._manager.get_connection(connection_id)

@@ -11,6 +11,7 @@ Routes:
     GET  /api/connections, /api/connections/{id}        status (DESIGN section 4)
     POST /api/admin/instances/{id}/{action}            start|stop|restart|kill|resume|
                                                        disconnect|reconnect
+    POST /api/admin/instances/{id}/quarantine/release  poll quarantined tags again (?tag=)
     POST /api/admin/panic, /api/admin/recover, /api/admin/reload
     GET  /api/routes, /api/routes/{id}                 the route table, with counters
     PUT  /api/routes                                   replace routing.json (validated, atomic)
@@ -135,6 +136,20 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def connection(connection_id: str) -> dict[str, Any]:
         """One connection's status."""
         return _status_or_404(gateway, connection_id)
+
+    @guarded.post("/api/admin/instances/{connection_id}/quarantine/release", tags=["admin"])
+    async def release_quarantine(connection_id: str, tag: str | None = None) -> dict[str, Any]:
+        """Poll a connection's quarantined (poison) tags again: all of them, or ``tag``."""
+        _status_or_404(gateway, connection_id)
+        try:
+            released = await gateway.manager.release_quarantine(connection_id, tag)
+        except KeyError:
+            raise HTTPException(
+                404, detail=f"tag {tag!r} of {connection_id!r} is not quarantined"
+            ) from None
+        logger.info("admin release quarantine %s %s", connection_id, released)
+        quarantined = gateway.manager.get_status(connection_id)["quarantined"]
+        return {"connection_id": connection_id, "released": released, "quarantined": quarantined}
 
     @guarded.post("/api/admin/instances/{connection_id}/{action}", tags=["admin"])
     async def instance_action(connection_id: str, action: Action) -> dict[str, Any]:
