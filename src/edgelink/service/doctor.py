@@ -1040,6 +1040,9 @@ def _fault_settings(s: ConnectionSettings) -> tuple[dict[str, Any], list[str]]:
             changed.append(f"{key} {value:g}->{cap:g} s")
     data["reconnect_max_attempts"] = None
     data["spam_max_pps"] = None
+    # The drills drop the link on purpose, three times in a row: flap
+    # dampening would (rightly) hold a real device down after that.
+    data["flap_dampening"] = False
     data["reconnect_jitter"] = min(data["reconnect_jitter"], 0.2)
     return data, changed
 
