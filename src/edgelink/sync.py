@@ -21,6 +21,7 @@ from edgelink.clock import Clock
 from edgelink.config import ConfigDiff, ConnectionSpec
 from edgelink.connection import AnyConnection
 from edgelink.events import EventCallback, Unsubscribe
+from edgelink.gcpolicy import GcPolicy
 from edgelink.manager import ConnectionManager, DataListener, HealthCheckListener, HealthMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.router import DataPoint, RouteTableDiff
@@ -69,11 +70,12 @@ class SyncConnectionManager:
         clock: Clock | None = None,
         registry: DriverRegistry | None = None,
         context: Any = None,
+        gc_policy: GcPolicy | str | None = None,
     ) -> Self:
         """Build from a config path or dict (see `ConnectionManager.from_config`)."""
         return cls(
             manager=ConnectionManager.from_config(
-                source, clock=clock, registry=registry, context=context
+                source, clock=clock, registry=registry, context=context, gc_policy=gc_policy
             )
         )
 
@@ -270,6 +272,14 @@ class SyncConnectionManager:
     def get_status(self, connection_id: str | None = None) -> dict[str, Any]:
         """Return the status of one connection, or of all."""
         return self._call(self._manager.get_status, connection_id)
+
+    def loop_lag(self) -> dict[str, Any]:
+        """Return the manager loop's lag figures (see `ConnectionManager.loop_lag`)."""
+        return self._call(self._manager.loop_lag)
+
+    def runtime_status(self) -> dict[str, Any]:
+        """Return loop lag and gc policy (see `ConnectionManager.runtime_status`)."""
+        return self._call(self._manager.runtime_status)
 
     # ----------------------------------------------------------------- router
     # The router is not thread-safe: these run its methods on the loop.
