@@ -547,6 +547,7 @@ class Router:
             "routes": len(self._table.routes),
             "received": self.received,
             "spam_dropped": self.spam_dropped,
+            "stale_marked": self.data.stale_marked,
             "paused": self.paused,
             "paused_dropped": self.paused_dropped,
             "loop_blocked": self.loop_blocked,
