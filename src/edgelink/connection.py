@@ -151,7 +151,9 @@ class ConnectionOwner(Protocol):
     def reconnect_attempts(self) -> int:
         """Reconnect attempts since the link was last stable."""
 
-    def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+    def on_data(
+        self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
+    ) -> None:
         """A datapoint arrived (may be called from any thread)."""
 
     def on_tx_drop(self) -> None:
@@ -233,16 +235,33 @@ class _ConnectionBase:
             self._owner.on_activity()
 
     def report_data(
-        self, tag: str, value: Any, *, quality: str = "good", ts: float | None = None
+        self,
+        tag: str,
+        value: Any,
+        *,
+        quality: str = "good",
+        ts: float | None = None,
+        reason: str | None = None,
     ) -> None:
         """Report a datapoint read from or pushed by the device. Thread-safe.
 
         The supervisor stamps ``last_data_at``, feeds the data watchdog and the
         vital-sign watches, and hands the datapoint to the manager's data sink
         (the router).
+
+        A value the driver cannot decode is reported as
+        ``report_data(tag, None, quality="bad", reason="why")``, never dropped
+        silently nor raised: the supervisor passes it on once per good->bad
+        transition of the tag, and the reason travels with the datapoint
+        (``quality_reason`` in its metadata).
         """
-        if self._owner is not None:
-            self._owner.on_data(tag, value, quality, ts)
+        owner = self._owner
+        if owner is None:
+            return
+        if reason is None:
+            owner.on_data(tag, value, quality, ts)
+        else:
+            owner.on_data(tag, value, quality, ts, reason)
 
     def mark_tx_drop(self) -> None:
         """Say that a frame broke mid-way: the supervisor reconnects on the fast path."""

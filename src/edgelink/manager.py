@@ -52,6 +52,7 @@ from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
 from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.router import Router
+from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
@@ -231,6 +232,7 @@ class ConnectionManager:
         self._health_change_cb = self._on_health_change
         self._health_checked_cb = self._on_health_checked
         self._spam_cb = self._on_spam
+        self._link_down_cb = self._on_link_down
         self._lag = LoopLagMonitor(
             interval=self.settings.loop_lag_interval,
             threshold=self.settings.loop_lag_threshold,
@@ -349,6 +351,7 @@ class ConnectionManager:
             on_health_change=self._health_change_cb,
             on_health_checked=self._health_checked_cb,
             deadlines=self._deadlines,
+            on_link_down=self._link_down_cb,
         )
         self._sups[cid] = sup
         self._specs[cid] = spec
@@ -589,14 +592,31 @@ class ConnectionManager:
 
         return remove
 
-    def _on_data(self, connection_id: str, tag: str, value: Any, quality: str, ts: float) -> None:
-        if not self._router.route_data(connection_id, tag, value, quality=quality, ts=ts):
+    def _on_data(
+        self,
+        connection_id: str,
+        tag: str,
+        value: Any,
+        quality: str,
+        ts: float,
+        reason: str | None = None,
+    ) -> None:
+        metadata = None if reason is None else {QUALITY_REASON: reason, QUALITY_SINCE: ts}
+        if not self._router.route_data(connection_id, tag, value, metadata, quality=quality, ts=ts):
             return  # spam protection dropped it
         for listener in self._data_listeners:
             try:
                 listener(connection_id, tag, value, quality, ts)
             except Exception:
                 logger.exception("data listener %r failed", listener)
+
+    def _on_link_down(self, connection_id: str, reason: str) -> None:
+        # The one place where a lost, stopped, disabled, removed or panicked
+        # link's last values become stale: the supervisor calls it where it
+        # emits ``disconnected`` (once per outage, not per reconnect attempt).
+        marked = self._router.mark_stale(connection_id, reason)
+        if marked:
+            logger.debug("%s: %d values marked stale (%s)", connection_id, marked, reason)
 
     def on_health_check(self, listener: HealthCheckListener) -> Unsubscribe:
         """Call ``listener(connection_id, latency_s, ok)`` after every health check that ran.

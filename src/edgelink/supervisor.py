@@ -39,7 +39,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from edgelink.backoff import Backoff
 from edgelink.clock import Clock, TimerHandle
@@ -63,15 +63,43 @@ from edgelink.events import EventBus, make_event
 from edgelink.settings import ConnectionSettings
 from edgelink.state import ConnectionState, Health, StateMachine, Transition
 
-__all__ = ["DataSink", "PollSpec", "Supervisor", "WatchRule", "reason_for"]
+__all__ = [
+    "MAX_BAD_TAGS",
+    "DataSink",
+    "LinkDownListener",
+    "PollSpec",
+    "Supervisor",
+    "WatchRule",
+    "reason_for",
+]
 
 logger = logging.getLogger(__name__)
 
 S = ConnectionState
 T = TypeVar("T")
 
-#: ``sink(connection_id, tag, value, quality, ts)``: where reported data goes.
-DataSink = Callable[[str, str, Any, str, float], None]
+#: Tags a connection may have reported bad at once (for "once per good->bad
+#: transition"); past it a bad report is passed on every time, never lost.
+MAX_BAD_TAGS: Final = 10_000
+
+
+class DataSink(Protocol):
+    """``sink(connection_id, tag, value, quality, ts, reason)``: where reported data goes."""
+
+    def __call__(
+        self,
+        connection_id: str,
+        tag: str,
+        value: Any,
+        quality: str,
+        ts: float,
+        reason: str | None = None,
+    ) -> None:
+        """Take one datapoint; ``reason`` says why it is not good, if the source said."""
+
+
+#: ``on_link_down(connection_id, reason)``: the link of a connection that was up is gone.
+LinkDownListener = Callable[[str, str], None]
 HealthCheck = Callable[[], Awaitable[bool]]
 
 #: States in which nothing runs until a person (or a config change) acts.
@@ -206,6 +234,7 @@ class Supervisor:
         on_health_change: Callable[[str, Health], None] | None = None,
         on_health_checked: Callable[[str, float, bool], None] | None = None,
         deadlines: DeadlineWheel | None = None,
+        on_link_down: LinkDownListener | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
         self.connection = connection
@@ -226,6 +255,9 @@ class Supervisor:
         self._extra_checks = extra_checks
         self._on_health_change = on_health_change
         self._on_health_checked = on_health_checked
+        self._on_link_down = on_link_down
+        #: Tags whose last report was bad with a reason: the next one is not repeated.
+        self._bad_tags: set[str] = set()
         self._backoff: Backoff = settings.backoff()
         self._sm = StateMachine(clock=clock.time, listener=self._on_transition)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -530,24 +562,46 @@ class Supervisor:
         self._on_loop(callback, *args)
         return True
 
-    def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+    def on_data(
+        self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
+    ) -> None:
         """A datapoint arrived from the driver. Thread-safe."""
-        self._on_loop(self._handle_data, tag, value, quality, ts)
+        self._on_loop(self._handle_data, tag, value, quality, ts, reason)
 
-    def _handle_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+    def _handle_data(
+        self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
+    ) -> bool:
+        """Pass a datapoint on; return False if it repeated a bad report and was not.
+
+        A ``bad`` report that gives a reason (a value the driver could not
+        decode, a read the device refused) is passed on once per good->bad
+        transition of its tag (and once per link), so a tag that stays
+        undecodable does not repeat itself every poll.
+        """
         now = self._clock.time()
         self._last_data_at = now
         self._last_data_mono = self._clock.monotonic()
-        rule = self._watch.get(tag)
-        if rule is not None and quality == "good":
-            self._check_watch(rule, value)
+        bad_tags = self._bad_tags
+        if quality == "good":
+            if bad_tags:
+                bad_tags.discard(tag)
+            rule = self._watch.get(tag)
+            if rule is not None:
+                self._check_watch(rule, value)
+        elif reason is not None and quality == "bad":
+            if tag in bad_tags:
+                return False
+            if len(bad_tags) < MAX_BAD_TAGS:
+                bad_tags.add(tag)
+            logger.warning("%s: %s is bad: %s", self.connection_id, tag, reason)
         if self._data_sink is not None:
             try:
                 self._data_sink(
-                    self.connection_id, tag, value, quality, ts if ts is not None else now
+                    self.connection_id, tag, value, quality, ts if ts is not None else now, reason
                 )
             except Exception:
                 logger.exception("%s: data sink failed for %s", self.connection_id, tag)
+        return True
 
     def on_activity(self) -> None:
         """The link showed life. Thread-safe."""
@@ -664,6 +718,8 @@ class Supervisor:
         self._emit("state_change", old=str(tr.old), new=str(tr.new), reason=tr.reason)
 
     def _emit(self, event_type: str, **data: Any) -> None:
+        if event_type == "disconnected":
+            self._link_down(str(data.get("reason") or "disconnected"))
         if (
             self._flapping_since is not None
             and event_type in COALESCED_WHILE_FLAPPING
@@ -687,6 +743,19 @@ class Supervisor:
                 **data,
             )
         )
+
+    def _link_down(self, reason: str) -> None:
+        """The link that was up is gone: tell the manager (it marks the data stale) at once.
+
+        Called where ``disconnected`` is emitted, synchronously: a datapoint of
+        the next link can only come after it, so it is never marked stale.
+        """
+        self._bad_tags.clear()  # the next link reports its bad tags once again
+        if self._on_link_down is not None:
+            try:
+                self._on_link_down(self.connection_id, reason)
+            except Exception:
+                logger.exception("%s: link-down listener failed", self.connection_id)
 
     def _set_health(self, health: Health) -> None:
         if health is not self._health:
@@ -1124,19 +1193,18 @@ class Supervisor:
                     raise
                 except (DeviceError, NotImplementedError) as exc:
                     # The device said no for this tag: report it bad, keep the link.
-                    self._handle_data(tag, None, "bad", None)
-                    self._emit("error", reason="read_failed", tag=tag, error=_describe(exc))
+                    self._read_refused(tag, exc)
                     continue
                 except DeviceSleepError as exc:
                     self._lose(_Lost("device_sleep", exc, sleep=True))
                     return
                 except Exception as exc:  # noqa: BLE001 - classified below
-                    self._handle_data(tag, None, "bad", None)
                     if is_poison(exc):
                         # A bug in the read or its decoding: a reconnect cannot
                         # fix it, so the link and the other tags carry on.
                         self._strike((tag,), exc)
                         continue
+                    # The link is lost: its data is marked stale, not bad (_link_down).
                     if isinstance(exc, TimeoutError):
                         self._strike((tag,), exc)
                         self._handle_tx_drop()
@@ -1163,8 +1231,8 @@ class Supervisor:
         """Poll one group with the driver's batched read; return False once the link is lost.
 
         A tag the device refused is reported bad with an ``error`` event and
-        the others keep their values; an error that breaks the link reports
-        every tag of the group bad and ends the poller like a failed read.
+        the others keep their values; an error that breaks the link ends the
+        poller like a failed read (the link's data is then marked stale).
         """
         s = self.settings
         tags = group.tags
@@ -1179,15 +1247,12 @@ class Supervisor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
-            for tag in tags:
-                self._handle_data(tag, None, "bad", None)
             return self._poll_failed(tags, exc)
         for tag in tags:
             if tag not in results:
                 continue
             value = results[tag]
             if isinstance(value, BaseException):
-                self._handle_data(tag, None, "bad", None)
                 if not self._poll_failed((tag,), value, per_tag=True):
                     return False
                 continue
@@ -1198,7 +1263,7 @@ class Supervisor:
     def _poll_failed(
         self, tags: Sequence[str], exc: BaseException, *, per_tag: bool = False
     ) -> bool:
-        """Classify a failed poll read of ``tags``; return True if polling goes on.
+        """Classify a failed poll read of ``tags``; return True if polling goes on (link kept).
 
         With ``per_tag`` the error belongs to one tag of a batch, so a bad tag
         (`ConfigError`) costs that tag its value, not the connection its state.
@@ -1209,7 +1274,8 @@ class Supervisor:
         if isinstance(exc, DeviceError | NotImplementedError) or (
             per_tag and isinstance(exc, ConfigError)
         ):
-            self._emit("error", reason="read_failed", tag=tag, error=_describe(exc))
+            for tag in tags:
+                self._read_refused(tag, exc)
             return True
         if is_poison(exc):
             self._strike(tags, exc)
@@ -1310,6 +1376,9 @@ class Supervisor:
         crash = is_poison(exc)
         text = _describe(exc)
         if crash:
+            # The link stays, so the tags' values are bad now (once per good->bad).
+            for tag in tags:
+                self._handle_data(tag, None, "bad", None, text)
             self._emit("error", reason="read_crashed", tag=tags[0], tags=list(tags), error=text)
         limit = self.settings.poison_after
         if limit is None:
@@ -1373,6 +1442,12 @@ class Supervisor:
         if released:
             self._emit("quarantine_released", tags=released)
         return released
+
+    def _read_refused(self, tag: str, exc: BaseException) -> None:
+        """A read of ``tag`` failed, the link stays: report it bad and say why, once."""
+        error = _describe(exc)
+        if self._handle_data(tag, None, "bad", None, error):
+            self._emit("error", reason="read_failed", tag=tag, error=error)
 
     # ----------------------------------------------------------- vital signs
 

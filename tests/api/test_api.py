@@ -398,3 +398,34 @@ async def test_logged_exceptions_reach_the_event_log_with_their_trace(
     rows = (await client.get("/api/events", params={"type": "exception"})).json()["events"]
     assert any("ZeroDivisionError: listener bug" in (r["traceback"] or "") for r in rows)
     assert all(r["level"] == "error" for r in rows)
+
+
+async def test_stopped_and_panicked_values_are_stale_in_the_api_and_the_stream(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    """Test that stop and panic mark last values stale, seen by the data API and the stream."""
+    host, port = gateway.api_address or ("", 0)
+    uri = f"ws://{host}:{port}/api/stream?token={TOKEN}&events=none&data=dev_a.*"
+    async with websockets.connect(uri) as ws:
+        assert json.loads(await ws.recv())["type"] == "hello"
+        for cid in ("dev_a", "dev_b"):
+            gateway.manager.get_connection(cid).report_data("temperature", 22.0)  # type: ignore[union-attr]
+        good = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (good["quality"], good["value"]) == ("good", 22.0)
+        assert "reason" not in good
+        await client.post("/api/admin/instances/dev_a/stop")
+        stale = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (stale["address"], stale["value"], stale["quality"]) == (
+            "dev_a.temperature",
+            22.0,
+            "stale",
+        )
+        assert stale["reason"] == "admin_stop" and stale["since"] >= stale["ts"]
+    point = (await client.get("/api/data/point", params={"address": "dev_a.temperature"})).json()
+    assert (point["value"], point["quality"], point["reason"]) == (22.0, "stale", "admin_stop")
+    await client.post("/api/admin/panic", json={"reason": "drill"})
+    point = (await client.get("/api/data/point", params={"address": "dev_b.temperature"})).json()
+    assert (point["quality"], point["reason"]) == ("stale", "panic")
+    metrics = (await client.get("/metrics")).text
+    assert "edgelink_datapoints_stale_marked_total 2.0" in metrics
+    await client.post("/api/admin/recover")

@@ -250,3 +250,61 @@ async def test_broker_restart_during_10000_datapoints_loses_none_and_keeps_order
     finally:
         await gateway.stop()
         sub.close()
+
+
+async def test_lost_device_is_published_stale_once_retained_and_good_when_back(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test that a lost device's topics get one retained stale update, then good data again."""
+    device = ModbusDevice(1)
+    device.hr[0] = 1234
+    topic = "smarthome/inv/hr:0"
+    async with ModbusServer([device]) as server:
+        connections = {
+            "inv": {
+                "type": "modbus_tcp",
+                "config": {"host": "127.0.0.1", "port": server.port, "unit_id": 1},
+                "poll": [{"tags": ["hr:0"], "interval": 0.05}],
+            },
+            "broker": broker_connection(broker),
+        }
+        write_folder(tmp_path, connections, [], qos=1)
+        sub = Subscriber(broker, "smarthome/inv/#")
+        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        await gateway.start()
+        late: Subscriber | None = None
+        try:
+            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+            await asyncio.to_thread(sub.subscribed.wait, 5)
+
+            def payloads(s: Subscriber) -> list[dict[str, Any]]:
+                return [json.loads(p) for t, p in s.snapshot() if t == topic]
+
+            await eventually(lambda: payloads(sub))
+            await server.stop()
+            await gateway.manager.wait_for_state("inv", "reconnecting", timeout=10)
+            stale = (
+                await eventually(lambda: [p for p in payloads(sub) if p["quality"] != "good"])
+            )[0]
+            assert stale["quality"] == "stale"
+            assert stale["value"] == 1234  # no value change
+            assert stale["reason"] and stale["since"] >= stale["ts"]
+            # Reconnect attempts keep failing: still one stale update.
+            await eventually(lambda: gateway.manager.get_status("inv")["reconnect_attempts"] >= 3)
+            # A subscriber that comes later reads the retained truth.
+            late = Subscriber(broker, topic)
+            retained = (await eventually(lambda: payloads(late)))[-1]  # type: ignore[arg-type]
+            assert (retained["value"], retained["quality"]) == (1234, "stale")
+            assert [p["quality"] for p in payloads(sub)].count("stale") == 1
+
+            device.hr[0] = 4321
+            await server.start()  # same port
+            await gateway.manager.wait_for_state("inv", "connected", timeout=10)
+            back = await eventually(lambda: [p for p in payloads(sub) if p["value"] == 4321])
+            assert back[-1]["quality"] == "good"
+            assert "reason" not in back[-1]
+        finally:
+            await gateway.stop()
+            sub.close()
+            if late is not None:
+                late.close()

@@ -434,15 +434,12 @@ async def test_read_errors_in_a_poll_keep_the_link(make_manager: Make, plc: AdsP
     m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
     async with m:
         await m.wait_for_state("plc", "connected", timeout=5)
-        await wait_until(lambda: len(got) >= 4)
-        assert (
-            got[:4]
-            == [
-                ("MAIN.nothing", None, "bad"),
-                ("MAIN.iCount", 5, "good"),
-            ]
-            * 2
-        )
+        await wait_until(lambda: got.count(("MAIN.iCount", 5, "good")) >= 4)
+        # Bad once per good->bad transition, with the reason, not on every poll.
+        assert got[:2] == [("MAIN.nothing", None, "bad"), ("MAIN.iCount", 5, "good")]
+        assert got.count(("MAIN.nothing", None, "bad")) == 1
+        dp = m.router.data.get("plc.MAIN.nothing")
+        assert dp is not None and dp.as_dict()["reason"]
         assert m.get_status("plc")["stats"]["reconnects"] == 0
 
 
@@ -608,3 +605,28 @@ def fd_targets() -> list[str]:
         with contextlib.suppress(OSError):
             out.append(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}")
     return out
+
+
+async def test_a_notified_value_that_cannot_be_decoded_is_bad_once(
+    make_manager: Make, plc: AdsPeer
+) -> None:
+    """Test that a notified STRING outside Windows-1252 is reported bad once with why, then good."""
+    m = make_manager(health_check_interval=60)
+    m.add_connection("plc", "ads", ads_config(notifications=["MAIN.sName"]))
+    got: list[tuple[str, Any, str]] = []
+    m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
+    async with m:
+        await m.wait_for_state("plc", "connected", timeout=5)
+        await wait_until(lambda: ("MAIN.sName", "boiler", "good") in got)
+        undecodable = b"boi\x81ler" + b"\x00" * 14  # 0x81 has no Windows-1252 character
+        plc.set_raw("MAIN.sName", undecodable)
+        await wait_until(lambda: ("MAIN.sName", None, "bad") in got)
+        plc.set_raw("MAIN.sName", b"boi\x8dler" + b"\x00" * 14)  # still undecodable
+        plc.set_value("MAIN.iCount", 9)
+        plc.set_value("MAIN.sName", "kessel")
+        await wait_until(lambda: ("MAIN.sName", "kessel", "good") in got)
+        assert got.count(("MAIN.sName", None, "bad")) == 1
+        assert m.get_state("plc") == "connected"
+        history = m.router.data.history("plc.MAIN.sName")
+        bad = [dp for dp in history if dp.quality == "bad"]
+        assert len(bad) == 1 and "cannot decode" in bad[0].as_dict()["reason"]

@@ -404,7 +404,10 @@ async def test_device_restart_mid_poll_resumes_with_one_poller(
         await asyncio.to_thread(own_sim.stop)
         await clock.advance(1.0)  # the next poll round meets the dead device
         await m.wait_for_state("inv", "reconnecting", timeout=5)
-        assert values[-1][2] == "bad"
+        # The device is gone, not wrong: its last values are kept and marked stale.
+        last = m.router.data.get("inv./status#/power/ac")
+        assert last is not None
+        assert (last.value, last.quality) == (1500.0, "stale")
         await asyncio.to_thread(own_sim.start)  # same port
         own_sim.device.set_status("power/ac", 999.0)
         await advance_until(clock, lambda: m.get_status("inv")["status"] == "connected")

@@ -33,10 +33,14 @@ class Owner:
 
     def __init__(self) -> None:
         self.data: list[tuple[str, Any]] = []
+        self.reasons: list[str | None] = []
         self.lost: list[BaseException | None] = []
 
-    def on_data(self, tag: str, value: Any, quality: str, ts: float | None) -> None:
+    def on_data(
+        self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
+    ) -> None:
         self.data.append((tag, value))
+        self.reasons.append(reason)
 
     def on_tx_drop(self) -> None: ...
 
@@ -157,6 +161,27 @@ async def test_unsolicited_messages_are_reported_or_queued(peer: SerialPeer) -> 
         assert conn.stats.as_dict()["packets_received"] == 2
     finally:
         await conn.disconnect()
+
+
+async def test_unsolicited_value_that_cannot_be_decoded_is_reported_bad(tmp_path: Path) -> None:
+    """Test that a pushed tag=value frame whose value is not valid text is reported bad, with why."""
+    config = {"framing": "length", "length_prefix": "u16be"}
+    async with SerialPeer(tmp_path / "tty", framing=Framing.from_config(config)) as peer:
+        conn = driver(peer, **config)
+        owner = Owner()
+        conn.attach(owner)  # type: ignore[arg-type]
+        await conn.connect()
+        try:
+            peer.send_frame(b"power=\xff\xfe1")
+            peer.send_frame(b"\xffx=1")  # no legible tag: not a datapoint, no address invented
+            peer.send_frame(b"power=230.5")
+            await wait_until(lambda: len(owner.data) == 2)
+            assert owner.data == [("power", None), ("power", "230.5")]
+            assert owner.reasons[0] is not None and "undecodable" in owner.reasons[0]
+            assert await asyncio.wait_for(conn.receive_data(), 2) == b"\xffx=1"
+            assert not owner.lost
+        finally:
+            await conn.disconnect()
 
 
 @pytest.mark.parametrize(
@@ -364,8 +389,12 @@ async def test_device_error_in_a_poll_keeps_the_link(make_manager: Make, peer: S
     m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, value, quality)))
     async with m:
         await m.wait_for_state("rs", "connected", timeout=5)
-        await wait_until(lambda: len(got) >= 4)
-        assert got[:4] == [("nothing", None, "bad"), ("temperature", "21.5", "good")] * 2
+        await wait_until(lambda: got.count(("temperature", "21.5", "good")) >= 4)
+        # Bad once per good->bad transition, not on every poll.
+        assert got[:2] == [("nothing", None, "bad"), ("temperature", "21.5", "good")]
+        assert got.count(("nothing", None, "bad")) == 1
+        dp = m.router.data.get("rs.nothing")
+        assert dp is not None and dp.as_dict()["reason"]
         assert m.get_status("rs")["stats"]["reconnects"] == 0
 
 

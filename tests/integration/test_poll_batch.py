@@ -45,10 +45,10 @@ async def test_batched_driver_polls_a_group_in_one_call(
     assert failed and all(e.data["tag"] == "missing" for e in failed)
 
 
-async def test_batched_link_error_marks_the_group_bad_and_reconnects(
+async def test_batched_link_error_marks_the_group_stale_and_reconnects(
     make_manager: Make, peer: PingPongPeer
 ) -> None:
-    """Test that a batch that breaks the link reports every tag bad and the link is rebuilt."""
+    """Test that a batch that breaks the link marks every tag stale (not bad) until it is back."""
     m = make_manager(health_check_interval=60, reconnect_initial_delay=0.01)
     m.register_connection_type("batch", BatchDevice)
     got: list[tuple[str, str]] = []
@@ -56,13 +56,27 @@ async def test_batched_link_error_marks_the_group_bad_and_reconnects(
     m.add_connection(
         "dev", "batch", tcp(peer.port), poll=[{"tags": ["temperature", "power"], "interval": 0.05}]
     )
+    space = m.router.data
+
+    def quality(tag: str) -> str | None:
+        dp = space.get(f"dev.{tag}")
+        return None if dp is None else dp.quality
+
     async with m:
         await m.wait_for_state("dev", "connected", timeout=5)
+        async with asyncio.timeout(5):
+            while quality("power") != "good":
+                await asyncio.sleep(0.01)
         peer.response_delay = 1.0  # longer than request_timeout (0.5 s): the batch times out
         await m.wait_for_state("dev", "reconnecting", timeout=5)
+        assert (quality("temperature"), quality("power")) == ("stale", "stale")
+        assert space.get("dev.power").value == "230"  # type: ignore[union-attr]
         peer.response_delay = 0.0
         await m.wait_for_state("dev", "connected", timeout=5)
-    assert ("temperature", "bad") in got and ("power", "bad") in got
+        async with asyncio.timeout(5):
+            while quality("power") != "good" or quality("temperature") != "good":
+                await asyncio.sleep(0.01)
+    assert ("temperature", "bad") not in got and ("power", "bad") not in got
 
 
 @pytest.mark.parametrize(

@@ -766,3 +766,30 @@ async def test_null_values_are_not_written_to_devices() -> None:
     await router.drain()
     assert writes == [21.5]
     assert "null" in router.route_stats("r")["last_error"]
+
+
+def test_mark_stale_touches_only_the_source_once_and_keeps_bad_values() -> None:
+    """Test that mark_stale marks one source's good values once, by its index, and spares bad."""
+    router = Router(clock=ManualClock())
+    router.route_data("plc", "a", 1, ts=5.0)
+    router.route_data("plc", "b", None, quality="bad")
+    router.route_data("plc2", "a", 2)
+    router.route_data("calc", "x", 3)
+    seen: list[DataPoint] = []
+    router.data.subscribe("**", seen.append)
+    assert router.mark_stale("plc", "half_open", since=9.0) == 1
+    dp = router.data.get("plc.a")
+    assert dp is not None
+    assert (dp.value, dp.ts, dp.quality) == (1, 5.0, "stale")
+    assert dp.metadata == {"quality_reason": "half_open", "quality_since": 9.0}
+    assert dp.as_dict()["reason"] == "half_open" and dp.as_dict()["since"] == 9.0
+    assert router.data.get("plc.b").quality == "bad"  # type: ignore[union-attr]
+    assert router.data.get("plc2.a").quality == "good"  # type: ignore[union-attr]
+    assert [d.address for d in seen] == ["plc.a"]
+    assert router.mark_stale("plc", "half_open") == 0  # once per outage
+    assert len(router.data.history("plc.a")) == 1  # replaced, not appended
+    router.route_data("plc", "a", 4)
+    assert router.data.get("plc.a").quality == "good"  # type: ignore[union-attr]
+    assert router.data.remove("plc") == 2
+    assert router.mark_stale("plc", "gone") == 0
+    assert router.data.stale_marked == router.stats()["stale_marked"] == 1

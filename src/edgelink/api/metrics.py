@@ -124,6 +124,11 @@ def _router_metrics(router: Router) -> Iterator[Metric]:
         "Datapoints spam protection dropped",
         value=stats["spam_dropped"],
     )
+    yield CounterMetricFamily(
+        "edgelink_datapoints_stale_marked",
+        "Last values marked stale because their link was lost or stopped",
+        value=stats["stale_marked"],
+    )
     routed = CounterMetricFamily(
         "edgelink_route_passed", "Datapoints a route delivered onwards", labels=["route"]
     )

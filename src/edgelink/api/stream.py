@@ -8,8 +8,9 @@ depth; default none). A client may change them later by sending
 ``{"events": [...], "data": [...]}``.
 
 Messages are JSON: ``{"type": "data", "address", "source", "tag", "value",
-"quality", "ts"}``, ``{"type": "event", "event_type", "event", "connection_id",
-"ts", "state", "attempt", "data"}`` and, when the client's rate
+"quality", "ts"}`` (plus ``"reason"`` and ``"since"`` for a datapoint
+that is ``stale`` or ``bad``, when known), ``{"type": "event", "event_type",
+"event", "connection_id", "ts", "state", "attempt", "data"}`` and, when the client's rate
 limit (``api.stream_rate`` messages/s, a token bucket) or its queue dropped
 messages, ``{"type": "dropped", "count": n}`` once a second. A slow client
 loses its own messages; it never slows the gateway or the other clients.
@@ -30,7 +31,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from edgelink.api.auth import websocket_token
 from edgelink.events import EVENT_TYPES, Event
-from edgelink.router.datapoint import DataPoint
+from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.service.token import token_matches
 
 if TYPE_CHECKING:
@@ -149,18 +150,18 @@ class StreamHub:
         for client in self._clients:
             if client.data and client.wants_address(address):
                 if message is None:
-                    message = json.dumps(
-                        {
-                            "type": "data",
-                            "address": address,
-                            "source": dp.source,
-                            "tag": dp.tag,
-                            "value": dp.value,
-                            "quality": dp.quality,
-                            "ts": dp.ts,
-                        },
-                        default=str,
-                    )
+                    body = {
+                        "type": "data",
+                        "address": address,
+                        "source": dp.source,
+                        "tag": dp.tag,
+                        "value": dp.value,
+                        "quality": dp.quality,
+                        "ts": dp.ts,
+                    }
+                    if dp.quality != "good":
+                        body.update(quality_detail(dp.metadata))
+                    message = json.dumps(body, default=str)
                 client.offer(message)
 
     async def serve(self, ws: WebSocket) -> None:

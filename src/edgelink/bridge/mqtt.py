@@ -5,7 +5,10 @@ is supervised like any other (reconnect, health, status):
 
 - every datapoint of the data space goes to ``{base}/{source}/{tag}`` with the
   dots of the tag as ``/`` (``smarthome/plc_1/MAIN/temperature``), payload
-  ``{"value", "ts", "quality"}``, retained and with the configured QoS;
+  ``{"value", "ts", "quality"}``, retained and with the configured QoS; a
+  datapoint that is not good adds ``"reason"`` and ``"since"`` when known
+  (a lost link's values are re-published once as ``"quality": "stale"``,
+  with the last value and its ``ts``);
 - a message to ``{base}/{source}/{tag}/set`` writes its value to that device
   (through `ConnectionManager.execute_with_retry`); the outcome is published
   to ``.../set/result`` as ``{"ok": true, "value": ...}`` or ``{"ok": false,
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
-from edgelink.router.datapoint import DataPoint
+from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.store import UplinkBuffer
 
 if TYPE_CHECKING:
@@ -260,9 +263,10 @@ class MqttBridge:
             return
         if self._paused:
             return
-        payload = json.dumps(
-            {"value": dp.value, "ts": dp.ts, "quality": dp.quality}, default=str
-        ).encode()
+        body = {"value": dp.value, "ts": dp.ts, "quality": dp.quality}
+        if dp.quality != "good":
+            body.update(quality_detail(dp.metadata))
+        payload = json.dumps(body, default=str).encode()
         self._send(self.topic_for(dp), payload)
 
     def _send(self, topic: str, payload: bytes) -> None:

@@ -943,7 +943,6 @@ class AdsConnection(SyncConnection):
                         ctypes.addressof(contents) + SAdsNotificationHeader.data.offset
                     )
                 )
-                value = _decode(symbol, raw)
                 ts = (int(contents.nTimeStamp) - _FILETIME_EPOCH) / 1e7
             except Exception:
                 logger.exception("%s: bad notification for %s", self.connection_id, tag)
@@ -954,7 +953,15 @@ class AdsConnection(SyncConnection):
             # replay that brought this value.
             if tag not in ledger:
                 return
-            self.report_data(tag, value, ts=ts)
+            try:
+                value = _decode(symbol, raw)
+            except (ValueError, TypeError) as exc:
+                # Bytes the symbol's type cannot hold (a STRING outside
+                # Windows-1252): the value is bad, said once, the link is fine.
+                why = f"cannot decode {raw[:32]!r} as {symbol.type_name}: {exc}"
+                self.report_data(tag, None, quality="bad", ts=ts, reason=why)
+            else:
+                self.report_data(tag, value, ts=ts)
             if tag in ledger.awaiting_data:
                 self.call_on_loop(self._confirm, link, tag)
 

@@ -352,13 +352,17 @@ class ModbusConnection(Connection):
 
         Raises:
             ConfigError: for a bad tag.
-            DeviceError: for an exception response (the link stays).
+            DeviceError: for an exception response, or registers that cannot be decoded
+                (the link stays).
             ModbusTimeoutError: if the device did not answer in ``timeout``.
             ProtocolError: for garbage or a partial answer (the link is rebuilt).
             ConnectError: if the link is down.
         """
         read = self._plan((tag,))[0]
-        return read.block.values(await self._request(read))[tag]
+        value = read.block.values(await self._request(read))[tag]
+        if isinstance(value, DeviceError):
+            raise value
+        return value
 
     async def read_many(self, tags: Sequence[str]) -> dict[str, Any]:
         """Read several tags with as few requests as the limits allow.

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from edgelink.errors import ConfigError
+from edgelink.errors import ConfigError, DeviceError
 
 __all__ = [
     "MAX_READ_BITS",
@@ -298,7 +298,18 @@ def _struct_reader(dtype: DataType, order: WordOrder) -> Callable[[Sequence[Any]
         data = pack(*(reversed(words) if word_swap else words))
         return unpack(_swap_bytes(data) if byte_swap else data)[0]
 
-    return read
+    if dtype not in (DataType.FLOAT32, DataType.FLOAT64):
+        return read
+
+    def read_finite(raw: Sequence[Any], i: int) -> Any:
+        value = read(raw, i)
+        # NaN and infinities are what devices send for a failed sensor, and
+        # JSON has no spelling for them: the value cannot be decoded.
+        if not math.isfinite(value):
+            raise ValueError(f"the registers hold {value}, not a finite number")
+        return value
+
+    return read_finite
 
 
 def _scale_digits(scale: float | None, dtype: DataType) -> int | None:
@@ -414,9 +425,20 @@ class ReadBlock:
     tags: tuple[ModbusTag, ...]
 
     def values(self, raw: Sequence[int] | Sequence[bool]) -> dict[str, Any]:
-        """Decode every tag of the block from the block's registers (or bits)."""
+        """Decode every tag of the block from the block's registers (or bits).
+
+        A tag whose registers cannot be decoded (a float register pair that
+        holds NaN or an infinity, a register outside 0..65535) maps to a
+        `DeviceError` saying why, so it alone is reported bad.
+        """
         start = self.start
-        return {t.text: t.decoder(raw, t.address - start) for t in self.tags}
+        values: dict[str, Any] = {}
+        for t in self.tags:
+            try:
+                values[t.text] = t.decoder(raw, t.address - start)
+            except (ValueError, struct.error) as exc:
+                values[t.text] = DeviceError(f"{t.text}: cannot decode: {exc}")
+        return values
 
 
 def plan_reads(

@@ -518,10 +518,19 @@ class SerialConnection(Connection):
             # An abandoned request's late answer: drop it, keep the order.
             if fut.cancelled():
                 return
-        text = payload.decode(self.encoding, "replace")
+        try:
+            text = payload.decode(self.encoding)
+            undecodable = None
+        except UnicodeDecodeError as exc:
+            text = payload.decode(self.encoding, "replace")
+            undecodable = f"undecodable {self.encoding} in {payload[:32]!r}: {exc.reason}"
         tag, sep, value = text.partition("=")
-        if sep and tag and not any(ch.isspace() for ch in tag):
-            self.report_data(tag, value)
+        if sep and tag and not any(ch.isspace() or ch == "\ufffd" for ch in tag):
+            if undecodable is None:
+                self.report_data(tag, value)
+            else:
+                # The tag is legible, its value is not: say so, never invent a value.
+                self.report_data(tag, None, quality="bad", reason=undecodable)
         else:
             self._unsolicited.append(payload)
             waiter = self._unsolicited_waiter

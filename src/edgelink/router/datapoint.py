@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-__all__ = ["DataPoint"]
+__all__ = ["QUALITY_REASON", "QUALITY_SINCE", "STALE", "DataPoint", "quality_detail"]
+
+#: The quality of a last value whose source stopped delivering (link lost,
+#: data watchdog, connection stopped): the value is kept, it is just old.
+STALE: Final = "stale"
+#: Metadata key: why a datapoint is not ``good`` (``"data_timeout"``, a decode error...).
+QUALITY_REASON: Final = "quality_reason"
+#: Metadata key: wall-clock seconds since when it is not ``good``.
+QUALITY_SINCE: Final = "quality_since"
+
+
+def quality_detail(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``{"reason", "since"}`` of a datapoint that is not good, from its metadata.
+
+    Payloads (the bridge, the stream, the API) add these keys next to
+    ``quality`` only when the source gave them, so a good datapoint keeps
+    its shape.
+    """
+    if not metadata or QUALITY_REASON not in metadata:
+        return {}
+    return {"reason": metadata[QUALITY_REASON], "since": metadata.get(QUALITY_SINCE)}
 
 
 class DataPoint(NamedTuple):
@@ -15,7 +35,8 @@ class DataPoint(NamedTuple):
         address: ``<endpoint>.<tag>``, e.g. ``plc_1.MAIN.temperature``.
         value: The value as reported (a target gets the route's transformed value).
         ts: Wall-clock seconds when it was measured (or reported).
-        quality: ``"good"``, ``"bad"``, ``"uncertain"``... as the source says.
+        quality: ``"good"``, ``"bad"``, ``"uncertain"``... as the source says, or
+            ``"stale"`` once the source stopped delivering (`DataSpace.mark_stale`).
         source: The endpoint that produced it (a connection id, a virtual endpoint).
         metadata: Whatever the source passed along, or None.
         path: The ids of the routes this datapoint has passed, oldest first.
@@ -52,6 +73,7 @@ class DataPoint(NamedTuple):
             "value": self.value,
             "ts": self.ts,
             "quality": self.quality,
+            **quality_detail(self.metadata),
             "source": self.source,
             "metadata": dict(self.metadata) if self.metadata else None,
             "path": list(self.path),

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from edgelink.router.address import PatternIndex, parse_pattern
-from edgelink.router.datapoint import DataPoint
+from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE, STALE, DataPoint
 
 __all__ = ["DataSpace", "DataSubscriber", "Record"]
 
@@ -76,11 +76,15 @@ class DataSpace:
         # per address, whose last item is the last value. Never rebound.
         self._rings: dict[str, deque[Record]] = {}
         self._tree: dict[str, set[str]] = {}
+        #: source -> its addresses, so marking a source stale costs O(its addresses).
+        self._by_source: dict[str, set[str]] = {}
         self._subs: list[_Subscription] = []
         self._sub_index: PatternIndex[_Subscription] = PatternIndex()
         self._sub_cache: dict[str, tuple[_Subscription, ...]] = {}
         #: Datapoints not stored because ``max_addresses`` was reached.
         self.refused = 0
+        #: Last values marked stale by `mark_stale`.
+        self.stale_marked = 0
         self._warned_full = False
 
     # ----------------------------------------------------------------- views
@@ -148,7 +152,7 @@ class DataSpace:
         """Store a datapoint as the last value of its address and notify subscribers."""
         ring = self._rings.get(dp[0])
         if ring is None:
-            ring = self._new_ring(dp[0])
+            ring = self._new_ring(dp[0], dp[4])
             if ring is None:
                 return
         prev = ring[-1] if ring else None
@@ -156,8 +160,8 @@ class DataSpace:
         if self._subs:
             self.notify(dp, prev)
 
-    def _new_ring(self, address: str) -> deque[Record] | None:
-        """Make the ring of a new address (and its tree branches); None when full."""
+    def _new_ring(self, address: str, source: str) -> deque[Record] | None:
+        """Make the ring of a new address of ``source`` (and its tree branches); None when full."""
         if len(self._rings) >= self.max_addresses:
             self.refused += 1
             if not self._warned_full:
@@ -169,6 +173,10 @@ class DataSpace:
             return None
         ring: deque[Record] = deque(maxlen=self.history_size)
         self._rings[address] = ring
+        addresses = self._by_source.get(source)
+        if addresses is None:
+            addresses = self._by_source[source] = set()
+        addresses.add(address)
         tree = self._tree
         parent = ""
         pos = address.find(".")
@@ -192,12 +200,18 @@ class DataSpace:
             del self._rings[address]
         if gone:
             self._rebuild_tree()
+            gone_set = set(gone)
+            for source, addresses in list(self._by_source.items()):
+                addresses -= gone_set
+                if not addresses:
+                    del self._by_source[source]
         return len(gone)
 
     def clear(self) -> None:
         """Forget every address."""
         self._rings.clear()
         self._tree.clear()
+        self._by_source.clear()
         self._warned_full = False
 
     def _rebuild_tree(self) -> None:
@@ -210,6 +224,44 @@ class DataSpace:
                 child = ".".join(parts[:i])
                 self._tree.setdefault(parent, set()).add(child)
                 parent = child
+
+    def mark_stale(self, source: str, reason: str, since: float) -> int:
+        """Mark the last values of ``source`` stale: it stopped delivering them.
+
+        The value and its timestamp stay; the quality becomes ``stale`` and
+        the metadata gains ``quality_reason`` and ``quality_since``. The last
+        record is replaced, not appended, so the history holds measurements
+        only. Subscribers (the bridge, the stream) get the marked datapoint;
+        routes do not, because nothing was measured (`Router.mark_stale`).
+        A value already stale is left alone, so an outage marks each address
+        once however often it is reported; a ``bad`` value stays bad. The
+        next datapoint the source reports is stored as it comes (``good``).
+        Costs O(addresses of ``source``).
+
+        Returns:
+            How many addresses were marked.
+        """
+        addresses = self._by_source.get(source)
+        if not addresses:
+            return 0
+        marked = 0
+        for address in tuple(addresses):
+            ring = self._rings.get(address)
+            if not ring:
+                continue
+            last = ring[-1]
+            if last[3] == STALE or last[3] == "bad":
+                continue
+            metadata = {**last[5]} if last[5] else {}
+            metadata[QUALITY_REASON] = reason
+            metadata[QUALITY_SINCE] = since
+            record: Record = (address, last[1], last[2], STALE, last[4], metadata, last[6], last[7])
+            ring[-1] = record
+            marked += 1
+            if self._subs:
+                self.notify(record, last)
+        self.stale_marked += marked
+        return marked
 
     # --------------------------------------------------------- subscriptions
 

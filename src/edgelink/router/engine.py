@@ -547,6 +547,7 @@ class Router:
             "routes": len(self._table.routes),
             "received": self.received,
             "spam_dropped": self.spam_dropped,
+            "stale_marked": self.data.stale_marked,
             "paused": self.paused,
             "paused_dropped": self.paused_dropped,
             "loop_blocked": self.loop_blocked,
@@ -776,7 +777,7 @@ class Router:
         try:
             ring: deque[Record] | None = self._rings[address]
         except KeyError:
-            ring = self.data._new_ring(address)
+            ring = self.data._new_ring(address, source_id)
         if ring is not None:
             if self._subs:
                 prev = ring[-1] if ring else None
@@ -836,6 +837,25 @@ class Router:
                 for target in virtual:
                     self._route_virtual(table, target, out_dp, (address,))
         return True
+
+    def mark_stale(self, source_id: str, reason: str, since: float | None = None) -> int:
+        """Mark every last value of ``source_id`` stale (see `DataSpace.mark_stale`).
+
+        A quality mark reaches what mirrors the data space (the MQTT bridge,
+        the stream, data space subscribers) but fires no route: nothing was
+        measured, so no condition, transform or device write may act on it.
+        Works while paused (panic), so what a stopped device last said is
+        shown as old.
+
+        Args:
+            source_id: The connection (or other source) that stopped delivering.
+            reason: Why (``data_timeout``, ``admin_stop``, ``half_open``...).
+            since: When, wall-clock seconds; now if None.
+
+        Returns:
+            How many addresses were marked.
+        """
+        return self.data.mark_stale(source_id, reason, self._time() if since is None else since)
 
     def _echo_record(
         self,

@@ -483,6 +483,14 @@ class AdsPeer:
         _, raw = _encode(var.symbol_type, value)
         self.handler.set_value(var, raw)
 
+    def set_raw(self, name: str, raw: bytes) -> None:
+        """Change a symbol's bytes as they are, even ones its type cannot decode.
+
+        Raises:
+            KeyError: for an unknown symbol.
+        """
+        self.handler.set_value(self._variable(name), raw)
+
     def drop_notifications(self, name: str, *, drop: bool = True) -> None:
         """Drop notifications on ``name`` added from now on: accepted, never sent.
 
