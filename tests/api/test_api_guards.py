@@ -1,7 +1,7 @@
-"""Tests of the API's guards (issue 8): body limit, query ranges, routes key, stream
-frames and origin, panic/recover with admin stops, reconnect, and the audit trail.
+"""Tests of the API's guards (issue 8), against a real gateway.
 
-All against a real gateway (uvicorn on a free loopback port, real device peers).
+Body limit, query ranges, routes key, stream frames and origin, panic/recover
+with admin stops, reconnect, and the audit trail. All against a real gateway (uvicorn on a free loopback port, real device peers).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ async def test_declared_body_over_the_limit_is_413_and_small_bodies_pass(
 
 
 async def test_chunked_body_is_cut_off_at_the_limit_without_reading_the_rest(
-    gateway: Gateway,
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Test that a body without Content-Length is refused once it passes the limit.
 
@@ -136,6 +136,7 @@ async def test_chunked_body_is_cut_off_at_the_limit_without_reading_the_rest(
         writer.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert [r["id"] for r in gateway.manager.router.routes] == ["copy"]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 # ---------------------------------------------------------------- query ranges
@@ -280,6 +281,10 @@ async def test_admin_actions_are_audited_with_who_what_and_result(
     rows = (await client.get("/api/audit")).json()["audit"]
     who = token_identity(TOKEN)
     assert {r["who"] for r in rows} == {who}
+    assert (await client.get("/api/service")).json()["audit"] == {
+        "written": len(rows),
+        "write_errors": 0,
+    }
     assert TOKEN not in json.dumps(rows)
     done = [(r["action"], r["target"], r["result"]) for r in reversed(rows)]
     assert done == [
@@ -303,9 +308,7 @@ async def test_admin_actions_are_audited_with_who_what_and_result(
     on_a = (await client.get("/api/audit", params={"target": "dev_a"})).json()["audit"]
     assert [r["action"] for r in on_a] == ["start", "stop"]
     page = (await client.get("/api/audit", params={"limit": 3})).json()
-    rest = (
-        await client.get("/api/audit", params={"before_id": page["next_before_id"]})
-    ).json()
+    rest = (await client.get("/api/audit", params={"before_id": page["next_before_id"]})).json()
     assert [r["id"] for r in page["audit"] + rest["audit"]] == [r["id"] for r in rows]
 
 

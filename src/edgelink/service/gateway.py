@@ -156,6 +156,9 @@ class Gateway:
             "panic": self.panic_info if self.panicked else None,
             "last_reload": self.last_reload,
             "config_errors": dict(self.config_errors),
+            "audit": {"written": self.audit.written, "write_errors": self.audit.write_errors}
+            if self.audit
+            else None,
             "api": {"host": self.api_address[0], "port": self.api_address[1]}
             if self.api_address
             else None,
