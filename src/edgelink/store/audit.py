@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgelink.redact import redact
-from edgelink.store.sqlite import Database
+from edgelink.store.sqlite import Database, newest_first, trim
 
 __all__ = ["AuditLog"]
 
@@ -111,10 +111,7 @@ class AuditLog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
-            conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,))
-            conn.execute(
-                "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (self.max_rows,)
-            )
+            trim(conn, "audit", cutoff, self.max_rows)
             return int(cursor.lastrowid or 0)
 
         return self._db.transaction(statements)
@@ -128,21 +125,11 @@ class AuditLog:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Return records, newest first, filtered; page with ``before_id``."""
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("action = ?", action),
-            ("target = ?", target),
-            ("id < ?", before_id),
-        ):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        sql = "SELECT id, ts, who, action, target, params, result, error FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(max(1, min(limit, 1000)))
+        sql, args = newest_first(
+            "SELECT id, ts, who, action, target, params, result, error FROM audit",
+            (("action = ?", action), ("target = ?", target), ("id < ?", before_id)),
+            limit,
+        )
 
         def select() -> list[tuple[Any, ...]]:
             return self._db.conn.execute(sql, args).fetchall()
