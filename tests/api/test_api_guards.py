@@ -239,7 +239,6 @@ async def test_recover_keeps_a_stop_given_during_panic(
     assert recovered["started"] == 1
     assert recovered["kept_stopped"] == ["dev_a"]
     await gateway.manager.wait_for_state("dev_b", "connected", timeout=5)
-    await asyncio.sleep(0.2)
     status = gateway.manager.get_status("dev_a")
     assert (status["desired"], status["status"]) == ("stopped", "disconnected")
     assert peer_a.connections == 0
