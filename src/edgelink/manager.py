@@ -808,6 +808,26 @@ class ConnectionManager:
         self._supervisor(connection_id).reconnect(fast_path=fast_path)
         await asyncio.sleep(0)
 
+    async def reconnect_connection(self, connection_id: str) -> str:
+        """Bring one connection's link back now, whatever it is doing (an admin's reconnect).
+
+        The seed's Disconnect/Reconnect pair: a stopped connection is started,
+        a failed or suspended one resumed, one waiting out a backoff retries at
+        once, and a connected one drops its link and reconnects (fast path).
+
+        Returns:
+            What was done: ``started``, ``resumed`` or ``reconnecting``.
+        """
+        sup = self._supervisor(connection_id)
+        if sup.desired == "stopped" or not sup.is_running():
+            await self.start_connection(connection_id)
+            return "started"
+        if sup.state in (ConnectionState.ERROR, ConnectionState.SUSPENDED):
+            await self.resume(connection_id)
+            return "resumed"
+        await self.safe_reconnect(connection_id, fast_path=True)
+        return "reconnecting"
+
     def record_activity(self, connection_id: str) -> None:
         """Feed the data watchdog of a connection without a datapoint."""
         self._supervisor(connection_id).on_activity()

@@ -356,6 +356,10 @@ class SyncConnectionManager:
         """Drop the link and reconnect now."""
         self._run(self._manager.safe_reconnect(connection_id, fast_path))
 
+    def reconnect_connection(self, connection_id: str) -> str:
+        """Bring the link back whatever it is doing (see the async twin); return what was done."""
+        return self._run(self._manager.reconnect_connection(connection_id))
+
     def record_activity(self, connection_id: str) -> None:
         """Feed the data watchdog of a connection."""
         self._call(self._manager.record_activity, connection_id)

@@ -1,9 +1,11 @@
 """The admin API of a running gateway (FastAPI; OpenAPI at ``/openapi.json``, docs at ``/docs``).
 
 Every route but ``GET /api/health`` needs ``Authorization: Bearer <token>``.
-Request bodies are validated by pydantic (422 with the field's path); an
-unknown connection is 404; an action refused while the gateway is in panic
-is 409.
+Request bodies are validated by pydantic (422 with the field's path) and
+bounded (``api.max_body_bytes``, 413); query parameters are range-checked
+(422); an unknown connection is 404; an action refused while the gateway is
+in panic is 409. Admin actions are audited by the gateway (`Auditor`); the
+API passes only who asked (the token's fingerprint).
 
 Routes:
     GET  /api/health                                   liveness, no auth
@@ -19,6 +21,7 @@ Routes:
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space
     GET  /api/bridge                                   the MQTT bridge's counters
     GET  /api/events                                   the SQLite event log, paged, filtered
+    GET  /api/audit                                    who did what (admin actions), paged
     GET  /metrics                                      Prometheus
     WS   /api/stream, /api/nodered/stream              events and datapoints by pattern
 """
@@ -29,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -38,13 +41,13 @@ from pydantic import BaseModel, Field
 
 from edgelink import __version__
 from edgelink.api.auth import require_token
+from edgelink.api.limits import BodyLimit
 from edgelink.api.metrics import GatewayMetrics
 from edgelink.api.stream import StreamHub, register_stream
 from edgelink.errors import RouteError
 from edgelink.router import check_routes
-
-if TYPE_CHECKING:
-    from edgelink.service.gateway import Gateway
+from edgelink.service.audit import token_identity
+from edgelink.service.gateway import ActionRefusedError, Gateway, UnknownConnectionError
 
 __all__ = ["Action", "create_app"]
 
@@ -63,8 +66,10 @@ class Action(StrEnum):
     RECONNECT = "reconnect"
 
 
-#: Actions that would bring a device link up: refused while in panic.
-_STARTING = frozenset({Action.START, Action.RESTART, Action.RESUME, Action.RECONNECT})
+#: The largest id or count a query parameter may carry (SQLite's INTEGER).
+_MAX_ID = 2**63 - 1
+#: Wall-clock bounds of ``since``/``until`` (0 .. year 5138).
+_MAX_TS = 1e11
 
 
 class PanicBody(BaseModel):
@@ -90,6 +95,12 @@ def create_app(gateway: Gateway) -> FastAPI:
     hub = StreamHub(gateway)
     app.state.stream = hub
     _wire_live_sources(gateway, metrics, hub)
+
+    def body_refused(method: str, _path: str) -> None:
+        metrics.api_requests.labels(method, "unmatched", "413").inc()
+
+    def who() -> str:
+        return token_identity(gateway.token)
 
     @app.middleware("http")
     async def count_requests(
@@ -142,57 +153,42 @@ def create_app(gateway: Gateway) -> FastAPI:
         """Poll a connection's quarantined (poison) tags again: all of them, or ``tag``."""
         _status_or_404(gateway, connection_id)
         try:
-            released = await gateway.manager.release_quarantine(connection_id, tag)
+            return await gateway.release_quarantine(connection_id, tag, who=who())
         except KeyError:
             raise HTTPException(
                 404, detail=f"tag {tag!r} of {connection_id!r} is not quarantined"
             ) from None
-        logger.info("admin release quarantine %s %s", connection_id, released)
-        quarantined = gateway.manager.get_status(connection_id)["quarantined"]
-        return {"connection_id": connection_id, "released": released, "quarantined": quarantined}
 
     @guarded.post("/api/admin/instances/{connection_id}/{action}", tags=["admin"])
     async def instance_action(connection_id: str, action: Action) -> dict[str, Any]:
-        """Start, stop, restart, kill, resume, disconnect or reconnect one connection."""
-        manager = gateway.manager
-        _status_or_404(gateway, connection_id)
-        if gateway.panicked and action in _STARTING:
-            raise HTTPException(
-                409, detail="the gateway is in panic: POST /api/admin/recover first"
-            )
-        if action is Action.START:
-            await manager.start_connection(connection_id)
-        elif action in (Action.STOP, Action.DISCONNECT):
-            await manager.stop_connection(connection_id)
-        elif action is Action.RESTART:
-            await manager.restart_connection(connection_id)
-        elif action is Action.KILL:
-            await manager.kill_connection(connection_id)
-        elif action is Action.RESUME:
-            await manager.resume(connection_id)
-        else:
-            await manager.safe_reconnect(connection_id, fast_path=True)
-        logger.info("admin %s %s", action, connection_id)
-        return {
-            "connection_id": connection_id,
-            "action": str(action),
-            **_brief(gateway, connection_id),
-        }
+        """Start, stop, restart, kill, resume, disconnect or reconnect one connection.
+
+        ``reconnect`` brings the link back whatever it is doing: a stopped
+        connection is started, a failed or suspended one resumed, a connected
+        one drops its link and reconnects (``done`` says which). During panic,
+        start, restart, resume and reconnect are 409; stops are kept by recover.
+        """
+        try:
+            return await gateway.instance_action(connection_id, str(action), who=who())
+        except UnknownConnectionError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except ActionRefusedError as exc:
+            raise HTTPException(409, detail=f"{exc} (POST /api/admin/recover)") from None
 
     @guarded.post("/api/admin/panic", tags=["admin"])
     async def panic(body: PanicBody | None = None) -> dict[str, Any]:
         """Disconnect every device and stop data flow; the API stays up."""
-        return await gateway.panic(reason=(body or PanicBody()).reason, by="api")
+        return await gateway.panic(reason=(body or PanicBody()).reason, by=who())
 
     @guarded.post("/api/admin/recover", tags=["admin"])
     async def recover() -> dict[str, Any]:
         """Leave panic: reload the config folder and start what was running."""
-        return await gateway.recover(by="api")
+        return await gateway.recover(by=who())
 
     @guarded.post("/api/admin/reload", tags=["admin"])
     async def reload() -> dict[str, Any]:
         """Re-read the config folder now (as SIGHUP does)."""
-        return await gateway.reload()
+        return await gateway.reload(who=who())
 
     @guarded.get("/api/routes", tags=["routes"])
     async def routes() -> dict[str, Any]:
@@ -216,6 +212,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         """Check a routing.json document (conditions and transforms compiled); apply nothing."""
         try:
+            if "routes" not in document:
+                raise RouteError("'routes' is required", path="routes")
             count = check_routes(document, clock=gateway.manager.clock)
         except RouteError as exc:
             return {"ok": False, "error": str(exc), "path": exc.path}
@@ -225,7 +223,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def put_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         """Replace the route table; on success it is written to routing.json too."""
         try:
-            return await gateway.replace_routes(document)
+            return await gateway.replace_routes(document, who=who())
         except RouteError as exc:
             raise HTTPException(
                 422, detail={"error": str(exc), "path": exc.path, "route_id": exc.route_id}
@@ -266,9 +264,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         type: str | None = Query(default=None, max_length=64, description="event type"),
         connection_id: str | None = Query(default=None, max_length=256),
         level: str | None = Query(default=None, pattern="^(info|error)$"),
-        since: float | None = Query(default=None, description="wall-clock seconds"),
-        until: float | None = Query(default=None),
-        before_id: int | None = Query(default=None, ge=1, description="page: ids below this"),
+        since: float | None = Query(
+            default=None, ge=0, le=_MAX_TS, allow_inf_nan=False, description="wall-clock seconds"
+        ),
+        until: float | None = Query(default=None, ge=0, le=_MAX_TS, allow_inf_nan=False),
+        before_id: int | None = Query(
+            default=None, ge=1, le=_MAX_ID, description="page: ids below this"
+        ),
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> dict[str, Any]:
         """Events and errors from the SQLite log, newest first."""
@@ -287,6 +289,24 @@ def create_app(gateway: Gateway) -> FastAPI:
         next_page = rows[-1]["id"] if len(rows) == limit else None
         return {"events": rows, "next_before_id": next_page}
 
+    @guarded.get("/api/audit", tags=["events"])
+    async def audit(
+        action: str | None = Query(default=None, max_length=64, description="e.g. stop, panic"),
+        target: str | None = Query(default=None, max_length=256, description="e.g. a connection"),
+        before_id: int | None = Query(
+            default=None, ge=1, le=_MAX_ID, description="page: ids below this"
+        ),
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """The audit trail: who did what (instance actions, routes, panic...), newest first."""
+        if gateway.audit is None:
+            raise HTTPException(503, detail="the audit log is not open")
+        rows = await gateway.audit.query(
+            action=action, target=target, before_id=before_id, limit=limit
+        )
+        next_page = rows[-1]["id"] if len(rows) == limit else None
+        return {"audit": rows, "next_before_id": next_page}
+
     @guarded.get("/metrics", tags=["service"], response_class=Response)
     async def prometheus() -> Response:
         """Prometheus metrics."""
@@ -296,6 +316,9 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(public)
     app.include_router(guarded)
     register_stream(app, hub)
+    app.add_middleware(
+        BodyLimit, max_bytes=gateway.settings.api.max_body_bytes, on_refused=body_refused
+    )
     return app
 
 
@@ -318,8 +341,3 @@ def _status_or_404(gateway: Gateway, connection_id: str) -> dict[str, Any]:
         return gateway.manager.get_status(connection_id)
     except KeyError:
         raise HTTPException(404, detail=f"unknown connection {connection_id!r}") from None
-
-
-def _brief(gateway: Gateway, connection_id: str) -> dict[str, Any]:
-    status = gateway.manager.get_status(connection_id)
-    return {"status": status["status"], "reason": status["reason"], "desired": status["desired"]}

@@ -14,6 +14,14 @@ that is ``stale`` or ``bad``, when known), ``{"type": "event", "event_type",
 limit (``api.stream_rate`` messages/s, a token bucket) or its queue dropped
 messages, ``{"type": "dropped", "count": n}`` once a second. A slow client
 loses its own messages; it never slows the gateway or the other clients.
+
+A browser's handshake must come from the API's own origin or one listed in
+``api.allowed_origins`` (else 403); a client without an ``Origin`` header
+(Node-RED, scripts) needs only the token. What a client sends must be JSON
+text: a binary frame closes the stream with 1003, text that is not JSON or is
+nested deeper than `MAX_DEPTH` with 1007, a message over `MAX_MESSAGE`
+characters with 1009. A well-formed request that asks for something wrong
+(an unknown event type) gets ``{"type": "error"}`` and the stream goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import re
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
@@ -37,7 +46,7 @@ from edgelink.service.token import token_matches
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway
 
-__all__ = ["StreamHub", "compile_pattern", "register_stream"]
+__all__ = ["StreamHub", "compile_pattern", "origin_allowed", "register_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,13 @@ logger = logging.getLogger(__name__)
 CLIENT_QUEUE = 5000
 #: Longest pattern list a client may ask for.
 MAX_PATTERNS = 64
+#: Longest message a client may send, characters (close 1009 beyond).
+MAX_MESSAGE = 64 * 1024
+#: Deepest nesting of a client's JSON (close 1007 beyond); a request needs 2.
+MAX_DEPTH = 16
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -171,6 +187,12 @@ class StreamHub:
             await ws.close(code=1008, reason="missing or wrong token")
             return
         api = gateway.settings.api
+        origin = ws.headers.get("origin")
+        if origin is not None and not origin_allowed(
+            origin, ws.headers.get("host"), api.allowed_origins
+        ):
+            await ws.close(code=1008, reason="origin not allowed (api.allowed_origins)")
+            return
         if len(self._clients) >= api.stream_clients:
             await ws.close(code=1013, reason="too many stream clients")
             return
@@ -190,7 +212,15 @@ class StreamHub:
         try:
             await ws.send_text(json.dumps({"type": "hello", **_describe(client)}))
             while True:
-                text = await ws.receive_text()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                refusal = _refusal(text)
+                if refusal is not None:
+                    await ws.close(code=refusal[0], reason=refusal[1])
+                    break
+                assert text is not None
                 await self._reconfigure(ws, client, text)
         except WebSocketDisconnect:
             pass
@@ -232,6 +262,37 @@ class StreamHub:
                 dropped, client.dropped = client.dropped, 0
                 last_report = now
                 await ws.send_text(json.dumps({"type": "dropped", "count": dropped}))
+
+
+def origin_allowed(origin: str, host: str | None, allowed: Iterable[str]) -> bool:
+    """Return True if a browser at ``origin`` may open the stream.
+
+    Allowed: the API's own origin (its host and port are the request's
+    ``Host``) and every origin in ``allowed`` (``scheme://host[:port]``).
+    """
+    wanted = origin.strip().rstrip("/").lower()
+    if wanted in {a.strip().rstrip("/").lower() for a in allowed}:
+        return True
+    parts = urlsplit(wanted)
+    return bool(host) and parts.scheme in ("http", "https") and parts.netloc == (host or "").lower()
+
+
+def _refusal(text: str | None) -> tuple[int, str] | None:
+    """Return the close code and reason for a client message the stream cannot take."""
+    if text is None:
+        return 1003, "binary frames are not supported: send JSON text"
+    if len(text) > MAX_MESSAGE:
+        return 1009, f"message over {MAX_MESSAGE} characters"
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_DEPTH:
+            return 1007, f"JSON nested deeper than {MAX_DEPTH}"
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return 1007, "not valid JSON"
+    return None
 
 
 def _split(value: str) -> list[str]:

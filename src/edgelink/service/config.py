@@ -57,6 +57,18 @@ class ApiSettings(BaseModel):
         default=500.0, gt=0, description="messages/s a stream client gets at most"
     )
     stream_clients: int = Field(default=32, ge=1, description="stream clients at once")
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="largest request body (and stream message) accepted; larger is 413",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="browser origins (scheme://host:port) allowed on the stream besides the"
+        " API's own; a client without an Origin header (not a browser) needs only the token",
+    )
 
 
 class BufferSettings(BaseModel):
@@ -121,6 +133,10 @@ class StorageSettings(BaseModel):
     path: str = Field(default="system_logs.db", description="relative to the config folder")
     max_rows: int = Field(default=100_000, ge=1)
     max_age_s: float = Field(default=30 * 86400.0, gt=0)
+    audit_max_rows: int = Field(default=100_000, ge=1, description="audit records kept at most")
+    audit_max_age_s: float = Field(
+        default=365 * 86400.0, gt=0, description="audit records older than this are deleted"
+    )
 
 
 class ServiceSettings(BaseModel):

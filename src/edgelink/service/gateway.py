@@ -38,14 +38,16 @@ from edgelink.events import Event, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.registry import DriverRegistry
 from edgelink.router.datapoint import DataPoint
+from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.token import resolve_token
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
+from edgelink.store.audit import AuditLog
 
 #: The routing table of a folder without routing.json.
 NO_ROUTES: dict[str, Any] = {"version": "1.0", "routes": []}
 
-__all__ = ["Gateway"]
+__all__ = ["INSTANCE_ACTIONS", "ActionRefusedError", "Gateway", "UnknownConnectionError"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ logger = logging.getLogger(__name__)
 RELOAD_DEBOUNCE_S = 0.3
 #: How long `stop` gives everything before it stops waiting.
 STOP_BUDGET_S = 4.0
+
+#: What an admin can ask of one connection (`Gateway.instance_action`).
+INSTANCE_ACTIONS = ("start", "stop", "restart", "kill", "resume", "disconnect", "reconnect")
+#: Actions that would bring a device link up: refused while in panic.
+_STARTING = frozenset({"start", "restart", "resume", "reconnect"})
+#: Actions that take a link down: kept through `Gateway.recover`.
+_STOPPING = frozenset({"stop", "kill", "disconnect"})
+
+
+class ActionRefusedError(EdgelinkError):
+    """An admin action that cannot be done now (e.g. a start during panic); the API answers 409."""
+
+
+class UnknownConnectionError(EdgelinkError, LookupError):
+    """An admin action named a connection that does not exist; the API answers 404."""
 
 
 class Gateway:
@@ -103,6 +120,10 @@ class Gateway:
         self.panicked = False
         self.panic_info: dict[str, Any] | None = None
         self._panic_stopped: list[str] = []
+        #: What admins ordered per connection since the panic ("stopped" or "running").
+        self._panic_orders: dict[str, str] = {}
+        self.audit: AuditLog | None = None
+        self.auditor = Auditor()
         self.last_reload: dict[str, Any] | None = None
         self.config_errors: dict[str, str] = {}
         self._reload_lock = asyncio.Lock()
@@ -141,6 +162,9 @@ class Gateway:
             "last_reload": self.last_reload,
             "config_errors": dict(self.config_errors),
             "runtime": self._manager.runtime_status() if self._manager is not None else None,
+            "audit": {"written": self.audit.written, "write_errors": self.audit.write_errors}
+            if self.audit
+            else None,
             "api": {"host": self.api_address[0], "port": self.api_address[1]}
             if self.api_address
             else None,
@@ -188,6 +212,13 @@ class Gateway:
         )
         try:
             await self.events.start()
+            self.audit = AuditLog(
+                self.db,
+                max_rows=self.settings.storage.audit_max_rows,
+                max_age_s=self.settings.storage.audit_max_age_s,
+            )
+            await self.audit.start()
+            self.auditor = Auditor(self.audit)
             self._unsubscribe.append(manager.on_event("*", self._record_event))
             handler = ErrorLogHandler(self.events, asyncio.get_running_loop())
             logging.getLogger("edgelink").addHandler(handler)
@@ -326,7 +357,19 @@ class Gateway:
 
     # ----------------------------------------------------------------- reload
 
-    async def reload(self, kinds: set[str] | None = None) -> dict[str, Any]:
+    async def reload(self, kinds: set[str] | None = None, *, who: str = SYSTEM) -> dict[str, Any]:
+        """Re-read the folder (see `_reload`); audited when ``who`` is a person or token."""
+        params = {"kinds": sorted(kinds) if kinds else "all"}
+        async with self.auditor.action(who, "reload", None, params) as outcome:
+            report = await self._reload(kinds)
+            failed = sorted(
+                k for k, v in report.items() if isinstance(v, dict) and v.get("ok") is False
+            )
+            if failed:
+                outcome["failed"] = failed
+        return report
+
+    async def _reload(self, kinds: set[str] | None = None) -> dict[str, Any]:
         """Re-read the folder (only ``kinds`` of files, or all) and apply what changed.
 
         A bad file is reported and changes nothing of its kind; good files of
@@ -379,7 +422,31 @@ class Gateway:
         self._emit("config_reloaded", file=str(folder.routing or "(no routing.json)"), **changes)
         return {"ok": True, **changes}
 
-    async def replace_routes(self, document: dict[str, Any]) -> dict[str, Any]:
+    async def replace_routes(
+        self, document: dict[str, Any], *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Apply a new route table and write it (see `_replace_routes`); audited.
+
+        The ``routes`` key is required: an empty table must be sent explicitly
+        (``{"routes": []}``), so a stray ``{}`` cannot delete every route.
+
+        Raises:
+            RouteError: for a bad table or a missing ``routes`` key; nothing changes.
+        """
+        routes = document.get("routes") if isinstance(document, dict) else None
+        params = {"routes": len(routes) if isinstance(routes, list) else None}
+        async with self.auditor.action(who, "routes_replace", "routing", params) as outcome:
+            if not isinstance(document, dict) or "routes" not in document:
+                raise RouteError(
+                    "'routes' is required (send {\"routes\": []} for an empty table)",
+                    path="routes",
+                )
+            report = await self._replace_routes(document)
+            for key in ("added", "removed", "changed"):
+                outcome[key] = report[key]
+        return report
+
+    async def _replace_routes(self, document: dict[str, Any]) -> dict[str, Any]:
         """Apply a new route table (atomically) and write it to the folder's routing file.
 
         Raises:
@@ -517,9 +584,82 @@ class Gateway:
                 logger.info("config changed: %s", ", ".join(sorted(kinds)))
                 await self._reload_logged(kinds)
 
+    # ------------------------------------------------------------------ admin
+
+    async def instance_action(
+        self, connection_id: str, action: str, *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Do one of `INSTANCE_ACTIONS` to a connection, audited; return its brief status.
+
+        ``reconnect`` brings the link back whatever it is doing (see
+        `ConnectionManager.reconnect_connection`). While in panic, actions
+        that would bring a link up are refused; stops are remembered so that
+        `recover` keeps them.
+
+        Raises:
+            ValueError: for an action not in `INSTANCE_ACTIONS`.
+            UnknownConnectionError: for a connection that does not exist.
+            ActionRefusedError: for a start, restart, resume or reconnect during panic.
+        """
+        if action not in INSTANCE_ACTIONS:
+            raise ValueError(f"unknown action {action!r}; one of {', '.join(INSTANCE_ACTIONS)}")
+        async with self.auditor.action(who, action, connection_id) as outcome:
+            manager = self.manager
+            if connection_id not in manager:
+                raise UnknownConnectionError(
+                    f"unknown connection {connection_id!r}", connection_id=connection_id
+                )
+            if self.panicked and action in _STARTING:
+                raise ActionRefusedError(
+                    "the gateway is in panic: recover it first", connection_id=connection_id
+                )
+            if action == "start":
+                await manager.start_connection(connection_id)
+            elif action in ("stop", "disconnect"):
+                await manager.stop_connection(connection_id)
+            elif action == "restart":
+                await manager.restart_connection(connection_id)
+            elif action == "kill":
+                await manager.kill_connection(connection_id)
+            elif action == "resume":
+                await manager.resume(connection_id)
+            else:
+                outcome["done"] = await manager.reconnect_connection(connection_id)
+            if self.panicked:
+                self._panic_orders[connection_id] = "stopped" if action in _STOPPING else "running"
+            status = manager.get_status(connection_id)
+            brief = {k: status[k] for k in ("status", "reason", "desired")}
+            outcome["status"] = brief["status"]
+        logger.info("admin %s %s (by %s)", action, connection_id, who)
+        return {"connection_id": connection_id, "action": action, **outcome, **brief}
+
+    async def release_quarantine(
+        self, connection_id: str, tag: str | None = None, *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Poll a connection's quarantined (poison) tags again, audited.
+
+        Raises:
+            KeyError: for an unknown connection or a tag that is not quarantined.
+        """
+        async with self.auditor.action(
+            who, "release_quarantine", connection_id, {"tag": tag}
+        ) as outcome:
+            released = await self.manager.release_quarantine(connection_id, tag)
+            outcome["released"] = released
+        logger.info("admin release quarantine %s %s (by %s)", connection_id, released, who)
+        quarantined = self.manager.get_status(connection_id)["quarantined"]
+        return {"connection_id": connection_id, "released": released, "quarantined": quarantined}
+
     # ------------------------------------------------------------------ panic
 
     async def panic(self, *, reason: str = "panic", by: str = "api") -> dict[str, Any]:
+        """Stop every device connection now (see `_panic`); audited with ``by`` as who."""
+        async with self.auditor.action(by, "panic", None, {"reason": reason}) as outcome:
+            info = await self._panic(reason=reason, by=by)
+            outcome["stopped"] = info.get("stopped")
+        return info
+
+    async def _panic(self, *, reason: str, by: str) -> dict[str, Any]:
         """Stop every device connection now; keep the API up. Idempotent.
 
         Nothing starts again (no reload, no admin start) until `recover`.
@@ -530,6 +670,7 @@ class Gateway:
         self.panicked = True
         running = [cid for cid, st in manager.get_status().items() if st["desired"] == "running"]
         self._panic_stopped = running
+        self._panic_orders = {}
         self.panic_info = {"at": time.time(), "reason": reason, "by": by, "stopped": len(running)}
         logger.critical("PANIC (%s, by %s): stopping %d connections", reason, by, len(running))
         manager.router.pause()
@@ -543,7 +684,20 @@ class Gateway:
         return dict(self.panic_info)
 
     async def recover(self, *, by: str = "api") -> dict[str, Any]:
-        """Leave panic: reload the folder and start what was running before."""
+        """Leave panic (see `_recover`); audited with ``by`` as who."""
+        async with self.auditor.action(by, "recover") as outcome:
+            report = await self._recover(by=by)
+            for key in ("recovered", "started", "kept_stopped"):
+                if key in report:
+                    outcome[key] = report[key]
+        return report
+
+    async def _recover(self, *, by: str) -> dict[str, Any]:
+        """Leave panic: reload the folder and start what was running before.
+
+        What an admin stopped since the panic stays stopped (and what an admin
+        started stays running): the admin's later order wins over the snapshot.
+        """
         if not self.panicked:
             return {"recovered": False, "reason": "not in panic"}
         self.panicked = False
@@ -553,12 +707,16 @@ class Gateway:
         if self.bridge is not None:
             self.bridge.resume()
         started = 0
-        for cid in self._panic_stopped:
+        orders, self._panic_orders = self._panic_orders, {}
+        wanted = [cid for cid in self._panic_stopped if orders.get(cid) != "stopped"]
+        wanted += [cid for cid, order in orders.items() if order == "running" and cid not in wanted]
+        kept_stopped = sorted(cid for cid, order in orders.items() if order == "stopped")
+        for cid in wanted:
             if cid in manager and manager.get_spec(cid).enabled:
                 await manager.start_connection(cid)
                 started += 1
         self._panic_stopped = []
-        info = {"by": by, "started": started, "reload": report}
+        info = {"by": by, "started": started, "kept_stopped": kept_stopped, "reload": report}
         self._emit("recovered", by=by, started=started)
         logger.warning("recovered from panic (by %s): %d connections started", by, started)
         return {"recovered": True, **info}
@@ -592,6 +750,7 @@ class Gateway:
             access_log=False,
             lifespan="off",
             ws_ping_interval=20.0,
+            ws_max_size=api.max_body_bytes,
         )
         server = _make_server(config)
         self._server = server

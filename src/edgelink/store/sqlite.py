@@ -261,11 +261,7 @@ class EventLog:
                 " traceback) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
-            conn.execute(
-                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
-                (self.max_rows,),
-            )
+            trim(conn, "events", cutoff, self.max_rows)
 
         self._db.transaction(statements)
 
@@ -295,26 +291,19 @@ class EventLog:
         Queued records are written first, so a query sees everything recorded before it.
         """
         await self.flush()
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("type = ?", event_type),
-            ("connection_id = ?", connection_id),
-            ("level = ?", level),
-            ("ts >= ?", since),
-            ("ts <= ?", until),
-            ("id < ?", before_id),
-        ):
-            if value is not None:
-                where.append(column)
-                args.append(value)
-        sql = (
-            "SELECT id, ts, type, connection_id, state, attempt, level, data, traceback FROM events"
+        sql, args = newest_first(
+            "SELECT id, ts, type, connection_id, state, attempt, level, data, traceback"
+            " FROM events",
+            (
+                ("type = ?", event_type),
+                ("connection_id = ?", connection_id),
+                ("level = ?", level),
+                ("ts >= ?", since),
+                ("ts <= ?", until),
+                ("id < ?", before_id),
+            ),
+            limit,
         )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(max(1, min(limit, 1000)))
 
         def select() -> list[tuple[Any, ...]]:
             return self._db.conn.execute(sql, args).fetchall()
@@ -511,6 +500,36 @@ class UplinkBuffer:
             return self._db.transaction(statements)
 
         self._size = await self._db.run(delete)
+
+
+def newest_first(
+    select: str, filters: Iterable[tuple[str, Any]], limit: int
+) -> tuple[str, list[Any]]:
+    """Return ``select`` with the filters whose value is not None, newest first, 1..1000 rows.
+
+    Each filter is ``("column op ?", value)``; the answer is the SQL and its arguments.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    for clause, value in filters:
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+    args.append(max(1, min(limit, 1000)))
+    return sql, args
+
+
+def trim(conn: sqlite3.Connection, table: str, cutoff: float, max_rows: int) -> None:
+    """Delete the rows of ``table`` older than ``cutoff`` and all but the newest ``max_rows``.
+
+    ``table`` is one of the store's own table names, never input.
+    """
+    conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))  # noqa: S608 - our own name
+    conn.execute(
+        f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?",  # noqa: S608
+        (max_rows,),
+    )
 
 
 def _dumps(data: Any) -> str:
