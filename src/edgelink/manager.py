@@ -236,7 +236,13 @@ class ConnectionManager:
         manager = cls(
             clock=clock, registry=registry, context=context, **config.settings.model_dump()
         )
-        manager._check_specs(config.specs().values())
+        try:
+            manager._check_specs(config.specs().values())
+        except ConfigError as exc:
+            # A driver's own validation knows no file: name the one read.
+            if isinstance(source, str | PathLike):
+                raise exc.in_file(source) from None
+            raise
         for spec in config.specs().values():
             manager._add_spec(spec)
         return manager
