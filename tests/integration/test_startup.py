@@ -476,3 +476,25 @@ async def test_replace_routes_writes_atomically(
         assert not list(folder.glob("*.tmp"))
     finally:
         await gw.stop()
+
+
+async def test_reload_errors_name_the_file(tmp_path: Path) -> None:
+    """Test that a driver's config error on reload names connections.json, not <config>."""
+    folder = write_folder(tmp_path)
+    gw = Gateway(folder, serve_api=False, watch=False)
+    await gw.start()
+    try:
+        bad = {"connections": {"dev": {"type": "tcp", "config": {"host": "h", "port": 99999}}}}
+        (folder / "connections.json").write_text(json.dumps(bad))
+        report = await gw.reload({"connections"})
+        assert report["connections"]["ok"] is False
+        error = gw.config_errors["connections"]
+        assert error.startswith(f"{folder / 'connections.json'}: connections.dev.config.port:")
+        routes = {"routes": [{**ROUTE, "to": "webhook.ghost"}]}
+        (folder / "routing.json").write_text(json.dumps(routes))
+        report = await gw.reload({"routing"})
+        assert "unknown target 'webhook.ghost'" in gw.config_errors["routing"]
+        with pytest.raises(ValueError, match=r"routes\[0\]\.to"):
+            await gw.replace_routes(routes)
+    finally:
+        await gw.stop()
