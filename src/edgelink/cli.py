@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from edgelink import __version__
 from edgelink.config import check_config, config_json_schema
+from edgelink.errors import ConfigError, RouteError
 from edgelink.sim import add_sim_arguments, run_sim_from_args
 
 __all__ = ["main"]
@@ -72,8 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=None, help="config folder, to find the token file")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    check = sub.add_parser("check", help="validate a connections.json / YAML file")
-    check.add_argument("config", help="path to the config file")
+    check = sub.add_parser(
+        "check", help="validate a config folder (as run would) or a connections.json / YAML file"
+    )
+    check.add_argument("config", help="the config folder, or one config file")
 
     sub.add_parser("schema", help="print the JSON Schema of connections.json")
 
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _build_parser().parse_args(argv)
     if args.command == "check":
-        lines = check_config(args.config)
+        lines = _check(args.config)
         for line in lines:
             print(line)
         return 0 if lines and lines[0].startswith("OK") else 1
@@ -128,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
-    from edgelink.errors import ConfigError
     from edgelink.service.gateway import Gateway
 
     logging.basicConfig(
@@ -144,8 +146,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(gateway.run(on_started=announce))
-    except ConfigError as exc:
-        print(f"edgelink: {exc}", file=sys.stderr)
+    except (ConfigError, RouteError) as exc:
+        print(f"edgelink: {_one_line(exc, args.config)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -169,6 +171,55 @@ def _run_doctor(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     return report.exit_code
+
+
+def _one_line(exc: ConfigError | RouteError, config_dir: str) -> str:
+    """Return a start-up error as one line: the file, the JSON path and the reason."""
+    if len(exc.errors) > 1:
+        path, reason = exc.errors[0]
+        reason += f" (and {len(exc.errors) - 1} more; `edgelink check {config_dir}` lists all)"
+    else:
+        path = exc.path or ""
+        reason = exc.detail if isinstance(exc, RouteError) else exc.message
+    return f"{exc.file or config_dir}: {path or '(root)'}: {reason}"
+
+
+def _check(target: str) -> list[str]:
+    """Return the lines of ``edgelink check``: ``OK: …`` or ``ERROR: …`` first.
+
+    A folder is loaded exactly as ``edgelink run`` loads it (`load_folder`),
+    minus the lock, the token, the database and any connecting. A file is
+    checked by its name: ``routing.*`` as a route table, ``edgelink.*`` as
+    service settings, anything else as a connections file whose drivers are
+    built as run builds them.
+    """
+    from pathlib import Path
+
+    from edgelink.manager import ConnectionManager
+    from edgelink.router import check_routes
+    from edgelink.service.config import load_service_settings
+    from edgelink.service.gateway import load_folder
+
+    path = Path(target)
+    try:
+        if path.is_dir():
+            loaded = load_folder(path)
+            routes = len(loaded.manager.router.routes)
+            ok = check_config(loaded.folder.connections)[0]
+            return [f"{ok}; {routes} route{'' if routes == 1 else 's'}"]
+        if path.stem == "routing":
+            routes = check_routes(path)
+            return [f"OK: {routes} route{'' if routes == 1 else 's'}"]
+        if path.stem == "edgelink":
+            load_service_settings(path)
+            return ["OK: service settings"]
+        lines = check_config(path)
+        if lines[0].startswith("OK"):
+            ConnectionManager.from_config(path)
+        return lines
+    except (ConfigError, RouteError) as exc:
+        first, *rest = str(exc).splitlines()
+        return [f"ERROR: {first}", *rest]
 
 
 def _print_status(args: argparse.Namespace) -> int:

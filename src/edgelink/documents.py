@@ -3,13 +3,17 @@
 Shared by the connections config, the route table and the service settings,
 so every file gets the same errors: the file, and for a syntax error its line
 and column, never the offending text (it may hold a secret). Duplicate keys
-are refused in both formats.
+are refused in both formats. `write_atomically` is how the service writes one
+back: whole or not at all, even across a power cut.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,7 +21,7 @@ import yaml
 
 from edgelink.errors import ConfigError
 
-__all__ = ["read_document"]
+__all__ = ["read_document", "write_atomically"]
 
 _JSON_SUFFIXES: Final = frozenset({".json"})
 _YAML_SUFFIXES: Final = frozenset({".yaml", ".yml"})
@@ -32,6 +36,43 @@ def read_document(path: str | os.PathLike[str]) -> Any:
     """
     file = os.fspath(path)
     return _parse(Path(file), file)
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text`` so that it is the old or the new file, never half of one.
+
+    The text goes to a temporary file in the same folder, which is flushed
+    to disk (fsync) and renamed over ``path``; then the folder is fsynced so
+    the rename itself survives a power cut. The new file keeps the old one's
+    mode, or is 0600 if there was none. A reader (the folder watch) never
+    sees a partial file.
+
+    Raises:
+        OSError: if the folder cannot be written; ``path`` is then unchanged
+            and no temporary file is left.
+    """
+    target = Path(path)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _parse(path: Path, file: str) -> Any:

@@ -23,6 +23,7 @@ Drivers translate their library's exceptions at the boundary
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = [
@@ -109,6 +110,20 @@ class ConfigError(EdgelinkError, ValueError):
         self.path = path
         self.errors: list[tuple[str, str]] = errors or ([(path or "", message)])
         super().__init__(message, connection_id=connection_id)
+
+    def in_file(self, file: str | os.PathLike[str]) -> ConfigError:
+        """Return this error naming ``file``; itself if it names a real file already.
+
+        Errors raised on an already-parsed document (``<dict>``) or by a
+        driver's own validation know no file; the loader of the file adds it.
+        """
+        if self.file not in (None, "<dict>"):
+            return self
+        located = type(self).__new__(type(self))
+        located.__dict__.update(self.__dict__)
+        Exception.__init__(located, self.message)
+        located.file = os.fspath(file)
+        return located
 
     def __str__(self) -> str:
         where = self.file or "<config>"

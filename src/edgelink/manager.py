@@ -274,7 +274,13 @@ class ConnectionManager:
             gc_policy=gc_policy,
             **config.settings.model_dump(),
         )
-        manager._check_specs(config.specs().values())
+        try:
+            manager._check_specs(config.specs().values())
+        except ConfigError as exc:
+            # A driver's own validation knows no file: name the one read.
+            if isinstance(source, str | PathLike):
+                raise exc.in_file(source) from None
+            raise
         for spec in config.specs().values():
             manager._add_spec(spec)
         return manager

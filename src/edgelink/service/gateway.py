@@ -24,8 +24,10 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,18 @@ from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
+from edgelink.documents import write_atomically
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.registry import DriverRegistry
+from edgelink.router.address import resolve_endpoint
 from edgelink.router.datapoint import DataPoint
+from edgelink.router.engine import Router, RouteTableDiff
+from edgelink.router.schema import load_routing
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
+from edgelink.service.lock import FolderLock
 from edgelink.service.token import resolve_token
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 from edgelink.store.audit import AuditLog
@@ -47,7 +54,16 @@ from edgelink.store.audit import AuditLog
 #: The routing table of a folder without routing.json.
 NO_ROUTES: dict[str, Any] = {"version": "1.0", "routes": []}
 
-__all__ = ["INSTANCE_ACTIONS", "ActionRefusedError", "Gateway", "UnknownConnectionError"]
+__all__ = [
+    "INSTANCE_ACTIONS",
+    "ActionRefusedError",
+    "Gateway",
+    "LoadedFolder",
+    "UnknownConnectionError",
+    "compile_routes",
+    "connections_document",
+    "load_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +149,7 @@ class Gateway:
         self._api_socket: socket.socket | None = None
         self._stopped = asyncio.Event()
         self._unsubscribe: list[Any] = []
+        self._lock: FolderLock | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -177,13 +194,29 @@ class Gateway:
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load the folder and start everything.
+        """Lock the folder, load it and start everything.
 
         Raises:
-            ConfigError: for a bad folder or file; nothing is left running.
+            ConfigError: for a bad folder or file, or another gateway running
+                from the folder (`FolderLock`); nothing is left running.
+            RouteError: for a bad routing file.
         """
         folder = self.folder = ConfigFolder.find(self.config_dir)
-        self.settings = load_service_settings(folder.service)
+        # Before anything is created or connected: a second gateway on this
+        # folder must change nothing of the first's.
+        self._lock = FolderLock(folder.root)
+        self._lock.acquire()
+        try:
+            await self._start_locked(folder)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_locked(self, folder: ConfigFolder) -> None:
+        loaded = load_folder(
+            folder, clock=self._clock, registry=self._registry, gc_policy=self._gc_policy
+        )
+        self.settings = loaded.settings
         token_file = folder.resolve(self.settings.api.token_file)
         configured = self.settings.api.token
         try:
@@ -194,16 +227,8 @@ class Gateway:
             raise ConfigError(
                 str(exc), file=str(folder.service or folder.root), path="api.token"
             ) from None
-        manager = ConnectionManager.from_config(
-            self._connections_document(folder),
-            clock=self._clock,
-            registry=self._registry,
-            gc_policy=self._gc_policy,
-        )
-        self._manager = manager
-        self._check_bridge(manager)
+        manager = self._manager = loaded.manager
         self._add_webhooks(manager)
-        manager.router.load_routes(folder.routing or NO_ROUTES)
         self.db = Database(folder.resolve(self.settings.storage.path))
         self.events = EventLog(
             self.db,
@@ -211,7 +236,14 @@ class Gateway:
             max_age_s=self.settings.storage.max_age_s,
         )
         try:
-            await self.events.start()
+            try:
+                await self.events.start()
+            except (OSError, sqlite3.Error) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                where = folder.resolve(self.settings.storage.path)
+                raise _storage_error(
+                    folder, f"cannot open the storage file {where}: {reason}"
+                ) from None
             self.audit = AuditLog(
                 self.db,
                 max_rows=self.settings.storage.audit_max_rows,
@@ -293,6 +325,8 @@ class Gateway:
             await self.events.close()
         if self.db is not None:
             await self.db.close()
+        if self._lock is not None:
+            self._lock.release()
         self.started_at = None
         self._stopped.set()
 
@@ -398,7 +432,7 @@ class Gateway:
         try:
             diff = await self.manager.reload(self._connections_document(folder))
         except ConfigError as exc:
-            return self._config_failed("connections", exc)
+            return self._config_failed("connections", exc.in_file(folder.connections))
         self.config_errors.pop("connections", None)
         changes = {
             "added": list(diff.added),
@@ -410,7 +444,7 @@ class Gateway:
 
     def _reload_routes(self, folder: ConfigFolder) -> dict[str, Any]:
         try:
-            diff = self.manager.router.load_routes(folder.routing or NO_ROUTES)
+            diff = compile_routes(self.manager.router, folder.routing or NO_ROUTES, self.settings)
         except RouteError as exc:
             return self._config_failed("routing", exc)
         self.config_errors.pop("routing", None)
@@ -453,7 +487,7 @@ class Gateway:
             RouteError: for a bad table; nothing changes, on disk or in the router.
         """
         async with self._reload_lock:
-            diff = self.manager.router.load_routes(document)
+            diff = compile_routes(self.manager.router, document, self.settings)
             folder = self.folder = ConfigFolder.find(self.config_dir)
             path = folder.routing or folder.root / "routing.json"
             if path.suffix.lower() in (".yaml", ".yml"):
@@ -462,10 +496,7 @@ class Gateway:
                 text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
             else:
                 text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-            # Written beside, then renamed: a reader (the watch) never sees half a file.
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomically(path, text)
             self.config_errors.pop("routing", None)
         changes = {
             "added": list(diff.added),
@@ -476,53 +507,7 @@ class Gateway:
         return {"ok": True, "file": str(path), **changes}
 
     def _connections_document(self, folder: ConfigFolder) -> dict[str, Any]:
-        """Read connections.json; give the bridge's broker connection its last will.
-
-        Raises:
-            ConfigError: naming connections.json, for any bad input.
-        """
-        document = read_document(folder.connections)
-        bridge = self.settings.bridge
-        conns = document.get("connections") if isinstance(document, dict) else None
-        entry = (
-            conns.get(bridge.connection) if isinstance(conns, dict) and bridge.connection else None
-        )
-        if isinstance(entry, dict) and entry.get("type") == "mqtt":
-            config = entry.setdefault("config", {})
-            if isinstance(config, dict):
-                config.setdefault("will", bridge_will(bridge.base_topic))
-        try:
-            # Validated here so that errors name the file, not "<dict>".
-            load_config(document)
-        except ConfigError as exc:
-            raise ConfigError(
-                exc.message,
-                file=str(folder.connections),
-                path=exc.path,
-                errors=exc.errors,
-                connection_id=exc.connection_id,
-            ) from None
-        if not isinstance(document, dict):  # load_config refused anything else already
-            raise ConfigError("the top level must be an object", file=str(folder.connections))
-        return document
-
-    def _check_bridge(self, manager: ConnectionManager) -> None:
-        cid = self.settings.bridge.connection
-        if cid is None:
-            return
-        where = str(self.folder.service if self.folder else "edgelink.json")
-        if cid not in manager:
-            raise ConfigError(
-                f"bridge.connection {cid!r} is not a connection of connections.json",
-                file=where,
-                path="bridge.connection",
-            )
-        if manager.get_spec(cid).type != "mqtt":
-            raise ConfigError(
-                f"bridge.connection {cid!r} must be an mqtt connection",
-                file=where,
-                path="bridge.connection",
-            )
+        return connections_document(folder, self.settings)
 
     def _add_webhooks(self, manager: ConnectionManager) -> None:
         from edgelink.bridge.webhook import WebhookTarget
@@ -578,7 +563,14 @@ class Gateway:
 
         folder = self.folder
         assert folder is not None
-        async for changes in awatch(folder.root, debounce=int(RELOAD_DEBOUNCE_S * 1000)):
+        # Only the three config files pass the filter: the SQLite file (with
+        # its -wal/-shm/-journal), the lock, the token and the temporary files
+        # of atomic writes live in this folder too and change all the time.
+        async for changes in awatch(
+            folder.root,
+            debounce=int(RELOAD_DEBOUNCE_S * 1000),
+            watch_filter=lambda _change, path: folder.kind_of(path) is not None,
+        ):
             kinds = {k for _, path in changes if (k := folder.kind_of(path)) is not None}
             if kinds:
                 logger.info("config changed: %s", ", ".join(sorted(kinds)))
@@ -776,3 +768,152 @@ def _make_server(config: Any) -> Any:
             yield
 
     return Server(config)
+
+
+# ----------------------------------------------------- loading a folder
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFolder:
+    """A config folder validated as `Gateway.start` needs it, nothing started.
+
+    ``manager`` holds every connection's driver (built, not connected) and
+    the compiled routes; a gateway starts it, ``edgelink check`` drops it.
+    """
+
+    folder: ConfigFolder
+    settings: ServiceSettings
+    manager: ConnectionManager
+
+
+def load_folder(
+    folder: ConfigFolder | str | os.PathLike[str],
+    *,
+    clock: Clock | None = None,
+    registry: DriverRegistry | None = None,
+    gc_policy: str | None = None,
+) -> LoadedFolder:
+    """Validate a config folder the one way `Gateway.start` and ``edgelink check`` both do.
+
+    Reads ``edgelink.json``, checks the storage path, builds every
+    connection's driver (its own config validation and tag checks, no I/O),
+    checks the bridge's connection and compiles every route, with
+    ``webhook.<name>`` targets checked against the declared webhooks. It
+    writes, opens and connects nothing.
+
+    Raises:
+        ConfigError: naming the file, the JSON path and the reason.
+        RouteError: the same, for ``routing.json``.
+    """
+    if not isinstance(folder, ConfigFolder):
+        folder = ConfigFolder.find(folder)
+    settings = load_service_settings(folder.service)
+    _check_storage(folder, settings)
+    document = connections_document(folder, settings)
+    try:
+        manager = ConnectionManager.from_config(
+            document, clock=clock, registry=registry, gc_policy=gc_policy
+        )
+    except ConfigError as exc:
+        raise exc.in_file(folder.connections) from None
+    _check_bridge(folder, settings, manager)
+    compile_routes(manager.router, folder.routing or NO_ROUTES, settings)
+    return LoadedFolder(folder, settings, manager)
+
+
+def connections_document(folder: ConfigFolder, settings: ServiceSettings) -> dict[str, Any]:
+    """Read connections.json; give the bridge's broker connection its last will.
+
+    Raises:
+        ConfigError: naming connections.json, for any bad input.
+    """
+    document = read_document(folder.connections)
+    bridge = settings.bridge
+    conns = document.get("connections") if isinstance(document, dict) else None
+    entry = conns.get(bridge.connection) if isinstance(conns, dict) and bridge.connection else None
+    if isinstance(entry, dict) and entry.get("type") == "mqtt":
+        config = entry.setdefault("config", {})
+        if isinstance(config, dict):
+            config.setdefault("will", bridge_will(bridge.base_topic))
+    try:
+        # Validated here so that errors name the file, not "<dict>".
+        load_config(document)
+    except ConfigError as exc:
+        raise exc.in_file(folder.connections) from None
+    if not isinstance(document, dict):  # load_config refused anything else already
+        raise ConfigError("the top level must be an object", file=str(folder.connections))
+    return document
+
+
+def compile_routes(
+    router: Router, source: str | os.PathLike[str] | dict[str, Any], settings: ServiceSettings
+) -> RouteTableDiff:
+    """Load a route table into ``router`` after checking its ``webhook.*`` targets.
+
+    A ``webhook.<name>`` target must name a webhook of ``edgelink.json``: the
+    router alone would take it for a virtual address and deliver nowhere.
+
+    Raises:
+        RouteError: naming the file, the JSON path and the reason; the old table stays.
+    """
+    config, file = load_routing(source)
+    declared = {f"webhook.{name}" for name in settings.webhooks}
+    errors: list[tuple[str, str]] = []
+    for i, spec in enumerate(config.routes):
+        for j, target in enumerate(spec.targets):
+            if not target.startswith("webhook.") or "{" in target:
+                continue  # a templated target is known only per datapoint
+            if resolve_endpoint(target, declared)[0] is None:
+                path = f"routes[{i}].to" if isinstance(spec.to, str) else f"routes[{i}].to[{j}]"
+                errors.append(
+                    (
+                        path,
+                        f"route {spec.id!r}: unknown target {target!r}: "
+                        "no such webhook under 'webhooks' in edgelink.json",
+                    )
+                )
+    if errors:
+        path, message = errors[0]
+        raise RouteError(message, file=file, path=path, errors=errors)
+    return router.load_routes(source)
+
+
+def _check_storage(folder: ConfigFolder, settings: ServiceSettings) -> None:
+    """Refuse a storage path that cannot be a file (the database opens later, at start)."""
+    path = folder.resolve(settings.storage.path)
+    reason = None
+    if path.is_dir():
+        reason = "is a directory, not a database file"
+    else:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            reason = f"{parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            reason = f"{parent} is not writable"
+    if reason is not None:
+        raise _storage_error(folder, f"storage file {path}: {reason}")
+
+
+def _storage_error(folder: ConfigFolder, message: str) -> ConfigError:
+    return ConfigError(message, file=str(folder.service or folder.root), path="storage.path")
+
+
+def _check_bridge(
+    folder: ConfigFolder, settings: ServiceSettings, manager: ConnectionManager
+) -> None:
+    cid = settings.bridge.connection
+    if cid is None:
+        return
+    if cid not in manager:
+        reason = "is not a connection of connections.json"
+    elif manager.get_spec(cid).type != "mqtt":
+        reason = "must be an mqtt connection"
+    else:
+        return
+    raise ConfigError(
+        f"bridge.connection {cid!r} {reason}",
+        file=str(folder.service or "edgelink.json"),
+        path="bridge.connection",
+    )

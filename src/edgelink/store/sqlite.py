@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -107,6 +108,8 @@ class Database:
         await self.run(self._open)
 
     def _open(self) -> None:
+        if self.path != ":memory:":
+            _make_private(Path(self.path))
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -153,6 +156,26 @@ class Database:
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
+
+
+#: Files SQLite keeps beside a database; they hold its data too.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _make_private(path: Path) -> None:
+    """Create ``path`` 0600 if absent and make it and its side files 0600, whatever the umask.
+
+    SQLite gives the -wal, -shm and -journal files it creates later the
+    database file's mode, so they are private from their first byte too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # fchmod ignores the umask; an older 0644 file is narrowed
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
 
 
 class EventLog:
