@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgelink.redact import redact_text
+
 __all__ = [
     "ConfigError",
     "ConnectError",
@@ -63,6 +65,8 @@ class EdgelinkError(Exception):
         cause: BaseException | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # A message may quote a URL or a request path: never keep its credentials.
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.connection_id = connection_id
@@ -107,7 +111,9 @@ class ConfigError(EdgelinkError, ValueError):
     ) -> None:
         self.file = file
         self.path = path
-        self.errors: list[tuple[str, str]] = errors or ([(path or "", message)])
+        self.errors: list[tuple[str, str]] = [
+            (p, redact_text(m)) for p, m in errors or [(path or "", message)]
+        ]
         super().__init__(message, connection_id=connection_id)
 
     def __str__(self) -> str:
