@@ -40,6 +40,8 @@ __all__ = [
 
 REDACTED = "***"
 
+logger = logging.getLogger(__name__)
+
 # Names that hold secrets: passwords, secrets, tokens, API keys, auth headers,
 # credentials, private keys, PSKs, bearer values, cookies, signatures, and a
 # key named ``key`` or ending in ``_key`` / ``-key`` (access_key, secret-key).
@@ -55,8 +57,12 @@ _URL_USERINFO: Final = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/?#'\"<>]*@
 # ?key=value, &key=value, ;key=value in a URL or a request path in a message.
 _QUERY_PAIR: Final = re.compile(r"([?&;])([^=&#;?\s'\"<>/]+)=([^&#;\s'\"<>]*)")
 
-#: Secrets shorter than this are not remembered: redacting every "ab" in a log would ruin it.
-MIN_SECRET_LEN: Final = 4
+#: Secrets shorter than this are not remembered: redacting every "admin" in a log
+#: would ruin it (a short password is still cut from URLs and secret-named keys).
+MIN_SECRET_LEN: Final = 6
+# Secret-named keys whose value describes a secret rather than being one
+# (api_key_header: "X-API-Key", token_file: ".edgelink_token").
+_DESCRIBES_SECRET: Final = re.compile(r"(_header|_prefix|_file|_path|_timeout|_ttl)$", re.I)
 #: Remembered secrets at most (the oldest stay; the rest are counted in `secrets_overflow`).
 MAX_SECRETS: Final = 4096
 
@@ -163,7 +169,8 @@ def collect_secrets(value: Any) -> set[str]:
     def walk(item: Any, secret: bool) -> None:
         if isinstance(item, Mapping):
             for k, v in item.items():
-                walk(v, secret or (isinstance(k, str) and is_secret_key(k)))
+                named = isinstance(k, str) and is_secret_key(k) and not _DESCRIBES_SECRET.search(k)
+                walk(v, secret or named)
         elif isinstance(item, list | tuple):
             for v in item:
                 walk(v, secret)
@@ -208,6 +215,12 @@ def remember_secrets(values: Iterable[str]) -> None:
         new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN} - _known
         room = MAX_SECRETS - len(_known)
         if len(new) > room:
+            if not secrets_overflow:
+                logger.warning(
+                    "more than %d secret values: the rest are not redacted from free text "
+                    "(URL userinfo and secret-named keys still are)",
+                    MAX_SECRETS,
+                )
             secrets_overflow += len(new) - max(room, 0)
             new = set(sorted(new, key=len, reverse=True)[: max(room, 0)])
         if not new:

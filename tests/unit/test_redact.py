@@ -86,25 +86,26 @@ def test_collect_secrets_finds_values_userinfo_basic_auth_and_query_tokens() -> 
     """Test that collect_secrets finds everything a request built from a config could reveal."""
     found = collect_secrets(
         {
-            "base_url": "http://ad%40min:pa%3Ass@h/x?token=qqqq",
+            "base_url": "http://ad%40min:pa%3Ass@h/x?token=qqqqqq",
             "headers": {"Authorization": "Bearer abcdef", "Accept": "text/plain"},
-            "api_key": "kkkkk",
+            "api_key": "kkkkkk",
+            "api_key_header": "X-API-Key",
             "auth_timeout": 30,
             "short": {"password": "pw"},
         }
     )
-    assert {"pa%3Ass", "pa:ss", "ad%40min:pa%3Ass", "Bearer abcdef", "abcdef", "kkkkk"} <= found
+    assert {"pa%3Ass", "ad%40min:pa%3Ass", "Bearer abcdef", "abcdef", "kkkkkk"} <= found
     assert "YWRAbWluOnBhOnNz" in found  # base64("ad@min:pa:ss"), the Basic-auth header
-    assert "qqqq" in found
-    assert "text/plain" not in found and "pw" not in found and "30" not in found
+    assert "qqqqqq" in found
+    assert not {"text/plain", "pw", "pa:ss", "30", "X-API-Key"} & found
 
 
 def test_remembered_secrets_are_replaced_anywhere() -> None:
     """Test that a remembered value is redacted in any text, the longest match first."""
-    remember_secrets(["Zx-remembered-0001", "Zx-remembered-0001-longer", "abc"])
+    remember_secrets(["Zx-remembered-0001", "Zx-remembered-0001-longer", "admin"])
     assert redact_text("a Zx-remembered-0001-longer b") == "a *** b"
     assert redact_text("[Zx-remembered-0001]") == "[***]"
-    assert redact_text("abc stays: too short to remember") == "abc stays: too short to remember"
+    assert redact_text("admin stays: too short") == "admin stays: too short"
 
 
 def test_errors_redact_their_messages() -> None:
