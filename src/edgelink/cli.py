@@ -181,6 +181,7 @@ def _print_status(args: argparse.Namespace) -> int:
 
     import httpx
 
+    from edgelink.redact import redact_text
     from edgelink.service.token import TOKEN_ENV
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -196,10 +197,10 @@ def _print_status(args: argparse.Namespace) -> int:
             f"{url}/api/connections", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
         )
     except httpx.HTTPError as exc:
-        print(f"edgelink: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"edgelink: cannot reach {redact_text(url)}: {exc}", file=sys.stderr)
         return 1
     if response.status_code != 200:
-        print(f"edgelink: {url} answered {response.status_code}", file=sys.stderr)
+        print(f"edgelink: {redact_text(url)} answered {response.status_code}", file=sys.stderr)
         return 1
     connections = response.json()["connections"]
     if args.json:
@@ -208,7 +209,7 @@ def _print_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"edgelink at {url}")
+    table = Table(title=f"edgelink at {redact_text(url)}")
     for column in ("connection", "type", "state", "health", "reason", "attempts", "rx", "tx"):
         table.add_column(column)
     for st in sorted(connections, key=lambda c: c["connection_id"]):
