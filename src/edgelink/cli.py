@@ -27,6 +27,42 @@ from edgelink.sim import add_sim_arguments, run_sim_from_args
 __all__ = ["main"]
 
 
+#: Libraries whose INFO/DEBUG records are per request or per file change (httpx
+#: logs every request's URL): WARNING unless ``--log-level-libs`` says otherwise.
+LIBRARY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "watchfiles",
+    "uvicorn",
+    "uvicorn.access",
+    "uvicorn.error",
+    "paho",
+    "pymodbus",
+    "asyncio",
+    "websockets",
+)
+
+
+def _add_log_level_libs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level-libs",
+        default="WARNING",
+        metavar="LEVEL",
+        help=f"level of third-party loggers ({', '.join(LIBRARY_LOGGERS)}; default WARNING)",
+    )
+
+
+def _setup_logging(level: int | str, libs_level: str, fmt: str) -> None:
+    """Log to stderr with every record redacted (`RedactingFilter`); libraries at ``libs_level``."""
+    from edgelink.redact import RedactingFilter
+
+    logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=fmt)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(libs_level.upper())
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgelink", description="Supervised device connections for edge gateways."
@@ -137,42 +173,6 @@ def _run_gateway(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-#: Libraries whose INFO/DEBUG records are per request or per file change (httpx
-#: logs every request's URL): WARNING unless ``--log-level-libs`` says otherwise.
-LIBRARY_LOGGERS = (
-    "httpx",
-    "httpcore",
-    "watchfiles",
-    "uvicorn",
-    "uvicorn.access",
-    "uvicorn.error",
-    "paho",
-    "pymodbus",
-    "asyncio",
-    "websockets",
-)
-
-
-def _add_log_level_libs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level-libs",
-        default="WARNING",
-        metavar="LEVEL",
-        help=f"level of third-party loggers ({', '.join(LIBRARY_LOGGERS)}; default WARNING)",
-    )
-
-
-def _setup_logging(level: int | str, libs_level: str, fmt: str) -> None:
-    """Log to stderr with every record redacted (`RedactingFilter`); libraries at ``libs_level``."""
-    from edgelink.redact import RedactingFilter
-
-    logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=fmt)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(libs_level.upper())
 
 
 def _print_status(args: argparse.Namespace) -> int:
