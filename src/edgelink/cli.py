@@ -28,6 +28,42 @@ from edgelink.sim import add_sim_arguments, run_sim_from_args
 __all__ = ["main"]
 
 
+#: Libraries whose INFO/DEBUG records are per request or per file change (httpx
+#: logs every request's URL): WARNING unless ``--log-level-libs`` says otherwise.
+LIBRARY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "watchfiles",
+    "uvicorn",
+    "uvicorn.access",
+    "uvicorn.error",
+    "paho",
+    "pymodbus",
+    "asyncio",
+    "websockets",
+)
+
+
+def _add_log_level_libs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level-libs",
+        default="WARNING",
+        metavar="LEVEL",
+        help=f"level of third-party loggers ({', '.join(LIBRARY_LOGGERS)}; default WARNING)",
+    )
+
+
+def _setup_logging(level: int | str, libs_level: str, fmt: str) -> None:
+    """Log to stderr with every record redacted (`RedactingFilter`); libraries at ``libs_level``."""
+    from edgelink.redact import RedactingFilter
+
+    logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=fmt)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(libs_level.upper())
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgelink", description="Supervised device connections for edge gateways."
@@ -50,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=int, default=8080, help="API port (default 8080; a free one if taken)"
     )
+    _add_log_level_libs(demo)
     demo.add_argument(
         "--mqtt",
         metavar="HOST:PORT",
@@ -62,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None, help="API port (overrides edgelink.json)")
     run.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    _add_log_level_libs(run)
 
     status = sub.add_parser("status", help="show the connections of a running gateway")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's API")
@@ -119,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return _run_doctor(args)
     if args.command == "demo":
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        _setup_logging(logging.WARNING, args.log_level_libs, "%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
         logging.getLogger("edgelink.events").setLevel(logging.ERROR)
         from edgelink.service.demo import run_demo
@@ -133,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_gateway(args: argparse.Namespace) -> int:
     from edgelink.service.gateway import Gateway
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    _setup_logging(
+        args.log_level, args.log_level_libs, "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     gateway = Gateway(args.config, api_port=args.port, watch=not args.no_watch)
 
@@ -228,6 +266,7 @@ def _print_status(args: argparse.Namespace) -> int:
 
     import httpx
 
+    from edgelink.redact import redact_text
     from edgelink.service.token import TOKEN_ENV
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -243,10 +282,10 @@ def _print_status(args: argparse.Namespace) -> int:
             f"{url}/api/connections", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
         )
     except httpx.HTTPError as exc:
-        print(f"edgelink: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"edgelink: cannot reach {redact_text(url)}: {exc}", file=sys.stderr)
         return 1
     if response.status_code != 200:
-        print(f"edgelink: {url} answered {response.status_code}", file=sys.stderr)
+        print(f"edgelink: {redact_text(url)} answered {response.status_code}", file=sys.stderr)
         return 1
     connections = response.json()["connections"]
     if args.json:
@@ -255,7 +294,7 @@ def _print_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"edgelink at {url}")
+    table = Table(title=f"edgelink at {redact_text(url)}")
     for column in ("connection", "type", "state", "health", "reason", "attempts", "rx", "tx"):
         table.add_column(column)
     for st in sorted(connections, key=lambda c: c["connection_id"]):

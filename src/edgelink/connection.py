@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from edgelink.clock import Clock, SystemClock
 from edgelink.errors import ConnectError, DeviceError
-from edgelink.redact import redact
+from edgelink.redact import collect_secrets, redact, remember_secrets
 from edgelink.state import ConnectionState
 
 __all__ = [
@@ -197,6 +197,8 @@ class _ConnectionBase:
     ) -> None:
         self.connection_id = connection_id
         self.config: dict[str, Any] = dict(config or {})
+        # The log filter's safety net learns this config's secrets (see edgelink.redact).
+        remember_secrets(collect_secrets(self.config))
         self.context = context
         self._stats = Stats()
         self._owner: ConnectionOwner | None = None

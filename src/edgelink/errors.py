@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from edgelink.redact import redact_text
+
 __all__ = [
     "ConfigError",
     "ConnectError",
@@ -64,6 +66,8 @@ class EdgelinkError(Exception):
         cause: BaseException | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # A message may quote a URL or a request path: never keep its credentials.
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.connection_id = connection_id
@@ -108,7 +112,9 @@ class ConfigError(EdgelinkError, ValueError):
     ) -> None:
         self.file = file
         self.path = path
-        self.errors: list[tuple[str, str]] = errors or ([(path or "", message)])
+        self.errors: list[tuple[str, str]] = [
+            (p, redact_text(m)) for p, m in errors or [(path or "", message)]
+        ]
         super().__init__(message, connection_id=connection_id)
 
     def in_file(self, file: str | os.PathLike[str]) -> ConfigError:

@@ -60,6 +60,7 @@ from edgelink.errors import (
     is_permanent,
 )
 from edgelink.events import EventBus, make_event
+from edgelink.redact import redact_text
 from edgelink.settings import ConnectionSettings
 from edgelink.state import ConnectionState, Health, StateMachine, Transition
 
@@ -196,7 +197,7 @@ def is_poison(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact_text(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -258,3 +258,21 @@ def test_demo_with_mqtt_mirrors_to_a_broker():
     # here the demo's wiring: polled data and the bridge's status reach the broker.
     assert "smarthome/device_01/temperature" in topics
     assert "smarthome/status" in topics
+
+
+def test_status_never_prints_the_password_of_its_url():
+    """Test that edgelink status redacts the userinfo of --url in what it prints."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://admin:St-planted-pw-4471@127.0.0.1:{port}"
+    proc = subprocess.run(
+        [*EDGELINK, "status", "--url", url, "--token", "x"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach http://***@127.0.0.1" in proc.stderr
+    assert "St-planted-pw-4471" not in proc.stdout + proc.stderr

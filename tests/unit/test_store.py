@@ -27,12 +27,13 @@ async def test_event_log_keeps_events_and_errors_with_tracebacks(tmp_path: Path)
         for i in range(5):
             log.record(Event("connected", f"dev{i % 2}", ts=1_000_000.0 + i, state="connected"))
         try:
-            raise RuntimeError("boom")
+            raise RuntimeError("boom at http://admin:hunter22@plc.local/x")
         except RuntimeError as exc:
             log.record_error("route_error", "route r1 failed", exc=exc, data={"password": "x"})
         rows = await log.query(limit=10)
         assert rows[0]["type"] == "route_error"
-        assert "RuntimeError: boom" in rows[0]["traceback"]
+        assert "RuntimeError: boom at http://***@plc.local/x" in rows[0]["traceback"]
+        assert "hunter22" not in rows[0]["traceback"]  # stack traces are kept, redacted
         assert rows[0]["data"] == {"message": "route r1 failed", "password": "***"}
         assert rows[0]["level"] == "error"
         dev1 = await log.query(connection_id="dev1")

@@ -27,6 +27,7 @@ from typing import Any
 
 from edgelink.events import Event
 from edgelink.manager import ConnectionManager
+from edgelink.redact import redact_text
 from edgelink.service.gateway import Gateway
 
 __all__ = ["demo_config", "run_demo"]
@@ -289,6 +290,7 @@ def _render(
             "",
         ]
     )
+    text = redact_text(text)  # reasons and events may quote a device's URL
     if plain:
         print(text, flush=True)
     else:

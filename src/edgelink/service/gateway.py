@@ -39,6 +39,7 @@ from edgelink.documents import write_atomically
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, make_event
 from edgelink.manager import ConnectionManager
+from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
 from edgelink.router.address import resolve_endpoint
 from edgelink.router.datapoint import DataPoint
@@ -227,6 +228,7 @@ class Gateway:
             raise ConfigError(
                 str(exc), file=str(folder.service or folder.root), path="api.token"
             ) from None
+        _remember_service_secrets(self.settings, self.token)
         manager = self._manager = loaded.manager
         self._add_webhooks(manager)
         self.db = Database(folder.resolve(self.settings.storage.path))
@@ -543,6 +545,7 @@ class Gateway:
         except ConfigError as exc:
             return self._config_failed("edgelink", exc)
         self.config_errors.pop("edgelink", None)
+        _remember_service_secrets(new, self.token)
         if new == self.settings:
             return {"ok": True, "changed": False}
         # API address, token, storage and bridge are wired at start: say so
@@ -740,6 +743,8 @@ class Gateway:
             create_app(self),
             log_level="warning",
             access_log=False,
+            # No handlers of uvicorn's own: its records reach ours, which redact.
+            log_config=None,
             lifespan="off",
             ws_ping_interval=20.0,
             ws_max_size=api.max_body_bytes,
@@ -756,6 +761,19 @@ class Gateway:
                 task.result()
                 raise RuntimeError("the API server ended during start-up")
             await asyncio.sleep(0.01)
+
+
+def _remember_service_secrets(settings: ServiceSettings, token: str) -> None:
+    """Teach the log redaction the API token and the webhooks' URLs, headers and keys."""
+    hooks = [
+        {
+            "url": hook.url,
+            "headers": hook.headers,
+            "api_key": hook.api_key.get_secret_value() if hook.api_key else None,
+        }
+        for hook in settings.webhooks.values()
+    ]
+    remember_secrets(collect_secrets({"token": token, "webhooks": hooks}))
 
 
 def _make_server(config: Any) -> Any:

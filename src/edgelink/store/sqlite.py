@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgelink.events import Event, log_name
-from edgelink.redact import redact
+from edgelink.redact import RedactingFilter, redact, redact_text
 
 __all__ = ["BufferedMessage", "Database", "ErrorLogHandler", "EventLog", "UplinkBuffer"]
 
@@ -253,8 +253,8 @@ class EventLog:
         data: dict[str, Any] | None = None,
     ) -> None:
         """Queue an error with its stack trace (``exc``'s, if given)."""
-        tb = "".join(traceback.format_exception(exc)) if exc is not None else None
-        payload = {"message": message, **(redact(data) if data else {})}
+        tb = redact_text("".join(traceback.format_exception(exc))) if exc is not None else None
+        payload = {"message": redact_text(message), **(redact(data) if data else {})}
         self._pending.append(
             (self._clock(), kind, connection_id, None, 0, "error", _dumps(payload), tb)
         )
@@ -377,6 +377,7 @@ class ErrorLogHandler(logging.Handler):
 
     def __init__(self, log: EventLog, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(level=logging.ERROR)
+        self.addFilter(RedactingFilter())
         self._log = log
         self._loop = loop
         self._thread = threading.get_ident()
