@@ -59,6 +59,10 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "webhook_failed",
         "bridge_buffering",
         "bridge_dropped",
+        # The router: a poison route or source quarantined, and let out by an admin.
+        "route_quarantined",
+        "source_quarantined",
+        "quarantine_lifted",
     }
 )
 
@@ -92,6 +96,10 @@ _LEVELS: dict[str, int] = {
     "webhook_failed": logging.WARNING,
     "bridge_buffering": logging.WARNING,
     "bridge_dropped": logging.ERROR,
+    # The router logs these itself (one WARNING with the advice).
+    "route_quarantined": logging.DEBUG,
+    "source_quarantined": logging.DEBUG,
+    "quarantine_lifted": logging.DEBUG,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

@@ -15,6 +15,8 @@ Routes:
     GET  /api/routes, /api/routes/{id}                 the route table, with counters
     PUT  /api/routes                                   replace routing.json (validated, atomic)
     POST /api/routes/validate                          check a routing.json without applying it
+    POST /api/routes/{id}/enable                       let a quarantined (poison) route run again
+    POST /api/sources/{id}/enable                      let a quarantined source's data be routed
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space
     GET  /api/bridge                                   the MQTT bridge's counters
     GET  /api/events                                   the SQLite event log, paged, filtered
@@ -196,6 +198,20 @@ def create_app(gateway: Gateway) -> FastAPI:
             if spec["id"] == route_id:
                 return {**spec, "stats": router.route_stats(route_id)}
         raise HTTPException(404, detail=f"unknown route {route_id!r}")
+
+    @guarded.post("/api/routes/{route_id}/enable", tags=["routes"])
+    async def enable_route(route_id: str) -> dict[str, Any]:
+        """Let a route quarantined as poison run again; its strikes start over."""
+        try:
+            return {"ok": True, "stats": gateway.manager.router.enable_route(route_id)}
+        except KeyError:
+            raise HTTPException(404, detail=f"unknown route {route_id!r}") from None
+
+    @guarded.post("/api/sources/{source_id}/enable", tags=["routes"])
+    async def enable_source(source_id: str) -> dict[str, Any]:
+        """Route a quarantined source's datapoints again."""
+        was = gateway.manager.router.enable_source(source_id)
+        return {"ok": True, "was_quarantined": was is not None, "quarantine": was}
 
     @guarded.post("/api/routes/validate", tags=["routes"])
     async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008

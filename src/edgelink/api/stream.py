@@ -31,6 +31,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from edgelink.api.auth import websocket_token
 from edgelink.events import EVENT_TYPES, Event
 from edgelink.router.datapoint import DataPoint
+from edgelink.router.wire import WireEncoder
 from edgelink.service.token import token_matches
 
 if TYPE_CHECKING:
@@ -121,6 +122,8 @@ class StreamHub:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._clients: set[_Client] = set()
+        #: Datapoints whose value has no JSON form go out as quality bad (counted here).
+        self.encoder = WireEncoder("stream")
 
     @property
     def clients(self) -> int:
@@ -149,7 +152,7 @@ class StreamHub:
         for client in self._clients:
             if client.data and client.wants_address(address):
                 if message is None:
-                    message = json.dumps(
+                    message = self.encoder.encode(
                         {
                             "type": "data",
                             "address": address,
@@ -159,7 +162,7 @@ class StreamHub:
                             "quality": dp.quality,
                             "ts": dp.ts,
                         },
-                        default=str,
+                        address,
                     )
                 client.offer(message)
 

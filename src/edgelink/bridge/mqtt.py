@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
 from edgelink.router.datapoint import DataPoint
+from edgelink.router.wire import WireEncoder
 from edgelink.store import UplinkBuffer
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class MqttBridge:
         self._echo_prefix = f"{self.connection_id}.{self.base}/"
         self._discovery = tuple(settings.discovery)
         self._discovery_prefix = settings.discovery_prefix.rstrip("/")
+        self._encoder = WireEncoder("bridge")
         self._live = False
         self._paused = False
         self._pending: list[tuple[str, bytes]] = []
@@ -260,8 +262,8 @@ class MqttBridge:
             return
         if self._paused:
             return
-        payload = json.dumps(
-            {"value": dp.value, "ts": dp.ts, "quality": dp.quality}, default=str
+        payload = self._encoder.encode(
+            {"value": dp.value, "ts": dp.ts, "quality": dp.quality}, dp.address
         ).encode()
         self._send(self.topic_for(dp), payload)
 

@@ -38,6 +38,7 @@ from edgelink.events import Event, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.registry import DriverRegistry
 from edgelink.router.datapoint import DataPoint
+from edgelink.router.expr import ExprLimits
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.token import resolve_token
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
@@ -170,6 +171,7 @@ class Gateway:
         self._manager = manager
         self._check_bridge(manager)
         self._add_webhooks(manager)
+        self._configure_router(manager)
         manager.router.load_routes(folder.routing or NO_ROUTES)
         self.db = Database(folder.resolve(self.settings.storage.path))
         self.events = EventLog(
@@ -310,6 +312,17 @@ class Gateway:
     async def _record_event(self, event: Event) -> None:
         if self.events is not None:
             self.events.record(event)
+
+    def _configure_router(self, manager: ConnectionManager) -> None:
+        """Expression caps and quarantine from ``edgelink.json``; quarantines are evented."""
+        rs = self.settings.router
+        limits = ExprLimits(**rs.model_dump(exclude={"quarantine_after", "quarantine_window"}))
+        manager.router.configure(
+            limits=limits,
+            quarantine_after=rs.quarantine_after,
+            quarantine_window=rs.quarantine_window,
+        )
+        manager.router.on_quarantine = lambda kind, info: self._emit(kind, **info)
 
     def _emit(self, event_type: str, **data: Any) -> None:
         if self._manager is not None:
