@@ -21,7 +21,9 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from edgelink.api.stream import StreamHub, _Client
 from edgelink.events import Event
+from edgelink.router.datapoint import DataPoint
 from edgelink.service.gateway import Gateway
 from edgelink.testing.mosquitto import MosquittoBroker
 from edgelink.testing.peers import PingPongPeer
@@ -129,6 +131,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, PingPongPeer, 
                     {
                         "api": {"token": TOKEN},
                         "router": {"quarantine_after": 3, "quarantine_window": 30},
+                        "bridge": {"connection": "feed", "qos": 1},
                     }
                 )
             )
@@ -216,3 +219,67 @@ async def test_one_megabyte_amplification_keeps_the_loop_responsive_and_is_quara
     assert router.route_stats("amp")["state"] == "enabled"
     assert router.match("feed.big") == ["amp"]
     await eventually(lambda: any(e.type == "quarantine_lifted" for e in seen))
+
+
+class Subscriber:
+    """A plain paho client in its own thread that records what it receives."""
+
+    def __init__(self, broker: MosquittoBroker, topic: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda c, u, msg: self._add(msg.topic, bytes(msg.payload))
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _add(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.messages.append((topic, payload))
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def test_unserializable_values_go_out_bad_once_on_bridge_and_stream(
+    gateway: tuple[Gateway, PingPongPeer, MosquittoBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test a 5,000-digit integer and NaN: quality bad with the reason, one log line each."""
+    gw, _, broker = gateway
+    sub = Subscriber(broker, "smarthome/calc/#")
+    try:
+        await asyncio.to_thread(sub.subscribed.wait, 5)
+        bridge = gw.bridge
+        assert bridge is not None
+        await eventually(lambda: bridge.stats()["live"])
+        hub = StreamHub(gw)
+        client = _Client(1000.0)
+        client.configure(None, ["calc.**"])
+        hub._clients.add(client)
+        gw.manager.router.data.subscribe("calc.**", hub.publish_data, changes_only=False)
+        router = gw.manager.router
+        for value in (10**5000, 10**5000 + 1, float("nan"), 21.5):
+            router.route_data("calc", "v", value)
+
+        def payloads() -> list[dict[str, Any]]:
+            return [json.loads(p) for t, p in sub.snapshot() if t == "smarthome/calc/v"]
+
+        got = await eventually(lambda: len(payloads()) >= 4 and payloads())
+        streamed = [json.loads(client.queue.get_nowait()) for _ in range(4)]
+        for out in (got, streamed):
+            assert [p["quality"] for p in out] == ["bad", "bad", "bad", "good"]
+            assert "over 4300 digits" in out[0]["error"]
+            assert "NaN" in out[2]["error"]
+            assert out[3]["value"] == 21.5
+        lines = [r for r in caplog.records if "sent as quality bad" in r.getMessage()]
+        assert len(lines) == 2  # once per channel and address
+        assert not any(r.exc_info for r in caplog.records)
+    finally:
+        sub.close()

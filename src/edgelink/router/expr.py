@@ -875,6 +875,8 @@ def to_number(value: Any) -> int | float:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > _TEXT_BITS:
+        return f"<integer of {value.bit_length()} bits>"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
