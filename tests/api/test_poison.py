@@ -23,7 +23,6 @@ import pytest
 
 from edgelink.api.stream import StreamHub, _Client
 from edgelink.events import Event
-from edgelink.router.datapoint import DataPoint
 from edgelink.service.gateway import Gateway
 from edgelink.testing.mosquitto import MosquittoBroker
 from edgelink.testing.peers import PingPongPeer

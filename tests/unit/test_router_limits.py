@@ -191,7 +191,7 @@ async def test_route_over_its_caps_repeatedly_is_quarantined_and_enabled_by_admi
     assert router.route_stats("amp")["limit_errors"] == 5
     assert router.match("feed.a") == ["copy"]
     # A reload of the same definition keeps the quarantine; the admin lifts it.
-    router.load_routes({"routes": [r for r in router.routes]})
+    router.load_routes({"routes": router.routes})
     assert router.route_stats("amp")["state"] == "quarantined"
     assert router.enable_route("amp")["state"] == "enabled"
     assert router.match("feed.a") == ["amp", "copy"]
@@ -205,7 +205,7 @@ async def test_route_over_its_caps_repeatedly_is_quarantined_and_enabled_by_admi
 
 async def test_source_over_the_caps_or_crashing_a_target_is_quarantined() -> None:
     """Test a source whose values come in over a cap, or crash a target, is quarantined."""
-    router, mem, events = amp_router()
+    router, _, events = amp_router()
     for _ in range(3):
         router.route_data("feed", "a", "x" * 2000)  # over the cap on the way in
     assert router.route_stats("amp")["state"] == "enabled"  # not the route's fault
