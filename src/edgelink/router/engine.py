@@ -361,6 +361,24 @@ class _SpamGuard:
         return True
 
 
+class _Gate:
+    """A quarantined source's place among the spam guards: admits nothing, counts the drops.
+
+    Routing checks the guards anyway, so a quarantine costs the hot path nothing.
+    """
+
+    __slots__ = ("info", "inner")
+
+    def __init__(self, info: dict[str, Any], inner: _SpamGuard | None) -> None:
+        self.info = info
+        #: The source's spam guard, back in place when the quarantine is lifted.
+        self.inner = inner
+
+    def admit(self) -> bool:
+        self.info["dropped"] += 1
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteTableDiff:
     """What `Router.load_routes` changed, by route id (each sorted).
@@ -445,7 +463,7 @@ class Router:
         self._outboxes: dict[str, _Outbox] = {}
         self._retired: set[_Outbox] = set()
         self._connections: set[str] = set()
-        self._guards: dict[str, _SpamGuard] = {}
+        self._guards: dict[str, _SpamGuard | _Gate] = {}
         #: address -> recent writes: (value, path, hops, trail, expires at).
         self._echoes: dict[str, list[_Echo]] = {}
         #: Datapoints received by route_data (and from connections).
@@ -747,23 +765,37 @@ class Router:
 
         A new limit starts with a fresh window and un-trips the guard.
         """
-        if max_pps is None:
+        guard = None
+        if max_pps is not None:
+            if max_pps <= 0:
+                raise ValueError("max_pps must be above 0 (or None for no limit)")
+            guard = _SpamGuard(source_id, max_pps, self._monotonic, on_spam)
+        self._set_guard(source_id, guard)
+
+    def _set_guard(self, source_id: str, guard: _SpamGuard | None) -> None:
+        """Install a spam guard (or none), behind the source's quarantine gate if it has one."""
+        quarantine = self._quarantined.get(source_id)
+        if quarantine is not None:
+            self._guards[source_id] = _Gate(quarantine, guard)
+        elif guard is None:
             self._guards.pop(source_id, None)
-            return
-        if max_pps <= 0:
-            raise ValueError("max_pps must be above 0 (or None for no limit)")
-        self._guards[source_id] = _SpamGuard(source_id, max_pps, self._monotonic, on_spam)
+        else:
+            self._guards[source_id] = guard
+
+    def _spam_guard(self, source_id: str) -> _SpamGuard | None:
+        guard = self._guards.get(source_id)
+        return guard.inner if isinstance(guard, _Gate) else guard
 
     def reset_spam(self, source_id: str) -> None:
         """Let a source that tripped spam protection send again (with a fresh window)."""
-        guard = self._guards.get(source_id)
+        guard = self._spam_guard(source_id)
         if guard is not None:
             guard.tripped = False
             guard.stamps = None
 
     def is_spam_blocked(self, source_id: str) -> bool:
         """Return True while spam protection drops ``source_id``'s datapoints."""
-        guard = self._guards.get(source_id)
+        guard = self._spam_guard(source_id)
         return guard is not None and guard.tripped
 
     def add_target(self, endpoint_id: str, target: SendsData) -> None:
@@ -852,10 +884,6 @@ class Router:
         if self.paused:
             self.paused_dropped += 1
             return False
-        if self._quarantined and source_id in self._quarantined:
-            self._quarantined[source_id]["dropped"] += 1
-            self.quarantine_dropped += 1
-            return False
         if metadata is not None:
             if quality is None:
                 quality = metadata.get("quality", "good")
@@ -864,7 +892,11 @@ class Router:
         if self._guards:
             guard = self._guards.get(source_id)
             if guard is not None and not guard.admit():
-                self.spam_dropped += 1
+                # A quarantined source's gate stands among the guards: no check of its own.
+                if guard.__class__ is _Gate:
+                    self.quarantine_dropped += 1
+                else:
+                    self.spam_dropped += 1
                 return False
         self.received += 1
         address = f"{source_id}.{tag}"
@@ -1186,6 +1218,7 @@ class Router:
         del tally[source]
         info: dict[str, Any] = {"reason": "poison", "since": self._time(), "error": text}
         self._quarantined[source] = {**info, "dropped": 0}
+        self._set_guard(source, self._spam_guard(source))
         logger.warning(
             "source %s quarantined (reason poison: %d crashes or values over a cap within %g s, "
             "last: %s); its datapoints are dropped until an admin enables it",
@@ -1236,6 +1269,7 @@ class Router:
         self._source_strikes.pop(source_id, None)
         previous = self._quarantined.pop(source_id, None)
         if previous is not None:
+            self._set_guard(source_id, self._spam_guard(source_id))
             logger.info("source %s enabled again after its quarantine", source_id)
             self._announce("quarantine_lifted", source_id=source_id, was=previous)
         return previous

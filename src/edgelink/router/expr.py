@@ -1327,7 +1327,7 @@ class _Compiler:
         if isinstance(right, _Const) and _is_number(right.value):
             if op in ("/", "%") and right.value == 0:
                 raise self.fail("division by zero", pos)
-            return _binary_const(op, _fn(left), right.value, self.int_cap())
+            return _binary_const(op, _fn(left), right.value)
         lf, rf = _fn(left), _fn(right)
         self.metered = True
 
@@ -1371,11 +1371,6 @@ class _Compiler:
             return result
 
         return any_of
-
-    def int_cap(self) -> tuple[int, int, str | None]:
-        """The integer cap for inline arithmetic: (bits, digits, route id)."""
-        limits = self.limits
-        return limits.max_int_bits, limits.max_int_digits, self.src.route_id
 
     def c_compare(self, node: Node) -> _Compiled:
         parts = [self.compile(a) for a in node.args]
@@ -1463,24 +1458,12 @@ def _fold_or(values: list[Any]) -> Any:
     return result
 
 
-_IntCap = tuple[int, int, "str | None"]
-
-
-def _int_over(x: int, k: int, cap: _IntCap) -> LimitError:
-    digits = int((x.bit_length() + k.bit_length()) * _LOG10_2) + 1
-    return LimitError(
-        f"integer of about {digits} digits over the cap max_int_digits={cap[1]}",
-        route_id=cap[2],
-        cap="max_int_digits",
-        entry=x.bit_length() > cap[0],
-    )
-
-
-def _binary_const(op: str, left: _Fn, k: int | float, cap: _IntCap) -> _Fn:
+def _binary_const(op: str, left: _Fn, k: int | float) -> _Fn:
     """``left OP number``: plain arithmetic when the left side is a number.
 
-    Only ``* integer`` can make an integer much longer: that one path checks
-    the digit cap (``+``/``-`` add one bit at most, the others shrink).
+    Not checked against the caps: an integer grows by the constant's digits at
+    most (a literal has at most 30), linearly, and the next bounded operation
+    or the serializers catch what ends up too long.
     """
     slow = _BINARY[op]
     arith: Callable[[Any, Any], Any] = {
@@ -1491,23 +1474,7 @@ def _binary_const(op: str, left: _Fn, k: int | float, cap: _IntCap) -> _Fn:
         "%": operator.mod,
     }[op]
     if left is _VALUE_FN:
-        return _value_arith(op, k, slow, cap)
-    if op == "*" and k.__class__ is int:
-        room = cap[0] - k.bit_length()
-        ki: int = k
-
-        def expr_mul_int(v: Any, dp: Any) -> Any:
-            x = left(v, dp)
-            t = type(x)
-            if t is float:
-                return x * ki
-            if t is int:
-                if x.bit_length() > room:
-                    raise _int_over(x, ki, cap)
-                return x * ki
-            return slow(x, ki)
-
-        return expr_mul_int
+        return _value_arith(op, k, slow)
 
     def expr_op(v: Any, dp: Any) -> Any:
         x = left(v, dp)
@@ -1522,23 +1489,8 @@ def _binary_const(op: str, left: _Fn, k: int | float, cap: _IntCap) -> _Fn:
     return expr_op
 
 
-def _value_arith(op: str, k: int | float, slow: Callable[[Any, Any], Any], cap: _IntCap) -> _Fn:
+def _value_arith(op: str, k: int | float, slow: Callable[[Any, Any], Any]) -> _Fn:
     """``value OP number`` with the operation inline (``scale``, ``offset``, ``expr(value*k)``)."""
-    if op == "*" and k.__class__ is int:
-        room = cap[0] - k.bit_length()
-        ki: int = k
-
-        def mul_int(v: Any, dp: Any) -> Any:
-            t = type(v)
-            if t is float:
-                return v * ki
-            if t is int:
-                if v.bit_length() > room:
-                    raise _int_over(v, ki, cap)
-                return v * ki
-            return slow(v, ki)
-
-        return mul_int
     if op == "*":
 
         def mul(v: Any, dp: Any) -> Any:
@@ -1777,12 +1729,12 @@ class _StepCompiler(_Compiler):
     def s_scale(self, step: _Step) -> _Fn:
         self.arity(step, 1, 1)
         k = self.number(step.args[0], "scale factor")
-        return _binary_const("*", _VALUE_FN, k, self.int_cap())
+        return _binary_const("*", _VALUE_FN, k)
 
     def s_offset(self, step: _Step) -> _Fn:
         self.arity(step, 1, 1)
         k = self.number(step.args[0], "offset")
-        return _binary_const("+", _VALUE_FN, k, self.int_cap())
+        return _binary_const("+", _VALUE_FN, k)
 
     def s_round(self, step: _Step) -> _Fn:
         self.arity(step, 0, 1)
