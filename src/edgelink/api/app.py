@@ -217,7 +217,9 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         """Check a routing.json document (conditions and transforms compiled); apply nothing."""
         try:
-            count = check_routes(document, clock=gateway.manager.clock)
+            count = check_routes(
+                document, clock=gateway.manager.clock, limits=gateway.manager.router.limits
+            )
         except RouteError as exc:
             return {"ok": False, "error": str(exc), "path": exc.path}
         return {"ok": True, "routes": count}

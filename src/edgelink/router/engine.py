@@ -1427,7 +1427,10 @@ def _located(exc: RouteError, file: str, path: str) -> RouteError:
 
 
 def check_routes(
-    source: str | os.PathLike[str] | Mapping[str, Any], *, clock: Clock | None = None
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    clock: Clock | None = None,
+    limits: ExprLimits | None = None,
 ) -> int:
     """Validate and compile a ``routing.json`` without applying it anywhere.
 
@@ -1435,8 +1438,8 @@ def check_routes(
         The number of routes.
 
     Raises:
-        RouteError: exactly as `Router.load_routes` would.
+        RouteError: exactly as `Router.load_routes` (with these ``limits``) would.
     """
-    scratch = Router(clock=clock)
+    scratch = Router(clock=clock, limits=limits)
     scratch.load_routes(source)
     return len(scratch.routes)
