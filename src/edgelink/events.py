@@ -65,6 +65,10 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "bridge_dropped",
         # The manager: the event loop stalled (connection_id None).
         "loop_lag",
+        # The router: a poison route or source quarantined, and let out by an admin.
+        "route_quarantined",
+        "source_quarantined",
+        "quarantine_lifted",
     }
 )
 
@@ -103,6 +107,10 @@ _LEVELS: dict[str, int] = {
     "bridge_buffering": logging.WARNING,
     "bridge_dropped": logging.ERROR,
     "loop_lag": logging.WARNING,
+    # The router logs these itself (one WARNING with the advice).
+    "route_quarantined": logging.DEBUG,
+    "source_quarantined": logging.DEBUG,
+    "quarantine_lifted": logging.DEBUG,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

@@ -79,6 +79,9 @@ async def test_release_quarantine_route(gateway: Gateway, peer: PingPongPeer) ->
         peer.values["status"] = "ON"
         body = (await client.post(url, params={"tag": "status"})).json()
         assert body["released"] == ["status"] and body["quarantined"] == []
+        audit = (await client.get("/api/audit", params={"action": "release_quarantine"})).json()
+        results = [(r["target"], r["result"]) for r in audit["audit"]]
+        assert results[:2] == [("dev", "ok"), ("dev", "error")]  # newest first; the 404 too
         async with asyncio.timeout(5):
             while 1 not in good:
                 await asyncio.sleep(0.02)

@@ -18,6 +18,8 @@ Routes:
     GET  /api/routes, /api/routes/{id}                 the route table, with counters
     PUT  /api/routes                                   replace routing.json (validated, atomic)
     POST /api/routes/validate                          check a routing.json without applying it
+    POST /api/routes/{id}/enable                       let a quarantined (poison) route run again
+    POST /api/sources/{id}/enable                      let a quarantined source's data be routed
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space
     GET  /api/bridge                                   the MQTT bridge's counters
     GET  /api/events                                   the SQLite event log, paged, filtered
@@ -208,13 +210,29 @@ def create_app(gateway: Gateway) -> FastAPI:
                 return {**spec, "stats": router.route_stats(route_id)}
         raise HTTPException(404, detail=f"unknown route {route_id!r}")
 
+    @guarded.post("/api/routes/{route_id}/enable", tags=["routes"])
+    async def enable_route(route_id: str) -> dict[str, Any]:
+        """Let a route quarantined as poison run again; its strikes start over."""
+        try:
+            return {"ok": True, "stats": await gateway.enable_route(route_id, who=who())}
+        except KeyError:
+            raise HTTPException(404, detail=f"unknown route {route_id!r}") from None
+
+    @guarded.post("/api/sources/{source_id}/enable", tags=["routes"])
+    async def enable_source(source_id: str) -> dict[str, Any]:
+        """Route a quarantined source's datapoints again."""
+        was = await gateway.enable_source(source_id, who=who())
+        return {"ok": True, "was_quarantined": was is not None, "quarantine": was}
+
     @guarded.post("/api/routes/validate", tags=["routes"])
     async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         """Check a routing.json document (conditions and transforms compiled); apply nothing."""
         try:
             if "routes" not in document:
                 raise RouteError("'routes' is required", path="routes")
-            count = check_routes(document, clock=gateway.manager.clock)
+            count = check_routes(
+                document, clock=gateway.manager.clock, limits=gateway.manager.router.limits
+            )
         except RouteError as exc:
             return {"ok": False, "error": str(exc), "path": exc.path}
         return {"ok": True, "routes": count}

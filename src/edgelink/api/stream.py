@@ -41,6 +41,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from edgelink.api.auth import websocket_token
 from edgelink.events import EVENT_TYPES, Event
 from edgelink.router.datapoint import DataPoint, quality_detail
+from edgelink.router.wire import WireEncoder
 from edgelink.service.token import token_matches
 
 if TYPE_CHECKING:
@@ -138,6 +139,8 @@ class StreamHub:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._clients: set[_Client] = set()
+        #: Datapoints whose value has no JSON form go out as quality bad (counted here).
+        self.encoder = WireEncoder("stream")
 
     @property
     def clients(self) -> int:
@@ -177,7 +180,7 @@ class StreamHub:
                     }
                     if dp.quality != "good":
                         body.update(quality_detail(dp.metadata))
-                    message = json.dumps(body, default=str)
+                    message = self.encoder.encode(body, address)
                 client.offer(message)
 
     async def serve(self, ws: WebSocket) -> None:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
 from edgelink.router.datapoint import DataPoint, quality_detail
+from edgelink.router.wire import WireEncoder
 from edgelink.store import UplinkBuffer
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class MqttBridge:
         self._echo_prefix = f"{self.connection_id}.{self.base}/"
         self._discovery = tuple(settings.discovery)
         self._discovery_prefix = settings.discovery_prefix.rstrip("/")
+        self._encoder = WireEncoder("bridge")
         self._live = False
         self._paused = False
         self._pending: list[tuple[str, bytes]] = []
@@ -266,7 +268,7 @@ class MqttBridge:
         body = {"value": dp.value, "ts": dp.ts, "quality": dp.quality}
         if dp.quality != "good":
             body.update(quality_detail(dp.metadata))
-        payload = json.dumps(body, default=str).encode()
+        payload = self._encoder.encode(body, dp.address).encode()
         self._send(self.topic_for(dp), payload)
 
     def _send(self, topic: str, payload: bytes) -> None:

@@ -20,11 +20,19 @@ from edgelink.router.address import (
 )
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.dataspace import DataSpace, DataSubscriber
-from edgelink.router.engine import Router, RouteTableDiff, SpamCallback, check_routes
+from edgelink.router.engine import (
+    QuarantineCallback,
+    Router,
+    RouteTableDiff,
+    SpamCallback,
+    check_routes,
+)
 from edgelink.router.expr import (
     DROP,
     Condition,
     EvalError,
+    ExprLimits,
+    LimitError,
     Transform,
     compile_condition,
     compile_transform,
@@ -41,10 +49,13 @@ __all__ = [
     "DataSpace",
     "DataSubscriber",
     "EvalError",
+    "ExprLimits",
+    "LimitError",
     "LogTarget",
     "MemoryTarget",
     "Pattern",
     "PatternIndex",
+    "QuarantineCallback",
     "RouteSpec",
     "RouteTableDiff",
     "Router",

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from edgelink.clock import Clock, SystemClock
 from edgelink.deadline import DeadlineWheel
-from edgelink.errors import RouteError
+from edgelink.errors import EdgelinkError, RouteError
 from edgelink.router.address import (
     Pattern,
     PatternIndex,
@@ -51,8 +51,12 @@ from edgelink.router.address import (
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.dataspace import DataSpace, Record
 from edgelink.router.expr import (
+    DEFAULT_LIMITS,
     DROP,
     Condition,
+    EvalError,
+    ExprLimits,
+    LimitError,
     Transform,
     compile_condition,
     compile_transform,
@@ -61,12 +65,19 @@ from edgelink.router.expr import (
 from edgelink.router.schema import RouteSpec, RoutingConfig, load_routing
 from edgelink.router.targets import ConnectionTarget, LogTarget, SendsData, Target, Writer
 
-__all__ = ["Router", "RouteTableDiff", "SpamCallback"]
+__all__ = ["QuarantineCallback", "Router", "RouteTableDiff", "SpamCallback"]
 
 logger = logging.getLogger(__name__)
 
 #: ``on_spam(connection_id, info)``: a connection exceeded its budget (called once per trip).
 SpamCallback = Callable[[str, dict[str, Any]], None]
+
+#: ``on_quarantine(event_type, info)``: a route or source was quarantined or let out again
+#: (``route_quarantined``, ``source_quarantined``, ``quarantine_lifted``).
+QuarantineCallback = Callable[[str, dict[str, Any]], None]
+
+#: Sources whose strikes are tracked at once; past this the tally starts over.
+STRIKE_SOURCES_LIMIT: Final = 10_000
 
 #: Plans cached per route table; past this the cache starts over (addresses
 #: invented by a source must not grow memory without bound).
@@ -83,12 +94,28 @@ _Echo = tuple[Any, tuple[str, ...], int, tuple[str, ...], float]
 _EMPTY: Final[tuple[()]] = ()
 
 
+class _Strikes:
+    """The times of the last ``count`` strikes against a route or source."""
+
+    __slots__ = ("stamps",)
+
+    def __init__(self, count: int) -> None:
+        self.stamps: deque[float] = deque(maxlen=count)
+
+    def hit(self, now: float, window: float) -> bool:
+        """Count a strike; True if ``count`` of them fell within ``window`` seconds."""
+        stamps = self.stamps
+        stamps.append(now)
+        return len(stamps) == stamps.maxlen and now - stamps[0] <= window
+
+
 class _Route:
     """One compiled route and its counters."""
 
     __slots__ = (
         "_last_log",
         "condition",
+        "crashes",
         "delivery_errors",
         "enabled",
         "eval_errors",
@@ -98,11 +125,15 @@ class _Route:
         "index",
         "last_error",
         "last_fired",
+        "limit_errors",
+        "limits",
         "loop_blocked",
         "passed",
         "path1",
         "patterns",
+        "quarantine",
         "spec",
+        "strikes",
         "suppressed",
         "templates",
         "transform",
@@ -136,12 +167,32 @@ class _Route:
         self.last_error: str | None = None
         self.failing = False
         self._last_log = -_LOG_EVERY
+        #: Evaluations over a cap or the cost budget; crashes (not an `EvalError`).
+        self.limit_errors = 0
+        self.crashes = 0
+        self.limits = DEFAULT_LIMITS
+        self.strikes: _Strikes | None = None
+        #: Why and since when the route is quarantined (None: it is not).
+        self.quarantine: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> str:
+        """``quarantined``, ``disabled`` or ``enabled``."""
+        if self.quarantine is not None:
+            return "quarantined"
+        return "enabled" if self.enabled else "disabled"
 
     def stats(self) -> dict[str, Any]:
         matched = self.passed + self.filtered + self.suppressed + self.eval_errors
+        q = self.quarantine
         return {
             "id": self.id,
             "enabled": self.enabled,
+            "state": self.state,
+            "reason": q["reason"] if q else None,
+            "since": q["since"] if q else None,
+            "limit_errors": self.limit_errors,
+            "crashes": self.crashes,
             "matched": matched,
             "passed": self.passed,
             "filtered": self.filtered,
@@ -172,7 +223,7 @@ class _Table:
         self.exact: dict[str, list[_Route]] = {}
         self.wild: PatternIndex[_Route] = PatternIndex()
         for route in routes:
-            if not route.enabled:
+            if not route.enabled or route.quarantine is not None:
                 continue
             for pattern in route.patterns:
                 if pattern.is_exact:
@@ -310,6 +361,24 @@ class _SpamGuard:
         return True
 
 
+class _Gate:
+    """A quarantined source's place among the spam guards: admits nothing, counts the drops.
+
+    Routing checks the guards anyway, so a quarantine costs the hot path nothing.
+    """
+
+    __slots__ = ("info", "inner")
+
+    def __init__(self, info: dict[str, Any], inner: _SpamGuard | None) -> None:
+        self.info = info
+        #: The source's spam guard, back in place when the quarantine is lifted.
+        self.inner = inner
+
+    def admit(self) -> bool:
+        self.info["dropped"] += 1
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteTableDiff:
     """What `Router.load_routes` changed, by route id (each sorted).
@@ -350,6 +419,13 @@ class Router:
         queue_limit: Datapoints an outbox holds before it drops its oldest.
         delivery_timeout: Longest one send (or batch) to a target may take, s.
         max_addresses: Addresses the data space keeps.
+        limits: The caps and cost budget of every condition and transform
+            (`ExprLimits`; default `DEFAULT_LIMITS`).
+        quarantine_after: Strikes (evaluations over a cap or the budget, for
+            a route; crashes or values over a cap, for a source) that
+            quarantine a route or a source when they fall within
+            ``quarantine_window`` seconds.
+        quarantine_window: See ``quarantine_after``.
     """
 
     def __init__(
@@ -363,6 +439,9 @@ class Router:
         queue_limit: int = 100_000,
         delivery_timeout: float | None = 60.0,
         max_addresses: int = 100_000,
+        limits: ExprLimits | None = None,
+        quarantine_after: int = 5,
+        quarantine_window: float = 60.0,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self._time = _fast_wall_clock(self.clock)
@@ -384,7 +463,7 @@ class Router:
         self._outboxes: dict[str, _Outbox] = {}
         self._retired: set[_Outbox] = set()
         self._connections: set[str] = set()
-        self._guards: dict[str, _SpamGuard] = {}
+        self._guards: dict[str, _SpamGuard | _Gate] = {}
         #: address -> recent writes: (value, path, hops, trail, expires at).
         self._echoes: dict[str, list[_Echo]] = {}
         #: Datapoints received by route_data (and from connections).
@@ -396,6 +475,45 @@ class Router:
         self.paused = False
         #: Route firings the loop guard prevented.
         self.loop_blocked = 0
+        self.limits = DEFAULT_LIMITS
+        self.quarantine_after = 5
+        self.quarantine_window = 60.0
+        self.configure(
+            limits=limits, quarantine_after=quarantine_after, quarantine_window=quarantine_window
+        )
+        #: Called when a route or source is quarantined or let out (the service events it).
+        self.on_quarantine: QuarantineCallback | None = None
+        #: Quarantined sources: id -> {"reason", "since", "error", "dropped"}.
+        self._quarantined: dict[str, dict[str, Any]] = {}
+        self._source_strikes: dict[str, _Strikes] = {}
+        #: Datapoints dropped because their source is quarantined.
+        self.quarantine_dropped = 0
+
+    def configure(
+        self,
+        *,
+        limits: ExprLimits | None = None,
+        quarantine_after: int | None = None,
+        quarantine_window: float | None = None,
+    ) -> None:
+        """Set the expression caps and the quarantine thresholds.
+
+        New caps apply to the routes compiled afterwards: the next
+        `load_routes` recompiles every route when they changed.
+
+        Raises:
+            ValueError: for a threshold below 1 (count) or not above 0 (window).
+        """
+        if limits is not None:
+            self.limits = limits
+        if quarantine_after is not None:
+            if quarantine_after < 1:
+                raise ValueError(f"quarantine_after must be at least 1, got {quarantine_after}")
+            self.quarantine_after = quarantine_after
+        if quarantine_window is not None:
+            if not quarantine_window > 0:
+                raise ValueError(f"quarantine_window must be above 0, got {quarantine_window}")
+            self.quarantine_window = quarantine_window
 
     # ------------------------------------------------------------ the table
 
@@ -422,7 +540,7 @@ class Router:
         reused: list[tuple[_Route, int]] = []
         for i, spec in enumerate(config.routes):
             previous = old.by_id.get(spec.id)
-            if previous is not None and previous.spec == spec:
+            if previous is not None and previous.spec == spec and previous.limits is self.limits:
                 reused.append((previous, i))
                 routes.append(previous)
                 continue
@@ -498,15 +616,19 @@ class Router:
         condition = transform = None
         if spec.condition is not None:
             try:
-                condition = compile_condition(spec.condition, route_id=rid)
+                condition = compile_condition(spec.condition, route_id=rid, limits=self.limits)
             except RouteError as exc:
                 raise _located(exc, file, f"{where}.condition") from None
         if spec.transform is not None:
             try:
-                transform = compile_transform(spec.transform, route_id=rid, clock=self.clock)
+                transform = compile_transform(
+                    spec.transform, route_id=rid, clock=self.clock, limits=self.limits
+                )
             except RouteError as exc:
                 raise _located(exc, file, f"{where}.transform") from None
-        return _Route(spec, index, tuple(patterns), tuple(templates), condition, transform)
+        route = _Route(spec, index, tuple(patterns), tuple(templates), condition, transform)
+        route.limits = self.limits
+        return route
 
     @property
     def routes(self) -> list[dict[str, Any]]:
@@ -551,6 +673,8 @@ class Router:
             "paused": self.paused,
             "paused_dropped": self.paused_dropped,
             "loop_blocked": self.loop_blocked,
+            "quarantine_dropped": self.quarantine_dropped,
+            "quarantined_sources": self.quarantined_sources,
             "addresses": len(self.data),
             "cached_plans": len(self._table.plans),
             "targets": {ep: ob.stats() for ep, ob in sorted(self._outboxes.items())},
@@ -642,23 +766,37 @@ class Router:
 
         A new limit starts with a fresh window and un-trips the guard.
         """
-        if max_pps is None:
+        guard = None
+        if max_pps is not None:
+            if max_pps <= 0:
+                raise ValueError("max_pps must be above 0 (or None for no limit)")
+            guard = _SpamGuard(source_id, max_pps, self._monotonic, on_spam)
+        self._set_guard(source_id, guard)
+
+    def _set_guard(self, source_id: str, guard: _SpamGuard | None) -> None:
+        """Install a spam guard (or none), behind the source's quarantine gate if it has one."""
+        quarantine = self._quarantined.get(source_id)
+        if quarantine is not None:
+            self._guards[source_id] = _Gate(quarantine, guard)
+        elif guard is None:
             self._guards.pop(source_id, None)
-            return
-        if max_pps <= 0:
-            raise ValueError("max_pps must be above 0 (or None for no limit)")
-        self._guards[source_id] = _SpamGuard(source_id, max_pps, self._monotonic, on_spam)
+        else:
+            self._guards[source_id] = guard
+
+    def _spam_guard(self, source_id: str) -> _SpamGuard | None:
+        guard = self._guards.get(source_id)
+        return guard.inner if isinstance(guard, _Gate) else guard
 
     def reset_spam(self, source_id: str) -> None:
         """Let a source that tripped spam protection send again (with a fresh window)."""
-        guard = self._guards.get(source_id)
+        guard = self._spam_guard(source_id)
         if guard is not None:
             guard.tripped = False
             guard.stamps = None
 
     def is_spam_blocked(self, source_id: str) -> bool:
         """Return True while spam protection drops ``source_id``'s datapoints."""
-        guard = self._guards.get(source_id)
+        guard = self._spam_guard(source_id)
         return guard is not None and guard.tripped
 
     def add_target(self, endpoint_id: str, target: SendsData) -> None:
@@ -740,8 +878,9 @@ class Router:
         value: a failing condition or transform counts as an error of its route.
 
         Returns:
-            False if spam protection dropped the datapoint, or the router is
-            paused (`pause`), else True.
+            False if spam protection dropped the datapoint, its source is
+            quarantined (`enable_source`), or the router is paused (`pause`),
+            else True.
         """
         if self.paused:
             self.paused_dropped += 1
@@ -754,7 +893,11 @@ class Router:
         if self._guards:
             guard = self._guards.get(source_id)
             if guard is not None and not guard.admit():
-                self.spam_dropped += 1
+                # A quarantined source's gate stands among the guards: no check of its own.
+                if guard.__class__ is _Gate:
+                    self.quarantine_dropped += 1
+                else:
+                    self.spam_dropped += 1
                 return False
         self.received += 1
         address = f"{source_id}.{tag}"
@@ -806,7 +949,7 @@ class Router:
                 transform = route.transform
                 out = value if transform is None else transform(value, dp)
             except Exception as exc:  # noqa: BLE001 - a bad value fails its route only
-                self._route_failed(route, exc)
+                self._route_failed(route, exc, dp[4])
                 continue
             if out is DROP:
                 route.suppressed += 1
@@ -914,7 +1057,7 @@ class Router:
                 transform = route.transform
                 out = value if transform is None else transform(value, dp)
             except Exception as exc:  # noqa: BLE001 - a bad value fails its route only
-                self._route_failed(route, exc)
+                self._route_failed(route, exc, dp[4])
                 continue
             if out is DROP:
                 route.suppressed += 1
@@ -954,6 +1097,10 @@ class Router:
     ) -> None:
         """Route a value sent to a virtual address (``calc.total_power``) as a new datapoint."""
         source, _, tag = address.partition(".")
+        if self._quarantined and source in self._quarantined:
+            self._quarantined[source]["dropped"] += 1
+            self.quarantine_dropped += 1
+            return
         dp: Record = (address, out[1], out[2], out[3], source, out[5], out[6], out[7])
         self.data.put(dp)
         plan = table.plans.get(address)
@@ -1028,7 +1175,7 @@ class Router:
 
     # -------------------------------------------------------------- failures
 
-    def _route_failed(self, route: _Route, exc: BaseException) -> None:
+    def _route_failed(self, route: _Route, exc: BaseException, source: str) -> None:
         route.eval_errors += 1
         text = f"{type(exc).__name__}: {exc}"
         route.last_error = text
@@ -1039,6 +1186,122 @@ class Router:
                 "route %s failed (%d errors so far): %s", route.id, route.eval_errors, text
             )
         route.failing = True
+        if isinstance(exc, LimitError):
+            route.limit_errors += 1
+            if exc.entry:
+                # The value came in over a cap: the source's doing, not the route's.
+                self._strike_source(source, text, now)
+            else:
+                self._strike_route(route, text, now)
+        elif not isinstance(exc, EvalError | RouteError):
+            # Not a value the language refuses but a crash of its handler.
+            route.crashes += 1
+            self._strike_source(source, text, now)
+
+    # ------------------------------------------------------------ quarantine
+
+    def _strike_route(self, route: _Route, text: str, now: float) -> None:
+        if route.quarantine is not None:
+            return
+        if route.strikes is None:
+            route.strikes = _Strikes(self.quarantine_after)
+        if not route.strikes.hit(now, self.quarantine_window):
+            return
+        route.quarantine = {"reason": "poison", "since": self._time(), "error": text}
+        # Out of the matching indexes: a new table (plans start over), one assignment.
+        table = self._table
+        new = _Table(list(table.routes), table.source)
+        new.warned = table.warned
+        self._table = new
+        logger.warning(
+            "route %s quarantined (reason poison: %d failures within %g s, last: %s); "
+            "POST /api/routes/%s/enable lets it run again",
+            route.id,
+            self.quarantine_after,
+            self.quarantine_window,
+            text,
+            route.id,
+        )
+        self._announce("route_quarantined", route_id=route.id, **route.quarantine)
+
+    def _strike_source(self, source: str, text: str, now: float) -> None:
+        if source in self._quarantined:
+            return
+        tally = self._source_strikes
+        strikes = tally.get(source)
+        if strikes is None:
+            if len(tally) >= STRIKE_SOURCES_LIMIT:
+                tally.clear()
+            strikes = tally[source] = _Strikes(self.quarantine_after)
+        if not strikes.hit(now, self.quarantine_window):
+            return
+        del tally[source]
+        info: dict[str, Any] = {"reason": "poison", "since": self._time(), "error": text}
+        self._quarantined[source] = {**info, "dropped": 0}
+        self._set_guard(source, self._spam_guard(source))
+        logger.warning(
+            "source %s quarantined (reason poison: %d crashes or values over a cap within %g s, "
+            "last: %s); its datapoints are dropped until an admin enables it",
+            source,
+            self.quarantine_after,
+            self.quarantine_window,
+            text,
+        )
+        self._announce("source_quarantined", source_id=source, **info)
+
+    def _announce(self, event_type: str, **info: Any) -> None:
+        if self.on_quarantine is not None:
+            try:
+                self.on_quarantine(event_type, info)
+            except Exception:
+                logger.exception("quarantine callback failed")
+
+    def enable_route(self, route_id: str) -> dict[str, Any]:
+        """Let a quarantined route run again (an admin's call); its strikes start over.
+
+        Returns:
+            The route's counters (`route_stats`).
+
+        Raises:
+            KeyError: for a route id not in the current table.
+        """
+        table = self._table
+        route = table.by_id.get(route_id)
+        if route is None:
+            raise KeyError(f"unknown route {route_id!r}")
+        route.strikes = None
+        if route.quarantine is not None:
+            previous = route.quarantine
+            route.quarantine = None
+            new = _Table(list(table.routes), table.source)
+            new.warned = table.warned
+            self._table = new
+            logger.info("route %s enabled again after its quarantine", route_id)
+            self._announce("quarantine_lifted", route_id=route_id, was=previous)
+        return route.stats()
+
+    def enable_source(self, source_id: str) -> dict[str, Any] | None:
+        """Let a quarantined source's datapoints be routed again (an admin's call).
+
+        Returns:
+            What its quarantine was (with ``dropped``), or None if it was not quarantined.
+        """
+        self._source_strikes.pop(source_id, None)
+        previous = self._quarantined.pop(source_id, None)
+        if previous is not None:
+            self._set_guard(source_id, self._spam_guard(source_id))
+            logger.info("source %s enabled again after its quarantine", source_id)
+            self._announce("quarantine_lifted", source_id=source_id, was=previous)
+        return previous
+
+    @property
+    def quarantined_sources(self) -> dict[str, dict[str, Any]]:
+        """The quarantined sources: id -> ``{"reason", "since", "error", "dropped"}``."""
+        return {k: dict(v) for k, v in self._quarantined.items()}
+
+    def quarantined_routes(self) -> list[str]:
+        """The ids of the quarantined routes, in table order."""
+        return [r.id for r in self._table.routes if r.quarantine is not None]
 
     def _route_recovered(self, route: _Route) -> None:
         route.failing = False
@@ -1050,6 +1313,11 @@ class Router:
         ob.errors += len(items)
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         ob.last_error = text
+        if not isinstance(exc, EdgelinkError | OSError | TimeoutError):
+            # The handler crashed on these datapoints (not a link or device failure).
+            now = self._monotonic()
+            for source in {dp.source for _, dp in items}:
+                self._strike_source(source, f"target {ob.endpoint}: {text}", now)
         by_id = self._table.by_id
         for _, dp in items:
             if dp.path:
@@ -1179,7 +1447,10 @@ def _located(exc: RouteError, file: str, path: str) -> RouteError:
 
 
 def check_routes(
-    source: str | os.PathLike[str] | Mapping[str, Any], *, clock: Clock | None = None
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    clock: Clock | None = None,
+    limits: ExprLimits | None = None,
 ) -> int:
     """Validate and compile a ``routing.json`` without applying it anywhere.
 
@@ -1187,8 +1458,8 @@ def check_routes(
         The number of routes.
 
     Raises:
-        RouteError: exactly as `Router.load_routes` would.
+        RouteError: exactly as `Router.load_routes` (with these ``limits``) would.
     """
-    scratch = Router(clock=clock)
+    scratch = Router(clock=clock, limits=limits)
     scratch.load_routes(source)
     return len(scratch.routes)

@@ -59,11 +59,14 @@ from edgelink.errors import RouteError
 
 __all__ = [
     "CONDITION_NAMES",
+    "DEFAULT_LIMITS",
     "DROP",
     "MAX_EXPRESSION_LENGTH",
     "TRANSFORM_STEPS",
     "Condition",
     "EvalError",
+    "ExprLimits",
+    "LimitError",
     "Node",
     "Transform",
     "compile_condition",
@@ -113,6 +116,171 @@ DROP: Final = _Drop()
 
 class EvalError(ValueError):
     """One evaluation of a condition or transform failed (a runtime type or value problem)."""
+
+
+# ------------------------------------------------------------------- bounds
+#
+# Expressions run on the event loop, so what one evaluation may build is
+# bounded: a value that would outgrow a cap fails that datapoint (a
+# `LimitError`, a `RouteError` naming the route and the cap). The checks sit
+# where values grow (string concatenation, integer multiplication, ``str()``,
+# walks over lists and objects), never in the closures of cheap arithmetic and
+# comparisons. The operations that copy or build data also charge cost units
+# (about one unit per character, byte of integer or item they produce) to the
+# evaluation's budget.
+
+
+@dataclass(frozen=True, slots=True)
+class ExprLimits:
+    """The caps of one evaluation of a condition or transform.
+
+    Args:
+        max_string_length: Longest string (or bytes) an operation may build or copy.
+        max_int_digits: Most decimal digits of an integer an operation may build
+            (far below Python's 4,300-digit limit of int-to-text conversion).
+        max_items: Longest list or object an operation may walk (``in``, ``min``,
+            ``max``, ``str()``).
+        max_nesting: Deepest list/object nesting an operation may walk.
+        max_terms: Most variable operands joined by ``+`` or ``*`` in one
+            expression (checked at compile time: each may be a copy of the input).
+        budget: Cost units one evaluation may spend (about one per character,
+            integer byte or item built); over it the evaluation fails.
+    """
+
+    max_string_length: int = 1_048_576
+    max_int_digits: int = 1000
+    max_items: int = 10_000
+    max_nesting: int = 32
+    max_terms: int = 64
+    budget: int = 8_000_000
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_int_digits > 4000:
+            raise ValueError(f"max_int_digits must be at most 4000, got {self.max_int_digits}")
+
+    @property
+    def max_int_bits(self) -> int:
+        """``max_int_digits`` in bits (what `int.bit_length` is compared with)."""
+        return math.ceil(self.max_int_digits / _LOG10_2)
+
+
+_LOG10_2: Final = math.log10(2)
+#: The caps used when none are given.
+DEFAULT_LIMITS: Final = ExprLimits()
+#: Integers longer than this many bits are never converted to text (Python's
+#: limit is 4,300 digits; the conversion is quadratic long before that).
+_TEXT_BITS: Final = math.ceil(4000 / _LOG10_2)
+
+
+class LimitError(RouteError, EvalError):
+    """An evaluation went over a cap or its cost budget.
+
+    Args:
+        message: What went over which cap.
+        route_id: The route evaluated, if known.
+        cap: The cap's name (``max_string_length``, ``budget``...).
+        entry: True if a value coming in was already over the cap (the
+            source's doing) rather than one the expression built.
+    """
+
+    def __init__(
+        self, message: str, *, route_id: str | None = None, cap: str = "", entry: bool = False
+    ) -> None:
+        super().__init__(message, route_id=route_id)
+        self.cap = cap
+        self.entry = entry
+
+
+class _Meter:
+    """The evaluation under way: its caps, route and cost spent (one at a time)."""
+
+    __slots__ = ("bits", "budget", "digits", "items", "nesting", "route_id", "string", "used")
+
+    def __init__(self) -> None:
+        self.set(DEFAULT_LIMITS, None)
+
+    def set(self, limits: ExprLimits, route_id: str | None) -> None:
+        self.bits = limits.max_int_bits
+        self.digits = limits.max_int_digits
+        self.used = 0
+        self.budget = limits.budget
+        self.string = limits.max_string_length
+        self.items = limits.max_items
+        self.nesting = limits.max_nesting
+        self.route_id = route_id
+
+
+_METER: Final = _Meter()
+
+
+def _over(what: str, cap: str, limit: int, *, entry: bool = False) -> LimitError:
+    return LimitError(
+        f"{what} over the cap {cap}={limit}", route_id=_METER.route_id, cap=cap, entry=entry
+    )
+
+
+def _charge(units: int) -> None:
+    m = _METER
+    m.used += units
+    if m.used > m.budget:
+        raise LimitError(
+            f"evaluation cost over the budget of {m.budget} units",
+            route_id=m.route_id,
+            cap="budget",
+        )
+
+
+def _check_text(a: Any, b: Any) -> None:
+    """``a + b`` of two strings: within the length cap, charged."""
+    n = len(a) + len(b)
+    cap = _METER.string
+    if n > cap:
+        raise _over(
+            f"string of {n} characters",
+            "max_string_length",
+            cap,
+            entry=len(a) > cap or len(b) > cap,
+        )
+    _charge(n)
+
+
+def _check_walk(value: Any) -> None:
+    """A list or object about to be walked: within the item and nesting caps, charged."""
+    m = _METER
+    items, nesting = m.items, m.nesting
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        x, depth = stack.pop()
+        if depth > nesting:
+            raise _over(f"nesting of {depth} levels", "max_nesting", nesting, entry=True)
+        children = x.values() if isinstance(x, Mapping) else x
+        seen += len(x)
+        if seen > items:
+            raise _over(f"more than {items} items", "max_items", items, entry=True)
+        for child in children:
+            if isinstance(child, list | tuple | Mapping):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str | bytes) and len(child) > m.string:
+                raise _over(
+                    f"string of {len(child)} characters", "max_string_length", m.string, entry=True
+                )
+    _charge(seen)
+
+
+def _metered(fn: _Fn, limits: ExprLimits, route_id: str | None) -> _Fn:
+    """Wrap an expression that uses bounded operations: each evaluation starts a fresh meter."""
+    start = _METER.set
+
+    def metered(v: Any, dp: Any) -> Any:
+        start(limits, route_id)
+        return fn(v, dp)
+
+    return metered
 
 
 # ------------------------------------------------------------------- tokens
@@ -707,6 +875,8 @@ def to_number(value: Any) -> int | float:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > _TEXT_BITS:
+        return f"<integer of {value.bit_length()} bits>"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -748,7 +918,8 @@ def _order(op: Callable[[Any, Any], bool], a: Any, b: Any) -> bool:
         raise EvalError(f"cannot compare {type(a).__name__} with {type(b).__name__}") from None
 
 
-def _contains(item: Any, container: Any) -> bool:
+def _contains(item: Any, container: Any, walk: bool = True) -> bool:
+    # ``walk``: the container may be any size (not a constant of the expression).
     if isinstance(container, str):
         if not isinstance(item, str):
             item = _plain_str(item)
@@ -756,8 +927,12 @@ def _contains(item: Any, container: Any) -> bool:
     if isinstance(container, Mapping):
         if item in container:
             return True
+        if walk:
+            _check_walk(container)
         return any(loose_equal(item, k) for k in container)
     if isinstance(container, list | tuple | set | frozenset):
+        if walk and not isinstance(container, set | frozenset):
+            _check_walk(container)
         return any(loose_equal(item, x) for x in container)
     raise EvalError(f"'in' needs a string, list or object, got {type(container).__name__}")
 
@@ -767,32 +942,64 @@ def _plain_str(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    try:
-        return str(value)
-    except ValueError as exc:  # an int too large to print
-        raise EvalError(str(exc)) from None
+    if isinstance(value, int):
+        _check_int(value, entry=True)
+    elif isinstance(value, list | tuple | Mapping):
+        _check_walk(value)
+    elif isinstance(value, str | bytes | bytearray) and len(value) > _METER.string:
+        raise _over(
+            f"string of {len(value)} characters", "max_string_length", _METER.string, entry=True
+        )
+    text = str(value)
+    if len(text) > _METER.string:
+        raise _over(f"text of {len(text)} characters", "max_string_length", _METER.string)
+    _charge(len(text))
+    return text
+
+
+def _check_int(x: int, *, entry: bool = False) -> int:
+    """An integer within the digit cap (``entry``: it came in that way), else `LimitError`."""
+    bits = x.bit_length()
+    if bits > _METER.bits:
+        digits = int(bits * _LOG10_2) + 1
+        raise _over(
+            f"integer of about {digits} digits", "max_int_digits", _METER.digits, entry=entry
+        )
+    return x
 
 
 def _add(a: Any, b: Any) -> Any:
     if isinstance(a, str) and isinstance(b, str):
+        _check_text(a, b)
         return a + b
     try:
-        return to_number(a) + to_number(b)
+        x = to_number(a) + to_number(b)
     except OverflowError:
         raise EvalError("number too large") from None
+    return _check_int(x) if x.__class__ is int else x
 
 
 def _sub(a: Any, b: Any) -> Any:
     try:
-        return to_number(a) - to_number(b)
+        x = to_number(a) - to_number(b)
     except OverflowError:
         raise EvalError("number too large") from None
+    return _check_int(x) if x.__class__ is int else x
 
 
 def _mul(a: Any, b: Any) -> Any:
     # Numbers only: "x" * 10**9 would be a gigabyte of text.
+    x, y = to_number(a), to_number(b)
+    if x.__class__ is int and y.__class__ is int:
+        # Checked before multiplying: a product's bits are about the sum of its factors'.
+        bits = x.bit_length() + y.bit_length()
+        if bits > _METER.bits:
+            _check_int(x, entry=True)
+            _check_int(y, entry=True)
+            digits = int(bits * _LOG10_2) + 1
+            raise _over(f"integer of about {digits} digits", "max_int_digits", _METER.digits)
     try:
-        return to_number(a) * to_number(b)
+        return x * y
     except OverflowError:
         raise EvalError("number too large") from None
 
@@ -859,7 +1066,7 @@ def _index(obj: Any, key: Any) -> Any:
             number = _text_number(key)
             if number is not None and number in obj:
                 return obj[number]
-        elif _is_number(key) and str(key) in obj:
+        elif _is_number(key) and _printable(key) and str(key) in obj:
             return obj[str(key)]
         raise EvalError(f"no key {_short(key)}")
     if isinstance(obj, list | tuple | str):
@@ -870,6 +1077,11 @@ def _index(obj: Any, key: Any) -> Any:
         except IndexError:
             raise EvalError(f"index {key} out of range") from None
     raise EvalError(f"cannot index {type(obj).__name__}")
+
+
+def _printable(x: Any) -> bool:
+    """True unless ``x`` is an integer too long to turn into text."""
+    return not isinstance(x, int) or x.bit_length() <= _TEXT_BITS
 
 
 def _fn_round(x: Any, n: Any = None) -> Any:
@@ -916,7 +1128,11 @@ def _fn_len(x: Any) -> int:
 
 
 def _many(args: tuple[Any, ...], name: str) -> list[Any]:
-    items = list(args[0]) if len(args) == 1 and isinstance(args[0], list | tuple) else list(args)
+    if len(args) == 1 and isinstance(args[0], list | tuple):
+        _check_walk(args[0])
+        items = list(args[0])
+    else:
+        items = list(args)
     if not items:
         raise EvalError(f"{name}() of nothing")
     return [to_number(x) for x in items]
@@ -988,8 +1204,14 @@ def _is_value(node: Node) -> bool:
 
 
 class _Compiler:
-    def __init__(self, src: _Source) -> None:
+    def __init__(self, src: _Source, limits: ExprLimits = DEFAULT_LIMITS) -> None:
         self.src = src
+        self.limits = limits
+        #: True once a closure uses a bounded operation (the result needs `_metered`).
+        self.metered = False
+        #: Variable operands joined by + or * so far (compared with ``max_terms``).
+        self.terms = 0
+        _METER.set(limits, src.route_id)  # constant folding is bounded too
 
     def fail(self, message: str, where: Node | int) -> RouteError:
         return self.src.error(message, where if isinstance(where, int) else where.pos)
@@ -1082,9 +1304,19 @@ class _Compiler:
         return neg
 
     def c_binary(self, node: Node) -> _Compiled:
-        acc = self.compile(node.args[0])
-        for op, pos, arg in zip(node.value, node.op_pos, node.args[1:], strict=True):
-            acc = self.binary(pos, op, acc, self.compile(arg))
+        parts = [self.compile(a) for a in node.args]
+        if "+" in node.value or "*" in node.value:
+            self.terms += sum(not isinstance(p, _Const) for p in parts)
+            cap = self.limits.max_terms
+            if self.terms > cap:
+                raise self.fail(
+                    f"{self.terms} variable terms joined by + or * (the cap is max_terms={cap}; "
+                    "each may be a copy of the input)",
+                    node,
+                )
+        acc = parts[0]
+        for op, pos, part in zip(node.value, node.op_pos, parts[1:], strict=True):
+            acc = self.binary(pos, op, acc, part)
         return acc
 
     def binary(self, pos: int, op: str, left: _Compiled, right: _Compiled) -> _Compiled:
@@ -1097,6 +1329,7 @@ class _Compiler:
                 raise self.fail("division by zero", pos)
             return _binary_const(op, _fn(left), right.value)
         lf, rf = _fn(left), _fn(right)
+        self.metered = True
 
         def binop(v: Any, dp: Any) -> Any:
             return slow(lf(v, dp), rf(v, dp))
@@ -1142,6 +1375,13 @@ class _Compiler:
     def c_compare(self, node: Node) -> _Compiled:
         parts = [self.compile(a) for a in node.args]
         ops: tuple[str, ...] = node.value
+        for op, right in zip(ops, parts[1:], strict=True):
+            # ``in`` walks or converts its operands unless the container is a
+            # constant list or object (those are bounded at parse time).
+            if op in ("in", "not in") and not (
+                isinstance(right, _Const) and isinstance(right.value, tuple | dict)
+            ):
+                self.metered = True
         if all(isinstance(p, _Const) for p in parts):
             values = [p.value for p in parts]  # type: ignore[union-attr]
             return self.fold(
@@ -1193,6 +1433,7 @@ class _Compiler:
             values = [a.value for a in args]  # type: ignore[union-attr]
             return self.fold(node, lambda: fn(*values))
         fns = [_fn(a) for a in args]
+        self.metered = True
         if len(fns) == 1:
             f1 = fns[0]
             return lambda v, dp: fn(f1(v, dp))
@@ -1218,7 +1459,12 @@ def _fold_or(values: list[Any]) -> Any:
 
 
 def _binary_const(op: str, left: _Fn, k: int | float) -> _Fn:
-    """``left OP number``: plain arithmetic when the left side is a number."""
+    """``left OP number``: plain arithmetic when the left side is a number.
+
+    Not checked against the caps: an integer grows by the constant's digits at
+    most (a literal has at most 30), linearly, and the next bounded operation
+    or the serializers catch what ends up too long.
+    """
     slow = _BINARY[op]
     arith: Callable[[Any, Any], Any] = {
         "+": operator.add,
@@ -1316,7 +1562,7 @@ def _compare_pair(op: str, left: _Compiled, right: _Compiled) -> _Compiled:
             except TypeError:
                 members = None
         if members is None:
-            return lambda v, dp: _contains(lf(v, dp), container) is not negate
+            return lambda v, dp: _contains(lf(v, dp), container, False) is not negate
         frozen = members
         has_text = any(isinstance(m, str) for m in frozen)
         has_other = any(not isinstance(m, str) for m in frozen)
@@ -1329,9 +1575,9 @@ def _compare_pair(op: str, left: _Compiled, right: _Compiled) -> _Compiled:
                 if x in frozen:
                     return not negate
             except TypeError:
-                return _contains(x, container) is not negate
+                return _contains(x, container, False) is not negate
             if (has_other and isinstance(x, str)) or (has_text and not isinstance(x, str)):
-                return _contains(x, container) is not negate
+                return _contains(x, container, False) is not negate
             return negate
 
         return member
@@ -1426,11 +1672,14 @@ def _order_const(op: str, left: _Fn, k: int | float) -> _Fn:
     return le
 
 
-def compile_condition(text: str, *, route_id: str | None = None) -> Condition:
+def compile_condition(
+    text: str, *, route_id: str | None = None, limits: ExprLimits | None = None
+) -> Condition:
     """Compile a condition to ``condition(value, datapoint) -> truthy``.
 
     The closure raises `EvalError` (or another ``Exception``) when one
-    evaluation cannot be done; the router counts that as a route error.
+    evaluation cannot be done, `LimitError` when it would go over one of
+    ``limits`` (default `DEFAULT_LIMITS`); the router counts that as a route error.
 
     Raises:
         RouteError: for a syntax error, an unknown name or function, or a
@@ -1439,7 +1688,9 @@ def compile_condition(text: str, *, route_id: str | None = None) -> Condition:
     """
     node = parse_expression(text, route_id=route_id, kind="condition")
     src = _Source(text, "condition", route_id)
-    return _finish(_Compiler(src).compile(node))
+    compiler = _Compiler(src, limits or DEFAULT_LIMITS)
+    fn = _finish(compiler.compile(node))
+    return _metered(fn, compiler.limits, route_id) if compiler.metered else fn
 
 
 def _finish(c: _Compiled) -> _Fn:
@@ -1453,8 +1704,8 @@ def _finish(c: _Compiled) -> _Fn:
 
 
 class _StepCompiler(_Compiler):
-    def __init__(self, src: _Source, clock: Clock) -> None:
-        super().__init__(src)
+    def __init__(self, src: _Source, clock: Clock, limits: ExprLimits) -> None:
+        super().__init__(src, limits)
         self.clock = clock
 
     def number(self, node: Node, what: str, *, minimum: float | None = None) -> int | float:
@@ -1630,7 +1881,7 @@ def _loose_keys(v: Any) -> list[Any]:
     if isinstance(v, bool):
         return ["true" if v else "false"]
     if isinstance(v, int):
-        return [str(v)]
+        return [str(v)] if v.bit_length() <= _TEXT_BITS else []
     if isinstance(v, float):
         return [str(int(v)), repr(v)] if v.is_integer() else [repr(v)]
     return []
@@ -1668,7 +1919,11 @@ class _Window:
         x: Any = v
         if kind != "count":
             x = to_number(v)
-            if not math.isfinite(x):
+            try:
+                finite = math.isfinite(x)
+            except OverflowError:  # an int too large for a float
+                finite = False
+            if not finite:
                 raise EvalError(f"{kind}() of a non-finite number")
         points.append((now, x))
         if kind == "avg" or kind == "sum":
@@ -1723,32 +1978,39 @@ TRANSFORM_STEPS: Final = {
 
 
 def compile_transform(
-    text: str, *, route_id: str | None = None, clock: Clock | None = None
+    text: str,
+    *,
+    route_id: str | None = None,
+    clock: Clock | None = None,
+    limits: ExprLimits | None = None,
 ) -> Transform:
     """Compile a transform chain to ``transform(value, datapoint) -> value | DROP``.
 
     Stateful steps (``deadband``, ``throttle``, the windows) keep their state
     per input address inside the returned closure, and read time from
-    ``clock`` (monotonic).
+    ``clock`` (monotonic). An evaluation that would go over one of ``limits``
+    (default `DEFAULT_LIMITS`) raises `LimitError`.
 
     Raises:
         RouteError: for a syntax error, an unknown step, a wrong argument,
             naming the expression and the 1-based position. Never anything else.
     """
     src, steps = _parse_steps(text, route_id)
-    compiler = _StepCompiler(src, clock or SystemClock())
+    compiler = _StepCompiler(src, clock or SystemClock(), limits or DEFAULT_LIMITS)
     fns = tuple(compiler.step(s) for s in steps)
     if len(fns) == 1:
-        return fns[0]
+        fn = fns[0]
+    else:
 
-    def chain(v: Any, dp: Any) -> Any:
-        for f in fns:
-            v = f(v, dp)
-            if v is DROP:
-                return DROP
-        return v
+        def chain(v: Any, dp: Any) -> Any:
+            for f in fns:
+                v = f(v, dp)
+                if v is DROP:
+                    return DROP
+            return v
 
-    return chain
+        fn = chain
+    return _metered(fn, compiler.limits, route_id) if compiler.metered else fn
 
 
 def iter_names(node: Node) -> Iterator[str]:

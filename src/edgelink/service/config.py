@@ -31,6 +31,7 @@ __all__ = [
     "BufferSettings",
     "ConfigFolder",
     "DiscoveryEntry",
+    "RouterSettings",
     "ServiceSettings",
     "StorageSettings",
     "WebhookSettings",
@@ -139,6 +140,31 @@ class StorageSettings(BaseModel):
     )
 
 
+class RouterSettings(BaseModel):
+    """The router's expression caps and its quarantine of poison routes and sources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_string_length: int = Field(
+        default=1_048_576, ge=1, description="longest string an expression may build or copy"
+    )
+    max_int_digits: int = Field(
+        default=1000, ge=1, le=4000, description="most digits of an integer an expression builds"
+    )
+    max_items: int = Field(
+        default=10_000, ge=1, description="longest list or object an expression may walk"
+    )
+    max_nesting: int = Field(default=32, ge=1, description="deepest nesting an expression walks")
+    max_terms: int = Field(
+        default=64, ge=1, description="most variable operands joined by + or * in one expression"
+    )
+    budget: int = Field(default=8_000_000, ge=1, description="cost units one evaluation may spend")
+    quarantine_after: int = Field(
+        default=5, ge=1, description="strikes within quarantine_window that quarantine"
+    )
+    quarantine_window: float = Field(default=60.0, gt=0, description="seconds")
+
+
 class ServiceSettings(BaseModel):
     """``edgelink.json``: the service around the connections."""
 
@@ -147,6 +173,7 @@ class ServiceSettings(BaseModel):
     api: ApiSettings = ApiSettings()
     bridge: BridgeSettings = BridgeSettings()
     storage: StorageSettings = StorageSettings()
+    router: RouterSettings = RouterSettings()
     webhooks: dict[str, WebhookSettings] = Field(
         default_factory=dict, description="webhook targets by name (webhook.<name> in routes)"
     )

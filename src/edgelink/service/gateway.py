@@ -44,6 +44,7 @@ from edgelink.registry import DriverRegistry
 from edgelink.router.address import resolve_endpoint
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.engine import Router, RouteTableDiff
+from edgelink.router.expr import ExprLimits
 from edgelink.router.schema import load_routing
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
@@ -231,6 +232,7 @@ class Gateway:
         _remember_service_secrets(self.settings, self.token)
         manager = self._manager = loaded.manager
         self._add_webhooks(manager)
+        self._configure_router(manager)
         self.db = Database(folder.resolve(self.settings.storage.path))
         self.events = EventLog(
             self.db,
@@ -386,6 +388,10 @@ class Gateway:
     async def _record_event(self, event: Event) -> None:
         if self.events is not None:
             self.events.record(event)
+
+    def _configure_router(self, manager: ConnectionManager) -> None:
+        """Quarantines are evented (the caps were set from ``edgelink.json`` by `load_folder`)."""
+        manager.router.on_quarantine = lambda kind, info: self._emit(kind, **info)
 
     def _emit(self, event_type: str, **data: Any) -> None:
         if self._manager is not None:
@@ -627,6 +633,24 @@ class Gateway:
             outcome["status"] = brief["status"]
         logger.info("admin %s %s (by %s)", action, connection_id, who)
         return {"connection_id": connection_id, "action": action, **outcome, **brief}
+
+    async def enable_route(self, route_id: str, *, who: str = SYSTEM) -> dict[str, Any]:
+        """Let a route quarantined as poison run again, audited; return its stats.
+
+        Raises:
+            KeyError: for an unknown route.
+        """
+        async with self.auditor.action(who, "enable_route", route_id) as outcome:
+            stats = self.manager.router.enable_route(route_id)
+            outcome["state"] = stats.get("state")
+        return stats
+
+    async def enable_source(self, source_id: str, *, who: str = SYSTEM) -> dict[str, Any] | None:
+        """Route a quarantined source's datapoints again, audited; return its old quarantine."""
+        async with self.auditor.action(who, "enable_source", source_id) as outcome:
+            was = self.manager.router.enable_source(source_id)
+            outcome["was_quarantined"] = was is not None
+        return was
 
     async def release_quarantine(
         self, connection_id: str, tag: str | None = None, *, who: str = SYSTEM
@@ -871,9 +895,18 @@ def compile_routes(
     A ``webhook.<name>`` target must name a webhook of ``edgelink.json``: the
     router alone would take it for a virtual address and deliver nowhere.
 
+    The router's expression caps and quarantine thresholds are set from
+    ``edgelink.json`` first, so the table compiles under the caps it runs with.
+
     Raises:
         RouteError: naming the file, the JSON path and the reason; the old table stays.
     """
+    rs = settings.router
+    router.configure(
+        limits=ExprLimits(**rs.model_dump(exclude={"quarantine_after", "quarantine_window"})),
+        quarantine_after=rs.quarantine_after,
+        quarantine_window=rs.quarantine_window,
+    )
     config, file = load_routing(source)
     declared = {f"webhook.{name}" for name in settings.webhooks}
     errors: list[tuple[str, str]] = []
