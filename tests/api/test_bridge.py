@@ -9,10 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
+from edgelink.sim.http import HttpSimulator
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
 from edgelink.testing.mosquitto import MosquittoBroker
 
@@ -90,6 +93,7 @@ def write_folder(
     routes: list[Any],
     qos: int,
     discovery: list[dict[str, Any]] | None = None,
+    buffer: dict[str, Any] | None = None,
 ) -> None:
     (folder / "connections.json").write_text(
         json.dumps({"settings": FAST, "connections": connections})
@@ -104,16 +108,17 @@ def write_folder(
                     "base_topic": "smarthome",
                     "qos": qos,
                     "discovery": discovery or [],
+                    **({"buffer": buffer} if buffer else {}),
                 },
             }
         )
     )
 
 
-def broker_connection(broker: MosquittoBroker) -> dict[str, Any]:
+def broker_connection(broker: MosquittoBroker, protocol: str = "3.1.1") -> dict[str, Any]:
     return {
         "type": "mqtt",
-        "config": {"host": "127.0.0.1", "port": broker.port, "qos": 1},
+        "config": {"host": "127.0.0.1", "port": broker.port, "qos": 1, "protocol": protocol},
         "settings": {"spam_max_pps": None},
     }
 
@@ -250,3 +255,256 @@ async def test_broker_restart_during_10000_datapoints_loses_none_and_keeps_order
     finally:
         await gateway.stop()
         sub.close()
+
+
+# ------------------------------------------------- refused messages never wedge the bridge
+
+
+async def test_reported_json_pointer_tag_flows_through_buffer_and_set_decodes(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test the reported case: an http JSON-pointer tag ``/status#/power/ac`` at QoS 1.
+
+    Its datapoints wait in the buffer while the broker is away; when it is back
+    the flush publishes them (escaped), the rest follows and the bridge goes live.
+    A ``/set`` on an escaped topic reaches the device tag it was made from.
+    """
+    with HttpSimulator() as sim:
+        connections = {
+            "sim": {
+                "type": "http",
+                "config": {"base_url": sim.url},
+                "poll": [{"tags": ["/status#/power/ac"], "interval": 0.05}],
+            },
+            "broker": broker_connection(broker),
+        }
+        write_folder(tmp_path, connections, [], qos=1)
+        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        await gateway.start()
+        sub: Subscriber | None = None
+        try:
+            bridge = gateway.bridge
+            assert bridge is not None
+            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+            await asyncio.to_thread(broker.stop)
+            await eventually(lambda: bridge.depth >= 3)  # the tag's datapoints are buffered
+            gateway.manager.router.route_data("calc", "after", 1)
+            await asyncio.to_thread(broker.start)
+            sub = Subscriber(broker, "smarthome/#")
+            await asyncio.to_thread(sub.subscribed.wait, 5)
+            pointer = "smarthome/sim/%2Fstatus%23%2Fpower%2Fac"
+            await eventually(lambda: bridge.stats()["live"])
+            got = await eventually(lambda: [p for t, p in sub.snapshot() if t == pointer])
+            assert json.loads(got[-1])["value"] == 1500.0
+            await eventually(lambda: ("smarthome/calc/after", True) in _values(sub))
+            stats = bridge.stats()
+            assert stats["errors"] == 0 and stats["dead_letters"] == 0
+            assert stats["flushed"] >= 4
+
+            sub.client.publish("smarthome/sim/%2Fvalues%2Fa%2Bb/set", "77", qos=1)
+            await eventually(lambda: sim.device.values.get("a+b") == 77)
+            result = await eventually(
+                lambda: [
+                    p
+                    for t, p in sub.snapshot()
+                    if t == "smarthome/sim/%2Fvalues%2Fa%2Bb/set/result"
+                ]
+            )
+            assert json.loads(result[-1]) == {"ok": True, "value": 77}
+            sub.client.publish("smarthome/sim/%ZZ/set", "1", qos=1)
+            bad = await eventually(
+                lambda: [p for t, p in sub.snapshot() if t == "smarthome/sim/%ZZ/set/result"]
+            )
+            assert "bad escape" in json.loads(bad[-1])["error"]
+        finally:
+            await gateway.stop()
+            if sub is not None:
+                sub.close()
+
+
+def _values(sub: Subscriber) -> list[tuple[str, Any]]:
+    return [(t, json.loads(p)["value"]) for t, p in sub.snapshot() if p.startswith(b"{")]
+
+
+ILLEGAL_TAGS = [
+    "a#b",
+    "a+b",
+    "a/b",
+    "nul\x00",
+    "ctl\x01\x1f\x7f\x80\x9f",
+    "$SYS",
+    "sur\ud800",
+    "non\ufffe\uffff",
+    "x..y",
+    "",
+    "mode.set",
+    "100%",
+    "/status#/power/ac",
+]
+
+
+async def test_every_illegal_character_reaches_the_broker_escaped(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test tags with every character MQTT forbids: all arrive, escaped, nothing refused."""
+    write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1)
+    sub = Subscriber(broker, "smarthome/#")
+    gateway = Gateway(tmp_path, serve_api=False, watch=False)
+    await gateway.start()
+    try:
+        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+        await asyncio.to_thread(sub.subscribed.wait, 5)
+        bridge = gateway.bridge
+        assert bridge is not None
+        await eventually(lambda: bridge.stats()["live"])
+        for n, tag in enumerate(ILLEGAL_TAGS):
+            gateway.manager.router.route_data("calc", tag, n)
+        gateway.manager.router.route_data("calc", "plain", "last")
+        await eventually(lambda: ("smarthome/calc/plain", "last") in _values(sub))
+        got = {
+            decode_address(t.split("/")[1:]): v
+            for t, v in _values(sub)
+            if t.startswith("smarthome/calc/")
+        }
+        for n, tag in enumerate(ILLEGAL_TAGS):
+            assert got.get(("calc", tag)) == n, tag
+        assert bridge.stats()["errors"] == 0
+        assert bridge.published == len(ILLEGAL_TAGS) + 1
+        assert gateway.manager.get_state("broker") == "connected"
+    finally:
+        await gateway.stop()
+        sub.close()
+
+
+ACL = "topic deny smarthome/calc/secret\ntopic readwrite #\n"
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Test a broker whose ACL refuses one topic, on the live path and in the flush.
+
+    MQTT 5: mosquitto answers the QoS 1 publish with PUBACK 0x87 (not authorized):
+    each refused message is dead-lettered, counted in errors, evented, listed by
+    the API and /metrics, and every other message flows. MQTT 3.1.1: mosquitto
+    acknowledges the denied publish and drops it; the bridge cannot know, and
+    says nothing it does not know (published, no error).
+    """
+    refusable = protocol == "5"
+    with MosquittoBroker(acl=ACL, allow_anonymous=True) as broker:
+        write_folder(tmp_path, {"broker": broker_connection(broker, protocol)}, [], qos=1)
+        sub = Subscriber(broker, "smarthome/calc/#")
+        gateway = Gateway(tmp_path, api_port=0, watch=False)
+        await gateway.start()
+        try:
+            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+            await asyncio.to_thread(sub.subscribed.wait, 5)
+            bridge = gateway.bridge
+            assert bridge is not None
+            await eventually(lambda: bridge.stats()["live"])
+            router = gateway.manager.router
+            for n in range(20):  # live path
+                router.route_data("calc", "ok", n)
+                router.route_data("calc", "secret", n)
+                router.route_data("calc", "also", n)
+            await eventually(lambda: ("smarthome/calc/also", 19) in _values(sub))
+            await eventually(lambda: not bridge.stats()["in_flight"])
+            live_refused = 20 if refusable else 0
+            assert bridge.stats()["errors"] == live_refused
+            assert bridge.published == 60 - live_refused
+
+            await asyncio.to_thread(broker.stop)  # flush path
+            await eventually(lambda: not bridge.stats()["live"])
+            for n in range(20, 30):
+                router.route_data("calc", "ok", n)
+                router.route_data("calc", "secret", n)
+                router.route_data("calc", "also", n)
+            await eventually(lambda: bridge.depth == 30)
+            await asyncio.to_thread(broker.start)
+            await eventually(lambda: bridge.stats()["live"])
+            await eventually(lambda: ("smarthome/calc/also", 29) in _values(sub))
+            values = _values(sub)
+            for tag in ("ok", "also"):
+                seen = [v for t, v in values if t == f"smarthome/calc/{tag}"]
+                assert list(dict.fromkeys(seen)) == list(range(30)), tag
+            assert not any(t == "smarthome/calc/secret" for t, _ in values)
+
+            refused = 30 if refusable else 0
+            stats = bridge.stats()
+            assert stats["errors"] == refused
+            assert stats["dead_letters"] == refused
+            assert stats["depth"] == 0 and stats["dropped"] == 0
+            assert stats["published"] == 90 - refused
+
+            assert gateway.api_address is not None
+            host, port = gateway.api_address
+            async with httpx.AsyncClient(
+                base_url=f"http://{host}:{port}",
+                headers={"Authorization": "Bearer bridge-test-token-0123456789"},
+                timeout=5,
+            ) as api:
+                shown = (await api.get("/api/bridge")).json()
+                assert shown["errors"] == refused and shown["dead_letters"] == refused
+                letters = (await api.get("/api/bridge/dead-letters?limit=1000")).json()
+                assert letters["total"] == refused
+                assert len(letters["dead_letters"]) == refused
+                if refusable:
+                    first = letters["dead_letters"][0]
+                    assert first["topic"] == "smarthome/calc/secret"
+                    assert "0x87" in first["reason"] and "authorized" in first["reason"]
+                    assert json.loads(first["payload"])["value"] == 29
+                    assert isinstance(first["ts"], float)
+                metrics = (await api.get("/metrics")).text
+                assert f"edgelink_bridge_errors_total {float(refused)}" in metrics
+                assert f"edgelink_bridge_dead_letters_total {float(refused)}" in metrics
+                events = (await api.get("/api/events?type=bridge_dead_letter")).json()
+                # One event per topic and minute, not one per message.
+                assert len(events["events"]) == (1 if refusable else 0)
+        finally:
+            await gateway.stop()
+            sub.close()
+
+
+async def test_depth_never_exceeds_max_items_and_drops_are_counted_exactly(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test that the buffer's depth stays within max_items at every moment, drops counted."""
+    write_folder(
+        tmp_path,
+        {"broker": broker_connection(broker)},
+        [],
+        qos=1,
+        buffer={"max_items": 50, "max_age_s": 3600},
+    )
+    gateway = Gateway(tmp_path, serve_api=False, watch=False)
+    await gateway.start()
+    sub: Subscriber | None = None
+    try:
+        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+        bridge = gateway.bridge
+        assert bridge is not None
+        await asyncio.to_thread(broker.stop)
+        await eventually(lambda: not bridge.stats()["live"])
+        router = gateway.manager.router
+        deepest = 0
+        for n in range(200):
+            router.route_data("calc", f"t{n}", n)
+            deepest = max(deepest, bridge.depth)
+            if n % 7 == 0:
+                await asyncio.sleep(0)  # let the uplink task store some
+        assert deepest == 50
+        assert bridge.depth == 50
+        assert bridge.dropped == 150
+        await asyncio.to_thread(broker.start)
+        sub = Subscriber(broker, "smarthome/calc/#")
+        await eventually(lambda: bridge.stats()["live"])
+        await asyncio.to_thread(sub.subscribed.wait, 5)
+        got = await eventually(lambda: len({t for t, _ in sub.snapshot()}) >= 50 and sub.snapshot())
+        assert {json.loads(p)["value"] for _, p in got} == set(range(150, 200))
+        stats = bridge.stats()
+        assert stats["depth"] == 0 and stats["dropped"] == 150 and stats["flushed"] == 50
+    finally:
+        await gateway.stop()
+        if sub is not None:
+            sub.close()

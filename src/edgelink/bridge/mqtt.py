@@ -507,6 +507,10 @@ class MqttBridge:
             count, self._drops_to_report = self._drops_to_report, 0
             self._event("bridge_dropped", count=count, total=self._buffer.dropped)
 
+    async def store_dead_letters(self) -> None:
+        """Write the refused messages noted so far to the dead-letter table."""
+        await self._store_dead()
+
     async def _store_dead(self) -> None:
         if self._dead:
             rows, self._dead = self._dead, []
