@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from edgelink.bridge.mqtt import MqttBridge
 from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
 from edgelink.sim.http import HttpSimulator
@@ -326,6 +328,26 @@ def _values(sub: Subscriber) -> list[tuple[str, Any]]:
     return [(t, json.loads(p)["value"]) for t, p in sub.snapshot() if p.startswith(b"{")]
 
 
+@contextlib.asynccontextmanager
+async def live_gateway(
+    folder: Path, broker: MosquittoBroker, topic: str, *, api: bool = False
+) -> AsyncIterator[tuple[Gateway, MqttBridge, Subscriber]]:
+    """A started gateway whose bridge is live, and a subscriber to ``topic``."""
+    sub = Subscriber(broker, topic)
+    gateway = Gateway(folder, serve_api=api, api_port=0, watch=False)
+    await gateway.start()
+    try:
+        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+        await asyncio.to_thread(sub.subscribed.wait, 5)
+        bridge = gateway.bridge
+        assert bridge is not None
+        await eventually(lambda: bridge.stats()["live"])
+        yield gateway, bridge, sub
+    finally:
+        await gateway.stop()
+        sub.close()
+
+
 ILLEGAL_TAGS = [
     "a#b",
     "a+b",
@@ -348,15 +370,7 @@ async def test_every_illegal_character_reaches_the_broker_escaped(
 ) -> None:
     """Test tags with every character MQTT forbids: all arrive, escaped, nothing refused."""
     write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1)
-    sub = Subscriber(broker, "smarthome/#")
-    gateway = Gateway(tmp_path, serve_api=False, watch=False)
-    await gateway.start()
-    try:
-        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
-        await asyncio.to_thread(sub.subscribed.wait, 5)
-        bridge = gateway.bridge
-        assert bridge is not None
-        await eventually(lambda: bridge.stats()["live"])
+    async with live_gateway(tmp_path, broker, "smarthome/#") as (gateway, bridge, sub):
         for n, tag in enumerate(ILLEGAL_TAGS):
             gateway.manager.router.route_data("calc", tag, n)
         gateway.manager.router.route_data("calc", "plain", "last")
@@ -371,9 +385,6 @@ async def test_every_illegal_character_reaches_the_broker_escaped(
         assert bridge.stats()["errors"] == 0
         assert bridge.published == len(ILLEGAL_TAGS) + 1
         assert gateway.manager.get_state("broker") == "connected"
-    finally:
-        await gateway.stop()
-        sub.close()
 
 
 ACL = "topic deny smarthome/calc/secret\ntopic readwrite #\n"
@@ -394,15 +405,11 @@ async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
     refusable = protocol == "5"
     with MosquittoBroker(acl=ACL, allow_anonymous=True) as broker:
         write_folder(tmp_path, {"broker": broker_connection(broker, protocol)}, [], qos=1)
-        sub = Subscriber(broker, "smarthome/calc/#")
-        gateway = Gateway(tmp_path, api_port=0, watch=False)
-        await gateway.start()
-        try:
-            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
-            await asyncio.to_thread(sub.subscribed.wait, 5)
-            bridge = gateway.bridge
-            assert bridge is not None
-            await eventually(lambda: bridge.stats()["live"])
+        async with live_gateway(tmp_path, broker, "smarthome/calc/#", api=True) as (
+            gateway,
+            bridge,
+            sub,
+        ):
             router = gateway.manager.router
             for n in range(20):  # live path
                 router.route_data("calc", "ok", n)
@@ -461,9 +468,6 @@ async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
                 events = (await api.get("/api/events?type=bridge_dead_letter")).json()
                 # One event per topic and minute, not one per message.
                 assert len(events["events"]) == (1 if refusable else 0)
-        finally:
-            await gateway.stop()
-            sub.close()
 
 
 async def test_depth_never_exceeds_max_items_and_drops_are_counted_exactly(

@@ -230,11 +230,16 @@ class MqttBridge:
             object_id = "edgelink_" + "".join(
                 ch if ch.isalnum() else "_" for ch in entry.address
             ).strip("_")
+            try:
+                state_topic = self.state_topic(entry.address)
+            except TopicError as exc:
+                logger.warning("bridge: no discovery for %s: %s", entry.address, exc)
+                continue
             config: dict[str, Any] = {
                 "name": entry.name or entry.address,
                 "unique_id": object_id,
                 "object_id": object_id,
-                "state_topic": self.state_topic(entry.address),
+                "state_topic": state_topic,
                 "value_template": "{{ value_json.value }}",
                 "availability_topic": f"{self.base}/status",
                 "payload_available": "online",
@@ -393,8 +398,8 @@ class MqttBridge:
         if exc is not None:
             # The broker refused it (MQTT 5 PUBACK reason >= 0x80); the link is fine.
             self.published -= 1
-            if self._may_retry(exc, entry.topic, entry.seq, entry.attempt) and self._live:
-                self.retried += 1
+            if self._may_retry(exc, entry.topic, entry.seq, entry.attempt):
+                self.retried += 1  # live: published again now; else it joins the buffer
                 self._send(entry.topic, entry.payload, entry.attempt + 1)
             else:
                 self._dead_letter(entry.topic, entry.payload, self.qos, self.retain, _reason(exc))
