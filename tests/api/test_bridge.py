@@ -14,7 +14,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
-from edgelink.bridge.mqtt import MqttBridge
+from edgelink.bridge.mqtt import ATTEMPTS, MqttBridge
 from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
 from edgelink.sim.http import HttpSimulator
@@ -512,3 +512,169 @@ async def test_depth_never_exceeds_max_items_and_drops_are_counted_exactly(
         await gateway.stop()
         if sub is not None:
             sub.close()
+
+
+# ---------------------------------------- bounded retries of passing refusals (MQTT 5)
+
+
+class RefusingBroker:
+    """A tiny MQTT 5 broker on loopback that answers publishes with scripted PUBACK reasons.
+
+    mosquitto never answers 0x97 (quota exceeded) to a publish, so this peer does:
+    ``reasons[topic]`` is the list of reason codes for that topic's next publishes
+    (then 0, success). It acknowledges CONNECT, SUBSCRIBE and PINGREQ, records
+    every PUBLISH as ``(topic, payload, reason)``; UNSUBSCRIBE (the driver's ping
+    health check) is answered "no subscription existed".
+    """
+
+    def __init__(self, reasons: dict[str, list[int]]) -> None:
+        self.reasons = reasons
+        self.publishes: list[tuple[str, bytes, int]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> RefusingBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+    @staticmethod
+    def _varint(data: bytes, at: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value, at
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                first = (await reader.readexactly(1))[0]
+                size, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    size |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(size)
+                kind = first >> 4
+                if kind == 1:  # CONNECT -> CONNACK, no properties
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE -> SUBACK granting QoS 1 per filter
+                    props, at = self._varint(body, 2)
+                    at += props
+                    grants = 0
+                    while at < len(body):
+                        at += 2 + int.from_bytes(body[at : at + 2], "big") + 1
+                        grants += 1
+                    writer.write(bytes([0x90, 3 + grants, body[0], body[1], 0] + [1] * grants))
+                elif kind == 10:  # UNSUBSCRIBE (the driver's ping check) -> UNSUBACK
+                    props, at = self._varint(body, 2)
+                    at += props
+                    count = 0
+                    while at < len(body):
+                        at += 2 + int.from_bytes(body[at : at + 2], "big")
+                        count += 1
+                    writer.write(bytes([0xB0, 3 + count, body[0], body[1], 0] + [0x11] * count))
+                elif kind == 12:  # PINGREQ
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 3:  # PUBLISH
+                    qos = (first >> 1) & 3
+                    length = int.from_bytes(body[:2], "big")
+                    topic = body[2 : 2 + length].decode()
+                    at = 2 + length
+                    pid = body[at : at + 2]
+                    at += 2 if qos else 0
+                    props, at = self._varint(body, at)
+                    queue = self.reasons.get(topic, [])
+                    reason = queue.pop(0) if queue else 0
+                    self.publishes.append((topic, body[at + props :], reason))
+                    if qos:
+                        writer.write(bytes([0x40, 3]) + pid + bytes([reason]))
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        self._writers.discard(writer)
+        writer.close()
+
+
+async def test_passing_refusals_are_retried_bounded_and_superseded_ones_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """Test PUBACK 0x97 (quota exceeded): published again up to ATTEMPTS times in all.
+
+    - twice refused, then accepted: delivered, 2 retries, no error;
+    - refused every time: dead-lettered after ATTEMPTS publishes, one error;
+    - refused while a newer value of the same topic went out: never re-sent
+      (it would overwrite the newer retained value), dead-lettered.
+    """
+    reasons = {"smarthome/calc/twice": [0x97, 0x97], "smarthome/calc/always": [0x97] * 10}
+    async with RefusingBroker(reasons) as fake:
+        connection = {
+            "type": "mqtt",
+            "config": {
+                "host": "127.0.0.1",
+                "port": fake.port,
+                "qos": 1,
+                "protocol": "5",
+                "health_check": "ping",
+            },
+            "settings": {"spam_max_pps": None},
+        }
+        write_folder(tmp_path, {"broker": connection}, [], qos=1)
+        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        await gateway.start()
+        try:
+            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+            bridge = gateway.bridge
+            assert bridge is not None
+            await eventually(lambda: bridge.stats()["live"])
+            router = gateway.manager.router
+            router.route_data("calc", "twice", 1)
+            router.route_data("calc", "always", 2)
+            await eventually(
+                lambda: bridge.stats()["errors"] == 1 and not bridge.stats()["in_flight"]
+            )
+            sent = [(t, json.loads(p)["value"], r) for t, p, r in fake.publishes if "calc" in t]
+            twice = [r for t, _, r in sent if t == "smarthome/calc/twice"]
+            always = [r for t, _, r in sent if t == "smarthome/calc/always"]
+            assert twice == [0x97, 0x97, 0]
+            assert always == [0x97] * ATTEMPTS
+            stats = bridge.stats()
+            assert stats["retried"] == 2 + (ATTEMPTS - 1)
+            assert stats["errors"] == 1 and stats["published"] == 1
+
+            fake.reasons["smarthome/calc/newer"] = [0x97]
+            router.route_data("calc", "newer", 1)
+            router.route_data("calc", "newer", 2)  # goes out before the refusal of 1 arrives
+            await eventually(lambda: bridge.stats()["errors"] == 2)
+            newer = [
+                (json.loads(p)["value"], r)
+                for t, p, r in fake.publishes
+                if t == "smarthome/calc/newer"
+            ]
+            assert newer == [(1, 0x97), (2, 0)]
+            await bridge.store_dead_letters()
+            letters = await bridge.dead_letters.recent()
+            assert [d["topic"] for d in letters] == [
+                "smarthome/calc/newer",
+                "smarthome/calc/always",
+            ]
+            assert "0x97" in letters[0]["reason"]
+        finally:
+            await gateway.stop()
