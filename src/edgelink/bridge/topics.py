@@ -29,6 +29,9 @@ bridge dead-letters that datapoint with the reason.
 
 from __future__ import annotations
 
+import functools
+import re
+
 __all__ = [
     "MAX_TOPIC_BYTES",
     "TopicError",
@@ -42,6 +45,8 @@ __all__ = [
 MAX_TOPIC_BYTES = 65535
 
 _ALWAYS = frozenset("%/#+\ufffe\uffff")
+#: Any character `encode_level` escapes (the fast path skips levels without one).
+_ANY_UNSAFE = re.compile("[%/#+\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 #: The level the bridge's ``/set`` back-path ends with; a tag level of that name is escaped.
 _RESERVED = "set"
 
@@ -65,6 +70,8 @@ def encode_level(text: str) -> str:
         return "%"
     if text == _RESERVED:
         return "%73et"
+    if text[0] != "$" and _ANY_UNSAFE.search(text) is None:
+        return text
     out = [_escape(ch) if _unsafe(ch) else ch for ch in text]
     if text[0] == "$":
         out[0] = "%24"
@@ -101,6 +108,7 @@ def decode_level(level: str) -> str:
         raise ValueError(f"topic level {level!r} escapes bytes that are not UTF-8") from exc
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_topic(base: str, source: str, tag: str) -> str:
     """Return the topic of datapoint ``source.tag`` under ``base``.
 
