@@ -372,7 +372,12 @@ class MqttBridge:
         return self._seq
 
     def _enforce_cap(self) -> None:
-        """Keep SQLite plus memory within ``max_items``: the oldest go first, counted now."""
+        """Keep SQLite plus memory within ``max_items``: the oldest go first, counted now.
+
+        Messages wait in memory until the uplink task writes them (up to 0.2 s or
+        `BATCH`); bounding only the SQLite rows let ``depth`` overshoot by what sat
+        in memory and count those drops late. The bound holds for the sum, always.
+        """
         excess = len(self._buffer) + len(self._pending) - self._buffer.max_items
         if excess <= 0:
             return
