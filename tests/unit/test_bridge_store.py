@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from edgelink.store import Database, DeadLetters, UplinkBuffer
@@ -71,5 +72,27 @@ async def test_dead_letters_are_bounded_oldest_first_and_counted(tmp_path: Path)
     await again.open()
     try:
         assert (again.total, again.dropped) == (5, 2)
+    finally:
+        await db.close()
+
+
+async def test_messages_being_written_count_in_the_depth_and_may_be_dropped(
+    tmp_path: Path,
+) -> None:
+    """Test that a put in progress never makes the depth dip, and its rows can be dropped."""
+    db = Database(tmp_path / "w.db")
+    buf = UplinkBuffer(db, max_items=10)
+    await buf.open()
+    try:
+        await buf.put(msgs(0, 1))
+        writing = asyncio.get_running_loop().create_task(buf.put(msgs(2, 3, 4)))
+        await asyncio.sleep(0)  # the put is in the database thread now
+        assert len(buf) == 5
+        assert buf.drop_oldest(3) == 3  # 0, 1 and 2 (the oldest of the batch)
+        assert len(buf) == 2
+        await writing
+        await buf.settle()
+        assert len(buf) == 2 and buf.dropped == 3
+        assert [m.payload for m in await buf.peek()] == [b"3", b"4"]
     finally:
         await db.close()

@@ -458,6 +458,7 @@ class UplinkBuffer:
         self._unsaved = 0  # drops counted, not yet added to the persistent counter
         self._held = 0  # rows handed out by peek, not yet acknowledged
         self._floor = 0  # the id of the last held row
+        self._incoming = 0  # rows a `put` is writing now (counted, and droppable, already)
         self.dropped = 0
 
     async def open(self) -> None:
@@ -475,8 +476,8 @@ class UplinkBuffer:
         self._size, self.dropped = await self._db.run(read)
 
     def __len__(self) -> int:
-        """Return the number of messages waiting."""
-        return self._size
+        """Return the number of messages waiting (those being written included)."""
+        return self._size + self._incoming
 
     @property
     def db(self) -> Database:
@@ -486,7 +487,7 @@ class UplinkBuffer:
     @property
     def droppable(self) -> int:
         """Messages `drop_oldest` can drop now (those not being delivered)."""
-        return max(0, self._size - self._held)
+        return max(0, self._size + self._incoming - self._held)
 
     def drop_oldest(self, n: int) -> int:
         """Count the ``n`` oldest messages not being delivered as dropped; return how many.
@@ -547,7 +548,13 @@ class UplinkBuffer:
         rows = [(now, topic, payload, qos, int(retain)) for topic, payload, qos, retain in messages]
         if not rows:
             return 0
-        dropped = await self._run_owed(lambda owed, unsaved: self._put(rows, owed, unsaved))
+        # Counted from now on: a drop while they are written may take them (they
+        # are then deleted in the next transaction, oldest first).
+        self._incoming = len(rows)
+        try:
+            dropped = await self._run_owed(lambda owed, unsaved: self._put(rows, owed, unsaved))
+        finally:
+            self._incoming = 0
         self.dropped += dropped
         return dropped
 
