@@ -330,10 +330,15 @@ def _values(sub: Subscriber) -> list[tuple[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def live_gateway(
-    folder: Path, broker: MosquittoBroker, topic: str, *, api: bool = False
+    folder: Path,
+    broker: MosquittoBroker,
+    topic: str,
+    *,
+    api: bool = False,
+    session: str | None = None,
 ) -> AsyncIterator[tuple[Gateway, MqttBridge, Subscriber]]:
     """A started gateway whose bridge is live, and a subscriber to ``topic``."""
-    sub = Subscriber(broker, topic)
+    sub = Subscriber(broker, topic, session=session)
     gateway = Gateway(folder, serve_api=api, api_port=0, watch=False)
     await gateway.start()
     try:
@@ -403,9 +408,12 @@ async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
     says nothing it does not know (published, no error).
     """
     refusable = protocol == "5"
-    with MosquittoBroker(acl=ACL, allow_anonymous=True) as broker:
+    # The subscriber's session and its queued messages outlive the broker restart.
+    with MosquittoBroker(acl=ACL, allow_anonymous=True, persistence=True) as broker:
         write_folder(tmp_path, {"broker": broker_connection(broker, protocol)}, [], qos=1)
-        async with live_gateway(tmp_path, broker, "smarthome/calc/#", api=True) as (
+        async with live_gateway(
+            tmp_path, broker, "smarthome/calc/#", api=True, session="edgelink-acl-test"
+        ) as (
             gateway,
             bridge,
             sub,
@@ -678,3 +686,31 @@ async def test_passing_refusals_are_retried_bounded_and_superseded_ones_dead_let
             assert "0x97" in letters[0]["reason"]
         finally:
             await gateway.stop()
+
+
+async def test_broker_that_disconnects_after_a_refusal_does_not_wedge_the_flush(
+    tmp_path: Path,
+) -> None:
+    """Test mosquitto 2.0 with ``max_queued_messages 0``: PUBACK 0x87, then it drops the client.
+
+    Each reconnect must get past the refused message (it was answered), so the
+    flush progresses and ends live; each refused message is dead-lettered once.
+    """
+    config = "max_queued_messages 0"
+    with MosquittoBroker(acl=ACL, allow_anonymous=True, extra_config=config) as broker:
+        write_folder(tmp_path, {"broker": broker_connection(broker, "5")}, [], qos=1)
+        async with live_gateway(tmp_path, broker, "smarthome/calc/#") as (gateway, bridge, sub):
+            router = gateway.manager.router
+            for n in range(4):
+                router.route_data("calc", "ok", n)
+                router.route_data("calc", "secret", n)
+            await eventually(lambda: ("smarthome/calc/ok", 3) in _values(sub), timeout=15)
+            await eventually(lambda: bridge.stats()["live"] and not bridge.depth)
+            seen = [v for t, v in _values(sub) if t == "smarthome/calc/ok"]
+            assert list(dict.fromkeys(seen)) == [0, 1, 2, 3]
+            stats = bridge.stats()
+            assert stats["errors"] == 4 and stats["dead_letters"] == 4
+            await bridge.store_dead_letters()
+            letters = await bridge.dead_letters.recent()
+            assert {d["topic"] for d in letters} == {"smarthome/calc/secret"}
+            assert sorted(json.loads(d["payload"])["value"] for d in letters) == [0, 1, 2, 3]

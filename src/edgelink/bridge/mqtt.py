@@ -83,6 +83,12 @@ ATTEMPTS = 3
 #: full paho queue is not a refusal of one message but back-pressure: the
 #: bridge buffers and the flush tries again, nothing is dead-lettered for it.
 TRANSIENT_REASONS = frozenset({0x80, 0x91, 0x97})
+#: Link losses in a row with the same buffered message unanswered at the head of
+#: the flush before it is dead-lettered: a broker may close the connection
+#: instead of refusing one message (MQTT 5 allows it), which would otherwise
+#: make the flush start over with that message forever. One or two losses are
+#: an ordinary outage; the message is sent again.
+LINK_LOSSES = 3
 #: A topic's ``bridge_dead_letter`` event is recorded at most this often, s.
 EVENT_EVERY_S = 60.0
 
@@ -162,6 +168,7 @@ class MqttBridge:
         self._drops_to_report = 0
         self._seq = 0
         self._topic_seq: dict[str, int] = {}
+        self._head_losses = (0, 0)  # (buffer id, link losses in a row with it unanswered)
         self.published = 0
         self.retried = 0
         self.buffered = 0
@@ -541,71 +548,87 @@ class MqttBridge:
                 self._live = True
                 logger.info("bridge: broker %s back, live", self.connection_id)
                 return
-            done, full = await self._flush_batch(driver, batch)
-            if done is None:
-                return  # the link went down: the batch stays in SQLite for the next link-up
+            done, stop = await self._flush_batch(driver, batch)
             if done:
                 await self._buffer.ack(done[-1].id)
             await self._store_pending()
-            if full:
-                return  # paho's queue is full: the next wake goes on from here
+            if stop:
+                return  # link down or paho's queue full: the next wake goes on from here
 
     async def _flush_batch(
         self, driver: Any, batch: list[BufferedMessage]
-    ) -> tuple[list[BufferedMessage] | None, bool]:
+    ) -> tuple[list[BufferedMessage], bool]:
         """Publish a batch from SQLite and wait for the broker's answers.
 
         A refused message is dead-lettered (after up to `ATTEMPTS` publishes for a
         passing reason) and counts as done: it never blocks the ones behind it.
+        If the link goes down meanwhile, what the broker answered before (a
+        leading run of the batch) is done all the same: a broker that drops the
+        connection after refusing a message (mosquitto 2.0 does with
+        ``max_queued_messages 0``) cannot make the flush start over forever. A
+        message left unanswered at the head by `LINK_LOSSES` link losses in a
+        row is dead-lettered too (a broker may disconnect instead of answering).
 
         Returns:
-            The leading messages of the batch that are done (None if the link went
-            down: the whole batch is flushed again), and whether paho's queue was full.
+            The leading messages of the batch that are done, and whether the flush
+            must stop (the link went down, or paho's queue is full).
         """
         todo = [(msg, 1) for msg in batch]
-        finished: set[int] = set()
-        refused: list[tuple[BufferedMessage, BaseException]] = []
-        full = False
-        while todo and not full:
+        outcome: dict[int, BaseException | None] = {}  # id -> None (delivered) or the refusal
+        stop = lost = False
+        while todo and not stop:
             sent: list[tuple[BufferedMessage, int, int, asyncio.Future[None] | None]] = []
             for msg, attempt in todo:
                 try:
                     fut = driver.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
                 except ConnectError:
-                    return None, False
+                    stop = lost = True
+                    break
                 except DeviceError as exc:
                     if _queue_full(exc):
-                        full = True
+                        stop = True
                         break
-                    refused.append((msg, exc))  # the client cannot send it: no retry helps
+                    outcome[msg.id] = exc  # the client cannot send it: no retry helps
                     continue
                 sent.append((msg, attempt, self._sent(msg.topic), fut))
             waiting = [fut for *_, fut in sent if fut is not None]
-            answered = await asyncio.gather(*waiting, return_exceptions=True)
-            if any(a is not None and not isinstance(a, DeviceError) for a in answered):
-                return None, False  # the link went down before the broker answered
-            answers = iter(answered)
+            answers = iter(await asyncio.gather(*waiting, return_exceptions=True))
             todo = []
             for msg, attempt, seq, fut in sent:
                 error = next(answers) if fut is not None else None
                 if error is None:
-                    self.published += 1
-                    self.flushed += 1
-                    finished.add(msg.id)
-                elif not full and self._may_retry(error, msg.topic, seq, attempt):
+                    outcome[msg.id] = None
+                elif not isinstance(error, DeviceError):
+                    stop = lost = True  # unanswered: the link went down first
+                elif not stop and self._may_retry(error, msg.topic, seq, attempt):
                     self.retried += 1
                     todo.append((msg, attempt + 1))
                 else:
-                    refused.append((msg, error))
-        for msg, error in refused:
-            self._dead_letter(msg.topic, msg.payload, msg.qos, msg.retain, _reason(error))
-            finished.add(msg.id)
+                    outcome[msg.id] = error
+            if lost:
+                break
         done = []
         for msg in batch:
-            if msg.id not in finished:
+            if msg.id not in outcome:
                 break
             done.append(msg)
-        return done, full
+        if lost and len(done) < len(batch):
+            head = batch[len(done)]
+            losses = self._head_losses[1] + 1 if self._head_losses[0] == head.id else 1
+            self._head_losses = (head.id, losses)
+            if losses >= LINK_LOSSES:
+                outcome[head.id] = ConnectError(
+                    f"the link went down {losses} times with this message unanswered"
+                )
+                done.append(head)
+        for msg in done:
+            error = outcome[msg.id]
+            if error is None:
+                self.published += 1
+                self.flushed += 1
+            else:
+                self._dead_letter(msg.topic, msg.payload, msg.qos, msg.retain, _reason(error))
+        return done, stop
 
     # ------------------------------------------------------------------ set
 
