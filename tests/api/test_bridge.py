@@ -14,7 +14,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
-from edgelink.bridge.mqtt import ATTEMPTS, MqttBridge
+from edgelink.bridge.mqtt import ATTEMPTS, LINK_LOSSES, MqttBridge
 from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
 from edgelink.sim.http import HttpSimulator
@@ -532,11 +532,13 @@ class RefusingBroker:
     ``reasons[topic]`` is the list of reason codes for that topic's next publishes
     (then 0, success). It acknowledges CONNECT, SUBSCRIBE and PINGREQ, records
     every PUBLISH as ``(topic, payload, reason)``; UNSUBSCRIBE (the driver's ping
-    health check) is answered "no subscription existed".
+    health check) is answered "no subscription existed". A PUBLISH to ``drop_on``
+    is never answered: the connection is closed instead.
     """
 
-    def __init__(self, reasons: dict[str, list[int]]) -> None:
+    def __init__(self, reasons: dict[str, list[int]], *, drop_on: str | None = None) -> None:
         self.reasons = reasons
+        self.drop_on = drop_on
         self.publishes: list[tuple[str, bytes, int]] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -609,6 +611,9 @@ class RefusingBroker:
                     pid = body[at : at + 2]
                     at += 2 if qos else 0
                     props, at = self._varint(body, at)
+                    if topic == self.drop_on:
+                        self.publishes.append((topic, b"", -1))
+                        break
                     queue = self.reasons.get(topic, [])
                     reason = queue.pop(0) if queue else 0
                     self.publishes.append((topic, body[at + props :], reason))
@@ -619,6 +624,35 @@ class RefusingBroker:
                 await writer.drain()
         self._writers.discard(writer)
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_peer_gateway(
+    folder: Path, fake: RefusingBroker
+) -> AsyncIterator[tuple[Gateway, MqttBridge]]:
+    """A started gateway whose bridge is live on the scripted MQTT 5 peer."""
+    connection = {
+        "type": "mqtt",
+        "config": {
+            "host": "127.0.0.1",
+            "port": fake.port,
+            "qos": 1,
+            "protocol": "5",
+            "health_check": "ping",
+        },
+        "settings": {"spam_max_pps": None},
+    }
+    write_folder(folder, {"broker": connection}, [], qos=1)
+    gateway = Gateway(folder, serve_api=False, watch=False)
+    await gateway.start()
+    try:
+        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+        bridge = gateway.bridge
+        assert bridge is not None
+        await eventually(lambda: bridge.stats()["live"])
+        yield gateway, bridge
+    finally:
+        await gateway.stop()
 
 
 async def test_passing_refusals_are_retried_bounded_and_superseded_ones_dead_lettered(
@@ -632,60 +666,41 @@ async def test_passing_refusals_are_retried_bounded_and_superseded_ones_dead_let
       (it would overwrite the newer retained value), dead-lettered.
     """
     reasons = {"smarthome/calc/twice": [0x97, 0x97], "smarthome/calc/always": [0x97] * 10}
-    async with RefusingBroker(reasons) as fake:
-        connection = {
-            "type": "mqtt",
-            "config": {
-                "host": "127.0.0.1",
-                "port": fake.port,
-                "qos": 1,
-                "protocol": "5",
-                "health_check": "ping",
-            },
-            "settings": {"spam_max_pps": None},
-        }
-        write_folder(tmp_path, {"broker": connection}, [], qos=1)
-        gateway = Gateway(tmp_path, serve_api=False, watch=False)
-        await gateway.start()
-        try:
-            await gateway.manager.wait_for_state("broker", "connected", timeout=10)
-            bridge = gateway.bridge
-            assert bridge is not None
-            await eventually(lambda: bridge.stats()["live"])
-            router = gateway.manager.router
-            router.route_data("calc", "twice", 1)
-            router.route_data("calc", "always", 2)
-            await eventually(
-                lambda: bridge.stats()["errors"] == 1 and not bridge.stats()["in_flight"]
-            )
-            sent = [(t, json.loads(p)["value"], r) for t, p, r in fake.publishes if "calc" in t]
-            twice = [r for t, _, r in sent if t == "smarthome/calc/twice"]
-            always = [r for t, _, r in sent if t == "smarthome/calc/always"]
-            assert twice == [0x97, 0x97, 0]
-            assert always == [0x97] * ATTEMPTS
-            stats = bridge.stats()
-            assert stats["retried"] == 2 + (ATTEMPTS - 1)
-            assert stats["errors"] == 1 and stats["published"] == 1
+    async with (
+        RefusingBroker(reasons) as fake,
+        fake_peer_gateway(tmp_path, fake) as (
+            gateway,
+            bridge,
+        ),
+    ):
+        router = gateway.manager.router
+        router.route_data("calc", "twice", 1)
+        router.route_data("calc", "always", 2)
+        await eventually(lambda: bridge.stats()["errors"] == 1 and not bridge.stats()["in_flight"])
+        sent = [(t, json.loads(p)["value"], r) for t, p, r in fake.publishes if "calc" in t]
+        twice = [r for t, _, r in sent if t == "smarthome/calc/twice"]
+        always = [r for t, _, r in sent if t == "smarthome/calc/always"]
+        assert twice == [0x97, 0x97, 0]
+        assert always == [0x97] * ATTEMPTS
+        stats = bridge.stats()
+        assert stats["retried"] == 2 + (ATTEMPTS - 1)
+        assert stats["errors"] == 1 and stats["published"] == 1
 
-            fake.reasons["smarthome/calc/newer"] = [0x97]
-            router.route_data("calc", "newer", 1)
-            router.route_data("calc", "newer", 2)  # goes out before the refusal of 1 arrives
-            await eventually(lambda: bridge.stats()["errors"] == 2)
-            newer = [
-                (json.loads(p)["value"], r)
-                for t, p, r in fake.publishes
-                if t == "smarthome/calc/newer"
-            ]
-            assert newer == [(1, 0x97), (2, 0)]
-            await bridge.store_dead_letters()
-            letters = await bridge.dead_letters.recent()
-            assert [d["topic"] for d in letters] == [
-                "smarthome/calc/newer",
-                "smarthome/calc/always",
-            ]
-            assert "0x97" in letters[0]["reason"]
-        finally:
-            await gateway.stop()
+        fake.reasons["smarthome/calc/newer"] = [0x97]
+        router.route_data("calc", "newer", 1)
+        router.route_data("calc", "newer", 2)  # goes out before the refusal of 1 arrives
+        await eventually(lambda: bridge.stats()["errors"] == 2)
+        newer = [
+            (json.loads(p)["value"], r) for t, p, r in fake.publishes if t == "smarthome/calc/newer"
+        ]
+        assert newer == [(1, 0x97), (2, 0)]
+        await bridge.store_dead_letters()
+        letters = await bridge.dead_letters.recent()
+        assert [d["topic"] for d in letters] == [
+            "smarthome/calc/newer",
+            "smarthome/calc/always",
+        ]
+        assert "0x97" in letters[0]["reason"]
 
 
 async def test_broker_that_disconnects_after_a_refusal_does_not_wedge_the_flush(
@@ -709,8 +724,37 @@ async def test_broker_that_disconnects_after_a_refusal_does_not_wedge_the_flush(
             seen = [v for t, v in _values(sub) if t == "smarthome/calc/ok"]
             assert list(dict.fromkeys(seen)) == [0, 1, 2, 3]
             stats = bridge.stats()
-            assert stats["errors"] == 4 and stats["dead_letters"] == 4
             await bridge.store_dead_letters()
+            assert stats["errors"] == 4 and stats["dead_letters"] == 4
             letters = await bridge.dead_letters.recent()
             assert {d["topic"] for d in letters} == {"smarthome/calc/secret"}
             assert sorted(json.loads(d["payload"])["value"] for d in letters) == [0, 1, 2, 3]
+
+
+async def test_a_message_the_broker_answers_by_disconnecting_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    """Test a broker that closes the connection at one message instead of answering it.
+
+    The message is sent again after each reconnect (an outage is no refusal),
+    and after LINK_LOSSES losses in a row with it unanswered at the head of the
+    flush it is dead-lettered; what came after it flows.
+    """
+    async with (
+        RefusingBroker({}, drop_on="smarthome/calc/poison") as fake,
+        fake_peer_gateway(tmp_path, fake) as (
+            gateway,
+            bridge,
+        ),
+    ):
+        router = gateway.manager.router
+        router.route_data("calc", "poison", 1)
+        router.route_data("calc", "after", 2)
+        await eventually(lambda: bridge.stats()["live"] and bridge.stats()["errors"] == 1)
+        poison = [t for t, _, r in fake.publishes if t == "smarthome/calc/poison"]
+        assert len(poison) == 1 + LINK_LOSSES  # live, then once per flush
+        assert ("smarthome/calc/after", 0) in [(t, r) for t, _, r in fake.publishes]
+        await bridge.store_dead_letters()
+        (letter,) = await bridge.dead_letters.recent()
+        assert letter["topic"] == "smarthome/calc/poison"
+        assert f"went down {LINK_LOSSES} times" in letter["reason"]

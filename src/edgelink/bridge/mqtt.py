@@ -86,8 +86,9 @@ TRANSIENT_REASONS = frozenset({0x80, 0x91, 0x97})
 #: Link losses in a row with the same buffered message unanswered at the head of
 #: the flush before it is dead-lettered: a broker may close the connection
 #: instead of refusing one message (MQTT 5 allows it), which would otherwise
-#: make the flush start over with that message forever. One or two losses are
-#: an ordinary outage; the message is sent again.
+#: make the flush start over with that message forever. After the first loss
+#: the suspect is sent alone, so only its own answer (or none) counts; a loss
+#: while others were in flight too is an ordinary outage and starts over at 1.
 LINK_LOSSES = 3
 #: A topic's ``bridge_dead_letter`` event is recorded at most this often, s.
 EVENT_EVERY_S = 60.0
@@ -548,6 +549,9 @@ class MqttBridge:
                 self._live = True
                 logger.info("bridge: broker %s back, live", self.connection_id)
                 return
+            if self._head_losses[0] == batch[0].id:
+                # Suspected: sent alone, so that its own answer (or none) decides.
+                batch = batch[:1]
             done, stop = await self._flush_batch(driver, batch)
             if done:
                 await self._buffer.ack(done[-1].id)
@@ -566,8 +570,9 @@ class MqttBridge:
         leading run of the batch) is done all the same: a broker that drops the
         connection after refusing a message (mosquitto 2.0 does with
         ``max_queued_messages 0``) cannot make the flush start over forever. A
-        message left unanswered at the head by `LINK_LOSSES` link losses in a
-        row is dead-lettered too (a broker may disconnect instead of answering).
+        message left unanswered at the head by a link loss is suspected and sent
+        alone next time; unanswered `LINK_LOSSES` times in a row, it is
+        dead-lettered too (a broker may disconnect instead of answering).
 
         Returns:
             The leading messages of the batch that are done, and whether the flush
@@ -614,7 +619,8 @@ class MqttBridge:
             done.append(msg)
         if lost and len(done) < len(batch):
             head = batch[len(done)]
-            losses = self._head_losses[1] + 1 if self._head_losses[0] == head.id else 1
+            alone = len(batch) == 1
+            losses = self._head_losses[1] + 1 if alone and self._head_losses[0] == head.id else 1
             self._head_losses = (head.id, losses)
             if losses >= LINK_LOSSES:
                 outcome[head.id] = ConnectError(
