@@ -22,6 +22,7 @@ Routes:
     POST /api/sources/{id}/enable                      let a quarantined source's data be routed
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space
     GET  /api/bridge                                   the MQTT bridge's counters
+    GET  /api/bridge/dead-letters                      messages the broker or client refused
     GET  /api/events                                   the SQLite event log, paged, filtered
     GET  /api/audit                                    who did what (admin actions), paged
     GET  /metrics                                      Prometheus
@@ -276,6 +277,20 @@ def create_app(gateway: Gateway) -> FastAPI:
         if gateway.bridge is None:
             return {"enabled": False}
         return {"enabled": True, **gateway.bridge.stats()}
+
+    @guarded.get("/api/bridge/dead-letters", tags=["service"])
+    async def bridge_dead_letters(limit: int = Query(default=100, ge=1, le=1000)) -> dict[str, Any]:
+        """Messages the broker or the client refused, newest first: topic, reason, time."""
+        if gateway.bridge is None:
+            return {"enabled": False, "dead_letters": []}
+        bridge = gateway.bridge
+        await bridge.store_dead_letters()
+        return {
+            "enabled": True,
+            "total": bridge.dead_letters.total,
+            "dropped": bridge.dead_letters.dropped,
+            "dead_letters": await bridge.dead_letters.recent(limit),
+        }
 
     @guarded.get("/api/events", tags=["events"])
     async def events(

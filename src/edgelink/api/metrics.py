@@ -88,6 +88,14 @@ class _GatewayCollector(Collector):
                 ("edgelink_bridge_published", "published", "Messages published"),
                 ("edgelink_bridge_buffered", "buffered", "Messages that went to the buffer"),
                 ("edgelink_bridge_dropped", "dropped", "Messages the full buffer dropped"),
+                ("edgelink_bridge_errors", "errors", "Messages refused or failed"),
+                ("edgelink_bridge_dead_letters", "dead_letters", "Messages dead-lettered"),
+                (
+                    "edgelink_bridge_dead_letters_dropped",
+                    "dead_letters_dropped",
+                    "Dead letters the full table dropped",
+                ),
+                ("edgelink_bridge_retried", "retried", "Refused messages published again"),
             ):
                 yield CounterMetricFamily(name, text, value=stats[key])
         for extra in self._extra:

@@ -3,9 +3,17 @@
 from edgelink.store.sqlite import (
     BufferedMessage,
     Database,
+    DeadLetters,
     ErrorLogHandler,
     EventLog,
     UplinkBuffer,
 )
 
-__all__ = ["BufferedMessage", "Database", "ErrorLogHandler", "EventLog", "UplinkBuffer"]
+__all__ = [
+    "BufferedMessage",
+    "Database",
+    "DeadLetters",
+    "ErrorLogHandler",
+    "EventLog",
+    "UplinkBuffer",
+]

@@ -32,7 +32,14 @@ from typing import Any, TypeVar
 from edgelink.events import Event, log_name
 from edgelink.redact import RedactingFilter, redact, redact_text
 
-__all__ = ["BufferedMessage", "Database", "ErrorLogHandler", "EventLog", "UplinkBuffer"]
+__all__ = [
+    "BufferedMessage",
+    "Database",
+    "DeadLetters",
+    "ErrorLogHandler",
+    "EventLog",
+    "UplinkBuffer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,15 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 #: Event types that are errors (kept with level "error").
@@ -80,6 +96,7 @@ _ERROR_TYPES = frozenset(
         "route_error",
         "webhook_failed",
         "bridge_dropped",
+        "bridge_dead_letter",
         "panic",
     }
 )
@@ -421,6 +438,13 @@ class UplinkBuffer:
     and counted in `dropped` (kept across restarts). Messages come out in the
     order they went in.
 
+    A writer that holds messages in memory before `put` (the bridge) keeps the
+    total within `max_items` at once with `drop_oldest`: the drop is counted
+    now and the rows are deleted in the next transaction, so ``len(buffer)``
+    plus what the writer holds never exceeds the bound, even for a moment.
+    Rows handed out by `peek` and not yet acknowledged are never dropped that
+    way (they are being delivered).
+
     Args:
         db: The database.
         max_items: Messages kept at most.
@@ -442,7 +466,12 @@ class UplinkBuffer:
         self.max_items = max_items
         self.max_age_s = max_age_s
         self._clock = clock
-        self._size = 0
+        self._size = 0  # rows in SQLite less the owed drops
+        self._owed = 0  # oldest rows (after the held ones) counted dropped, not yet deleted
+        self._unsaved = 0  # drops counted, not yet added to the persistent counter
+        self._held = 0  # rows handed out by peek, not yet acknowledged
+        self._floor = 0  # the id of the last held row
+        self._incoming = 0  # rows a `put` is writing now (counted, and droppable, already)
         self.dropped = 0
 
     async def open(self) -> None:
@@ -460,8 +489,71 @@ class UplinkBuffer:
         self._size, self.dropped = await self._db.run(read)
 
     def __len__(self) -> int:
-        """Return the number of messages waiting."""
-        return self._size
+        """Return the number of messages waiting (those being written included)."""
+        return self._size + self._incoming
+
+    @property
+    def db(self) -> Database:
+        """The database the buffer lives in."""
+        return self._db
+
+    @property
+    def droppable(self) -> int:
+        """Messages `drop_oldest` can drop now (those not being delivered)."""
+        return max(0, self._size + self._incoming - self._held)
+
+    def drop_oldest(self, n: int) -> int:
+        """Count the ``n`` oldest messages not being delivered as dropped; return how many.
+
+        Never blocks: the rows go in the next transaction of `put`, `peek`, `ack` or `settle`.
+        """
+        n = max(0, min(n, self.droppable))
+        self._size -= n
+        self._owed += n
+        self.count_dropped(n)
+        return n
+
+    def count_dropped(self, n: int) -> None:
+        """Count ``n`` messages dropped before they reached the buffer (kept across restarts)."""
+        self.dropped += n
+        self._unsaved += n
+
+    def _take_owed(self) -> tuple[int, int]:
+        owed, unsaved = self._owed, self._unsaved
+        self._owed = self._unsaved = 0
+        return owed, unsaved
+
+    def _give_back(self, owed: int, unsaved: int) -> None:
+        self._owed += owed
+        self._unsaved += unsaved
+
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, owed: int, unsaved: int, floor: int) -> None:
+        """Delete ``owed`` oldest rows after id ``floor``; add ``unsaved`` to the counter."""
+        if owed:
+            conn.execute(
+                "DELETE FROM uplink WHERE id IN"
+                " (SELECT id FROM uplink WHERE id > ? ORDER BY id LIMIT ?)",
+                (floor, owed),
+            )
+        if unsaved:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('uplink_dropped', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (unsaved,),
+            )
+
+    async def _run_owed(self, fn: Callable[[int, int], tuple[T, int]]) -> T:
+        """Run ``fn(owed, unsaved)`` in the database thread; it returns (result, rows)."""
+        owed, unsaved = self._take_owed()
+        try:
+            result, rows = await self._db.run(fn, owed, unsaved)
+        except BaseException:
+            self._give_back(owed, unsaved)
+            raise
+        # Drops counted while the statement ran are still owed.
+        self._size = rows - self._owed
+        return result
 
     async def put(self, messages: Iterable[tuple[str, bytes, int, bool]]) -> int:
         """Append ``(topic, payload, qos, retain)`` messages; return how many were dropped."""
@@ -469,15 +561,22 @@ class UplinkBuffer:
         rows = [(now, topic, payload, qos, int(retain)) for topic, payload, qos, retain in messages]
         if not rows:
             return 0
-        dropped, size = await self._db.run(self._put, rows)
-        self._size = size
+        # Counted from now on: a drop while they are written may take them (they
+        # are then deleted in the next transaction, oldest first).
+        self._incoming = len(rows)
+        try:
+            dropped = await self._run_owed(lambda owed, unsaved: self._put(rows, owed, unsaved))
+        finally:
+            self._incoming = 0
         self.dropped += dropped
         return dropped
 
-    def _put(self, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
+    def _put(self, rows: Sequence[tuple[Any, ...]], owed: int, unsaved: int) -> tuple[int, int]:
         cutoff = self._clock() - self.max_age_s
+        floor = self._floor
 
         def statements(conn: sqlite3.Connection) -> tuple[int, int]:
+            self._settle(conn, owed, unsaved, floor)
             conn.executemany(
                 "INSERT INTO uplink (ts, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)", rows
             )
@@ -492,38 +591,69 @@ class UplinkBuffer:
                 dropped += excess
                 size = self.max_items
             if dropped:
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES ('uplink_dropped', ?)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (dropped,),
-                )
+                self._settle(conn, 0, dropped, 0)
             return dropped, size
 
         return self._db.transaction(statements)
 
+    async def settle(self) -> None:
+        """Write the drops counted by `drop_oldest` and `count_dropped` now."""
+        if not (self._owed or self._unsaved):
+            return
+        floor = self._floor
+
+        def run(owed: int, unsaved: int) -> tuple[None, int]:
+            def statements(conn: sqlite3.Connection) -> tuple[None, int]:
+                self._settle(conn, owed, unsaved, floor)
+                return None, int(conn.execute("SELECT COUNT(*) FROM uplink").fetchone()[0])
+
+            return self._db.transaction(statements)
+
+        await self._run_owed(run)
+
     async def peek(self, limit: int = 500) -> list[BufferedMessage]:
-        """Return up to ``limit`` of the oldest messages, oldest first (they stay queued)."""
+        """Return up to ``limit`` of the oldest messages, oldest first (they stay queued).
 
-        def select() -> list[tuple[Any, ...]]:
-            return self._db.conn.execute(
-                "SELECT id, ts, topic, payload, qos, retain FROM uplink ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
+        They are held (never dropped by `drop_oldest`) until `ack` or the next `peek`.
+        """
+        # Held from now: drops counted while the SELECT runs skip these rows.
+        self._held = min(limit, self._size)
+        self._floor = 0
 
-        rows = await self._db.run(select)
+        def select(owed: int, unsaved: int) -> tuple[list[tuple[Any, ...]], int]:
+            def statements(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]:
+                self._settle(conn, owed, unsaved, 0)
+                found = conn.execute(
+                    "SELECT id, ts, topic, payload, qos, retain FROM uplink ORDER BY id LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                return found, int(conn.execute("SELECT COUNT(*) FROM uplink").fetchone()[0])
+
+            return self._db.transaction(statements)
+
+        try:
+            rows = await self._run_owed(select)
+        except BaseException:
+            self._held = 0
+            raise
+        self._held = len(rows)
+        self._floor = rows[-1][0] if rows else 0
         return [BufferedMessage(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in rows]
 
     async def ack(self, up_to_id: int) -> None:
         """Remove every message up to and including ``up_to_id`` (they were delivered)."""
 
-        def delete() -> int:
-            def statements(conn: sqlite3.Connection) -> int:
+        def delete(owed: int, unsaved: int) -> tuple[None, int]:
+            def statements(conn: sqlite3.Connection) -> tuple[None, int]:
                 conn.execute("DELETE FROM uplink WHERE id <= ?", (up_to_id,))
-                return int(conn.execute("SELECT COUNT(*) FROM uplink").fetchone()[0])
+                self._settle(conn, owed, unsaved, up_to_id)
+                return None, int(conn.execute("SELECT COUNT(*) FROM uplink").fetchone()[0])
 
             return self._db.transaction(statements)
 
-        self._size = await self._db.run(delete)
+        await self._run_owed(delete)
+        self._held = 0
+        self._floor = 0
 
 
 def newest_first(
@@ -558,3 +688,111 @@ def trim(conn: sqlite3.Connection, table: str, cutoff: float, max_rows: int) -> 
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, default=str, separators=(",", ":"))
+
+
+class DeadLetters:
+    """Messages the broker or the client refused, kept in SQLite for inspection.
+
+    Bounded: past `max_rows` the oldest go first and are counted in `dropped`
+    (kept across restarts, like `total`, the number ever added).
+
+    Args:
+        db: The database.
+        max_rows: Dead letters kept at most.
+        clock: Wall-clock seconds.
+    """
+
+    def __init__(
+        self, db: Database, *, max_rows: int = 1000, clock: Callable[[], float] = time.time
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self._db = db
+        self.max_rows = max_rows
+        self._clock = clock
+        self.total = 0
+        self.dropped = 0
+
+    async def open(self) -> None:
+        """Open the database and read the counters."""
+        await self._db.open()
+
+        def read() -> tuple[int, int]:
+            conn = self._db.conn
+            got = dict(
+                conn.execute(
+                    "SELECT name, value FROM counters"
+                    " WHERE name IN ('dead_letter_total', 'dead_letter_dropped')"
+                ).fetchall()
+            )
+            return int(got.get("dead_letter_total", 0)), int(got.get("dead_letter_dropped", 0))
+
+        self.total, self.dropped = await self._db.run(read)
+
+    async def add(self, rows: Sequence[tuple[str, bytes, int, bool, str]]) -> int:
+        """Keep ``(topic, payload, qos, retain, reason)`` rows; return how many old ones went."""
+        now = self._clock()
+        values = [(now, t, p, q, int(r), why) for t, p, q, r, why in rows]
+        if not values:
+            return 0
+        self.total += len(values)
+
+        def statements(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO dead_letter (ts, topic, payload, qos, retain, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            gone = conn.execute(
+                "DELETE FROM dead_letter WHERE id <= (SELECT MAX(id) FROM dead_letter) - ?",
+                (self.max_rows,),
+            ).rowcount
+            for name, n in (("dead_letter_total", len(values)), ("dead_letter_dropped", gone)):
+                if n:
+                    conn.execute(
+                        "INSERT INTO counters (name, value) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (name, n),
+                    )
+            return int(gone)
+
+        gone: int = await self._db.run(self._db.transaction, statements)
+        self.dropped += gone
+        return gone
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Return the newest dead letters first (payload as text where it is UTF-8)."""
+
+        def select() -> list[tuple[Any, ...]]:
+            return self._db.conn.execute(
+                "SELECT id, ts, topic, payload, qos, retain, reason FROM dead_letter"
+                " ORDER BY id DESC LIMIT ?",
+                (max(1, min(limit, 1000)),),
+            ).fetchall()
+
+        out = []
+        for row in await self._db.run(select):
+            payload = bytes(row[3])
+            try:
+                text: str | None = payload.decode()
+            except UnicodeDecodeError:
+                text = None
+            out.append(
+                {
+                    "id": row[0],
+                    "ts": row[1],
+                    "topic": row[2],
+                    "payload": text if text is not None else payload.hex(),
+                    "payload_encoding": "utf-8" if text is not None else "hex",
+                    "qos": row[4],
+                    "retain": bool(row[5]),
+                    "reason": row[6],
+                }
+            )
+        return out
+
+    async def count(self) -> int:
+        """Return the number of dead letters kept."""
+        return await self._db.run(
+            lambda: int(self._db.conn.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+        )
