@@ -64,7 +64,7 @@ POLICY: list[tuple[BaseException, Action, str]] = [
     (BrokenPipeError(), A.RECONNECT, "connection_reset"),
     (ssl.SSLError("x"), A.RECONNECT, "connect_failed"),
     (TimeoutError(), A.TIMEOUT, "timeout"),
-    (asyncio.TimeoutError(), A.TIMEOUT, "timeout"),
+    (asyncio.TimeoutError(), A.TIMEOUT, "timeout"),  # noqa: UP041 - the alias, on purpose
     (EOFError(), A.RECONNECT, "connection_reset"),
     (asyncio.IncompleteReadError(b"", 4), A.RECONNECT, "connection_reset"),
     # never handled: re-raised wherever they arrive
