@@ -18,6 +18,7 @@ from edgelink.config import (
 from edgelink.connection import BaseConnection, Connection, Stats, SyncConnection
 from edgelink.dampening import Dampening, FlapDamper
 from edgelink.errors import (
+    AuthError,
     ConfigError,
     ConnectError,
     ConnectionHealthError,
@@ -50,6 +51,7 @@ ConnectionStatus = ConnectionState
 
 __all__ = [
     "__version__",
+    "AuthError",
     "Backoff",
     "BaseConnection",
     "check_config",

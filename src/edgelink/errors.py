@@ -12,23 +12,32 @@ The class of an error decides what the Supervisor does with it::
     ├── DeviceError                        the device answered "no": keep the link
     ├── DeviceSleepError                   the device sleeps: not a failure (state sleeping)
     ├── DeviceResetError                   re-provisioning after a reset failed
-    ├── PermanentError                     retrying cannot help (auth, unsupported): state error
+    ├── PermanentError                     retrying cannot help (unsupported, refused): state error
+    │   └── AuthError                      bad or missing credentials: state error, reason auth
     ├── ConnectionHealthError              a health check could not run
     ├── ConnectionPoolExhaustedError       no connection free within acquire_timeout
     └── RouteError(ValueError)             bad route, condition or transform
 
-Drivers translate their library's exceptions at the boundary
-(``raise ConnectError("...", connection_id=cid) from exc``).
+What happens after an exception is decided in one place, `classify`: it
+returns a `Verdict`, the `Action` to take and the status ``reason``. Drivers
+translate their library's exceptions at the boundary with a table
+(`map_exceptions`), so the class of what reaches the Supervisor is the policy.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias
 
 from edgelink.redact import redact_text
 
 __all__ = [
+    "Action",
+    "AuthError",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
@@ -39,12 +48,16 @@ __all__ = [
     "DeviceResetError",
     "DeviceSleepError",
     "EdgelinkError",
+    "ExceptionMap",
     "PermanentError",
     "ProtocolError",
     "ReconnectionError",
     "RouteError",
-    "is_link_error",
-    "is_permanent",
+    "Translation",
+    "Translator",
+    "Verdict",
+    "classify",
+    "map_exceptions",
 ]
 
 
@@ -180,6 +193,13 @@ class PermanentError(EdgelinkError):
     """Retrying cannot help (bad credentials, unsupported device): state ``error``."""
 
 
+class AuthError(PermanentError):
+    """The peer refused the credentials (HTTP 401/403, MQTT bad user name or password).
+
+    Permanent like every `PermanentError`; the status reason is ``auth``.
+    """
+
+
 class ConnectionHealthError(EdgelinkError):
     """A health check could not run."""
 
@@ -242,25 +262,189 @@ class RouteError(EdgelinkError, ValueError):
         return ": ".join([*(p for p in (self.file, self.path) if p), self.detail])
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """Return True if retrying after ``exc`` cannot help (permanent or config errors)."""
-    return isinstance(exc, PermanentError | ConfigError)
+class Action(enum.StrEnum):
+    """What a supervisor, a retrying caller or a pool does after an exception.
 
-
-def is_link_error(exc: BaseException) -> bool:
-    """Return True if ``exc`` means the link itself is broken and must be rebuilt.
-
-    Device-level refusals (`DeviceError`) and sleep notices keep the link.
+    Sites differ only where the design says they do (a timed-out poll read
+    also counts a strike against its tag; a timed-out health check is
+    ``half_open`` while the socket still looks open); the action is the same.
     """
-    if isinstance(exc, DeviceError | DeviceSleepError | PermanentError | ConfigError | RouteError):
-        return False
-    return isinstance(
-        exc,
-        ConnectError
-        | ConnectionLostError
-        | ProtocolError
-        | ConnectionHealthError
-        | OSError
-        | TimeoutError
-        | EOFError,
-    )
+
+    #: Not ours to handle (cancellation, ``KeyboardInterrupt``, ``SystemExit``): re-raise.
+    PROPAGATE = "propagate"
+    #: The link is broken (transient, or garbage on the wire): drop it, back off, reconnect.
+    RECONNECT = "reconnect"
+    #: No answer in time: the request/response stream is out of step, the link goes too.
+    TIMEOUT = "timeout"
+    #: The device answered "no" (or cannot do this): keep the link, report the tag bad.
+    REFUSED = "refused"
+    #: The device sleeps: not a failure, probe slowly (state ``sleeping``).
+    SLEEP = "sleep"
+    #: Retrying cannot help (auth, config, unsupported): state ``error``, no retries.
+    PERMANENT = "permanent"
+    #: A bug in driver or decode code (``KeyError``, ``struct.error``...): a reconnect
+    #: cannot fix it, so the link stays and the read counts a strike.
+    POISON = "poison"
+    #: An edgelink error that says nothing about the link (a failed reset,
+    #: an exhausted pool): the operation failed; its caller gets it as it is.
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The policy for one exception: the action, and the status ``reason`` of DESIGN section 4.
+
+    Example:
+        >>> classify(ConnectionRefusedError())
+        Verdict(action=<Action.RECONNECT: 'reconnect'>, reason='refused')
+    """
+
+    action: Action
+    reason: str
+
+    @property
+    def breaks_link(self) -> bool:
+        """True if the link is broken: a request may be retried on a new one."""
+        return self.action is Action.RECONNECT or self.action is Action.TIMEOUT
+
+
+#: The action by the class of the exception itself; the first match wins.
+_ACTIONS: Final[
+    tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Action], ...]
+] = (
+    ((DeviceError, NotImplementedError), Action.REFUSED),
+    (DeviceSleepError, Action.SLEEP),
+    ((PermanentError, ConfigError), Action.PERMANENT),
+    (TimeoutError, Action.TIMEOUT),
+    (
+        (
+            ConnectError,
+            ConnectionLostError,
+            ProtocolError,
+            ConnectionHealthError,
+            OSError,
+            EOFError,
+        ),
+        Action.RECONNECT,
+    ),
+    (EdgelinkError, Action.FAIL),
+    (Exception, Action.POISON),
+)
+
+#: The reason from the first exception along the ``cause`` chain that says more
+#: than a failed connect: ``ConnectError(...) from ConnectionRefusedError`` is ``refused``.
+_REASONS: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...]] = (
+    (ConnectionRefusedError, "refused"),
+    (DeviceSleepError, "device_sleep"),
+    (AuthError, "auth"),
+    (PermanentError, "permanent"),
+    (ProtocolError, "protocol_error"),
+    (DeviceResetError, "device_reset_failed"),
+    (TimeoutError, "timeout"),
+    ((ConnectionResetError, BrokenPipeError, EOFError), "connection_reset"),
+)
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Return what to do after ``exc``, and the status reason to show for it.
+
+    Pure: looks at the class of ``exc`` (the action) and along its cause chain
+    (the reason), and never raises. A `BaseException` that is no `Exception`
+    (above all `asyncio.CancelledError`) is always `Action.PROPAGATE`.
+    """
+    action = Action.PROPAGATE
+    for classes, candidate in _ACTIONS:
+        if isinstance(exc, classes):
+            action = candidate
+            break
+    return Verdict(action, _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        for classes, reason in _REASONS:
+            if isinstance(cur, classes):
+                return reason
+        cur = cur.__cause__ or getattr(cur, "cause", None)
+    return "connect_failed" if isinstance(exc, ConnectError | OSError) else "error"
+
+
+#: Builds the edgelink error for a library exception from the fields given to
+#: `map_exceptions`; None passes it on to the next matching entry of the table.
+Translator: TypeAlias = Callable[..., "EdgelinkError | None"]
+#: An edgelink error class and its message template, or a `Translator`.
+Translation: TypeAlias = tuple[type[EdgelinkError], str] | Translator
+ExceptionMap: TypeAlias = Mapping[type[Exception] | tuple[type[Exception], ...], Translation]
+
+
+class map_exceptions:  # noqa: N801 - a context manager named like contextlib.suppress
+    """Translate a library's exceptions into edgelink errors, by a table, at a driver's boundary.
+
+    The first entry whose key ``exc`` is an instance of wins (so list
+    subclasses first). A ``(cls, template)`` entry raises ``cls(message,
+    connection_id=..., cause=exc) from exc``, the message being
+    ``template.format(**fields)`` with these fields added: ``error`` (the
+    exception), ``text`` (its text, or its class name when it has none) and
+    ``error_type`` (its class name). A `Translator` entry is called as
+    ``fn(exc, **fields)`` and returns the error (``connection_id`` and
+    ``cause`` are filled in if it left them empty) or None to let a later
+    entry decide. Edgelink errors, exceptions the table does not name and
+    every `BaseException` that is no `Exception` pass through untouched.
+
+    Example:
+        >>> with map_exceptions({OSError: (ConnectError, "cannot connect to {where}: {text}")},
+        ...                     connection_id="plc_1", where="10.0.0.5:502"):
+        ...     ...
+    """
+
+    __slots__ = ("_connection_id", "_fields", "_table")
+
+    def __init__(
+        self, table: ExceptionMap, *, connection_id: str | None = None, **fields: Any
+    ) -> None:
+        self._table = table
+        self._connection_id = connection_id
+        self._fields = fields
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, EdgelinkError):
+            return False
+        error = self.translate(exc)
+        if error is None:
+            return False
+        raise error from exc
+
+    def translate(self, exc: Exception) -> EdgelinkError | None:
+        """Return the edgelink error the table makes of ``exc``, or None if it names none."""
+        for classes, target in self._table.items():
+            if not isinstance(exc, classes):
+                continue
+            if isinstance(target, tuple):
+                cls, template = target
+                message = template.format(
+                    **self._fields,
+                    error=exc,
+                    text=str(exc) or type(exc).__name__,
+                    error_type=type(exc).__name__,
+                )
+                return cls(message, connection_id=self._connection_id, cause=exc)
+            error = target(exc, **self._fields)
+            if error is None:
+                continue
+            if error.connection_id is None:
+                error.connection_id = self._connection_id
+            if error.cause is None:
+                error.cause = exc
+            return error
+        return None

@@ -42,10 +42,7 @@ from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     ConfigError,
     ConnectionLostError,
-    DeviceError,
-    DeviceSleepError,
-    is_link_error,
-    is_permanent,
+    classify,
 )
 from edgelink.events import Event, EventBus, EventCallback, Unsubscribe, make_event
 from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
@@ -763,10 +760,10 @@ class ConnectionManager:
                 if not deadlines.disarm(deadline, cancelled=True):
                     raise
                 error: Exception = TimeoutError(f"no answer within {per_call:g} s")
-            except (DeviceError, DeviceSleepError):
-                raise
             except Exception as exc:
-                if is_permanent(exc) or not (is_link_error(exc) or isinstance(exc, TimeoutError)):
+                # Only a broken link is worth a retry on the next one; a device's
+                # "no", a sleep, a permanent error or a bug propagate as they are.
+                if not classify(exc).breaks_link:
                     raise
                 error = exc
             finally:

@@ -37,11 +37,12 @@ from typing import Any, Self
 from edgelink.clock import Clock, SystemClock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
 from edgelink.errors import (
+    Action,
     ConnectError,
     ConnectionPoolExhaustedError,
     ConnectTimeout,
     EdgelinkError,
-    is_link_error,
+    classify,
 )
 from edgelink.registry import DriverRegistry
 
@@ -121,7 +122,7 @@ class ConnectionPool:
         context: Passed to every driver's constructor.
 
     The pool never swallows an exception raised in the body of ``async with
-    pool.connection(...)``; a link-level one (`edgelink.errors.is_link_error`)
+    pool.connection(...)``; a link-level one (`edgelink.errors.Verdict.breaks_link`)
     or a cancellation discards the connection instead of returning it.
     """
 
@@ -469,7 +470,9 @@ class ConnectionPool:
             return self._spawn_close(entry, "not held")
         if self._closed:
             return self._drop_lease(key, "pool closed")
-        if exc is not None and (is_link_error(exc) or not isinstance(exc, Exception)):
+        if exc is not None and (
+            (verdict := classify(exc)).breaks_link or verdict.action is Action.PROPAGATE
+        ):
             # A link error means the link is broken; a cancellation (or any
             # BaseException) may have cut a request in half, leaving an answer
             # in flight that the next user would read as theirs.

@@ -16,8 +16,8 @@ Two protections keep one bad device from costing the gateway more than itself:
 - flap dampening (`edgelink.dampening`): a link that keeps going up and down
   is flagged ``flapping``, its reconnect is held down until its penalty decays,
   and its per-attempt events are coalesced meanwhile;
-- poison quarantine: a poll read that crashes (an exception that is no
-  edgelink, OS or timeout error: a bug in driver or decode code) or times out
+- poison quarantine: a poll read that crashes (`Action.POISON`: an exception
+  that is no edgelink, OS or timeout error, a bug in driver or decode code) or times out
   ``poison_after`` times in a row is quarantined, no longer read, while the
   rest of the connection keeps flowing; `Supervisor.release_quarantine` brings
   it back.
@@ -47,17 +47,12 @@ from edgelink.connection import AnyConnection, DriverAdapter
 from edgelink.dampening import FlapDamper
 from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
+    Action,
     ConfigError,
     ConnectError,
     ConnectTimeout,
-    DeviceError,
     DeviceResetError,
-    DeviceSleepError,
-    EdgelinkError,
-    PermanentError,
-    ProtocolError,
-    is_link_error,
-    is_permanent,
+    classify,
 )
 from edgelink.events import EventBus, make_event
 from edgelink.redact import redact_text
@@ -71,7 +66,6 @@ __all__ = [
     "PollSpec",
     "Supervisor",
     "WatchRule",
-    "reason_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,43 +151,6 @@ class WatchRule:
         if self.below is not None and value < self.below:
             return True
         return self.above is not None and value > self.above
-
-
-def reason_for(exc: BaseException | None) -> str:
-    """Map an error to the machine-readable status reason of DESIGN section 4."""
-    seen: set[int] = set()
-    cur = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ConnectionRefusedError):
-            return "refused"
-        if isinstance(cur, DeviceSleepError):
-            return "device_sleep"
-        if isinstance(cur, PermanentError):
-            return "auth" if "auth" in str(cur).lower() else "permanent"
-        if isinstance(cur, ProtocolError):
-            return "protocol_error"
-        if isinstance(cur, DeviceResetError):
-            return "device_reset_failed"
-        if isinstance(cur, TimeoutError):
-            return "timeout"
-        if isinstance(cur, ConnectionResetError | BrokenPipeError | EOFError):
-            return "connection_reset"
-        cur = cur.__cause__ or getattr(cur, "cause", None)
-    if exc is None:
-        return "lost"
-    return "connect_failed" if isinstance(exc, ConnectError | OSError) else "error"
-
-
-def is_poison(exc: BaseException) -> bool:
-    """Return True if a failed read is a crash of the handler rather than of the link.
-
-    Edgelink errors, OS errors and timeouts have a meaning (section 5 of the
-    design) and their own policy; anything else a driver's read or decode
-    raises (``KeyError``, ``struct.error``, ``ValueError``...) is a bug that a
-    reconnect cannot fix.
-    """
-    return not isinstance(exc, EdgelinkError | OSError | TimeoutError | EOFError)
 
 
 def _describe(exc: BaseException) -> str:
@@ -658,7 +615,7 @@ class Supervisor:
         self._on_loop(self._handle_lost, exc)
 
     def _handle_lost(self, exc: BaseException | None) -> None:
-        reason = reason_for(exc)
+        reason = "lost" if exc is None else classify(exc).reason
         if reason in ("connect_failed", "error", "lost"):
             # The driver saw its open link end; "connect_failed" would mislead.
             reason = "connection_lost"
@@ -666,12 +623,13 @@ class Supervisor:
 
     def report_failure(self, exc: BaseException) -> None:
         """A request on the link failed with ``exc`` (from `execute_with_retry`)."""
-        if isinstance(exc, TimeoutError):
+        verdict = classify(exc)
+        if verdict.action is Action.TIMEOUT:
             # A request that timed out leaves a request/response stream out of
             # step: treat it as a dropped frame.
             self._handle_tx_drop()
-        elif is_link_error(exc):
-            self._lose(_Lost(reason_for(exc), exc))
+        elif verdict.action is Action.RECONNECT:
+            self._lose(_Lost(verdict.reason, exc))
 
     def reconnect(self, *, fast_path: bool = True, reason: str = "admin_reconnect") -> None:
         """Drop the link and reconnect now (or cut a backoff wait short)."""
@@ -893,17 +851,18 @@ class Supervisor:
                 continue
 
             # The attempt failed.
-            reason = reason_for(error)
+            verdict = classify(error)
+            reason = verdict.reason
             self._last_error = _describe(error)
             # The device itself is unreachable: reads that timed out were the
             # link's fault, not their tags'.
             self._strikes.clear()
             self.connection.stats.add({"errors": 1}, self._clock.time())
-            if isinstance(error, DeviceSleepError):
+            if verdict.action is Action.SLEEP:
                 self._transition(S.SLEEPING, "device_sleep")
                 in_cooldown = False
                 continue
-            if is_permanent(error):
+            if verdict.action is Action.PERMANENT:
                 self._transition(S.ERROR, reason)
                 self._emit("error", reason=reason, error=self._last_error)
                 return
@@ -1142,11 +1101,12 @@ class Supervisor:
                         break
         except asyncio.CancelledError:
             raise
-        except DeviceSleepError as exc:
-            return _Lost("device_sleep", exc, sleep=True)
         except Exception as exc:  # noqa: BLE001 - any failure of the check is a failed check
-            if is_permanent(exc):
-                return _Lost(reason_for(exc), exc, permanent=True)
+            verdict = classify(exc)
+            if verdict.action is Action.SLEEP:
+                return _Lost("device_sleep", exc, sleep=True)
+            if verdict.action is Action.PERMANENT:
+                return _Lost(verdict.reason, exc, permanent=True)
             error = exc
         latency = self._clock.monotonic() - started
         self._health_latency = latency
@@ -1168,7 +1128,7 @@ class Supervisor:
         )
         if self._health_failures >= s.health_check_failures:
             self._set_health(Health.UNHEALTHY)
-            if isinstance(error, TimeoutError):
+            if error is not None and classify(error).action is Action.TIMEOUT:
                 return _Lost("half_open" if self.driver.is_connected() else "timeout", error)
             return _Lost("health_check_failed", error)
         self._set_health(Health.DEGRADED)
@@ -1192,27 +1152,9 @@ class Supervisor:
                     )
                 except asyncio.CancelledError:
                     raise
-                except (DeviceError, NotImplementedError) as exc:
-                    # The device said no for this tag: report it bad, keep the link.
-                    self._read_refused(tag, exc)
-                    continue
-                except DeviceSleepError as exc:
-                    self._lose(_Lost("device_sleep", exc, sleep=True))
-                    return
-                except Exception as exc:  # noqa: BLE001 - classified below
-                    if is_poison(exc):
-                        # A bug in the read or its decoding: a reconnect cannot
-                        # fix it, so the link and the other tags carry on.
-                        self._strike((tag,), exc)
+                except Exception as exc:  # noqa: BLE001 - classified by _poll_failed
+                    if self._poll_failed((tag,), exc):
                         continue
-                    # The link is lost: its data is marked stale, not bad (_link_down).
-                    if isinstance(exc, TimeoutError):
-                        self._strike((tag,), exc)
-                        self._handle_tx_drop()
-                    elif is_permanent(exc):
-                        self._lose(_Lost(reason_for(exc), exc, permanent=True))
-                    else:
-                        self._lose(_Lost(reason_for(exc), exc))
                     return
                 self._strikes.pop(tag, None)
                 self._handle_data(tag, value, "good", None)
@@ -1268,28 +1210,29 @@ class Supervisor:
 
         With ``per_tag`` the error belongs to one tag of a batch, so a bad tag
         (`ConfigError`) costs that tag its value, not the connection its state.
-        A crash (`is_poison`) keeps the link and counts a strike against the
-        tags; a timeout counts one too, and drops the link.
+        A crash (`Action.POISON`) keeps the link and counts a strike against
+        the tags; a timeout counts one too, and drops the link. Once the link
+        is lost its data is marked stale, not bad (`_link_down`).
         """
-        tag = tags[0]
-        if isinstance(exc, DeviceError | NotImplementedError) or (
-            per_tag and isinstance(exc, ConfigError)
-        ):
+        verdict = classify(exc)
+        action = verdict.action
+        if action is Action.REFUSED or (per_tag and isinstance(exc, ConfigError)):
+            # The device said no for this tag: report it bad, keep the link.
             for tag in tags:
                 self._read_refused(tag, exc)
             return True
-        if is_poison(exc):
+        if action is Action.POISON:
+            # A bug in the read or its decoding: a reconnect cannot fix it, so
+            # the link and the other tags carry on.
             self._strike(tags, exc)
             return True
-        if isinstance(exc, DeviceSleepError):
+        if action is Action.SLEEP:
             self._lose(_Lost("device_sleep", exc, sleep=True))
-        elif isinstance(exc, TimeoutError):
+        elif action is Action.TIMEOUT:
             self._strike(tags, exc)
             self._handle_tx_drop()
-        elif is_permanent(exc):
-            self._lose(_Lost(reason_for(exc), exc, permanent=True))
         else:
-            self._lose(_Lost(reason_for(exc), exc))
+            self._lose(_Lost(verdict.reason, exc, permanent=action is Action.PERMANENT))
         return False
 
     # ---------------------------------------------------------- flap dampening
@@ -1374,7 +1317,7 @@ class Supervisor:
 
     def _strike(self, tags: Sequence[str], exc: BaseException) -> None:
         """Count one crash or timeout against each of ``tags``; quarantine at ``poison_after``."""
-        crash = is_poison(exc)
+        crash = classify(exc).action is Action.POISON
         text = _describe(exc)
         if crash:
             # The link stays, so the tags' values are bad now (once per good->bad).

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgelink.drivers.tcp import TCPConnection
-from edgelink.errors import ConfigError, DeviceError, DeviceSleepError, PermanentError
+from edgelink.errors import AuthError, ConfigError, DeviceError, DeviceSleepError
 
 
 class ModalDevice(TCPConnection):
@@ -24,7 +24,7 @@ class ModalDevice(TCPConnection):
         if mode == "SLEEP":
             raise DeviceSleepError("device sleeps", connection_id=self.connection_id)
         if mode == "DENIED":
-            raise PermanentError("auth failed: bad credentials", connection_id=self.connection_id)
+            raise AuthError("auth failed: bad credentials", connection_id=self.connection_id)
         return mode == "OK"
 
 

@@ -49,14 +49,22 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Final, Literal, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.transport.serialtransport import create_serial_connection
 
 from edgelink.clock import Clock, SystemClock
 from edgelink.deadline import DeadlineWheel
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.errors import ConfigError, ConnectError, DeviceError, EdgelinkError, ProtocolError
+from edgelink.errors import (
+    ConfigError,
+    ConnectError,
+    DeviceError,
+    EdgelinkError,
+    ExceptionMap,
+    ProtocolError,
+    map_exceptions,
+)
 
 __all__ = ["BusConfig", "BusMember", "ModbusBus", "ModbusTimeoutError", "get_bus"]
 
@@ -78,6 +86,14 @@ EXCEPTION_NAMES: Final = {
 
 #: Exception codes by which a gateway says the device behind it did not answer.
 GATEWAY_SILENT: Final = frozenset({10, 11})
+
+#: pymodbus's exceptions as edgelink's, first match wins (subclasses first): a
+#: closed link is transient, anything else pymodbus raises (an I/O error in a
+#: frame, a decode failure) is garbage on the wire.
+PYMODBUS_ERRORS: Final[ExceptionMap] = {
+    ConnectionException: (ConnectError, "{what}: {error.string}"),
+    ModbusException: (ProtocolError, "{what}: {error.string}"),  # ModbusIOException too
+}
 
 #: After an abandoned request on a serial line, wait this long before the next
 #: one, so a late answer cannot be taken for the next request's (RTU frames
@@ -636,7 +652,10 @@ class ModbusBus:
         started = loop.time()
         try:
             try:
-                with self._wheel.timeout(member.timeout):
+                with (
+                    self._wheel.timeout(member.timeout),
+                    map_exceptions(PYMODBUS_ERRORS, connection_id=cid, what=what),
+                ):
                     response = await call(client)
             finally:
                 # Off the wire before anything else: what follows may fail the
@@ -655,12 +674,6 @@ class ModbusBus:
         except TimeoutError:
             self._abandoned(flight, loop.time() + RTU_GUARD)
             raise self._timed_out(member, unit, flight, what) from None
-        except ConnectionException as exc:
-            raise ConnectError(f"{what}: {exc.string}", connection_id=cid, cause=exc) from exc
-        except ModbusIOException as exc:
-            raise ProtocolError(f"{what}: {exc.string}", connection_id=cid, cause=exc) from exc
-        except ModbusException as exc:
-            raise ProtocolError(f"{what}: {exc.string}", connection_id=cid, cause=exc) from exc
         unit.failures = 0
         unit.answered += 1
         if unit.dead:

@@ -41,7 +41,7 @@ fresh one.
 ADS errors are translated at this boundary: symbol not found and other
 "device said no" codes are a `DeviceError` (the link stays); timeouts, missing
 routes, a closed port are a `ConnectError` (the link is rebuilt); secure-ADS
-refusals are a `PermanentError`.
+refusals are a `PermanentError` (access denied: an `AuthError`).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from edgelink.connection import SyncConnection
 from edgelink.errors import (
+    AuthError,
     ConfigError,
     ConnectError,
     DeviceError,
@@ -114,6 +115,8 @@ LINK_ERRORS: Final = frozenset(
 GARBAGE_ERRORS: Final = frozenset({1876})  # ADSERR_CLIENT_INVALIDRESPONSE
 #: ADS codes retrying cannot fix: licensing and secure-ADS refusals.
 PERMANENT_ERRORS: Final = frozenset({16, 29, 30})
+#: Of those, the PLC refusing our credentials: secure ADS access denied.
+AUTH_ERRORS: Final = frozenset({30})
 #: The symbol table changed (online change, download): cached handles are stale.
 STALE_SYMBOL_ERRORS: Final = frozenset({1809, 1812, 1826})
 
@@ -1050,7 +1053,8 @@ class AdsConnection(SyncConnection):
         code = getattr(exc, "err_code", None)
         text = f"ADS {what} on {self.ams_net_id}:{self.ams_port}: {exc}"
         if code in PERMANENT_ERRORS:
-            return PermanentError(text, connection_id=self.connection_id, cause=exc)
+            cls = AuthError if code in AUTH_ERRORS else PermanentError
+            return cls(text, connection_id=self.connection_id, cause=exc)
         if code in GARBAGE_ERRORS:
             garbage = ProtocolError(text, connection_id=self.connection_id, cause=exc)
             if self._port is not None:

@@ -13,8 +13,8 @@ Tags name a request: ``[METHOD ]path[?query][#json-pointer]``:
   ``write_method`` config key; or ``write("POST /api/cmd", {...})``); writes
   allow PUT, POST and PATCH, and have no pointer.
 
-Answers: 2xx is success; 401/403 is a `PermanentError` (bad or missing
-api_key: state ``error``, no retries); other 4xx is a `DeviceError` (the
+Answers: 2xx is success; 401/403 is an `AuthError` (bad or missing
+api_key: state ``error``, reason ``auth``, no retries); other 4xx is a `DeviceError` (the
 device said no: the link stays); 5xx and transport errors are a `ConnectError`
 (transient: reconnect and retry), a timeout a `ConnectTimeout`; a body that
 claims to be JSON but is not (or a pointer into a body that is not JSON) is a
@@ -37,12 +37,16 @@ from typing import Any, Final, NamedTuple
 from edgelink.connection import Connection
 from edgelink.drivers._socket import tcp_socket_options
 from edgelink.errors import (
+    AuthError,
     ConfigError,
     ConnectError,
     ConnectTimeout,
     DeviceError,
+    EdgelinkError,
+    ExceptionMap,
     PermanentError,
     ProtocolError,
+    map_exceptions,
 )
 
 try:
@@ -183,6 +187,32 @@ def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def _refused_certificate(exc: Exception, *, where: str, **_: Any) -> EdgelinkError | None:
+    """A connect error that is a refused certificate: permanent; None for any other."""
+    bad_cert = _cert_error(exc)
+    if bad_cert is None:
+        return None
+    return PermanentError(
+        f"{where}: TLS: the device's certificate was refused: {bad_cert.verify_message or bad_cert}"
+    )
+
+
+#: httpx's exceptions as edgelink's, first match wins (subclasses first).
+HTTPX_ERRORS: Final[ExceptionMap] = {
+    httpx.TimeoutException: (
+        ConnectTimeout,
+        "{where}: no answer within {timeout:g} s ({error_type})",
+    ),
+    httpx.ConnectError: _refused_certificate,  # any other connect error: a TransportError
+    httpx.RemoteProtocolError: (
+        ProtocolError,
+        "{where}: the device broke the HTTP protocol: {error}",
+    ),
+    httpx.TransportError: (ConnectError, "{where}: {text}"),
+    httpx.InvalidURL: (DeviceError, "{where}: not a valid URL path: {error}"),
+}
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -343,7 +373,7 @@ class HTTPConnection(Connection):
         """GET ``health_path``; any 2xx answer is healthy.
 
         Raises:
-            PermanentError: on 401/403 (the api_key is wrong or missing).
+            AuthError: on 401/403 (the api_key is wrong or missing).
             ConnectError: on 5xx, a transport error or a timeout.
             DeviceError: on another 4xx (a wrong health_path, say).
         """
@@ -360,7 +390,7 @@ class HTTPConnection(Connection):
 
         Raises:
             DeviceError: for a bad tag, a 4xx answer, or a pointer to nothing.
-            PermanentError: on 401/403.
+            AuthError: on 401/403.
             ProtocolError: for a body that is not the JSON it should be.
             ConnectError: on 5xx, transport errors and timeouts.
         """
@@ -395,7 +425,7 @@ class HTTPConnection(Connection):
 
         Raises:
             DeviceError: for a bad tag, a value JSON cannot encode, or a 4xx answer.
-            PermanentError: on 401/403.
+            AuthError: on 401/403.
             ConnectError: on 5xx, transport errors and timeouts.
         """
         req = self._parse(tag, self.write_method, WRITE_METHODS)
@@ -442,36 +472,8 @@ class HTTPConnection(Connection):
             raise ConnectError("not connected", connection_id=self.connection_id)
         where = f"{method} {path}"
         cid = self.connection_id
-        try:
+        with map_exceptions(HTTPX_ERRORS, connection_id=cid, where=where, timeout=self.timeout):
             response = await client.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise ConnectTimeout(
-                f"{where}: no answer within {self.timeout:g} s ({type(exc).__name__})",
-                connection_id=cid,
-                cause=exc,
-            ) from exc
-        except httpx.ConnectError as exc:
-            bad_cert = _cert_error(exc)
-            if bad_cert is not None:
-                raise PermanentError(
-                    f"{where}: TLS: the device's certificate was refused: "
-                    f"{bad_cert.verify_message or bad_cert}",
-                    connection_id=cid,
-                    cause=exc,
-                ) from exc
-            raise ConnectError(
-                f"{where}: {exc or type(exc).__name__}", connection_id=cid, cause=exc
-            ) from exc
-        except httpx.RemoteProtocolError as exc:
-            raise ProtocolError(
-                f"{where}: the device broke the HTTP protocol: {exc}", connection_id=cid, cause=exc
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ConnectError(
-                f"{where}: {exc or type(exc).__name__}", connection_id=cid, cause=exc
-            ) from exc
-        except httpx.InvalidURL as exc:
-            raise DeviceError(f"{where}: not a valid URL path: {exc}", connection_id=cid) from exc
         self.update_stats(
             packets_sent=1,
             bytes_sent=len(content or b""),
@@ -488,9 +490,7 @@ class HTTPConnection(Connection):
         retry_after = _retry_after(response)
         if status in (401, 403):
             hint = "missing" if self._api_key is None else "refused"
-            raise PermanentError(
-                f"authentication failed (api_key {hint}): {text}", connection_id=cid
-            )
+            raise AuthError(f"authentication failed (api_key {hint}): {text}", connection_id=cid)
         if status < 400:
             location = response.headers.get("location", "?")
             raise DeviceError(

@@ -43,7 +43,17 @@ from typing import Any, Final, Literal
 from edgelink.connection import Connection, Stats
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.errors import ConfigError, ConnectError, DeviceError, PermanentError, ProtocolError
+from edgelink.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    DeviceError,
+    EdgelinkError,
+    ExceptionMap,
+    PermanentError,
+    ProtocolError,
+    map_exceptions,
+)
 from edgelink.subscriptions import Subscription, SubscriptionLedger
 
 try:
@@ -189,6 +199,21 @@ def _match_filter(topic_filter: str) -> str:
     if topic_filter.startswith("$share/"):
         return topic_filter.split("/", 2)[2]
     return topic_filter
+
+
+def _refused_certificate(exc: Exception, *, server_name: str, **_: Any) -> EdgelinkError | None:
+    assert isinstance(exc, ssl.SSLCertVerificationError)
+    return PermanentError(
+        f"TLS: the broker's certificate for {server_name!r} was refused: "
+        f"{exc.verify_message or exc}"
+    )
+
+
+#: What a failed TLS handshake becomes, first match wins (subclasses first).
+TLS_ERRORS: Final[ExceptionMap] = {
+    ssl.SSLCertVerificationError: _refused_certificate,
+    OSError: (ConnectError, "TLS handshake with {where} failed: {error}"),  # ssl.SSLError too
+}
 
 
 def _publish_size(topic_len: int, payload_len: int, qos: int) -> int:
@@ -558,7 +583,8 @@ class MQTTConnection(Connection):
 
         Raises:
             ConnectError: if the broker cannot be reached or closes the link.
-            PermanentError: if the broker refuses the credentials or the client.
+            AuthError: if the broker refuses the credentials.
+            PermanentError: if the broker refuses the client otherwise.
         """
         await self.disconnect()
         loop = asyncio.get_running_loop()
@@ -650,29 +676,17 @@ class MQTTConnection(Connection):
         ssock = ctx.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False)
         where = f"{self.host}:{self.port}"
         try:
-            while True:
-                try:
-                    ssock.do_handshake()
-                    return ssock
-                except ssl.SSLWantReadError:
-                    await _fd_ready(loop, ssock, write=False)
-                except ssl.SSLWantWriteError:
-                    await _fd_ready(loop, ssock, write=True)
-        except ssl.SSLCertVerificationError as exc:
-            ssock.close()
-            raise PermanentError(
-                f"TLS: the broker's certificate for {name!r} was refused: "
-                f"{exc.verify_message or exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
-        except (ssl.SSLError, OSError) as exc:
-            ssock.close()
-            raise ConnectError(
-                f"TLS handshake with {where} failed: {exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
+            with map_exceptions(
+                TLS_ERRORS, connection_id=self.connection_id, where=where, server_name=name
+            ):
+                while True:
+                    try:
+                        ssock.do_handshake()
+                        return ssock
+                    except ssl.SSLWantReadError:
+                        await _fd_ready(loop, ssock, write=False)
+                    except ssl.SSLWantWriteError:
+                        await _fd_ready(loop, ssock, write=True)
         except BaseException:
             ssock.close()
             raise
@@ -1142,7 +1156,7 @@ class MQTTConnection(Connection):
         error: ConnectError | PermanentError
         if code in _AUTH_CONNACK:
             who = f"user {self.username!r}" if self.username else "anonymous client"
-            error = PermanentError(
+            error = AuthError(
                 f"authentication failed: the broker refused {who} ({name})",
                 connection_id=self.connection_id,
             )
