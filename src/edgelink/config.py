@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -46,6 +45,8 @@ from edgelink.documents import read_document
 from edgelink.errors import ConfigError
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
+from edgelink.validation import format_path as _format_path
+from edgelink.validation import reason, unknown_key_reason
 
 __all__ = [
     "ConfigDiff",
@@ -547,15 +548,6 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------- error reports
 
-_FRIENDLY: Final = {
-    "dict_type": "Input should be an object",
-    "model_type": "Input should be an object",
-    "model_attributes_type": "Input should be an object",
-    "list_type": "Input should be an array",
-    "tuple_type": "Input should be an array",
-}
-
-
 def _known_keys(parent: tuple[Any, ...]) -> tuple[set[str], str | None]:
     """Return the keys allowed at ``parent`` and, for a connection's settings, a hint."""
     match parent:
@@ -579,18 +571,13 @@ def _unknown_key_reason(loc: tuple[Any, ...]) -> str:
     known, kind = _known_keys(loc[:-1])
     if kind == "settings" and key in ManagerSettings.model_fields:
         return "unknown key: this is a manager-wide setting, allowed only in the top-level settings"
-    close = difflib.get_close_matches(str(key), sorted(known), n=1)
-    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+    return unknown_key_reason(key, known)
 
 
 def _reason(error_type: str, msg: str, loc: tuple[Any, ...], ctx: Mapping[str, Any]) -> str:
     if error_type == "extra_forbidden":
         return _unknown_key_reason(loc)
-    if error_type == "too_short" and isinstance(ctx.get("min_length"), int):
-        n = ctx["min_length"]
-        return "must not be empty" if n == 1 else f"needs at least {n} items"
-    reason = _FRIENDLY.get(error_type, msg)
-    return reason.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return reason(error_type, msg, ctx)
 
 
 def _error_items(
@@ -601,18 +588,18 @@ def _error_items(
     # The context holds limits (min_length...), never the input.
     for err in exc.errors(include_url=False, include_input=False):
         loc = (*prefix, *err["loc"])
-        reason = _reason(err["type"], err["msg"], loc, err.get("ctx") or {})
+        why = _reason(err["type"], err["msg"], loc, err.get("ctx") or {})
         if loc and loc[-1] == "[key]":
             loc = loc[:-1]
             what = "connection id" if len(loc) == 2 and loc[0] == "connections" else "key"
-            if not reason.startswith(what):
-                reason = f"invalid {what}: {reason}"
-        items.append((loc, reason))
+            if not why.startswith(what):
+                why = f"invalid {what}: {why}"
+        items.append((loc, why))
     return items
 
 
 def _config_error(items: list[tuple[tuple[Any, ...], str]], *, file: str | None) -> ConfigError:
-    errors = [(_format_path(loc), reason) for loc, reason in items]
+    errors = [(_format_path(loc), why) for loc, why in items]
     path, message = errors[0]
     # The connection all errors belong to, if they all belong to one.
     owners = {loc[1] if len(loc) >= 2 and loc[0] == "connections" else None for loc, _ in items}
@@ -624,25 +611,6 @@ def _config_error(items: list[tuple[tuple[Any, ...], str]], *, file: str | None)
         errors=errors,
         connection_id=owner if isinstance(owner, str) else None,
     )
-
-
-def _format_path(loc: Iterable[Any]) -> str:
-    """Format a location as a dotted JSON path: ``connections.plc_1.poll[0].interval``.
-
-    Keys that are empty or hold whitespace, quotes or brackets are written
-    ``["key"]``; a connection id with dots is written as it is.
-    """
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int) and not isinstance(item, bool):
-            parts.append(f"[{item}]")
-            continue
-        key = str(item)
-        if not key or any(ch.isspace() or ch in '[]"' for ch in key):
-            parts.append(f"[{json.dumps(key)}]")
-        else:
-            parts.append(f".{key}" if parts else key)
-    return "".join(parts)
 
 
 # ------------------------------------------------------------------- diff
