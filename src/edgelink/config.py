@@ -33,15 +33,20 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     WithJsonSchema,
     create_model,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
+from pydantic.json_schema import JsonSchemaValue, models_json_schema
 from pydantic_core import CoreSchema
 
 from edgelink.documents import read_document
+from edgelink.drivers.configs import BUILTIN_CONFIG_MODELS
 from edgelink.errors import ConfigError
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
@@ -182,7 +187,7 @@ class PollGroup(BaseModel):
     model_config = _MODEL_CONFIG
 
     tags: tuple[NonEmptyStr, ...] = Field(min_length=1, description="tags to read")
-    interval: float = Field(gt=0, description="seconds between reads")
+    interval: StrictFloat = Field(gt=0, description="seconds between reads")
 
 
 class WatchSpec(BaseModel):
@@ -200,15 +205,17 @@ class WatchSpec(BaseModel):
     model_config = _MODEL_CONFIG
 
     tag: NonEmptyStr = Field(description="the watched tag")
-    below: float | None = Field(default=None, description="a reading below this is bad")
-    above: float | None = Field(default=None, description="a reading above this is bad")
-    warning_after: int = Field(
+    below: StrictFloat | None = Field(default=None, description="a reading below this is bad")
+    above: StrictFloat | None = Field(default=None, description="a reading above this is bad")
+    warning_after: StrictInt = Field(
         default=1, ge=1, description="consecutive bad readings for a warning"
     )
-    critical_after: int = Field(
+    critical_after: StrictInt = Field(
         default=3, ge=1, description="consecutive bad readings for critical"
     )
-    health_check: bool = Field(default=False, description="run a health check on a bad reading")
+    health_check: StrictBool = Field(
+        default=False, description="run a health check on a bad reading"
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> Self:
@@ -244,8 +251,8 @@ class ConnectionConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     type: NonEmptyStr = Field(description="driver type name, e.g. tcp, modbus_tcp, ads")
-    name: str | None = Field(default=None, description="display name")
-    enabled: bool = Field(default=True, description="start this connection with the manager")
+    name: StrictStr | None = Field(default=None, description="display name")
+    enabled: StrictBool = Field(default=True, description="start this connection with the manager")
     config: dict[str, Any] = Field(default_factory=dict, description="the driver's own settings")
     settings: SettingsOverrides = Field(
         default_factory=dict, description="overrides of the top-level settings"
@@ -668,8 +675,26 @@ def diff_configs(old: GatewayConfig | None, new: GatewayConfig) -> ConfigDiff:
 
 
 def config_json_schema() -> dict[str, Any]:
-    """Return the JSON Schema (draft 2020-12) of ``connections.json``."""
+    """Return the JSON Schema (draft 2020-12) of ``connections.json``.
+
+    A connection's ``config`` is described by its driver's model
+    (`edgelink.drivers.configs`), chosen by ``type`` with an if/then per
+    built-in type; a custom type's ``config`` stays a free object.
+    """
     schema = GatewayConfig.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    _, drivers = models_json_schema(
+        [(model, "validation") for model in BUILTIN_CONFIG_MODELS.values()],
+        ref_template="#/$defs/{model}",
+    )
+    defs.update(drivers.get("$defs", {}))
+    defs["ConnectionConfig"]["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"properties": {"config": {"$ref": f"#/$defs/{model.__name__}"}}},
+        }
+        for name, model in BUILTIN_CONFIG_MODELS.items()
+    ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,

@@ -245,7 +245,7 @@ class SerialConfig(FramingOptions):
     bytesize: Annotated[Int, Field(ge=5, le=8)] = Field(default=8, description="data bits")
     parity: Annotated[
         Literal[_SERIAL_PARITIES],  # type: ignore[valid-type]
-        BeforeValidator(_upper),
+        BeforeValidator(_upper, json_schema_input_type=str),
     ] = Field(default="N", description="N, E, O, M or S")
     stopbits: Annotated[float, Strict(), AfterValidator(_stopbits)] = Field(
         default=1, description="stop bits: 1, 1.5 or 2"
@@ -295,9 +295,9 @@ class ModbusConfig(DriverConfig):
     max_gap: Annotated[Int, Field(ge=0, le=124)] = Field(
         default=0, description="unused registers a read may span to join two tags"
     )
-    write_function: Annotated[Literal["auto", "multiple"], BeforeValidator(_lower)] = Field(
-        default="auto", description="auto: FC 6 for one register; multiple: always FC 16"
-    )
+    write_function: Annotated[
+        Literal["auto", "multiple"], BeforeValidator(_lower, json_schema_input_type=str)
+    ] = Field(default="auto", description="auto: FC 6 for one register; multiple: always FC 16")
     dead_after: Annotated[Int, Field(ge=1, le=1000)] = Field(
         default=3, description="unanswered requests in a row after which the device is dead"
     )
@@ -333,7 +333,7 @@ class ModbusRtuConfig(ModbusConfig):
     )
     parity: Annotated[
         Literal[_MODBUS_PARITIES],  # type: ignore[valid-type]
-        BeforeValidator(_upper),
+        BeforeValidator(_upper, json_schema_input_type=str),
     ] = Field(default="N", description="N, E, O, M or S")
     stopbits: Annotated[Int, Field(ge=1, le=2)] = Field(default=1, description="stop bits")
     bytesize: Annotated[Int, Field(ge=5, le=8)] = Field(default=8, description="data bits")
@@ -355,9 +355,9 @@ class HTTPConfig(TcpKeepalive):
     api_key_prefix: Text = Field(default="", description="put before the api_key, e.g. 'Bearer '")
     health_path: Text = Field(default="/health", description="the path the health check GETs")
     timeout: Seconds = Field(default=5.0, description="seconds one request may take")
-    write_method: Annotated[Literal["PUT", "POST", "PATCH"], BeforeValidator(_upper)] = Field(
-        default="PUT", description="the method of write()"
-    )
+    write_method: Annotated[
+        Literal["PUT", "POST", "PATCH"], BeforeValidator(_upper, json_schema_input_type=str)
+    ] = Field(default="PUT", description="the method of write()")
     verify: Annotated[bool | str, PlainValidator(_verify, json_schema_input_type=bool | str)] = (
         Field(
             default=True, description="check the server's certificate; or the path of a CA bundle"
@@ -421,9 +421,10 @@ class MQTTConfig(TlsOptions, TcpKeepalive):
         default=20, description="QoS>0 messages in flight"
     )
     retain: Bool = Field(default=False, description="publish retained")
-    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(_protocol)] = Field(
-        default="3.1.1", description="MQTT version"
-    )
+    protocol: Annotated[
+        Literal["3.1.1", "5"],
+        BeforeValidator(_protocol, json_schema_input_type=Literal["3.1.1", "5", 5]),
+    ] = Field(default="3.1.1", description="MQTT version")
     clean_session: Bool = Field(default=True, description="start with a clean session")
     session_expiry: Annotated[Int, Field(ge=0, le=0xFFFFFFFF)] = Field(
         default=3600, description="MQTT 5 session expiry seconds"
