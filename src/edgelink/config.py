@@ -555,6 +555,7 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------- error reports
 
+
 def _known_keys(parent: tuple[Any, ...]) -> tuple[set[str], str | None]:
     """Return the keys allowed at ``parent`` and, for a connection's settings, a hint."""
     match parent:

@@ -212,9 +212,7 @@ class _ConnectionBase:
         self.cfg = (
             None
             if model is None
-            else validate_model(
-                model, self.config, prefix=("config",), connection_id=connection_id
-            )
+            else validate_model(model, self.config, prefix=("config",), connection_id=connection_id)
         )
         self.context = context
         self._stats = Stats()
