@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -34,18 +33,25 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     WithJsonSchema,
     create_model,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
+from pydantic.json_schema import JsonSchemaValue, models_json_schema
 from pydantic_core import CoreSchema
 
 from edgelink.documents import read_document
+from edgelink.drivers.configs import BUILTIN_CONFIG_MODELS
 from edgelink.errors import ConfigError
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
+from edgelink.validation import format_path as _format_path
+from edgelink.validation import reason, unknown_key_reason
 
 __all__ = [
     "ConfigDiff",
@@ -181,7 +187,7 @@ class PollGroup(BaseModel):
     model_config = _MODEL_CONFIG
 
     tags: tuple[NonEmptyStr, ...] = Field(min_length=1, description="tags to read")
-    interval: float = Field(gt=0, description="seconds between reads")
+    interval: StrictFloat = Field(gt=0, description="seconds between reads")
 
 
 class WatchSpec(BaseModel):
@@ -199,15 +205,17 @@ class WatchSpec(BaseModel):
     model_config = _MODEL_CONFIG
 
     tag: NonEmptyStr = Field(description="the watched tag")
-    below: float | None = Field(default=None, description="a reading below this is bad")
-    above: float | None = Field(default=None, description="a reading above this is bad")
-    warning_after: int = Field(
+    below: StrictFloat | None = Field(default=None, description="a reading below this is bad")
+    above: StrictFloat | None = Field(default=None, description="a reading above this is bad")
+    warning_after: StrictInt = Field(
         default=1, ge=1, description="consecutive bad readings for a warning"
     )
-    critical_after: int = Field(
+    critical_after: StrictInt = Field(
         default=3, ge=1, description="consecutive bad readings for critical"
     )
-    health_check: bool = Field(default=False, description="run a health check on a bad reading")
+    health_check: StrictBool = Field(
+        default=False, description="run a health check on a bad reading"
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> Self:
@@ -243,8 +251,8 @@ class ConnectionConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     type: NonEmptyStr = Field(description="driver type name, e.g. tcp, modbus_tcp, ads")
-    name: str | None = Field(default=None, description="display name")
-    enabled: bool = Field(default=True, description="start this connection with the manager")
+    name: StrictStr | None = Field(default=None, description="display name")
+    enabled: StrictBool = Field(default=True, description="start this connection with the manager")
     config: dict[str, Any] = Field(default_factory=dict, description="the driver's own settings")
     settings: SettingsOverrides = Field(
         default_factory=dict, description="overrides of the top-level settings"
@@ -547,14 +555,6 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------- error reports
 
-_FRIENDLY: Final = {
-    "dict_type": "Input should be an object",
-    "model_type": "Input should be an object",
-    "model_attributes_type": "Input should be an object",
-    "list_type": "Input should be an array",
-    "tuple_type": "Input should be an array",
-}
-
 
 def _known_keys(parent: tuple[Any, ...]) -> tuple[set[str], str | None]:
     """Return the keys allowed at ``parent`` and, for a connection's settings, a hint."""
@@ -579,18 +579,13 @@ def _unknown_key_reason(loc: tuple[Any, ...]) -> str:
     known, kind = _known_keys(loc[:-1])
     if kind == "settings" and key in ManagerSettings.model_fields:
         return "unknown key: this is a manager-wide setting, allowed only in the top-level settings"
-    close = difflib.get_close_matches(str(key), sorted(known), n=1)
-    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+    return unknown_key_reason(key, known)
 
 
 def _reason(error_type: str, msg: str, loc: tuple[Any, ...], ctx: Mapping[str, Any]) -> str:
     if error_type == "extra_forbidden":
         return _unknown_key_reason(loc)
-    if error_type == "too_short" and isinstance(ctx.get("min_length"), int):
-        n = ctx["min_length"]
-        return "must not be empty" if n == 1 else f"needs at least {n} items"
-    reason = _FRIENDLY.get(error_type, msg)
-    return reason.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return reason(error_type, msg, ctx)
 
 
 def _error_items(
@@ -601,18 +596,18 @@ def _error_items(
     # The context holds limits (min_length...), never the input.
     for err in exc.errors(include_url=False, include_input=False):
         loc = (*prefix, *err["loc"])
-        reason = _reason(err["type"], err["msg"], loc, err.get("ctx") or {})
+        why = _reason(err["type"], err["msg"], loc, err.get("ctx") or {})
         if loc and loc[-1] == "[key]":
             loc = loc[:-1]
             what = "connection id" if len(loc) == 2 and loc[0] == "connections" else "key"
-            if not reason.startswith(what):
-                reason = f"invalid {what}: {reason}"
-        items.append((loc, reason))
+            if not why.startswith(what):
+                why = f"invalid {what}: {why}"
+        items.append((loc, why))
     return items
 
 
 def _config_error(items: list[tuple[tuple[Any, ...], str]], *, file: str | None) -> ConfigError:
-    errors = [(_format_path(loc), reason) for loc, reason in items]
+    errors = [(_format_path(loc), why) for loc, why in items]
     path, message = errors[0]
     # The connection all errors belong to, if they all belong to one.
     owners = {loc[1] if len(loc) >= 2 and loc[0] == "connections" else None for loc, _ in items}
@@ -624,25 +619,6 @@ def _config_error(items: list[tuple[tuple[Any, ...], str]], *, file: str | None)
         errors=errors,
         connection_id=owner if isinstance(owner, str) else None,
     )
-
-
-def _format_path(loc: Iterable[Any]) -> str:
-    """Format a location as a dotted JSON path: ``connections.plc_1.poll[0].interval``.
-
-    Keys that are empty or hold whitespace, quotes or brackets are written
-    ``["key"]``; a connection id with dots is written as it is.
-    """
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int) and not isinstance(item, bool):
-            parts.append(f"[{item}]")
-            continue
-        key = str(item)
-        if not key or any(ch.isspace() or ch in '[]"' for ch in key):
-            parts.append(f"[{json.dumps(key)}]")
-        else:
-            parts.append(f".{key}" if parts else key)
-    return "".join(parts)
 
 
 # ------------------------------------------------------------------- diff
@@ -700,8 +676,26 @@ def diff_configs(old: GatewayConfig | None, new: GatewayConfig) -> ConfigDiff:
 
 
 def config_json_schema() -> dict[str, Any]:
-    """Return the JSON Schema (draft 2020-12) of ``connections.json``."""
+    """Return the JSON Schema (draft 2020-12) of ``connections.json``.
+
+    A connection's ``config`` is described by its driver's model
+    (`edgelink.drivers.configs`), chosen by ``type`` with an if/then per
+    built-in type; a custom type's ``config`` stays a free object.
+    """
     schema = GatewayConfig.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    _, drivers = models_json_schema(
+        [(model, "validation") for model in BUILTIN_CONFIG_MODELS.values()],
+        ref_template="#/$defs/{model}",
+    )
+    defs.update(drivers.get("$defs", {}))
+    defs["ConnectionConfig"]["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "then": {"properties": {"config": {"$ref": f"#/$defs/{model.__name__}"}}},
+        }
+        for name, model in BUILTIN_CONFIG_MODELS.items()
+    ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,

@@ -36,10 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from pydantic import BaseModel
+
 from edgelink.clock import Clock, SystemClock
 from edgelink.errors import ConnectError, DeviceError
 from edgelink.redact import collect_secrets, redact, remember_secrets
 from edgelink.state import ConnectionState
+from edgelink.validation import validate_model
 
 __all__ = [
     "AnyConnection",
@@ -191,6 +194,12 @@ class _ConnectionBase:
 
     #: The registry name: "tcp", "modbus_tcp", ...
     type_name: ClassVar[str] = ""
+    #: The pydantic model of ``config``, or None for a driver that reads the dict
+    #: itself (the seed's style). With a model, the base validates ``config``
+    #: once, before the driver's ``__init__`` goes on, and sets ``cfg``.
+    config_model: ClassVar[type[BaseModel] | None] = None
+    #: ``config`` validated by ``config_model`` (None without a model).
+    cfg: Any
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -199,6 +208,12 @@ class _ConnectionBase:
         self.config: dict[str, Any] = dict(config or {})
         # The log filter's safety net learns this config's secrets (see edgelink.redact).
         remember_secrets(collect_secrets(self.config))
+        model = type(self).config_model
+        self.cfg = (
+            None
+            if model is None
+            else validate_model(model, self.config, prefix=("config",), connection_id=connection_id)
+        )
         self.context = context
         self._stats = Stats()
         self._owner: ConnectionOwner | None = None

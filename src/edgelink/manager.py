@@ -304,8 +304,14 @@ class ConnectionManager:
             driver = self.registry.create(spec.connection_id, spec.type, spec.config, self.context)
         except ConfigError as exc:
             path = f"{where}.{exc.path}" if exc.path else where
+            # A driver's config model reports every bad key: keep them all.
+            errors = [(f"{where}.{p}" if p else where, m) for p, m in exc.errors]
             raise ConfigError(
-                exc.message, file=exc.file, path=path, connection_id=spec.connection_id
+                exc.message,
+                file=exc.file,
+                path=path,
+                errors=errors,
+                connection_id=spec.connection_id,
             ) from exc
         # Polled and watched tags are checked by the driver now, so a mistyped
         # tag is a config error, not a bad datapoint every interval.

@@ -175,19 +175,19 @@ def test_resolve_pointer_errors_say_where(tokens: tuple[str, ...], text: str) ->
 @pytest.mark.parametrize(
     ("config", "path", "text"),
     [
-        ({}, "config.base_url", "required"),
-        ({"base_url": "http://h", "apikey": "x"}, "config.apikey", "unknown key 'apikey'"),
+        ({}, "config.base_url", "Field required"),
+        ({"base_url": "http://h", "apikey": "x"}, "config.apikey", "did you mean 'api_key'"),
         ({"base_url": "ftp://x"}, "config.base_url", "http:// or https://"),
         ({"base_url": "http://"}, "config.base_url", "with a host"),
         ({"base_url": "http://h/#x"}, "config.base_url", "fragment"),
-        ({"base_url": "http://h", "headers": {"A": 1}}, "config.headers", "string values"),
-        ({"base_url": "http://h", "api_key": ""}, "config.api_key", "non-empty"),
+        ({"base_url": "http://h", "headers": {"A": 1}}, "config.headers.A", "valid string"),
+        ({"base_url": "http://h", "api_key": ""}, "config.api_key", "at least 1 character"),
         ({"base_url": "http://h", "health_path": "/h#/x"}, "config.health_path", "to GET"),
         ({"base_url": "http://h", "health_path": "PUT /h"}, "config.health_path", "to GET"),
-        ({"base_url": "http://h", "timeout": 0}, "config.timeout", "> 0"),
-        ({"base_url": "http://h", "write_method": "GET"}, "config.write_method", "PUT, POST"),
+        ({"base_url": "http://h", "timeout": 0}, "config.timeout", "greater than 0"),
+        ({"base_url": "http://h", "write_method": "GET"}, "config.write_method", "'PUT', 'POST'"),
         ({"base_url": "http://h", "verify": 1}, "config.verify", "CA bundle"),
-        ({"base_url": "http://h", "keepalive_idle": -1}, "config.keepalive_idle", "> 0"),
+        ({"base_url": "http://h", "keepalive_idle": -1}, "config.keepalive_idle", "equal to 1"),
     ],
 )
 def test_bad_config_names_the_key(config: dict[str, Any], path: str, text: str) -> None:

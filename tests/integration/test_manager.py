@@ -15,6 +15,8 @@ import pytest
 
 from conftest import FAST, Recorder, tcp
 from edgelink import ConfigError, ConnectionManager, ConnectionState, Health
+from edgelink.drivers.configs import TCPConfig
+from edgelink.drivers.tcp import TCPConnection
 from edgelink.testing.peers import PingPongPeer
 
 S = ConnectionState
@@ -207,13 +209,30 @@ async def test_no_leaks_after_500_reconnect_cycles(make_manager: Make, peer: Pin
     assert peer.connections == 0
 
 
+class TCPWithLoginConfig(TCPConfig):
+    """The tcp config plus credentials, as a custom driver might take them."""
+
+    password: str | None = None
+    api_key: str | None = None
+
+
+class TCPWithLogin(TCPConnection):
+    """The tcp driver with credentials in its config (it never sends them)."""
+
+    config_model = TCPWithLoginConfig
+
+
 async def test_secrets_stay_out_of_status_events_logs_and_reprs(
     make_manager: Make, peer: PingPongPeer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Test that a password in a connection's config shows nowhere but the driver's config."""
     secret = "hunter2-very-secret"
     m = make_manager()
-    conn = m.add_connection("dev", "tcp", tcp(peer.port, password=secret, api_key=secret))
+    # tcp refuses keys it does not know: a driver that takes credentials does.
+    m.register_connection_type("tcp_with_login", TCPWithLogin)
+    conn = m.add_connection(
+        "dev", "tcp_with_login", tcp(peer.port, password=secret, api_key=secret)
+    )
     rec = Recorder(m)
     with caplog.at_level("DEBUG"):
         async with m:

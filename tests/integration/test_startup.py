@@ -184,7 +184,7 @@ RUN_ERRORS = [
         {"connections": {"dev": {"type": "tcp", "config": {"host": "h", "port": 99999}}}},
         "connections.json",
         "connections.dev.config.port",
-        "1..65535",
+        "less than or equal to 65535",
     ),
     (
         "driver-unknown-type",
@@ -247,7 +247,7 @@ CHECK_ERRORS = [
         "port-99999",
         {"type": "tcp", "config": {"host": "h", "port": 99999}},
         "connections.dev.config.port",
-        "1..65535",
+        "less than or equal to 65535",
     ),
     (
         "modbus-tag",

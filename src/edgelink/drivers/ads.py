@@ -1,6 +1,6 @@
 """The ``ads`` driver: Beckhoff TwinCAT PLCs over ADS (pyads), symbols read and written by name.
 
-Config keys (see docs/drivers/ads.md):
+Config keys (see docs/drivers/ads.md; the model `edgelink.drivers.configs.AdsConfig`):
 
 - ``ams_net_id`` (required): the PLC's AMS net id, six numbers ``a.b.c.d.e.f``
 - ``ams_port`` (851, the first TwinCAT 3 PLC runtime; 801 on TwinCAT 2)
@@ -61,6 +61,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 from edgelink.connection import SyncConnection
+from edgelink.drivers.configs import (
+    ADS_TCP_PORT,
+    AdsConfig,
+    AdsNotification,
+    notification_times_error,
+)
 from edgelink.errors import (
     AuthError,
     ConfigError,
@@ -70,6 +76,7 @@ from edgelink.errors import (
     ProtocolError,
 )
 from edgelink.subscriptions import Subscription, SubscriptionLedger
+from edgelink.validation import format_path, validate_model
 
 try:
     from pyads import constants as ads_constants
@@ -84,9 +91,6 @@ __all__ = ["AdsConnection", "AdsRuntime", "SymbolInfo"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: The AMS/TCP port; adslib on Linux connects to it whatever one asks.
-ADS_TCP_PORT: Final = 48898
 
 #: ADS codes that mean the link (route, TCP connection, local port) is broken.
 LINK_ERRORS: Final = frozenset(
@@ -322,51 +326,8 @@ class AdsRuntime:
 RUNTIME = AdsRuntime()
 
 
-def _parse_net_id(value: Any, key: str, connection_id: str) -> str:
-    parts = value.split(".") if isinstance(value, str) else []
-    if len(parts) != 6 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise ConfigError(
-            f"must be an AMS net id of six numbers 0..255 like 192.168.1.10.1.1, got {value!r}",
-            path=f"config.{key}",
-            connection_id=connection_id,
-        )
-    return ".".join(str(int(p)) for p in parts)
-
-
-def _parse_notification(item: Any, index: int, connection_id: str, timeout: float) -> _Notification:
-    path = f"config.notifications[{index}]"
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(why, path=path, connection_id=connection_id)
-
-    if isinstance(item, str):
-        item = {"tag": item}
-    if not isinstance(item, Mapping):
-        raise bad(f"must be a symbol name or an object with 'tag', got {item!r}")
-    unknown = set(item) - {"tag", "mode", "cycle_time", "max_delay"}
-    if unknown:
-        raise bad(f"unknown keys {sorted(unknown)}; known: tag, mode, cycle_time, max_delay")
-    tag = item.get("tag")
-    if not isinstance(tag, str) or not tag:
-        raise bad("tag must be a non-empty symbol name")
-    mode = item.get("mode", "change")
-    if mode not in ("change", "cycle"):
-        raise bad(f"mode must be 'change' or 'cycle', got {mode!r}")
-    numbers = {}
-    for key, default in (("cycle_time", 0.1), ("max_delay", 0.0)):
-        value = item.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise bad(f"{key} must be a number of seconds >= 0, got {value!r}")
-        numbers[key] = float(value)
-    if numbers["cycle_time"] + numbers["max_delay"] >= timeout:
-        # The PLC may take that long for the first value: every replay would
-        # time out and the link look degraded while it works.
-        raise bad(
-            f"cycle_time + max_delay ({numbers['cycle_time'] + numbers['max_delay']:g} s) "
-            f"must be below notification_timeout ({timeout:g} s), which bounds the wait "
-            "for a notification's first value"
-        )
-    return _Notification(tag, mode, numbers["cycle_time"], numbers["max_delay"])
+def _notification(item: AdsNotification) -> _Notification:
+    return _Notification(item.tag, item.mode, item.cycle_time, item.max_delay)
 
 
 class AdsConnection(SyncConnection):
@@ -382,65 +343,22 @@ class AdsConnection(SyncConnection):
     """
 
     type_name = "ads"
+    config_model = AdsConfig
+    cfg: AdsConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg = self.config
-
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(why, path=f"config.{key}", connection_id=connection_id)
-
-        if "ams_net_id" not in cfg:
-            raise bad("ams_net_id", "ams_net_id is required: the PLC's AMS net id, a.b.c.d.e.f")
-        self.ams_net_id = _parse_net_id(cfg["ams_net_id"], "ams_net_id", connection_id)
-        ams_port = cfg.get("ams_port", 851)
-        if isinstance(ams_port, bool) or not isinstance(ams_port, int) or not 0 < ams_port < 65536:
-            raise bad("ams_port", f"must be an integer 1..65535 (851: TwinCAT 3), got {ams_port!r}")
-        self.ams_port: int = ams_port
-        host = cfg.get("host", ".".join(self.ams_net_id.split(".")[:4]))
-        if not isinstance(host, str) or not host:
-            raise bad("host", f"must be the PLC's IP address, got {host!r}")
-        self.host: str = host
-        port = cfg.get("port", ADS_TCP_PORT)
-        if port != ADS_TCP_PORT or isinstance(port, bool):
-            hint = " (the PLC runtime's port is ams_port)" if port in (801, 851, 852) else ""
-            raise bad(
-                "port",
-                f"must be {ADS_TCP_PORT}, got {port!r}{hint}: pyads's adslib always "
-                f"connects to the AMS/TCP port {ADS_TCP_PORT}",
-            )
-        local = cfg.get("local_ams_net_id")
-        self.local_ams_net_id: str | None = (
-            None if local is None else _parse_net_id(local, "local_ams_net_id", connection_id)
-        )
-        timeout = cfg.get("timeout", 2.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise bad("timeout", f"must be a positive number of seconds, got {timeout!r}")
-        self.timeout = float(timeout)
-        require_run = cfg.get("require_run", True)
-        if not isinstance(require_run, bool):
-            raise bad("require_run", f"must be true or false, got {require_run!r}")
-        self.require_run = require_run
-        notification_timeout = cfg.get("notification_timeout", 10.0)
-        if (
-            isinstance(notification_timeout, bool)
-            or not isinstance(notification_timeout, int | float)
-            or not notification_timeout > 0
-        ):
-            raise bad(
-                "notification_timeout",
-                f"must be a positive number of seconds, got {notification_timeout!r}",
-            )
-        self.notification_timeout = float(notification_timeout)
-        raw = cfg.get("notifications", [])
-        if not isinstance(raw, Sequence) or isinstance(raw, str):
-            raise bad("notifications", "must be a list of symbol names or objects")
-        specs = [
-            _parse_notification(item, i, connection_id, self.notification_timeout)
-            for i, item in enumerate(raw)
-        ]
+        cfg = self.cfg
+        self.ams_net_id: str = cfg.ams_net_id
+        self.ams_port: int = cfg.ams_port
+        self.host: str = cfg.host or ".".join(self.ams_net_id.split(".")[:4])
+        self.local_ams_net_id: str | None = cfg.local_ams_net_id
+        self.timeout = cfg.timeout
+        self.require_run = cfg.require_run
+        self.notification_timeout = cfg.notification_timeout
+        specs = [_notification(item) for item in cfg.notifications]
 
         self._runtime = RUNTIME
         self._adr = AmsAddr(self.ams_net_id, self.ams_port)
@@ -774,12 +692,17 @@ class AdsConnection(SyncConnection):
         Raises:
             ConfigError: for a bad mode or time.
         """
-        spec = _parse_notification(
+        path = ("config", "notifications", len(self._ledger))
+        item = validate_model(
+            AdsNotification,
             {"tag": tag, "mode": mode, "cycle_time": cycle_time, "max_delay": max_delay},
-            len(self._ledger),
-            self.connection_id,
-            self.notification_timeout,
+            prefix=path,
+            connection_id=self.connection_id,
         )
+        why = notification_times_error(item, self.notification_timeout)
+        if why is not None:
+            raise ConfigError(why, path=format_path(path), connection_id=self.connection_id)
+        spec = _notification(item)
         self._on_ledger(
             functools.partial(self._ledger.add, tag, expect_data=True, **spec.options())
         )

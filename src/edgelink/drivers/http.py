@@ -36,6 +36,7 @@ from typing import Any, Final, NamedTuple
 
 from edgelink.connection import Connection
 from edgelink.drivers._socket import tcp_socket_options
+from edgelink.drivers.configs import HTTPConfig
 from edgelink.errors import (
     AuthError,
     ConfigError,
@@ -61,17 +62,6 @@ logger = logging.getLogger(__name__)
 READ_METHODS: Final = frozenset({"GET", "POST"})
 WRITE_METHODS: Final = frozenset({"PUT", "POST", "PATCH"})
 _ALL_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-
-#: Every config key the driver knows; any other is refused (a typo must not
-#: pass silently).
-CONFIG_KEYS: Final = frozenset(
-    {
-        "base_url", "headers", "api_key", "api_key_header", "api_key_prefix", "health_path",
-        "timeout", "write_method", "verify", "follow_redirects", "trust_env", "keepalive_idle",
-        "keepalive_interval", "keepalive_count", "tcp_user_timeout",
-    }
-)  # fmt: skip
-
 
 # TLS contexts by CA source (True = the default bundle), shared by every
 # connection: building one loads the CA bundle (35-70 ms here), which must
@@ -230,24 +220,19 @@ class HTTPConnection(Connection):
     """
 
     type_name = "http"
+    config_model = HTTPConfig
+    cfg: HTTPConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg, cid = self.config, connection_id
+        cfg, cid = self.cfg, connection_id
 
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(message, path=f"config.{key}", connection_id=cid)
 
-        unknown = sorted(set(cfg) - CONFIG_KEYS)
-        if unknown:
-            known = ", ".join(sorted(CONFIG_KEYS))
-            raise fail(unknown[0], f"unknown key {unknown[0]!r}; the http driver knows {known}")
-
-        base_url = cfg.get("base_url")
-        if not isinstance(base_url, str) or not base_url:
-            raise fail("base_url", "base_url is required (e.g. 'http://192.168.1.60/api')")
+        base_url = cfg.base_url
         try:
             url = httpx.URL(base_url)
         except httpx.InvalidURL as exc:
@@ -259,65 +244,30 @@ class HTTPConnection(Connection):
         if url.fragment:
             raise fail("base_url", "base_url must not have a #fragment")
         self.base_url: str = base_url
-        headers = cfg.get("headers", {})
-        if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise fail("headers", "headers must map header names to string values")
-        self.headers: dict[str, str] = dict(headers)
-        api_key = cfg.get("api_key")
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise fail("api_key", "api_key must be a non-empty string")
-        self._api_key: str | None = api_key
-        self.api_key_header = cfg.get("api_key_header", "X-API-Key")
-        if not isinstance(self.api_key_header, str) or not self.api_key_header:
-            raise fail("api_key_header", "api_key_header must be a header name")
-        self.api_key_prefix = cfg.get("api_key_prefix", "")
-        if not isinstance(self.api_key_prefix, str):
-            raise fail("api_key_prefix", "api_key_prefix must be a string (e.g. 'Bearer ')")
-        health_path = cfg.get("health_path", "/health")
+        self.headers: dict[str, str] = dict(cfg.headers)
+        self._api_key: str | None = cfg.api_key
+        self.api_key_header = cfg.api_key_header
+        self.api_key_prefix = cfg.api_key_prefix
+        health_path = cfg.health_path
         try:
-            health = parse_tag(health_path) if isinstance(health_path, str) else None
+            health = parse_tag(health_path)
         except ValueError as exc:
             raise fail("health_path", str(exc)) from exc
-        if health is None or health.pointer is not None or health.method not in READ_METHODS:
+        if health.pointer is not None or health.method not in READ_METHODS:
             raise fail("health_path", f"health_path must be a path to GET, got {health_path!r}")
         self.health_path: str = health.path
         self._health_request = health
-        timeout = cfg.get("timeout", 5.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise fail("timeout", f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.timeout = float(timeout)
-        write_method = str(cfg.get("write_method", "PUT")).upper()
-        if write_method not in WRITE_METHODS:
-            raise fail(
-                "write_method", f"write_method must be PUT, POST or PATCH, got {write_method!r}"
-            )
-        self.write_method = write_method
-        for key in ("follow_redirects", "trust_env"):
-            if not isinstance(cfg.get(key, False), bool):
-                raise fail(key, f"{key} must be true or false")
-        verify = cfg.get("verify", True)
-        if not isinstance(verify, bool | str) or verify == "":
-            raise fail("verify", "verify must be true, false or the path of a CA bundle file")
-        self.verify: bool | str = verify
+        self.timeout = cfg.timeout
+        self.write_method: str = cfg.write_method
+        self.verify: bool | str = cfg.verify
         self._https = url.scheme == "https"
-        self.follow_redirects: bool = cfg.get("follow_redirects", False)
-        self.trust_env: bool = cfg.get("trust_env", False)
-        for key, default in (
-            ("keepalive_idle", 10),
-            ("keepalive_interval", 5),
-            ("keepalive_count", 3),
-            ("tcp_user_timeout", 15),
-        ):
-            value = cfg.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise fail(key, f"{key} must be a number > 0, got {value!r}")
+        self.follow_redirects: bool = cfg.follow_redirects
+        self.trust_env: bool = cfg.trust_env
         self._socket_options = tcp_socket_options(
-            keepalive_idle=int(cfg.get("keepalive_idle", 10)),
-            keepalive_interval=int(cfg.get("keepalive_interval", 5)),
-            keepalive_count=int(cfg.get("keepalive_count", 3)),
-            user_timeout=float(cfg.get("tcp_user_timeout", 15)),
+            keepalive_idle=cfg.keepalive_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            keepalive_count=cfg.keepalive_count,
+            user_timeout=cfg.tcp_user_timeout,
         )
         self._client: httpx.AsyncClient | None = None
 

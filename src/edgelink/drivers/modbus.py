@@ -57,9 +57,8 @@ from edgelink.drivers._modbus_bus import (
     ModbusTimeoutError,
     get_bus,
 )
+from edgelink.drivers.configs import ModbusConfig, ModbusRtuConfig, ModbusTcpConfig
 from edgelink.drivers.modbus_tags import (
-    MAX_READ_BITS,
-    MAX_READ_REGISTERS,
     MAX_WRITE_REGISTERS,
     ModbusTag,
     ReadBlock,
@@ -80,8 +79,6 @@ __all__ = [
 _PLAN_CACHE_SIZE: Final = 64
 #: Parsed tags kept per connection.
 _TAG_CACHE_SIZE: Final = 4096
-_PARITIES: Final = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
-_PARITIES.update({"m": "M", "mark": "M", "s": "S", "space": "S"})
 
 Call = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
 
@@ -95,48 +92,6 @@ class _Read:
     call: Call
 
 
-class _Config:
-    """Reads and checks one driver config; every error names its key."""
-
-    def __init__(self, connection_id: str, config: Mapping[str, Any]) -> None:
-        self.connection_id = connection_id
-        self.config = config
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, path=f"config.{key}", connection_id=self.connection_id)
-
-    def integer(self, key: str, default: int | None, low: int, high: int) -> int:
-        value = self.config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(key, f"{key} must be an integer {low}..{high}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self.config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise self.error(key, f"{key} must be a positive number of seconds, got {value!r}")
-        return float(value)
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.config.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"{key} is required (a non-empty string)")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.config.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"{key} must be true or false, got {value!r}")
-        return value
-
-    def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
-        value = self.config.get(key, default)
-        picked = choices.get(str(value).lower()) if isinstance(value, str) else None
-        if picked is None:
-            raise self.error(key, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-        return picked
-
-
 class ModbusConnection(Connection):
     """What ``modbus_tcp`` and ``modbus_rtu`` share: tags, reads, writes, health, the bus.
 
@@ -144,38 +99,36 @@ class ModbusConnection(Connection):
     """
 
     type_name: ClassVar[str] = ""
-    #: Unit ids this transport allows.
-    unit_range: ClassVar[tuple[int, int]] = (0, 255)
+    config_model: ClassVar[type[ModbusConfig]] = ModbusConfig
+    cfg: ModbusConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg = _Config(connection_id, self.config)
-        self.unit_id: int = cfg.integer("unit_id", 1, *self.unit_range)
-        self.timeout: float = cfg.number("timeout", 1.0)
-        self.max_registers = cfg.integer("max_registers", MAX_READ_REGISTERS, 1, 125)
-        self.max_bits = cfg.integer("max_bits", MAX_READ_BITS, 1, 2000)
-        self.max_gap = cfg.integer("max_gap", 0, 0, 124)
-        self.write_multiple = (
-            cfg.choice("write_function", "auto", {"auto": "auto", "multiple": "multiple"})
-            == "multiple"
-        )
-        self.dead_after = cfg.integer("dead_after", 3, 1, 1000)
-        self.probe_interval = cfg.number("probe_interval", 5.0)
+        cfg = self.cfg
+        self.unit_id: int = cfg.unit_id
+        self.timeout: float = cfg.timeout
+        self.max_registers = cfg.max_registers
+        self.max_bits = cfg.max_bits
+        self.max_gap = cfg.max_gap
+        self.write_multiple = cfg.write_function == "multiple"
+        self.dead_after = cfg.dead_after
+        self.probe_interval = cfg.probe_interval
         self._tags: dict[str, ModbusTag] = {}
         self._plans: dict[tuple[str, ...], list[_Read]] = {}
         self._raw_reads: dict[tuple[str, int, int], _Read] = {}
-        health = cfg.text("health_tag", "hr:0")
         try:
-            self.health_tag = self.tag(health)
+            self.health_tag = self.tag(cfg.health_tag)
         except ConfigError as exc:
-            raise cfg.error("health_tag", exc.message) from None
-        self.bus_config = self._bus_config(cfg)
+            raise ConfigError(
+                exc.message, path="config.health_tag", connection_id=connection_id
+            ) from None
+        self.bus_config = self._bus_config()
         self._bus: ModbusBus | None = None
         self._generation = 0
 
-    def _bus_config(self, cfg: _Config) -> BusConfig:
+    def _bus_config(self) -> BusConfig:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ tags
@@ -461,23 +414,21 @@ class ModbusTcpConnection(ModbusConnection):
     """
 
     type_name = "modbus_tcp"
+    config_model = ModbusTcpConfig
+    cfg: ModbusTcpConfig
 
-    def _bus_config(self, cfg: _Config) -> BusConfig:
-        host = cfg.text("host")
-        port = cfg.integer("port", 502, 1, 65535)
-        bus = self.config.get("bus")
-        if bus is not None and (not isinstance(bus, str) or not bus):
-            raise cfg.error("bus", f"bus must be a non-empty string (a link name), got {bus!r}")
-        key = f"tcp:{host}:{port}" + (f"/{bus}" if bus else "")
+    def _bus_config(self) -> BusConfig:
+        cfg = self.cfg
+        key = f"tcp:{cfg.host}:{cfg.port}" + (f"/{cfg.bus}" if cfg.bus else "")
         return BusConfig(
             kind="tcp",
             key=key,
-            host=host,
-            port=port,
-            keepalive_idle=cfg.integer("keepalive_idle", 10, 1, 32767),
-            keepalive_interval=cfg.integer("keepalive_interval", 5, 1, 32767),
-            keepalive_count=cfg.integer("keepalive_count", 3, 1, 127),
-            tcp_user_timeout=cfg.number("tcp_user_timeout", 15.0),
+            host=cfg.host,
+            port=cfg.port,
+            keepalive_idle=cfg.keepalive_idle,
+            keepalive_interval=cfg.keepalive_interval,
+            keepalive_count=cfg.keepalive_count,
+            tcp_user_timeout=cfg.tcp_user_timeout,
         )
 
 
@@ -492,17 +443,18 @@ class ModbusRtuConnection(ModbusConnection):
     """
 
     type_name = "modbus_rtu"
-    unit_range = (1, 247)
+    config_model = ModbusRtuConfig
+    cfg: ModbusRtuConfig
 
-    def _bus_config(self, cfg: _Config) -> BusConfig:
-        device = cfg.text("port")
+    def _bus_config(self) -> BusConfig:
+        cfg = self.cfg
         return BusConfig(
             kind="rtu",
-            key=f"rtu:{device}",
-            device=device,
-            baudrate=cfg.integer("baudrate", 19200, 50, 4_000_000),
-            parity=cfg.choice("parity", "N", _PARITIES),
-            stopbits=cfg.integer("stopbits", 1, 1, 2),
-            bytesize=cfg.integer("bytesize", 8, 5, 8),
-            handle_local_echo=cfg.flag("handle_local_echo", False),
+            key=f"rtu:{cfg.port}",
+            device=cfg.port,
+            baudrate=cfg.baudrate,
+            parity=cfg.parity[0],  # NONE, EVEN... are N, E...
+            stopbits=cfg.stopbits,
+            bytesize=cfg.bytesize,
+            handle_local_echo=cfg.handle_local_echo,
         )

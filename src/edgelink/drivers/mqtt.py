@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 from edgelink.connection import Connection, Stats
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
+from edgelink.drivers.configs import MQTTConfig, MqttWill
 from edgelink.errors import (
     AuthError,
     ConfigError,
@@ -93,18 +94,6 @@ _PERMANENT_CONNACK: Final = {
 _AUTH_CONNACK: Final = frozenset({134, 135, 140})
 
 HealthMode = Literal["echo", "ping"]
-
-#: Every config key the driver knows; any other is refused (a typo must not
-#: pass silently).
-CONFIG_KEYS: Final = frozenset(
-    {
-        "host", "port", "username", "password", "client_id", "subscribe", "qos", "keepalive",
-        "retain", "protocol", "clean_session", "session_expiry", "will", "health_check",
-        "health_topic", "subscribe_timeout", "tls", "ca_file", "verify", "tls_server_name",
-        "client_cert", "client_key", "keepalive_idle", "keepalive_interval", "keepalive_count",
-        "tcp_user_timeout", "max_inflight",
-    }
-)  # fmt: skip
 
 #: TLS contexts by (ca_file, verify, client_cert, client_key), shared by every
 #: connection: loading a CA bundle takes tens of ms, which must neither block
@@ -268,39 +257,6 @@ class _PahoClient(paho.Client):
         return sock
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: int, lo: int, hi: int, cid: str) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(
-            f"{key} must be an integer {lo}..{hi}, got {value!r}",
-            path=f"config.{key}",
-            connection_id=cid,
-        )
-    return value
-
-
-def _number(cfg: Mapping[str, Any], key: str, default: float, cid: str) -> float:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(
-            f"{key} must be a number of seconds > 0, got {value!r}",
-            path=f"config.{key}",
-            connection_id=cid,
-        )
-    return float(value)
-
-
-def _optional_str(cfg: Mapping[str, Any], key: str, cid: str) -> str | None:
-    value = cfg.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(
-            f"{key} must be a string, got {type(value).__name__}",
-            path=f"config.{key}",
-            connection_id=cid,
-        )
-    return value
-
-
 class MQTTConnection(Connection):
     """An MQTT broker as a device: subscriptions in, publishes out.
 
@@ -315,129 +271,53 @@ class MQTTConnection(Connection):
     """
 
     type_name = "mqtt"
+    config_model = MQTTConfig
+    cfg: MQTTConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg, cid = self.config, connection_id
-        unknown = sorted(set(cfg) - CONFIG_KEYS)
-        if unknown:
-            known = ", ".join(sorted(CONFIG_KEYS))
-            raise ConfigError(
-                f"unknown key {unknown[0]!r}; the mqtt driver knows {known}",
-                path=f"config.{unknown[0]}",
-                connection_id=cid,
-            )
-        host = cfg.get("host")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(
-                "host is required (a non-empty string)", path="config.host", connection_id=cid
-            )
-        self.host: str = host
-        tls = cfg.get("tls", False)
-        if not isinstance(tls, bool):
-            raise ConfigError(
-                f"tls must be true or false, got {tls!r}", path="config.tls", connection_id=cid
-            )
-        self.tls = tls
-        self.port = _int(cfg, "port", 8883 if tls else 1883, 1, 65535, cid)
-        verify = cfg.get("verify", True)
-        if not isinstance(verify, bool):
-            raise ConfigError(
-                f"verify must be true or false, got {verify!r}",
-                path="config.verify",
-                connection_id=cid,
-            )
-        self.verify = verify
-        self.ca_file = _optional_str(cfg, "ca_file", cid)
-        self.client_cert = _optional_str(cfg, "client_cert", cid)
-        self.client_key = _optional_str(cfg, "client_key", cid)
-        self.tls_server_name = _optional_str(cfg, "tls_server_name", cid)
-        if self.client_key is not None and self.client_cert is None:
-            raise ConfigError(
-                "client_key needs client_cert", path="config.client_key", connection_id=cid
-            )
-        if not tls:
-            for key in ("ca_file", "client_cert", "client_key", "tls_server_name"):
-                if cfg.get(key) is not None:
-                    raise ConfigError(
-                        f'{key} is set but tls is not: add "tls": true',
-                        path=f"config.{key}",
-                        connection_id=cid,
-                    )
-        self.username = _optional_str(cfg, "username", cid)
-        self._password = _optional_str(cfg, "password", cid)
-        if self._password is not None and self.username is None:
-            raise ConfigError(
-                "password needs a username", path="config.password", connection_id=cid
-            )
-        self.qos = _int(cfg, "qos", 0, 0, 2, cid)
-        self.keepalive = _int(cfg, "keepalive", 60, 0, 65535, cid)
-        self.max_inflight = _int(cfg, "max_inflight", 20, 1, 65535, cid)
-        retain = cfg.get("retain", False)
-        if not isinstance(retain, bool):
-            raise ConfigError(
-                f"retain must be true or false, got {retain!r}",
-                path="config.retain",
-                connection_id=cid,
-            )
-        self.retain = retain
-        protocol = str(cfg.get("protocol", "3.1.1"))
-        if protocol not in ("3.1.1", "5"):
-            raise ConfigError(
-                f"protocol must be '3.1.1' or '5', got {protocol!r}",
-                path="config.protocol",
-                connection_id=cid,
-            )
-        self.protocol = protocol
-        clean = cfg.get("clean_session", True)
-        if not isinstance(clean, bool):
-            raise ConfigError(
-                f"clean_session must be true or false, got {clean!r}",
-                path="config.clean_session",
-                connection_id=cid,
-            )
-        self.clean_session = clean
-        client_id = _optional_str(cfg, "client_id", cid)
+        cfg, cid = self.cfg, connection_id
+        self.host: str = cfg.host
+        self.tls = cfg.tls
+        self.port: int = cfg.port if cfg.port is not None else (8883 if cfg.tls else 1883)
+        self.verify = cfg.verify
+        self.ca_file = cfg.ca_file
+        self.client_cert = cfg.client_cert
+        self.client_key = cfg.client_key
+        self.tls_server_name = cfg.tls_server_name
+        self.username = cfg.username
+        self._password = cfg.password
+        self.qos: int = cfg.qos
+        self.keepalive = cfg.keepalive
+        self.max_inflight = cfg.max_inflight
+        self.retain = cfg.retain
+        self.protocol: str = cfg.protocol
+        self.clean_session = cfg.clean_session
+        # Unique per driver, stable across its reconnects: two gateways with
+        # the same connection id must not take each other's session away.
+        client_id = cfg.client_id
         if client_id is None:
-            if not clean:
-                raise ConfigError(
-                    "clean_session false needs a fixed client_id (the broker keeps the "
-                    "session under it)",
-                    path="config.client_id",
-                    connection_id=cid,
-                )
-            # Unique per driver, stable across its reconnects: two gateways with
-            # the same connection id must not take each other's session away.
             client_id = f"edgelink-{cid}-{secrets.token_hex(4)}"
-        if not client_id or len(client_id.encode()) > 65535:
-            raise ConfigError(
-                "client_id must be 1..65535 bytes", path="config.client_id", connection_id=cid
-            )
         self.client_id: str = client_id
-        self.session_expiry = _int(cfg, "session_expiry", 3600, 0, 0xFFFFFFFF, cid)
-        mode = cfg.get("health_check", "echo")
-        if mode not in ("echo", "ping"):
-            raise ConfigError(
-                f"health_check must be 'echo' or 'ping', got {mode!r}",
-                path="config.health_check",
-                connection_id=cid,
-            )
-        self.health_mode: HealthMode = mode
-        health_topic = cfg.get("health_topic", f"edgelink/health/{client_id}")
+        self.session_expiry = cfg.session_expiry
+        self.health_mode: HealthMode = cfg.health_check
+        health_topic = (
+            cfg.health_topic if cfg.health_topic is not None else f"edgelink/health/{client_id}"
+        )
         error = _topic_error(health_topic)
         if error is not None:
             raise ConfigError(
                 f"health_topic {error}", path="config.health_topic", connection_id=cid
             )
         self.health_topic: str = health_topic
-        self.subscribe_timeout = _number(cfg, "subscribe_timeout", 10.0, cid)
-        self._will = self._parse_will(cfg.get("will"))
-        self.keepalive_idle = _int(cfg, "keepalive_idle", 10, 1, 32767, cid)
-        self.keepalive_interval = _int(cfg, "keepalive_interval", 5, 1, 32767, cid)
-        self.keepalive_count = _int(cfg, "keepalive_count", 3, 1, 127, cid)
-        self.tcp_user_timeout = _number(cfg, "tcp_user_timeout", 15.0, cid)
+        self.subscribe_timeout = cfg.subscribe_timeout
+        self._will = self._parse_will(cfg.will)
+        self.keepalive_idle = cfg.keepalive_idle
+        self.keepalive_interval = cfg.keepalive_interval
+        self.keepalive_count = cfg.keepalive_count
+        self.tcp_user_timeout = cfg.tcp_user_timeout
         self._ledger = SubscriptionLedger(
             self._replay,
             confirm_within=self.subscribe_timeout,
@@ -445,16 +325,18 @@ class MQTTConnection(Connection):
             on_degraded=self.report_degraded,
             name=cid,
         )
-        subscribe = cfg.get("subscribe", [])
-        if isinstance(subscribe, str) or not isinstance(subscribe, list | tuple):
-            raise ConfigError(
-                "subscribe must be a list of topic filters",
-                path="config.subscribe",
-                connection_id=cid,
-            )
-        for i, item in enumerate(subscribe):
-            topic, qos, expect = self._parse_subscription(item, f"config.subscribe[{i}]")
-            self._ledger.add(topic, qos=qos, expect_data=expect)
+        for i, item in enumerate(cfg.subscribe):
+            path = f"config.subscribe[{i}]"
+            error = _filter_error(item.topic)
+            if error is not None:
+                # A plain string is the subscription: the path names it, not its topic.
+                raw = self.config["subscribe"][i]
+                where = path if isinstance(raw, str) else f"{path}.topic"
+                raise ConfigError(
+                    f"topic filter {item.topic!r} {error}", path=where, connection_id=cid
+                )
+            qos = self.qos if item.qos is None else item.qos
+            self._ledger.add(item.topic, qos=qos, expect_data=item.expect_data)
 
         self._client: _PahoClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -485,63 +367,18 @@ class MQTTConnection(Connection):
         self._pending_tx = [0, 0]
         self._pending_rx = [0, 0]
 
-    def _parse_subscription(self, item: Any, path: str) -> tuple[str, int, bool]:
-        cid = self.connection_id
-        qos, expect = self.qos, False
-        if isinstance(item, Mapping):
-            unknown = set(item) - {"topic", "qos", "expect_data"}
-            if unknown:
-                raise ConfigError(
-                    f"unknown keys {sorted(unknown)}; a subscription has topic, qos, expect_data",
-                    path=path,
-                    connection_id=cid,
-                )
-            topic = item.get("topic")
-            qos = item.get("qos", self.qos)
-            if qos not in (0, 1, 2) or isinstance(qos, bool):
-                raise ConfigError(
-                    f"qos must be 0, 1 or 2, got {qos!r}", path=f"{path}.qos", connection_id=cid
-                )
-            expect = item.get("expect_data", False)
-            if not isinstance(expect, bool):
-                raise ConfigError(
-                    "expect_data must be true or false",
-                    path=f"{path}.expect_data",
-                    connection_id=cid,
-                )
-            path = f"{path}.topic"
-        else:
-            topic = item
-        error = _filter_error(topic)
-        if error is not None:
-            raise ConfigError(f"topic filter {topic!r} {error}", path=path, connection_id=cid)
-        assert isinstance(topic, str)
-        return topic, qos, expect
-
-    def _parse_will(self, will: Any) -> tuple[str, bytes, int, bool] | None:
+    def _parse_will(self, will: MqttWill | None) -> tuple[str, bytes, int, bool] | None:
         if will is None:
             return None
         cid = self.connection_id
-        if not isinstance(will, Mapping) or set(will) - {"topic", "payload", "qos", "retain"}:
-            raise ConfigError(
-                "will must be an object with topic, payload, qos, retain",
-                path="config.will",
-                connection_id=cid,
-            )
-        error = _topic_error(will.get("topic"))
+        error = _topic_error(will.topic)
         if error is not None:
             raise ConfigError(f"topic {error}", path="config.will.topic", connection_id=cid)
         try:
-            payload = encode_payload(will.get("payload", b""))
+            payload = encode_payload(will.payload)
         except DeviceError as exc:
             raise ConfigError(exc.message, path="config.will.payload", connection_id=cid) from exc
-        qos = _int(will, "qos", 0, 0, 2, cid)
-        retain = will.get("retain", False)
-        if not isinstance(retain, bool):
-            raise ConfigError(
-                "retain must be true or false", path="config.will.retain", connection_id=cid
-            )
-        return will["topic"], payload, qos, retain
+        return will.topic, payload, will.qos, will.retain
 
     # ------------------------------------------------------------------ views
 

@@ -1,6 +1,6 @@
 r"""The ``serial`` driver: request/response messages over a serial port (pyserial-asyncio).
 
-Config keys (see docs/drivers/serial.md):
+Config keys (see docs/drivers/serial.md; the model `edgelink.drivers.configs.SerialConfig`):
 
 - ``port`` (required): the device path (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``)
 - ``baudrate`` (9600), ``bytesize`` (8), ``parity`` (``N``), ``stopbits`` (1),
@@ -40,6 +40,7 @@ from typing import Any
 from edgelink.connection import Connection
 from edgelink.drivers._framing import FrameError, Framing
 from edgelink.drivers._futures import fail_all
+from edgelink.drivers.configs import SerialConfig
 from edgelink.errors import ConfigError, ConnectError, DeviceError, ProtocolError
 
 try:
@@ -116,16 +117,8 @@ class _Link(asyncio.Protocol):
             await asyncio.shield(self._resume)
 
 
-def _text(value: Any, key: str, connection_id: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise ConfigError(
-        f"must be a string, got {type(value).__name__}",
-        path=f"config.{key}",
-        connection_id=connection_id,
-    )
+def _text(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 class SerialConnection(Connection):
@@ -139,58 +132,33 @@ class SerialConnection(Connection):
     """
 
     type_name = "serial"
+    config_model = SerialConfig
+    cfg: SerialConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg = self.config
+        cfg = self.cfg
 
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(why, path=f"config.{key}", connection_id=connection_id)
 
-        port = cfg.get("port")
-        if not isinstance(port, str) or not port:
-            raise bad("port", "port is required: the device path, e.g. /dev/ttyUSB0")
-        baudrate = cfg.get("baudrate", 9600)
-        if isinstance(baudrate, bool) or not isinstance(baudrate, int) or baudrate <= 0:
-            raise bad("baudrate", f"must be a positive integer, got {baudrate!r}")
-        bytesize = cfg.get("bytesize", 8)
-        if bytesize not in (5, 6, 7, 8) or isinstance(bytesize, bool):
-            raise bad("bytesize", f"must be 5, 6, 7 or 8, got {bytesize!r}")
-        parity = cfg.get("parity", "N")
-        if not isinstance(parity, str) or parity.upper() not in _PARITIES:
-            raise bad("parity", f"must be one of N, E, O, M, S, got {parity!r}")
-        stopbits = cfg.get("stopbits", 1)
-        if isinstance(stopbits, bool) or stopbits not in _STOPBITS:
-            raise bad("stopbits", f"must be 1, 1.5 or 2, got {stopbits!r}")
-        for key in ("rtscts", "xonxoff", "exclusive"):
-            if key in cfg and not isinstance(cfg[key], bool):
-                raise bad(key, f"must be true or false, got {cfg[key]!r}")
-        frame_timeout = cfg.get("frame_timeout", 1.0)
-        if frame_timeout is not None and (
-            isinstance(frame_timeout, bool)
-            or not isinstance(frame_timeout, int | float)
-            or frame_timeout <= 0
-        ):
-            raise bad("frame_timeout", f"must be a positive number or null, got {frame_timeout!r}")
-        encoding = cfg.get("encoding", "utf-8")
-        try:
-            "".encode(encoding)
-        except (LookupError, TypeError):
-            raise bad("encoding", f"unknown encoding {encoding!r}") from None
-
-        self.port: str = port
-        self.baudrate: int = baudrate
-        self.framing = Framing.from_config(cfg, connection_id=connection_id)
-        self.frame_timeout: float | None = None if frame_timeout is None else float(frame_timeout)
-        self.encoding: str = encoding
-        self.health_request = _text(
-            cfg.get("health_request", "PING"), "health_request", connection_id
+        self.port: str = cfg.port
+        self.baudrate: int = cfg.baudrate
+        # The model checked the types; this checks that max_frame fits the prefix.
+        self.framing = Framing.from_config(
+            cfg.model_dump(
+                include={"framing", "delimiter", "length_prefix", "max_frame"}, exclude_none=True
+            ),
+            connection_id=connection_id,
         )
-        self.health_response: str = str(cfg.get("health_response", "PONG")).strip()
-        ident = cfg.get("identity_request")
-        self.identity_request = _text(ident, "identity_request", connection_id) if ident else None
+        self.frame_timeout: float | None = cfg.frame_timeout
+        self.encoding: str = cfg.encoding
+        self.health_request = _text(cfg.health_request)
+        self.health_response: str = cfg.health_response.strip()
+        ident = cfg.identity_request
+        self.identity_request = _text(ident) if ident else None
         for key, payload in (
             ("health_request", self.health_request),
             ("identity_request", self.identity_request),
@@ -201,13 +169,13 @@ class SerialConnection(Connection):
                 except FrameError as exc:
                     raise bad(key, str(exc)) from None
         self._serial_kwargs: dict[str, Any] = {
-            "baudrate": baudrate,
-            "bytesize": bytesize,
-            "parity": _PARITIES[parity.upper()],
-            "stopbits": _STOPBITS[stopbits],
-            "rtscts": bool(cfg.get("rtscts", False)),
-            "xonxoff": bool(cfg.get("xonxoff", False)),
-            "exclusive": bool(cfg.get("exclusive", True)),
+            "baudrate": cfg.baudrate,
+            "bytesize": cfg.bytesize,
+            "parity": _PARITIES[cfg.parity],
+            "stopbits": _STOPBITS[cfg.stopbits],
+            "rtscts": cfg.rtscts,
+            "xonxoff": cfg.xonxoff,
+            "exclusive": cfg.exclusive,
         }
 
         self._link: _Link | None = None

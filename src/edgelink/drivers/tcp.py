@@ -1,6 +1,6 @@
 r"""The ``tcp`` driver: a line protocol over TCP (PING/PONG health, ``tag=value`` writes).
 
-Config keys:
+Config keys (the model `edgelink.drivers.configs.TCPConfig`; unknown keys are refused):
 
 - ``host`` (required), ``port`` (required, 1..65535)
 - ``health_request`` (``"PING\n"``) and ``health_response`` (``"PONG"``)
@@ -34,7 +34,8 @@ from typing import Any
 from edgelink.connection import Connection
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.errors import ConfigError, ConnectError, DeviceError, ProtocolError
+from edgelink.drivers.configs import TCPConfig
+from edgelink.errors import ConnectError, DeviceError, ProtocolError
 
 __all__ = ["TCPConnection"]
 
@@ -44,13 +45,8 @@ logger = logging.getLogger(__name__)
 UNSOLICITED_LIMIT = 1000
 
 
-def _line(value: Any, key: str) -> bytes:
-    if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, str):
-        data = value.encode()
-    else:
-        raise ConfigError(f"must be a string, got {type(value).__name__}", path=f"config.{key}")
+def _line(value: str | bytes) -> bytes:
+    data = value if isinstance(value, bytes) else value.encode()
     return data if data.endswith(b"\n") else data + b"\n"
 
 
@@ -63,39 +59,27 @@ class TCPConnection(Connection):
     """
 
     type_name = "tcp"
+    config_model = TCPConfig
+    cfg: TCPConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
     ) -> None:
         super().__init__(connection_id, config, context)
-        cfg = self.config
-        host = cfg.get("host")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(
-                "host is required (a non-empty string)",
-                path="config.host",
-                connection_id=connection_id,
-            )
-        port = cfg.get("port")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigError(
-                f"port must be an integer 1..65535, got {port!r}",
-                path="config.port",
-                connection_id=connection_id,
-            )
-        self.host: str = host
-        self.port: int = port
-        self.health_request = _line(cfg.get("health_request", "PING\n"), "health_request")
-        self.health_response: str = str(cfg.get("health_response", "PONG")).strip()
-        ident = cfg.get("identity_request")
-        self.identity_request = _line(ident, "identity_request") if ident else None
-        self.encoding: str = cfg.get("encoding", "utf-8")
-        self.max_line: int = int(cfg.get("max_line", 65536))
+        cfg = self.cfg
+        self.host: str = cfg.host
+        self.port: int = cfg.port
+        self.health_request = _line(cfg.health_request)
+        self.health_response: str = cfg.health_response.strip()
+        ident = cfg.identity_request
+        self.identity_request = _line(ident) if ident else None
+        self.encoding: str = cfg.encoding
+        self.max_line: int = cfg.max_line
         self._tune = {
-            "keepalive_idle": int(cfg.get("keepalive_idle", 10)),
-            "keepalive_interval": int(cfg.get("keepalive_interval", 5)),
-            "keepalive_count": int(cfg.get("keepalive_count", 3)),
-            "user_timeout": float(cfg.get("tcp_user_timeout", 15.0)),
+            "keepalive_idle": cfg.keepalive_idle,
+            "keepalive_interval": cfg.keepalive_interval,
+            "keepalive_count": cfg.keepalive_count,
+            "user_timeout": cfg.tcp_user_timeout,
         }
         self._transport: asyncio.Transport | None = None
         self._protocol: _LineProtocol | None = None

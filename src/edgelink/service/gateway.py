@@ -347,8 +347,6 @@ class Gateway:
             on_started: Called once everything runs (e.g. to print the API address).
         """
         await self.start()
-        if on_started is not None:
-            on_started(self)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if install_signals:
@@ -360,6 +358,10 @@ class Gateway:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
+        # Only now say "running": a SIGTERM sent on reading that line must find
+        # the handler in place (before, it could kill the process unstopped).
+        if on_started is not None:
+            on_started(self)
         try:
             await self._stopped.wait()
         finally:
