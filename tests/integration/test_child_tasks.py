@@ -41,9 +41,10 @@ async def test_crashed_poller_is_restarted_while_health_goes_on(
         sent = m.get_status("dev")["stats"]["packets_sent"]
         await clock.advance(1.0)  # the restart delay (0.1 s) and one health interval
         async with asyncio.timeout(2):
-            while CrashingPoller.good_reads == 0 or m.get_status("dev")["stats"][
-                "packets_sent"
-            ] < sent + 2:
+            while (
+                CrashingPoller.good_reads == 0
+                or m.get_status("dev")["stats"]["packets_sent"] < sent + 2
+            ):
                 await asyncio.sleep(0.005)
         assert not health.done() and health_tasks() == [health]
         assert m.get_status("dev")["status"] == "connected"
