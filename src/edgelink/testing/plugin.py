@@ -18,7 +18,9 @@ from edgelink.testing.clock import ManualClock
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the guard needs pytest-asyncio
-    pytest_asyncio = None
+    HAS_PYTEST_ASYNCIO = False
+else:
+    HAS_PYTEST_ASYNCIO = True
 
 #: How long a task the test started may take to finish after the test (seconds).
 LEFTOVER_GRACE_S = 0.5
@@ -56,7 +58,7 @@ async def _leftovers(before: set[asyncio.Task[object]]) -> list[asyncio.Task[obj
         await asyncio.sleep(0.01)
 
 
-if pytest_asyncio is not None:
+if HAS_PYTEST_ASYNCIO:
 
     @pytest_asyncio.fixture(name=_GUARD)
     async def _no_leftover_tasks() -> AsyncIterator[None]:
