@@ -12,17 +12,17 @@ real ``extra`` attributes, so a JSON log formatter shows them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgelink.redact import redact
+from edgelink.tasks import cancel_and_wait
 
 __all__ = ["EVENT_TYPES", "Event", "EventBus", "EventCallback", "Unsubscribe", "log_name"]
 
@@ -321,11 +321,7 @@ class EventBus:
         if self._idle is not None:
             self._idle.clear()
         if sub.is_async:
-            task = loop.create_task(
-                self._drain_async(sub), name=f"edgelink.events[{sub.event_type}]"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._own(self._drain_async(sub), sub)
         else:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
@@ -369,13 +365,33 @@ class EventBus:
             try:
                 result = sub.callback(event)
                 if inspect.isawaitable(result):
-                    # An async callable we could not detect up front: run it on the loop.
+                    # An async callable we could not detect up front: run it on the
+                    # loop, in a task the bus owns (aclose ends it, errors are counted).
                     loop = self._loop
                     if loop is not None and not loop.is_closed():
-                        asyncio.run_coroutine_threadsafe(_as_coro(result), loop)
+                        loop.call_soon_threadsafe(self._run_late_async, sub, event, result)
             except Exception:
                 self.callback_errors += 1
                 logger.exception("event callback %r failed on %s", sub.callback, event.type)
+
+    def _run_late_async(self, sub: _Subscription, event: Event, result: Awaitable[None]) -> None:
+        """Run the awaitable a sync-looking callback returned, as a task of the bus."""
+        self._own(self._await_late(sub, event, result), sub)
+
+    def _own(self, coro: Coroutine[Any, Any, None], sub: _Subscription) -> None:
+        """Run ``coro`` in a task of the bus: `aclose` cancels and awaits it."""
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"edgelink.events[{sub.event_type}]"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_late(self, sub: _Subscription, event: Event, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("event callback %r failed on %s", sub.callback, event.type)
 
     async def drain(self, timeout: float | None = 5.0) -> None:
         """Wait until every queued event has been delivered (or ``timeout`` passes).
@@ -403,8 +419,7 @@ class EventBus:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._executor is not None:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=False, cancel_futures=True)
@@ -417,10 +432,6 @@ class EventBus:
     def __repr__(self) -> str:
         n = sum(len(s) for s in self._subs.values())
         return f"<EventBus subscriptions={n} emitted={self.emitted} dropped={self.dropped}>"
-
-
-async def _as_coro(awaitable: Awaitable[None]) -> None:
-    await awaitable
 
 
 def make_event(

@@ -16,7 +16,6 @@ reports more than ``spam_max_pps`` datapoints per second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import logging
@@ -53,6 +52,7 @@ from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
+from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
@@ -452,9 +452,7 @@ class ConnectionManager:
             self._gc.uninstall()
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for restart in list(self._restart_tasks):
             restart.cancel()
         await asyncio.gather(*self._restart_tasks, return_exceptions=True)

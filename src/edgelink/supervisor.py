@@ -58,9 +58,11 @@ from edgelink.events import EventBus, make_event
 from edgelink.redact import redact_text
 from edgelink.settings import ConnectionSettings
 from edgelink.state import ConnectionState, Health, StateMachine, Transition
+from edgelink.tasks import ChildTasks, cancel_and_wait
 
 __all__ = [
     "MAX_BAD_TAGS",
+    "MAX_CHILD_RESTARTS",
     "DataSink",
     "LinkDownListener",
     "PollSpec",
@@ -72,6 +74,11 @@ logger = logging.getLogger(__name__)
 
 S = ConnectionState
 T = TypeVar("T")
+
+#: Crashes of one child task (health, a poller) on one link that are restarted
+#: (after a backoff delay each); the next one drops the link (``task_died``),
+#: and the reconnect starts the children afresh.
+MAX_CHILD_RESTARTS: Final = 5
 
 #: Tags a connection may have reported bad at once (for "once per good->bad
 #: transition"); past it a bad report is passed on every time, never lost.
@@ -223,7 +230,10 @@ class Supervisor:
 
         self.desired: Literal["running", "stopped"] = "stopped"
         self._task: asyncio.Task[None] | None = None
-        self._conn_tasks: list[asyncio.Task[None]] = []
+        #: The health and poll tasks of the current link (restarted if they crash).
+        self._children = ChildTasks(self)
+        #: Crashes per child role ("health", "poll0"...) on the current link; None: none yet.
+        self._child_crashes: dict[str, int] | None = None
         self._timers: list[TimerHandle] = []
         self._lost: asyncio.Future[_Lost] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -479,12 +489,10 @@ class Supervisor:
     async def _cancel_main(self) -> None:
         task, self._task = self._task, None
         if task is not None and not task.done():
-            task.cancel()
             # A driver that swallows cancellation could hold us here forever:
-            # bound the wait, the watchdog reports such a driver.
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-                async with asyncio.timeout(self.settings.connect_timeout + 1.0):
-                    await asyncio.shield(task)
+            # bound the wait, the watchdog reports such a driver. (A task that
+            # ended already was looked at by the watchdog.)
+            await cancel_and_wait(task, timeout=self.settings.connect_timeout + 1.0)
         self._lost = None
         self._connected_at = None
         await self._end_connected_tasks()
@@ -1002,15 +1010,11 @@ class Supervisor:
         if was_reconnect:
             self._emit("reconnect_ok", attempts=attempt)
 
-        cid = self.connection_id
+        self._child_crashes = None
         if s.health_check_interval is not None:
-            self._conn_tasks.append(
-                loop.create_task(self._run_health(), name=f"edgelink[{cid}].health")
-            )
-        for i, group in enumerate(self._poll):
-            self._conn_tasks.append(
-                loop.create_task(self._run_poll(group), name=f"edgelink[{cid}].poll{i}")
-            )
+            self._spawn_child("health")
+        for i in range(len(self._poll)):
+            self._spawn_child(f"poll{i}")
         if self._attempts and s.stable_after >= 0:
             self._timers.append(self._clock.call_later(s.stable_after, self._on_stable))
         if self._flapping_since is not None:
@@ -1030,12 +1034,69 @@ class Supervisor:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        tasks, self._conn_tasks = self._conn_tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._children.aclose()
+
+    def _spawn_child(self, role: str) -> None:
+        """Start the link's child task ``role``: ``health`` or ``poll<N>``."""
+        coro = (
+            self._run_health()
+            if role == "health"
+            else self._run_poll(self._poll[int(role.removeprefix("poll"))])
+        )
+        self._children.spawn(coro, name=f"edgelink[{self.connection_id}].{role}")
+
+    def child_crashed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        """A health or poll task died of ``exc``: event it, restart it after a backoff.
+
+        The other tasks of the link keep running. A child that crashes more
+        than `MAX_CHILD_RESTARTS` times on one link drops the link instead
+        (reason ``task_died``). A crash while the link is going down anyway is
+        only logged.
+        """
+        role = task.get_name().rpartition(".")[2]
+        if self._lost is None or self._lost.done():
+            logger.error(
+                "%s: %s task failed while the link closed", self.connection_id, role, exc_info=exc
+            )
+            return
+        crashes = self._child_crashes
+        if crashes is None:
+            crashes = self._child_crashes = {}
+        n = crashes[role] = crashes.get(role, 0) + 1
+        self.restarts += 1
+        if n > MAX_CHILD_RESTARTS:
+            logger.error(
+                "%s: %s task died %d times on this link; dropping the link",
+                self.connection_id,
+                role,
+                n,
+                exc_info=exc,
+            )
+            self._lose(_Lost("task_died", exc))
+            return
+        delay = self._backoff.delay(n)
+        logger.error(
+            "%s: %s task died; restarting it in %.3g s",
+            self.connection_id,
+            role,
+            delay,
+            exc_info=exc,
+        )
+        self._emit(
+            "supervisor_restarted",
+            cause="task_died",
+            task=role,
+            detail=repr(exc),
+            restarts=self.restarts,
+            delay=round(delay, 4),
+        )
+        self._timers.append(
+            self._clock.call_later(delay, functools.partial(self._restart_child, role))
+        )
+
+    def _restart_child(self, role: str) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._spawn_child(role)
 
     def _on_stable(self) -> None:
         if self._sm.state is S.CONNECTED:

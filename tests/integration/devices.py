@@ -93,3 +93,22 @@ class BatchDevice(TCPConnection):
             except DeviceError as exc:
                 results[tag] = exc
         return results
+
+
+class CrashingPoller(TCPConnection):
+    """A driver whose read of ``temperature`` raises a BaseException ``crashes`` times.
+
+    The exception escapes the poller's ``except Exception``: its task dies.
+    """
+
+    type_name = "crashing_poller"
+    crashes = 1
+    good_reads = 0
+
+    async def read(self, tag: str) -> Any:
+        if tag == "temperature" and CrashingPoller.crashes > 0:
+            CrashingPoller.crashes -= 1
+            raise DriverBug("poller boom")
+        value = await super().read(tag)
+        CrashingPoller.good_reads += 1
+        return value

@@ -43,6 +43,7 @@ from edgelink.events import EVENT_TYPES, Event
 from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.router.wire import WireEncoder
 from edgelink.service.token import token_matches
+from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway
@@ -229,9 +230,9 @@ class StreamHub:
             pass
         finally:
             self._clients.discard(client)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            # The sender's own failure ends the stream only: not ours to raise.
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(sender)
 
     async def _reconfigure(self, ws: WebSocket, client: _Client, text: str) -> None:
         try:

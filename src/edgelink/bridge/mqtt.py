@@ -59,6 +59,7 @@ from edgelink.events import Event
 from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.router.wire import WireEncoder
 from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
+from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.manager import ConnectionManager
@@ -309,9 +310,7 @@ class MqttBridge:
         self._requeue_inflight()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for write in list(self._writes):
             write.cancel()
         await asyncio.gather(*self._writes, return_exceptions=True)

@@ -28,7 +28,6 @@ arrives and uses that one for its whole way, virtual hops included.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -64,6 +63,7 @@ from edgelink.router.expr import (
 )
 from edgelink.router.schema import RouteSpec, RoutingConfig, load_routing
 from edgelink.router.targets import ConnectionTarget, LogTarget, SendsData, Target, Writer
+from edgelink.tasks import cancel_and_wait
 
 __all__ = ["QuarantineCallback", "Router", "RouteTableDiff", "SpamCallback"]
 
@@ -1426,8 +1426,7 @@ class Router:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for ob in outboxes:
             ob.dropped += len(ob.queue)
             ob.queue = []

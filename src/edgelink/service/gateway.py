@@ -26,7 +26,7 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,8 @@ class Gateway:
         self.config_errors: dict[str, str] = {}
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Stop and reload requests from signals, kept until they end.
+        self._requests: set[asyncio.Task[None]] = set()
         self._server: Any = None
         self._api_task: asyncio.Task[None] | None = None
         self._api_socket: socket.socket | None = None
@@ -371,13 +373,22 @@ class Gateway:
 
     def _request_stop(self) -> None:
         logger.info("stop requested")
-        asyncio.get_running_loop().create_task(self.stop(), name="edgelink.service.stop")
+        self._own_request(self.stop(), "edgelink.service.stop")
 
     def _request_reload(self) -> None:
         logger.info("SIGHUP: reloading %s", self.config_dir)
-        asyncio.get_running_loop().create_task(
-            self._reload_logged(None), name="edgelink.service.reload"
-        )
+        self._own_request(self._reload_logged(None), "edgelink.service.reload")
+
+    def _own_request(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a signalled request in a task the gateway keeps until it ends; log its failure."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._requests.add(task)
+        task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("%s failed", task.get_name(), exc_info=exc)
 
     async def _reload_logged(self, kinds: set[str] | None) -> None:
         try:

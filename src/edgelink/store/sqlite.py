@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from edgelink.events import Event, log_name
 from edgelink.redact import RedactingFilter, redact, redact_text
+from edgelink.tasks import cancel_and_wait
 
 __all__ = [
     "BufferedMessage",
@@ -376,9 +377,7 @@ class EventLog:
         """Stop the flush task and write what is left (idempotent)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(RuntimeError):
             await self.flush()
 
