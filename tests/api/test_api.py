@@ -248,7 +248,11 @@ async def test_bad_reload_keeps_running_config_and_good_reload_touches_only_chan
         tmp_path, {"dev_a": peers[0].port, "dev_b": peers[1].port, "dev_c": peers[2].port}
     )
     report = (await client.post("/api/admin/reload")).json()
-    assert report["connections"] == {"ok": True, "added": ["dev_c"], "removed": [], "changed": []}
+    # The folder watch may have applied the file first (then this reload finds
+    # nothing new): either way dev_c was added and nothing else touched.
+    added = report["connections"].pop("added")
+    assert added in (["dev_c"], [])
+    assert report["connections"] == {"ok": True, "removed": [], "changed": []}
     await gateway.manager.wait_for_state("dev_c", "connected", timeout=5)
     assert gateway.manager.get_status("dev_a")["connected_at"] == before
     assert (await client.get("/api/service")).json()["config_errors"] == {}
