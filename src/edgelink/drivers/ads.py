@@ -75,7 +75,7 @@ from edgelink.errors import (
     PermanentError,
     ProtocolError,
 )
-from edgelink.subscriptions import Subscription, SubscriptionLedger
+from edgelink.drivers._subscriptions import Subscription, SubscriptionLedger
 from edgelink.validation import format_path, validate_model
 
 try:
