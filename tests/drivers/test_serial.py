@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Recorder
 from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError, ProtocolError
-from edgelink.drivers._framing import Framing
+from edgelink.drivers.framing import Framing
 from edgelink.drivers.serial import SerialConnection
 from edgelink.testing import ManualClock
 from edgelink.testing.serial_peer import SerialPeer

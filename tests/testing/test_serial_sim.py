@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from edgelink.drivers._framing import Framing
+from edgelink.drivers.framing import Framing
 from edgelink.sim.serial import SerialLink
 from edgelink.testing.serial_peer import SerialPeer
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from edgelink import ConfigError
-from edgelink.drivers._framing import FrameError, Framing
+from edgelink.drivers.framing import FrameError, Framing
 
 
 @pytest.mark.parametrize(

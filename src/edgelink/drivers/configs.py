@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgelink.drivers._framing import LENGTH_PREFIXES
+from edgelink.drivers.framing import LENGTH_PREFIXES
 from edgelink.validation import field_error
 
 __all__ = [
@@ -189,7 +189,7 @@ class TlsOptions(DriverConfig):
 
 
 class FramingOptions(DriverConfig):
-    """How a byte stream is cut into messages (`edgelink.drivers._framing.Framing`)."""
+    """How a byte stream is cut into messages (`edgelink.drivers.framing.Framing`)."""
 
     framing: Literal["line", "length"] = Field(default="line", description="line or length")
     delimiter: NonEmptyPayload = Field(default="\n", description="end of a line message")

@@ -7,7 +7,7 @@ Config keys (see docs/drivers/serial.md; the model `edgelink.drivers.configs.Ser
   ``rtscts`` / ``xonxoff`` (false), ``exclusive`` (true: lock the port)
 - ``framing``: ``line`` (the default, with ``delimiter``, ``"\n"``) or
   ``length`` (with ``length_prefix``, ``u16be``); ``max_frame`` (4096 bytes);
-  see `edgelink.drivers._framing` for the exact rules
+  see `edgelink.drivers.framing` for the exact rules
 - ``frame_timeout`` (1.0 s): how long the rest of a started message may take;
   ``null`` waits forever
 - ``health_request`` (``PING``) / ``health_response`` (``PONG``),
@@ -38,9 +38,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgelink.connection import Connection
-from edgelink.drivers._framing import FrameError, Framing
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers.configs import SerialConfig
+from edgelink.drivers.framing import FrameError, Framing
 from edgelink.errors import ConfigError, ConnectError, DeviceError, ProtocolError
 
 try:

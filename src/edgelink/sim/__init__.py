@@ -15,7 +15,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from edgelink.drivers._framing import LENGTH_PREFIXES, Framing
+from edgelink.drivers.framing import LENGTH_PREFIXES, Framing
 from edgelink.sim.http import HttpDevice, HttpSimulator, run_http_simulator
 from edgelink.sim.serial import run_serial_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator

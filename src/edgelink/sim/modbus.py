@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the Modbus simulator needs pymodbus: pip install 'edgelink[modbus]'"
     ) from exc
 
-from edgelink.sim.tcp import _Drift
+from edgelink.sim.tcp import Drift
 
 __all__ = [
     "ModbusDevice",
@@ -389,10 +389,10 @@ class _Inverter:
         self.when = now
         self.energy_wh = 0.0
         self.soc = rng.uniform(30, 80)
-        self.sun = _Drift(rng.uniform(0.4, 0.8), 0.15, 120.0, 4, 0.0, now)
-        self.temp = _Drift(rng.uniform(30, 40), 2.0, 300.0, 2, -20.0, now)
-        self.volt = _Drift(230.0, 1.5, 30.0, 1, 0.0, now)
-        self.freq = _Drift(50.0, 0.02, 10.0, 3, 0.0, now)
+        self.sun = Drift(rng.uniform(0.4, 0.8), 0.15, 120.0, 4, 0.0, now)
+        self.temp = Drift(rng.uniform(30, 40), 2.0, 300.0, 2, -20.0, now)
+        self.volt = Drift(230.0, 1.5, 30.0, 1, 0.0, now)
+        self.freq = Drift(50.0, 0.02, 10.0, 3, 0.0, now)
 
     def update(self, device: ModbusDevice) -> None:
         now = time.monotonic()

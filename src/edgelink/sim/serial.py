@@ -29,7 +29,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Self
 
-from edgelink.drivers._framing import FrameError, Framing
+from edgelink.drivers.framing import FrameError, Framing
 from edgelink.sim.tcp import BAD_REQUEST, answer_request
 
 __all__ = ["SerialDevice", "SerialLink", "run_serial_simulator"]

@@ -36,6 +36,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Final
 
 __all__ = [
+    "Drift",
     "LineDevice",
     "LineProtocol",
     "TcpSimulator",
@@ -252,8 +253,8 @@ class LineProtocol(asyncio.Protocol):
             transport.close()
 
 
-class _Drift:
-    """An Ornstein-Uhlenbeck process: a value that wanders around ``mean``.
+class Drift:
+    """An Ornstein-Uhlenbeck process: a reading that wanders around ``mean``.
 
     Advanced lazily, on read, with the exact discretisation for the time that
     passed, so it costs nothing while nobody asks.
@@ -273,6 +274,7 @@ class _Drift:
         self.low = low
 
     def read(self, now: float, rng: random.Random) -> str:
+        """Advance to ``now``; return the value as text, ``digits`` decimals, at least ``low``."""
         dt = max(now - self._when, 0.0)
         self._when = now
         keep = math.exp(-dt / self._tau)
@@ -293,7 +295,7 @@ class _SimValues(dict[str, str]):
     def __init__(self, rng: random.Random) -> None:
         super().__init__()
         self._rng = rng
-        self._drifts: dict[str, _Drift] | None = None
+        self._drifts: dict[str, Drift] | None = None
 
     def __missing__(self, tag: str) -> str:
         if tag not in ("temperature", "power"):
@@ -303,8 +305,8 @@ class _SimValues(dict[str, str]):
             rng = self._rng
             self._drifts = {
                 # Minutes-scale drift; a read 50 ms later still moves a few hundredths.
-                "temperature": _Drift(rng.uniform(20, 25), 1.5, 300.0, 2, -40.0, now),
-                "power": _Drift(rng.uniform(80, 160), 12.0, 60.0, 1, 0.0, now),
+                "temperature": Drift(rng.uniform(20, 25), 1.5, 300.0, 2, -40.0, now),
+                "power": Drift(rng.uniform(80, 160), 12.0, 60.0, 1, 0.0, now),
             }
         return self._drifts[tag].read(now, self._rng)
 

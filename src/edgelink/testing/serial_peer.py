@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Self
 
-from edgelink.drivers._framing import Framing
+from edgelink.drivers.framing import Framing
 from edgelink.sim.serial import SerialDevice, SerialLink
 
 __all__ = ["SerialPeer"]

@@ -1,7 +1,9 @@
 r"""Framing of a byte stream into messages: delimited lines or length-prefixed frames.
 
-Used by the ``serial`` driver and by the serial device simulator, so both ends
-of a simulated link split the stream by the same rules. Pure: no I/O.
+Used by the ``serial`` driver (and its config model), the serial device
+simulator (`edgelink.sim.serial`) and the test kit's `SerialPeer`, so both
+ends of a simulated link split the stream by the same rules. Public for that
+reason; it imports no driver library. Pure: no I/O.
 
 Two framings:
 
