@@ -1,0 +1,388 @@
+"""The dispatch: `route_data`'s fast path, the loop-guarded general path, echoes and plans."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+from edgelink.errors import RouteError
+from edgelink.router.address import (
+    resolve_endpoint,
+)
+from edgelink.router.datapoint import DataPoint
+from edgelink.router.dataspace import DataSpace, Record
+from edgelink.router.expr import (
+    DROP,
+    EvalError,
+    LimitError,
+    loose_equal,
+)
+from edgelink.router.outbox import Delivery, Outbox
+from edgelink.router.quarantine import Gate
+from edgelink.router.table import LOG_EVERY, PLAN_CACHE_LIMIT, Out, Plan, Route, RouteTable
+from edgelink.router.targets import LogTarget
+
+#: One logger for the whole router (its records keep the name they always had).
+logger = logging.getLogger("edgelink.router.engine")
+
+#: Echoes remembered at once; older ones go first.
+ECHO_LIMIT: Final = 10_000
+#: Writes remembered per address for echo recognition.
+_ECHOES_PER_ADDRESS: Final = 4
+
+_new_datapoint = tuple.__new__
+_Echo = tuple[Any, tuple[str, ...], int, tuple[str, ...], float]
+_EMPTY: Final[tuple[()]] = ()
+#: Where an echo (`_Echo`) keeps its expiry time.
+_EXPIRES: Final = 4
+
+
+class Dispatch(Delivery):
+    """The Router's dispatch of datapoints (a part of `Router`)."""
+
+    #: False in a subclass: every datapoint takes the general, loop-guarded path
+    #: (`_fire`) instead of the inlined first hop (the property test compares them).
+    _INLINE_FIRST_HOP: ClassVar[bool] = True
+
+    # Set by Router.__init__ (see `Quarantine`).
+    _inline_first_hop: bool
+    data: DataSpace
+    _rings: dict[str, deque[Record]]
+    _subs: Any
+    _echoes: dict[str, list[_Echo]]
+    max_hops: int
+    echo_window: float
+    queue_limit: int
+    received: int
+    spam_dropped: int
+    paused: bool
+    paused_dropped: int
+    loop_blocked: int
+
+    def route_data(
+        self,
+        source_id: str,
+        tag: str,
+        value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        quality: str | None = None,
+        ts: float | None = None,
+    ) -> bool:
+        """Route one datapoint: store it, match routes, check, transform, schedule delivery.
+
+        Synchronous and cheap; call it on the event loop. The datapoint's
+        timestamp and quality come from ``ts``/``quality``, else from
+        ``metadata["ts"]``/``metadata["quality"]``, else now and ``"good"``;
+        ``metadata`` stays on the datapoint as it is. Deliveries run in the
+        background: ``await drain()`` waits for them. Never raises for a bad
+        value: a failing condition or transform counts as an error of its route.
+
+        Returns:
+            False if spam protection dropped the datapoint, its source is
+            quarantined (`enable_source`), or the router is paused (`pause`),
+            else True.
+        """
+        if self.paused:
+            self.paused_dropped += 1
+            return False
+        if metadata is not None:
+            if quality is None:
+                quality = metadata.get("quality", "good")
+            if ts is None:
+                ts = metadata.get("ts")
+        if self._guards:
+            guard = self._guards.get(source_id)
+            if guard is not None and not guard.admit():
+                # A quarantined source's gate stands among the guards: no check of its own.
+                if guard.__class__ is Gate:
+                    self.quarantine_dropped += 1
+                else:
+                    self.spam_dropped += 1
+                return False
+        self.received += 1
+        address = f"{source_id}.{tag}"
+        if ts is None:
+            ts = self._time()
+        if quality is None:
+            quality = "good"
+        # The datapoint as a plain tuple of DataPoint's fields: building the
+        # DataPoint itself costs three times as much, and only the routes that
+        # pass need one (the data space makes one when it is read).
+        dp: Record
+        trail: tuple[str, ...] | None = None
+        if self._echoes:
+            dp, trail = self._echo_record(address, value, ts, quality, source_id, metadata)
+        else:
+            dp = (address, value, ts, quality, source_id, metadata, _EMPTY, 0)
+        # Captured before the data space runs subscribers: one of them may load
+        # new routes, and this datapoint must see one table only.
+        table = self._table
+        try:
+            ring: deque[Record] | None = self._rings[address]
+        except KeyError:
+            ring = self.data._new_ring(address, source_id)
+        if ring is not None:
+            if self._subs:
+                prev = ring[-1] if ring else None
+                ring.append(dp)
+                self.data.notify(dp, prev)
+            else:
+                ring.append(dp)
+        try:
+            plan = table.plans[address]
+        except KeyError:
+            plan = self._plan(table, address, source_id, tag)
+        if not plan:
+            return True
+        if trail is not None or not self._inline_first_hop:
+            # An echo of our own write carries its route path: the loop guard applies.
+            self._fire(table, plan, dp, value, (address,) if trail is None else trail, ts)
+            return True
+        # The first hop, inlined: this loop is _fire without the loop guard (an
+        # empty path cannot hold a route), and it is most of route_data's cost.
+        # tests/unit/test_router_fastpath_property.py checks that both agree.
+        for route, outs in plan:
+            try:
+                cond = route.condition
+                if cond is not None and not cond(value, dp):
+                    route.filtered += 1
+                    continue
+                transform = route.transform
+                out = value if transform is None else transform(value, dp)
+            except Exception as exc:  # noqa: BLE001 - a bad value fails its route only
+                self._route_failed(route, exc, source_id)
+                continue
+            if out is DROP:
+                route.suppressed += 1
+                continue
+            route.passed += 1
+            route.last_fired = ts
+            if route.failing:
+                self._route_recovered(route)
+            out_dp: DataPoint = _new_datapoint(
+                DataPoint,
+                (address, out, ts, quality, source_id, metadata, route.path1, 1),
+            )
+            virtual = None
+            for ob, ttag in outs:
+                if ob is None:
+                    # Routed on after this route's own targets have their datapoint.
+                    virtual = [ttag] if virtual is None else [*virtual, ttag]
+                    continue
+                queue = ob.queue
+                queue.append((ttag, out_dp))
+                if ob.idle:
+                    self._start(ob)
+                elif len(queue) > ob.limit:
+                    ob.trim()
+                if ob.echo:
+                    self._remember_echo(ob, ttag, out_dp, (address,))
+            if virtual is not None:
+                for target in virtual:
+                    self._route_virtual(table, target, out_dp, (address,))
+        return True
+
+    def _echo_record(
+        self,
+        address: str,
+        value: Any,
+        ts: float,
+        quality: str,
+        source_id: str,
+        metadata: Mapping[str, Any] | None,
+    ) -> tuple[Record, tuple[str, ...] | None]:
+        """Build the record; if it echoes a recent write, with that write's path and trail."""
+        entries = self._echoes.get(address)
+        if entries is not None:
+            now = self._monotonic()
+            live = [e for e in entries if e[_EXPIRES] >= now]
+            if len(live) != len(entries):
+                if live:
+                    self._echoes[address] = live
+                else:
+                    del self._echoes[address]
+            for written, path, hops, trail, _ in reversed(live):
+                if loose_equal(written, value):
+                    return (address, value, ts, quality, source_id, metadata, path, hops), trail
+        return (address, value, ts, quality, source_id, metadata, _EMPTY, 0), None
+
+    def _fire(
+        self,
+        table: RouteTable,
+        plan: Plan,
+        dp: Record,
+        value: Any,
+        trail: tuple[str, ...],
+        ts: float,
+    ) -> None:
+        """Run a plan for a datapoint that already passed routes, with the loop guard.
+
+        ``trail`` holds the addresses the datapoint's lineage has been at. A
+        route never fires twice in one lineage (``path``), a lineage ends
+        after ``max_hops`` routes, and nothing is sent back to an address in
+        the trail: that is what settles a bidirectional pair whose two sides
+        change at once (each side's write would otherwise race the other's
+        report forever).
+        """
+        # Named fields by unpacking: one instruction, cheaper than indexing each.
+        address, _, stamp, quality, source, metadata, path, hops = dp
+        for route, outs in plan:
+            if hops >= self.max_hops or route.id in path:
+                route.loop_blocked += 1
+                self.loop_blocked += 1
+                continue
+            try:
+                cond = route.condition
+                if cond is not None and not cond(value, dp):
+                    route.filtered += 1
+                    continue
+                transform = route.transform
+                out = value if transform is None else transform(value, dp)
+            except Exception as exc:  # noqa: BLE001 - a bad value fails its route only
+                self._route_failed(route, exc, source)
+                continue
+            if out is DROP:
+                route.suppressed += 1
+                continue
+            route.passed += 1
+            route.last_fired = ts
+            if route.failing:
+                self._route_recovered(route)
+            out_dp: DataPoint = _new_datapoint(
+                DataPoint,
+                (address, out, stamp, quality, source, metadata, path + route.path1, hops + 1),
+            )
+            virtual = None
+            for ob, ttag in outs:
+                target = ttag if ob is None else ob.address_of(ttag)
+                if target in trail:
+                    route.loop_blocked += 1
+                    self.loop_blocked += 1
+                    continue
+                if ob is None:
+                    virtual = [ttag] if virtual is None else [*virtual, ttag]
+                    continue
+                queue = ob.queue
+                queue.append((ttag, out_dp))
+                if ob.idle:
+                    self._start(ob)
+                elif len(queue) > ob.limit:
+                    ob.trim()
+                if ob.echo:
+                    self._remember_echo(ob, ttag, out_dp, trail)
+            if virtual is not None:
+                for target in virtual:
+                    self._route_virtual(table, target, out_dp, trail)
+
+    def _route_virtual(
+        self, table: RouteTable, address: str, out: DataPoint, trail: tuple[str, ...]
+    ) -> None:
+        """Route a value sent to a virtual address (``calc.total_power``) as a new datapoint."""
+        source, _, tag = address.partition(".")
+        if self._quarantined and source in self._quarantined:
+            self._quarantined[source]["dropped"] += 1
+            self.quarantine_dropped += 1
+            return
+        _, value, ts, quality, _, metadata, path, hops = out
+        dp: Record = (address, value, ts, quality, source, metadata, path, hops)
+        self.data.put(dp)
+        plan = table.plans.get(address)
+        if plan is None:
+            plan = self._plan(table, address, source, tag)
+        if plan:
+            self._fire(table, plan, dp, value, (*trail, address), ts)
+
+    def _remember_echo(self, ob: Outbox, tag: str, out: DataPoint, trail: tuple[str, ...]) -> None:
+        """Expect what was just sent to an echo target back within ``echo_window``.
+
+        The last few values sent to an address are kept: a device may report
+        an older write after a newer one was sent.
+        """
+        address = ob.address_of(tag)
+        mono = self._monotonic()
+        echoes = self._echoes
+        _, value, _, _, _, _, path, hops = out
+        entry = (value, path, hops, (*trail, address), mono + self.echo_window)
+        entries = echoes.get(address)
+        if entries is not None:
+            entries.append(entry)
+            if len(entries) > _ECHOES_PER_ADDRESS:
+                del entries[0]
+            return
+        if len(echoes) >= ECHO_LIMIT:
+            for key in [k for k, e in echoes.items() if e[-1][_EXPIRES] < mono]:
+                del echoes[key]
+            if len(echoes) >= ECHO_LIMIT:
+                del echoes[next(iter(echoes))]
+        echoes[address] = [entry]
+
+    def _plan(self, table: RouteTable, address: str, source: str, tag: str) -> Plan:
+        hits: dict[Route, tuple[str, ...]] = {}
+        for route in table.exact.get(address, ()):
+            hits.setdefault(route, ())
+        if len(table.wild):
+            for route, caps in table.wild.match(address):
+                hits.setdefault(route, caps)
+        entries = []
+        for route in sorted(hits, key=lambda r: r.index):
+            caps = hits[route]
+            outs = []
+            for template in route.templates:
+                target = template.text if template.is_static else template.render(caps, tag, source)
+                outs.append(self._resolve_target(table, route, target))
+            entries.append((route, tuple(outs)))
+        plan = tuple(entries)
+        if len(table.plans) >= PLAN_CACHE_LIMIT:
+            table.plans = {}
+        table.plans[address] = plan
+        return plan
+
+    def _resolve_target(self, table: RouteTable, route: Route, address: str) -> Out:
+        endpoint, tag = resolve_endpoint(address, self._outboxes)
+        if endpoint is not None:
+            return self._outboxes[endpoint], tag
+        if address.startswith("log.") and len(address) > 4:
+            name, _, tag = address[4:].partition(".")
+            endpoint = "log." + name
+            ob = Outbox(endpoint, LogTarget(name), "log", self.queue_limit)
+            self._outboxes[endpoint] = ob
+            return ob, tag
+        key = (route.id, address)
+        if key not in table.warned:
+            table.warned.add(key)
+            logger.info(
+                "route %s: %r names no connection or target: routed as a virtual address",
+                route.id,
+                address,
+            )
+        return None, address
+
+    def _route_failed(self, route: Route, exc: BaseException, source: str) -> None:
+        route.eval_errors += 1
+        text = f"{type(exc).__name__}: {exc}"
+        route.last_error = text
+        now = self._monotonic()
+        if not route.failing or now - route._last_log >= LOG_EVERY:
+            route._last_log = now
+            logger.warning(
+                "route %s failed (%d errors so far): %s", route.id, route.eval_errors, text
+            )
+        route.failing = True
+        if isinstance(exc, LimitError):
+            route.limit_errors += 1
+            if exc.entry:
+                # The value came in over a cap: the source's doing, not the route's.
+                self._strike_source(source, text, now)
+            else:
+                self._strike_route(route, text, now)
+        elif not isinstance(exc, EvalError | RouteError):
+            # Not a value the language refuses but a crash of its handler.
+            route.crashes += 1
+            self._strike_source(source, text, now)
+
+    def _route_recovered(self, route: Route) -> None:
+        route.failing = False
+        logger.info("route %s works again", route.id)

@@ -1,0 +1,216 @@
+"""The outboxes: one queue and one delivery task per target, with delivery deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from edgelink.deadline import DeadlineWheel
+from edgelink.errors import EdgelinkError
+from edgelink.router.datapoint import DataPoint
+from edgelink.router.quarantine import Quarantine
+from edgelink.router.table import LOG_EVERY
+from edgelink.router.targets import SendsData, Target
+from edgelink.tasks import cancel_and_wait
+
+#: One logger for the whole router (its records keep the name they always had).
+logger = logging.getLogger("edgelink.router.engine")
+
+
+class Outbox:
+    """The queue and delivery task of one target."""
+
+    __slots__ = (
+        "_last_log",
+        "batched",
+        "dropped",
+        "echo",
+        "endpoint",
+        "errors",
+        "failing",
+        "idle",
+        "kind",
+        "last_error",
+        "limit",
+        "queue",
+        "sent",
+        "target",
+        "task",
+    )
+
+    def __init__(self, endpoint: str, target: SendsData, kind: str, limit: int) -> None:
+        self.endpoint = endpoint
+        self.target = target
+        self.kind = kind
+        self.queue: list[tuple[str, DataPoint]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.idle = True
+        send_batch = getattr(type(target), "send_batch", None)
+        self.batched = send_batch is not None and send_batch is not Target.send_batch
+        self.echo = bool(getattr(target, "echo", False))
+        self.limit = limit
+        self.sent = 0
+        self.errors = 0
+        self.dropped = 0
+        self.failing = False
+        self.last_error: str | None = None
+        self._last_log = -LOG_EVERY
+
+    def address_of(self, tag: str) -> str:
+        """The full address of ``tag`` at this endpoint."""
+        return f"{self.endpoint}.{tag}" if tag else self.endpoint
+
+    def trim(self) -> None:
+        """Drop the oldest tenth of the queue (counted): the queue is over its limit."""
+        # Over the limit: the oldest tenth goes, so trimming is amortized O(1).
+        cut = max(1, self.limit // 10)
+        del self.queue[:cut]
+        self.dropped += cut
+
+    def stats(self) -> dict[str, Any]:
+        """The outbox's counters (`Router.target_stats`)."""
+        return {
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "sent": self.sent,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "pending": len(self.queue),
+            "failing": self.failing,
+            "last_error": self.last_error,
+        }
+
+
+class Delivery(Quarantine):
+    """The Router's delivery of its outboxes (a part of `Router`)."""
+
+    # Set by Router.__init__ (see `Quarantine`).
+    _outboxes: dict[str, Outbox]
+    _retired: set[Outbox]
+    _deadlines: DeadlineWheel
+    delivery_timeout: float | None
+
+    def _delivery_failed(
+        self, ob: Outbox, items: list[tuple[str, DataPoint]], exc: BaseException
+    ) -> None:
+        ob.errors += len(items)
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        ob.last_error = text
+        if not isinstance(exc, EdgelinkError | OSError | TimeoutError):
+            # The handler crashed on these datapoints (not a link or device failure).
+            now = self._monotonic()
+            for source in {dp.source for _, dp in items}:
+                self._strike_source(source, f"target {ob.endpoint}: {text}", now)
+        by_id = self._table.by_id
+        for _, dp in items:
+            if dp.path:
+                route = by_id.get(dp.path[-1])
+                if route is not None:
+                    route.delivery_errors += 1
+                    route.last_error = f"delivery to {ob.endpoint}: {text}"
+        now = self._monotonic()
+        if not ob.failing or now - ob._last_log >= LOG_EVERY:
+            ob._last_log = now
+            logger.warning(
+                "target %s: delivery failed (%d so far): %s", ob.endpoint, ob.errors, text
+            )
+        ob.failing = True
+
+    def _delivery_ok(self, ob: Outbox) -> None:
+        ob.failing = False
+        logger.info("target %s: deliveries work again", ob.endpoint)
+
+    def _start(self, ob: Outbox) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: drain() starts it
+        ob.idle = False
+        ob.task = loop.create_task(
+            self._run_outbox(ob), name=f"edgelink.router[{ob.endpoint}].deliver"
+        )
+
+    async def _run_outbox(self, ob: Outbox) -> None:
+        try:
+            while ob.queue:
+                batch, ob.queue = ob.queue, []
+                await self._deliver(ob, batch)
+        finally:
+            ob.task = None
+            ob.idle = True
+            if not ob.queue:
+                # A removed target is forgotten once it has delivered what it had.
+                self._retired.discard(ob)
+
+    async def _deliver(self, ob: Outbox, batch: list[tuple[str, DataPoint]]) -> None:
+        target = ob.target
+        timeout = self.delivery_timeout
+        deadline = self._deadlines.timeout
+        if ob.batched:
+            try:
+                with deadline(timeout):
+                    await target.send_batch(batch)  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                ob.dropped += len(batch)
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failing target fails alone
+                self._delivery_failed(ob, batch, exc)
+                return
+            ob.sent += len(batch)
+            if ob.failing:
+                self._delivery_ok(ob)
+            return
+        send = target.send
+        done = 0
+        try:
+            for tag, dp in batch:
+                try:
+                    with deadline(timeout):
+                        await send(tag, dp)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failing target fails alone
+                    self._delivery_failed(ob, [(tag, dp)], exc)
+                else:
+                    ob.sent += 1
+                    if ob.failing:
+                        self._delivery_ok(ob)
+                done += 1
+        except asyncio.CancelledError:
+            ob.dropped += len(batch) - done
+            raise
+
+    def _all_outboxes(self) -> list[Outbox]:
+        return [*self._outboxes.values(), *self._retired]
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every scheduled delivery has finished (and what those scheduled).
+
+        Raises:
+            TimeoutError: if deliveries are still running after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                busy = [ob for ob in self._all_outboxes() if ob.queue or ob.task is not None]
+                if not busy:
+                    return
+                for ob in busy:
+                    if ob.task is None:
+                        self._start(ob)
+                tasks = [ob.task for ob in busy if ob.task is not None]
+                await asyncio.wait(tasks)
+
+    async def aclose(self) -> None:
+        """Cancel every delivery still running; what was queued is dropped (and counted)."""
+        outboxes = self._all_outboxes()
+        tasks = [ob.task for ob in outboxes if ob.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            await cancel_and_wait(task)
+        for ob in outboxes:
+            ob.dropped += len(ob.queue)
+            ob.queue = []
+            ob.idle = True
+        self._retired.clear()
