@@ -61,9 +61,9 @@ from edgelink.router.wire import WireEncoder
 from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
 
 if TYPE_CHECKING:
+    from edgelink.bridge.settings import BridgeSettings
     from edgelink.manager import ConnectionManager
     from edgelink.router.engine import Router
-    from edgelink.service.config import BridgeSettings
 
 __all__ = ["MAX_SET_DEPTH", "MqttBridge", "bridge_will"]
 
