@@ -514,8 +514,6 @@ class Gateway:
             except BaseException:
                 await self.stop()
                 raise
-        if on_started is not None:
-            on_started(self)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if install_signals:
@@ -527,6 +525,10 @@ class Gateway:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
+        # Only now say "running": a SIGTERM sent on reading that line must find
+        # the handler in place (before, it could kill the process unstopped).
+        if on_started is not None:
+            on_started(self)
         try:
             await self._stopped.wait()
         finally:
