@@ -160,21 +160,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(logging.WARNING, args.log_level_libs, "%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
         logging.getLogger("edgelink.events").setLevel(logging.ERROR)
+        from edgelink.api.server import ApiServer
         from edgelink.service.demo import run_demo
+        from edgelink.service.gateway import Gateway
+
+        async def start_api(gateway: Gateway) -> None:
+            await ApiServer(gateway).start()
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_demo(args))
+            asyncio.run(run_demo(args, start_api=start_api))
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    from edgelink.api.server import ApiServer
     from edgelink.service.gateway import Gateway
 
     _setup_logging(
         args.log_level, args.log_level_libs, "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    gateway = Gateway(args.config, api_port=args.port, watch=not args.no_watch)
+    gateway = Gateway(args.config, watch=not args.no_watch)
+
+    async def start_api(gw: Gateway) -> None:
+        await ApiServer(gw, port=args.port).start()
 
     def announce(gw: Gateway) -> None:
         if gw.api_address is not None:
@@ -183,7 +192,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         print("edgelink: running; Ctrl-C or SIGTERM stops, SIGHUP reloads", flush=True)
 
     try:
-        asyncio.run(gateway.run(on_started=announce))
+        asyncio.run(gateway.run(after_start=start_api, on_started=announce))
     except (ConfigError, RouteError) as exc:
         print(f"edgelink: {_one_line(exc, args.config)}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import websockets
 
+from edgelink.api.server import ApiServer
 from edgelink.errors import ConfigError
 from edgelink.service.gateway import Gateway
 from edgelink.testing.peers import PingPongPeer
@@ -61,8 +62,9 @@ async def peers() -> AsyncIterator[list[PingPongPeer]]:
 async def gateway(tmp_path: Path, peers: list[PingPongPeer]) -> AsyncIterator[Gateway]:
     write_connections(tmp_path, {"dev_a": peers[0].port, "dev_b": peers[1].port})
     write_service(tmp_path)
-    gw = Gateway(tmp_path, api_port=0)
+    gw = Gateway(tmp_path)
     await gw.start()
+    await ApiServer(gw, port=0).start()
     try:
         for cid in ("dev_a", "dev_b"):
             await gw.manager.wait_for_state(cid, "connected", timeout=5)
@@ -310,7 +312,7 @@ async def test_generated_token_file_is_private(tmp_path: Path, peers: list[PingP
     """Test that without a configured token one is generated into a 0600 file and reused."""
     write_connections(tmp_path, {"dev_a": peers[0].port})
     os.environ.pop("EDGELINK_TOKEN", None)
-    gw = Gateway(tmp_path, serve_api=False, watch=False)
+    gw = Gateway(tmp_path, watch=False)
     await gw.start()
     try:
         token_file = tmp_path / ".edgelink_token"
@@ -320,7 +322,7 @@ async def test_generated_token_file_is_private(tmp_path: Path, peers: list[PingP
         assert len(gw.token) >= 32
     finally:
         await gw.stop()
-    again = Gateway(tmp_path, serve_api=False, watch=False)
+    again = Gateway(tmp_path, watch=False)
     await again.start()
     try:
         assert again.token_origin == "file"
@@ -336,12 +338,12 @@ async def test_bad_service_config_names_file_and_path(
     write_connections(tmp_path, {"dev_a": peers[0].port})
     (tmp_path / "edgelink.json").write_text(json.dumps({"api": {"port": "eighty"}}))
     with pytest.raises(ConfigError) as info:
-        await Gateway(tmp_path, serve_api=False, watch=False).start()
+        await Gateway(tmp_path, watch=False).start()
     assert info.value.path == "api.port"
     assert str(tmp_path / "edgelink.json") in str(info.value)
     (tmp_path / "edgelink.json").write_text(json.dumps({"api": {"token": "short"}}))
     with pytest.raises(ConfigError, match="too short"):
-        await Gateway(tmp_path, serve_api=False, watch=False).start()
+        await Gateway(tmp_path, watch=False).start()
 
 
 async def test_stream_rate_limit_drops_and_reports(
@@ -350,8 +352,9 @@ async def test_stream_rate_limit_drops_and_reports(
     """Test that a stream client over its rate gets a dropped count, and the gateway goes on."""
     write_connections(tmp_path, {"dev_a": peers[0].port})
     write_service(tmp_path, stream_rate=20)
-    gw = Gateway(tmp_path, api_port=0, watch=False)
+    gw = Gateway(tmp_path, watch=False)
     await gw.start()
+    await ApiServer(gw, port=0).start()
     try:
         host, port = gw.api_address or ("", 0)
         uri = f"ws://{host}:{port}/api/stream?token={TOKEN}&events=none&data=calc.**"

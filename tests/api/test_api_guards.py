@@ -17,6 +17,7 @@ import httpx
 import pytest
 import websockets
 
+from edgelink.api.server import ApiServer
 from edgelink.service.audit import token_identity
 from edgelink.service.gateway import Gateway
 from edgelink.store import Database
@@ -56,8 +57,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
             "allowed_origins": ["https://ui.example"],
         }
         (tmp_path / "edgelink.json").write_text(json.dumps({"api": api}))
-        gw = Gateway(tmp_path, api_port=0, watch=False)
+        gw = Gateway(tmp_path, watch=False)
         await gw.start()
+        await ApiServer(gw, port=0).start()
         gw.peers = (a, b)  # type: ignore[attr-defined]
         try:
             for cid in ("dev_a", "dev_b"):

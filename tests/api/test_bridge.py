@@ -14,6 +14,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from edgelink.api.server import ApiServer
 from edgelink.bridge.mqtt import ATTEMPTS, LINK_LOSSES, MqttBridge
 from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
@@ -155,7 +156,7 @@ async def test_modbus_value_reaches_mqtt_with_transform_and_set_writes_back(
         ]
         write_folder(tmp_path, connections, routes, qos=1, discovery=discovery)
         sub = Subscriber(broker, "#")
-        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        gateway = Gateway(tmp_path, watch=False)
         await gateway.start()
         try:
             await gateway.manager.wait_for_state("broker", "connected", timeout=10)
@@ -214,7 +215,7 @@ async def test_broker_restart_during_10000_datapoints_loses_none_and_keeps_order
     """Test that a broker restart mid-stream loses no datapoint and keeps per-topic order."""
     write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1)
     sub = Subscriber(broker, "smarthome/calc/#", session="edgelink-test-subscriber")
-    gateway = Gateway(tmp_path, serve_api=False, watch=False)
+    gateway = Gateway(tmp_path, watch=False)
     await gateway.start()
     try:
         await gateway.manager.wait_for_state("broker", "connected", timeout=10)
@@ -283,7 +284,7 @@ async def test_reported_json_pointer_tag_flows_through_buffer_and_set_decodes(
             "broker": broker_connection(broker),
         }
         write_folder(tmp_path, connections, [], qos=1)
-        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        gateway = Gateway(tmp_path, watch=False)
         await gateway.start()
         sub: Subscriber | None = None
         try:
@@ -341,9 +342,11 @@ async def live_gateway(
 ) -> AsyncIterator[tuple[Gateway, MqttBridge, Subscriber]]:
     """A started gateway whose bridge is live, and a subscriber to ``topic``."""
     sub = Subscriber(broker, topic, session=session)
-    gateway = Gateway(folder, serve_api=api, api_port=0, watch=False)
+    gateway = Gateway(folder, watch=False)
     await gateway.start()
     try:
+        if api:
+            await ApiServer(gateway, port=0).start()
         await gateway.manager.wait_for_state("broker", "connected", timeout=10)
         await asyncio.to_thread(sub.subscribed.wait, 5)
         bridge = gateway.bridge
@@ -491,7 +494,7 @@ async def test_depth_never_exceeds_max_items_and_drops_are_counted_exactly(
         qos=1,
         buffer={"max_items": 50, "max_age_s": 3600},
     )
-    gateway = Gateway(tmp_path, serve_api=False, watch=False)
+    gateway = Gateway(tmp_path, watch=False)
     await gateway.start()
     sub: Subscriber | None = None
     try:
@@ -646,7 +649,7 @@ async def fake_peer_gateway(
         "settings": {"spam_max_pps": None, "flap_dampening": False},
     }
     write_folder(folder, {"broker": connection}, [], qos=1)
-    gateway = Gateway(folder, serve_api=False, watch=False)
+    gateway = Gateway(folder, watch=False)
     await gateway.start()
     try:
         await gateway.manager.wait_for_state("broker", "connected", timeout=10)
@@ -784,7 +787,7 @@ async def test_lost_device_is_published_stale_once_retained_and_good_when_back(
         }
         write_folder(tmp_path, connections, [], qos=1)
         sub = Subscriber(broker, "smarthome/inv/#")
-        gateway = Gateway(tmp_path, serve_api=False, watch=False)
+        gateway = Gateway(tmp_path, watch=False)
         await gateway.start()
         late: Subscriber | None = None
         try:

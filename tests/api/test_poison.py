@@ -21,6 +21,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from edgelink.api.server import ApiServer
 from edgelink.api.stream import StreamHub, _Client
 from edgelink.events import Event
 from edgelink.service.gateway import Gateway
@@ -134,8 +135,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, PingPongPeer, 
                     }
                 )
             )
-            gw = Gateway(tmp_path, api_port=0, watch=False)
+            gw = Gateway(tmp_path, watch=False)
             await gw.start()
+            await ApiServer(gw, port=0).start()
             try:
                 await gw.manager.wait_for_state("dev", "connected", timeout=5)
                 await gw.manager.wait_for_state("feed", "connected", timeout=5)

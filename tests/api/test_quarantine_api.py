@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgelink.api.server import ApiServer
 from edgelink.drivers.tcp import TCPConnection
 from edgelink.service.gateway import Gateway
 from edgelink.testing.peers import PingPongPeer
@@ -34,8 +35,9 @@ async def gateway(tmp_path: Path, peer: PingPongPeer) -> AsyncIterator[Gateway]:
     (tmp_path / "edgelink.json").write_text(
         json.dumps({"api": {"token": TOKEN}, "storage": {"path": "logs/system.db"}})
     )
-    gw = Gateway(tmp_path, api_port=0)
+    gw = Gateway(tmp_path)
     await gw.start()
+    await ApiServer(gw, port=0).start()
     try:
         yield gw
     finally:

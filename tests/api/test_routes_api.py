@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgelink.api.server import ApiServer
 from edgelink.errors import RouteError
 from edgelink.service.gateway import Gateway
 from edgelink.testing.peers import PingPongPeer
@@ -105,8 +106,9 @@ async def gateway(tmp_path: Path, hook: HookServer) -> AsyncIterator[Gateway]:
                 }
             )
         )
-        gw = Gateway(tmp_path, api_port=0)
+        gw = Gateway(tmp_path)
         await gw.start()
+        await ApiServer(gw, port=0).start()
         try:
             await gw.manager.wait_for_state("dev", "connected", timeout=5)
             yield gw
@@ -245,5 +247,5 @@ async def test_bad_routing_at_start_is_refused(tmp_path: Path) -> None:
     (tmp_path / "connections.json").write_text(json.dumps({"connections": {}}))
     (tmp_path / "routing.json").write_text(json.dumps({"version": "1.0", "routes": [{"id": "a"}]}))
     with pytest.raises(RouteError) as info:
-        await Gateway(tmp_path, serve_api=False, watch=False).start()
+        await Gateway(tmp_path, watch=False).start()
     assert "routing.json" in str(info.value)

@@ -357,12 +357,12 @@ def check_is_free(folder: Path) -> bool:
 async def test_gateway_releases_the_folder_on_stop(tmp_path: Path) -> None:
     """Test that the lock is held while a gateway runs and free after stop (in one process too)."""
     folder = write_folder(tmp_path)
-    gw = Gateway(folder, serve_api=False, watch=False)
+    gw = Gateway(folder, watch=False)
     await gw.start()
     try:
         assert check_is_free(folder) is False
         with pytest.raises(ValueError, match=f"PID {os.getpid()}"):
-            await Gateway(folder, serve_api=False, watch=False).start()
+            await Gateway(folder, watch=False).start()
     finally:
         await gw.stop()
     assert check_is_free(folder) is True
@@ -410,7 +410,7 @@ async def test_data_files_are_private_whatever_the_umask(tmp_path: Path, umask: 
     os.chmod(old_db, 0o644)  # a database left by an older edgelink is narrowed too
     previous = os.umask(umask)
     try:
-        gw = Gateway(folder, serve_api=False, watch=False)
+        gw = Gateway(folder, watch=False)
         await gw.start()
         try:
             assert gw.events is not None and gw.db is not None
@@ -456,7 +456,7 @@ async def test_replace_routes_writes_atomically(
 ) -> None:
     """Test that replace_routes fsyncs routing.json and its folder, and the file holds the table."""
     folder = write_folder(tmp_path)
-    gw = Gateway(folder, serve_api=False, watch=False)
+    gw = Gateway(folder, watch=False)
     await gw.start()
     try:
         synced: list[str] = []
@@ -481,7 +481,7 @@ async def test_replace_routes_writes_atomically(
 async def test_reload_errors_name_the_file(tmp_path: Path) -> None:
     """Test that a driver's config error on reload names connections.json, not <config>."""
     folder = write_folder(tmp_path)
-    gw = Gateway(folder, serve_api=False, watch=False)
+    gw = Gateway(folder, watch=False)
     await gw.start()
     try:
         bad = {"connections": {"dev": {"type": "tcp", "config": {"host": "h", "port": 99999}}}}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import HTTPException, Request, WebSocket, status
 
+from edgelink.service.audit import token_identity
 from edgelink.service.token import token_matches
 
-__all__ = ["bearer_of", "require_token", "websocket_token"]
+if TYPE_CHECKING:
+    from edgelink.service.gateway import Gateway
+
+__all__ = ["bearer_of", "require_token", "websocket_token", "who_asks"]
 
 
 def bearer_of(header: str | None) -> str | None:
@@ -41,3 +47,8 @@ def websocket_token(ws: WebSocket) -> str | None:
     parameter; the API's own request log never prints query strings.
     """
     return bearer_of(ws.headers.get("authorization")) or ws.query_params.get("token")
+
+
+def who_asks(gateway: Gateway) -> str:
+    """Who an API request is, for the audit trail: the token's fingerprint, never the token."""
+    return token_identity(gateway.token)

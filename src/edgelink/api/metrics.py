@@ -50,7 +50,7 @@ class _GatewayCollector(Collector):
             "edgelink_connection_errors", "Errors since start", labels=["connection_id"]
         )
         counts = dict.fromkeys((str(s) for s in ConnectionState), 0)
-        manager = gateway._manager
+        manager = gateway.current_manager
         if manager is not None:
             for cid, status in manager.get_status().items():
                 counts[status["status"]] = counts.get(status["status"], 0) + 1

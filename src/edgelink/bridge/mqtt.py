@@ -62,9 +62,9 @@ from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
 from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from edgelink.bridge.settings import BridgeSettings
     from edgelink.manager import ConnectionManager
     from edgelink.router.engine import Router
-    from edgelink.service.config import BridgeSettings
 
 __all__ = ["MAX_SET_DEPTH", "MqttBridge", "bridge_will"]
 

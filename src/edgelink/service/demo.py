@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,16 @@ def _free_or_any(port: int) -> int:
     return port
 
 
-async def run_demo(args: argparse.Namespace) -> None:
-    """Run the demo until ``--duration`` passes or SIGINT/SIGTERM."""
+async def run_demo(
+    args: argparse.Namespace, *, start_api: Callable[[Gateway], Awaitable[object]] | None = None
+) -> None:
+    """Run the demo until ``--duration`` passes or SIGINT/SIGTERM.
+
+    Args:
+        args: The parsed ``edgelink demo`` arguments.
+        start_api: Awaited with the started gateway (the command line starts
+            the API server here; the service does not know the API).
+    """
     from edgelink.sim.tcp import TcpSimulator
 
     sim = TcpSimulator(count=args.devices, base_port=0)
@@ -151,7 +160,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         (folder / "edgelink.json").write_text(json.dumps(service, indent=2))
         gateway = Gateway(folder, watch=False)
         try:
-            await _run(args, sim, gateway)
+            await _run(args, sim, gateway, start_api)
         finally:
             await gateway.stop()
             await sim.stop()
@@ -161,7 +170,12 @@ async def run_demo(args: argparse.Namespace) -> None:
                 await asyncio.to_thread(http.stop)
 
 
-async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
+async def _run(
+    args: argparse.Namespace,
+    sim: Any,
+    gateway: Gateway,
+    start_api: Callable[[Gateway], Awaitable[object]] | None,
+) -> None:
     log: deque[str] = deque(maxlen=8)
     values: dict[tuple[str, str], Any] = {}
     counts: Counter[str] = Counter()
@@ -185,6 +199,8 @@ async def _run(args: argparse.Namespace, sim: Any, gateway: Gateway) -> None:
             loop.add_signal_handler(sig, stop.set)
 
     await gateway.start()
+    if start_api is not None:
+        await start_api(gateway)
     manager = gateway.manager
     manager.on_event("*", on_event)
     manager.on_data(on_data)

@@ -2,11 +2,17 @@
 
 It owns the `ConnectionManager` (and through it the router, which it loads
 with ``routing.json`` and the webhook targets of ``edgelink.json``), the
-SQLite event log, the MQTT bridge, the admin API server and the folder watch. Hot reload touches
+SQLite event log, the MQTT bridge and the folder watch. Hot reload touches
 only what changed: `ConnectionManager.reload` restarts changed connections,
 and a bad file is reported (log, ``config_error`` event, `Gateway.status`)
 while the running config stays. Panic stops every device connection and
 keeps the API up until an explicit `Gateway.recover`.
+
+The gateway does not know the admin API: `edgelink.api` (and the web UI)
+read and act through its public methods (`Gateway.connections`,
+`Gateway.routes`, `Gateway.query_events`, `Gateway.instance_action`,
+`Gateway.panic`, `Gateway.subscribe_events`...), and the command line starts
+the API server beside it (`edgelink.api.server`).
 
 Example:
     gateway = Gateway("config/")
@@ -23,26 +29,28 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgelink import __version__
 from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
 from edgelink.documents import write_atomically
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
-from edgelink.events import Event, make_event
+from edgelink.events import Event, EventCallback, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
+from edgelink.router import check_routes
 from edgelink.router.address import resolve_endpoint
 from edgelink.router.datapoint import DataPoint
+from edgelink.router.dataspace import DataSubscriber
 from edgelink.router.engine import Router, RouteTableDiff
 from edgelink.router.expr import ExprLimits
 from edgelink.router.schema import load_routing
@@ -61,6 +69,7 @@ __all__ = [
     "ActionRefusedError",
     "Gateway",
     "LoadedFolder",
+    "LogClosedError",
     "UnknownConnectionError",
     "compile_routes",
     "connections_document",
@@ -90,6 +99,10 @@ class UnknownConnectionError(EdgelinkError, LookupError):
     """An admin action named a connection that does not exist; the API answers 404."""
 
 
+class LogClosedError(EdgelinkError):
+    """The event or audit log asked for is not open (before start); the API answers 503."""
+
+
 class Gateway:
     """A gateway running from one config folder.
 
@@ -98,9 +111,7 @@ class Gateway:
             ``routing.json`` and ``edgelink.json``; YAML too).
         clock: The clock for the manager (tests pass a ManualClock).
         registry: Driver types (default: built-ins and installed plugins).
-        serve_api: Start the HTTP API server (tests of the app alone pass False).
         watch: Watch the folder and reload on changes.
-        api_port: Override ``api.port`` (0 = any free port).
         gc_policy: The manager's garbage-collection policy: the service runs a
             fleet, so ``"fleet"`` (freeze the long-lived objects once up and
             after each reload; see `edgelink.gcpolicy`) unless told ``"off"``.
@@ -112,18 +123,14 @@ class Gateway:
         *,
         clock: Clock | None = None,
         registry: DriverRegistry | None = None,
-        serve_api: bool = True,
         watch: bool = True,
-        api_port: int | None = None,
         gc_policy: str | None = "fleet",
     ) -> None:
         self.config_dir = Path(config_dir)
         self._gc_policy = gc_policy
         self._clock = clock
         self._registry = registry
-        self._serve_api = serve_api
         self._watch = watch
-        self._api_port_override = api_port
         self.folder: ConfigFolder | None = None
         self.settings = ServiceSettings()
         self._manager: ConnectionManager | None = None
@@ -133,6 +140,7 @@ class Gateway:
         self.webhooks: dict[str, Any] = {}
         self.token = ""
         self.token_origin = ""
+        #: Where the admin API listens: set by `edgelink.api.server` while it serves.
         self.api_address: tuple[str, int] | None = None
         self.started_at: float | None = None
         self.panicked = False
@@ -148,9 +156,8 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         #: Stop and reload requests from signals, kept until they end.
         self._requests: set[asyncio.Task[None]] = set()
-        self._server: Any = None
-        self._api_task: asyncio.Task[None] | None = None
-        self._api_socket: socket.socket | None = None
+        #: Awaited by `stop` before the connections stop (`stop_with`).
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._stopped = asyncio.Event()
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
@@ -194,6 +201,172 @@ class Gateway:
     def __repr__(self) -> str:
         state = "panic" if self.panicked else ("running" if self.started_at else "stopped")
         return f"<Gateway {self.config_dir} {state}>"
+
+    @property
+    def current_manager(self) -> ConnectionManager | None:
+        """The connection manager, or None before `start` (for readers that run any time)."""
+        return self._manager
+
+    def health(self) -> dict[str, Any]:
+        """Return liveness: ``ok`` or ``panic``, the version and the uptime."""
+        return {
+            "status": "panic" if self.panicked else "ok",
+            "version": __version__,
+            "uptime_s": (time.time() - self.started_at) if self.started_at else None,
+        }
+
+    def connections(self) -> list[dict[str, Any]]:
+        """Return every connection's status (DESIGN section 4)."""
+        return list(self.manager.get_status().values())
+
+    def connection(self, connection_id: str) -> dict[str, Any]:
+        """Return one connection's status.
+
+        Raises:
+            UnknownConnectionError: for a connection that does not exist.
+        """
+        try:
+            return self.manager.get_status(connection_id)
+        except KeyError:
+            raise UnknownConnectionError(
+                f"unknown connection {connection_id!r}", connection_id=connection_id
+            ) from None
+
+    def routes(self) -> dict[str, Any]:
+        """Return the route table as written, each route with its counters, and the totals."""
+        router = self.manager.router
+        return {
+            "routes": [{**spec, "stats": router.route_stats(spec["id"])} for spec in router.routes],
+            "stats": router.stats(),
+        }
+
+    def route(self, route_id: str) -> dict[str, Any]:
+        """Return one route as written, with its counters.
+
+        Raises:
+            KeyError: for an unknown route.
+        """
+        router = self.manager.router
+        for spec in router.routes:
+            if spec["id"] == route_id:
+                return {**spec, "stats": router.route_stats(route_id)}
+        raise KeyError(route_id)
+
+    def check_routes(self, document: dict[str, Any]) -> int:
+        """Compile a route table under the running caps, apply nothing; return its route count.
+
+        Raises:
+            RouteError: for a bad table or a missing ``routes`` key.
+        """
+        if "routes" not in document:
+            raise RouteError("'routes' is required", path="routes")
+        manager = self.manager
+        return check_routes(document, clock=manager.clock, limits=manager.router.limits)
+
+    def data_children(self, prefix: str = "") -> list[str]:
+        """Return the data space's paths one segment below ``prefix``."""
+        return self.manager.router.data.children(prefix)
+
+    def data_point(self, address: str) -> DataPoint | None:
+        """Return the last datapoint at ``address``, or None."""
+        return self.manager.router.data.get(address)
+
+    def data_history(self, address: str) -> list[DataPoint]:
+        """Return the kept datapoints at ``address``, oldest first."""
+        return self.manager.router.data.history(address)
+
+    def bridge_stats(self) -> dict[str, Any]:
+        """Return the MQTT bridge's counters, or ``{"enabled": False}`` without a bridge."""
+        if self.bridge is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.bridge.stats()}
+
+    async def bridge_dead_letters(self, limit: int = 100) -> dict[str, Any]:
+        """Return the bridge's dead letters, newest first, with their totals."""
+        bridge = self.bridge
+        if bridge is None:
+            return {"enabled": False, "dead_letters": []}
+        await bridge.store_dead_letters()
+        return {
+            "enabled": True,
+            "total": bridge.dead_letters.total,
+            "dropped": bridge.dead_letters.dropped,
+            "dead_letters": await bridge.dead_letters.recent(limit),
+        }
+
+    async def query_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Return events and errors from the event log, newest first (see `EventLog.query`).
+
+        Raises:
+            LogClosedError: before `start`.
+        """
+        if self.events is None:
+            raise LogClosedError("the event log is not open")
+        return await self.events.query(**filters)
+
+    async def query_audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """Return audit records, newest first (see `AuditLog.query`).
+
+        Raises:
+            LogClosedError: before `start`.
+        """
+        if self.audit is None:
+            raise LogClosedError("the audit log is not open")
+        return await self.audit.query(**filters)
+
+    def subscribe_events(
+        self, callback: EventCallback, event_type: str = "*"
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event of ``event_type`` (``"*"`` = all).
+
+        Returns:
+            The unsubscribe function; `stop` unsubscribes what is left.
+        """
+        return self._until_stop(self.manager.on_event(event_type, callback))
+
+    def subscribe_data(
+        self, callback: DataSubscriber, pattern: str = "**", *, changes_only: bool = False
+    ) -> Callable[[], None]:
+        """Call ``callback(datapoint)`` for what the data space stores at ``pattern``.
+
+        The data space, not the drivers: virtual addresses (``calc.*``) come too.
+
+        Returns:
+            The unsubscribe function; `stop` unsubscribes what is left.
+        """
+        off = self.manager.router.data.subscribe(pattern, callback, changes_only=changes_only)
+        return self._until_stop(off)
+
+    def subscribe_health_checks(
+        self, callback: Callable[[str, float, bool], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(connection_id, latency_s, ok)`` after every health check.
+
+        Returns:
+            The unsubscribe function; `stop` unsubscribes what is left.
+        """
+        return self._until_stop(self.manager.on_health_check(callback))
+
+    def stop_with(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Have `stop` await ``close()`` first, within its budget, before the connections stop.
+
+        The API server registers its own stop here, so that ``stop`` (SIGTERM)
+        closes it before the devices, as one budget.
+        """
+        self._closers.append(close)
+
+    def _until_stop(self, off: Callable[[], None]) -> Callable[[], None]:
+        """Keep ``off`` for `stop`; return it made idempotent."""
+        done = False
+
+        def unsubscribe() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                off()
+
+        self._unsubscribe.append(unsubscribe)
+        return unsubscribe
 
     # -------------------------------------------------------------- lifecycle
 
@@ -276,8 +449,6 @@ class Gateway:
                     on_event=self._emit,
                 )
                 await self.bridge.start()
-            if self._serve_api:
-                await self._start_api()
             if self._watch:
                 self._tasks.append(
                     asyncio.get_running_loop().create_task(
@@ -288,12 +459,7 @@ class Gateway:
             await self.stop()
             raise
         self.started_at = time.time()
-        logger.info(
-            "gateway started from %s: %d connections, API %s",
-            folder.root,
-            len(manager),
-            f"http://{self.api_address[0]}:{self.api_address[1]}" if self.api_address else "off",
-        )
+        logger.info("gateway started from %s: %d connections", folder.root, len(manager))
 
     async def stop(self) -> None:
         """Stop everything within about `STOP_BUDGET_S` seconds (idempotent)."""
@@ -301,8 +467,7 @@ class Gateway:
             off()
         self._unsubscribe.clear()
         tasks, self._tasks = self._tasks, []
-        server, self._server = self._server, None
-        api_task, self._api_task = self._api_task, None
+        closers, self._closers = self._closers, []
         for task in tasks:
             task.cancel()
         with contextlib.suppress(TimeoutError):
@@ -311,22 +476,14 @@ class Gateway:
                 bridge, self.bridge = self.bridge, None
                 if bridge is not None:
                     await bridge.stop()
-                if server is not None and api_task is not None:
-                    # Let uvicorn close its connections and listener itself.
-                    server.should_exit = True
-                    await asyncio.gather(api_task, return_exceptions=True)
+                for close in closers:
+                    await close()
                 if self._manager is not None:
                     await self._manager.stop()
         webhooks, self.webhooks = self.webhooks, {}
         for target in webhooks.values():
             with contextlib.suppress(Exception):
                 await target.aclose()
-        if api_task is not None and not api_task.done():
-            api_task.cancel()
-            await asyncio.gather(api_task, return_exceptions=True)
-        sock, self._api_socket = self._api_socket, None
-        if sock is not None:
-            sock.close()
         if self.events is not None:
             await self.events.close()
         if self.db is not None:
@@ -340,15 +497,25 @@ class Gateway:
         self,
         *,
         install_signals: bool = True,
+        after_start: Callable[[Gateway], Awaitable[object]] | None = None,
         on_started: Callable[[Gateway], None] | None = None,
     ) -> None:
         """Start, then serve until SIGTERM/SIGINT (SIGHUP reloads), then stop.
 
         Args:
             install_signals: Handle SIGTERM, SIGINT and SIGHUP on the loop.
+            after_start: Awaited once the gateway runs, before ``on_started``
+                (the command line starts the API server here); if it raises,
+                the gateway stops and the error propagates.
             on_started: Called once everything runs (e.g. to print the API address).
         """
         await self.start()
+        if after_start is not None:
+            try:
+                await after_start(self)
+            except BaseException:
+                await self.stop()
+                raise
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if install_signals:
@@ -753,52 +920,6 @@ class Gateway:
         logger.warning("recovered from panic (by %s): %d connections started", by, started)
         return {"recovered": True, **info}
 
-    # -------------------------------------------------------------------- api
-
-    async def _start_api(self) -> None:
-        import uvicorn
-
-        from edgelink.api.app import create_app
-
-        api = self.settings.api
-        port = api.port if self._api_port_override is None else self._api_port_override
-        sock = socket.socket(socket.AF_INET6 if ":" in api.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((api.host, port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"cannot listen on {api.host}:{port}: {exc.strerror or exc}",
-                file=str(self.folder.service if self.folder else None),
-                path="api.port",
-            ) from exc
-        sock.listen(128)
-        sock.setblocking(False)
-        self.api_address = sock.getsockname()[:2]
-        config = uvicorn.Config(
-            create_app(self),
-            log_level="warning",
-            access_log=False,
-            # No handlers of uvicorn's own: its records reach ours, which redact.
-            log_config=None,
-            lifespan="off",
-            ws_ping_interval=20.0,
-            ws_max_size=api.max_body_bytes,
-        )
-        server = _make_server(config)
-        self._server = server
-        self._api_socket = sock
-        task = self._api_task = asyncio.get_running_loop().create_task(
-            server.serve(sockets=[sock]), name="edgelink.service.api"
-        )
-        # uvicorn has no start-up future to await; its flag flips within a few ms.
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the API server ended during start-up")
-            await asyncio.sleep(0.01)
-
 
 def _remember_service_secrets(settings: ServiceSettings, token: str) -> None:
     """Teach the log redaction the API token and the webhooks' URLs, headers and keys."""
@@ -811,18 +932,6 @@ def _remember_service_secrets(settings: ServiceSettings, token: str) -> None:
         for hook in settings.webhooks.values()
     ]
     remember_secrets(collect_secrets({"token": token, "webhooks": hooks}))
-
-
-def _make_server(config: Any) -> Any:
-    """Return a uvicorn server without its signal handlers: the gateway owns the signals."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return Server(config)
 
 
 # ----------------------------------------------------- loading a folder

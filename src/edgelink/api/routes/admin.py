@@ -1,0 +1,89 @@
+"""Admin actions: one connection's start/stop/..., quarantine release, panic, recover, reload.
+
+Every action is audited by the gateway (`Auditor`); the route passes only who
+asked (the token's fingerprint).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from edgelink.api.auth import who_asks
+from edgelink.api.routes.connections import status_or_404
+from edgelink.service.gateway import ActionRefusedError, UnknownConnectionError
+
+if TYPE_CHECKING:
+    from edgelink.service.gateway import Gateway
+
+__all__ = ["Action", "PanicBody", "router"]
+
+
+class Action(StrEnum):
+    """What an admin can ask of one connection."""
+
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    KILL = "kill"
+    RESUME = "resume"
+    DISCONNECT = "disconnect"
+    RECONNECT = "reconnect"
+
+
+class PanicBody(BaseModel):
+    """Optional body of ``POST /api/admin/panic``."""
+
+    reason: str = Field(default="panic", max_length=500)
+
+
+def router(gateway: Gateway) -> APIRouter:
+    """Return the admin routes."""
+    routes = APIRouter()
+
+    @routes.post("/api/admin/instances/{connection_id}/quarantine/release", tags=["admin"])
+    async def release_quarantine(connection_id: str, tag: str | None = None) -> dict[str, Any]:
+        """Poll a connection's quarantined (poison) tags again: all of them, or ``tag``."""
+        status_or_404(gateway, connection_id)
+        try:
+            return await gateway.release_quarantine(connection_id, tag, who=who_asks(gateway))
+        except KeyError:
+            raise HTTPException(
+                404, detail=f"tag {tag!r} of {connection_id!r} is not quarantined"
+            ) from None
+
+    @routes.post("/api/admin/instances/{connection_id}/{action}", tags=["admin"])
+    async def instance_action(connection_id: str, action: Action) -> dict[str, Any]:
+        """Start, stop, restart, kill, resume, disconnect or reconnect one connection.
+
+        ``reconnect`` brings the link back whatever it is doing: a stopped
+        connection is started, a failed or suspended one resumed, a connected
+        one drops its link and reconnects (``done`` says which). During panic,
+        start, restart, resume and reconnect are 409; stops are kept by recover.
+        """
+        try:
+            return await gateway.instance_action(connection_id, str(action), who=who_asks(gateway))
+        except UnknownConnectionError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except ActionRefusedError as exc:
+            raise HTTPException(409, detail=f"{exc} (POST /api/admin/recover)") from None
+
+    @routes.post("/api/admin/panic", tags=["admin"])
+    async def panic(body: PanicBody | None = None) -> dict[str, Any]:
+        """Disconnect every device and stop data flow; the API stays up."""
+        return await gateway.panic(reason=(body or PanicBody()).reason, by=who_asks(gateway))
+
+    @routes.post("/api/admin/recover", tags=["admin"])
+    async def recover() -> dict[str, Any]:
+        """Leave panic: reload the config folder and start what was running."""
+        return await gateway.recover(by=who_asks(gateway))
+
+    @routes.post("/api/admin/reload", tags=["admin"])
+    async def reload() -> dict[str, Any]:
+        """Re-read the config folder now (as SIGHUP does)."""
+        return await gateway.reload(who=who_asks(gateway))
+
+    return routes

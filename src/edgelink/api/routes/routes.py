@@ -1,0 +1,71 @@
+"""The route table: read it, validate or replace it, let quarantined routes and sources run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Body, HTTPException
+
+from edgelink.api.auth import who_asks
+from edgelink.errors import RouteError
+
+if TYPE_CHECKING:
+    from edgelink.service.gateway import Gateway
+
+__all__ = ["router"]
+
+
+def router(gateway: Gateway) -> APIRouter:
+    """Return the route-table routes."""
+    routes = APIRouter()
+
+    @routes.get("/api/routes", tags=["routes"])
+    async def route_table() -> dict[str, Any]:
+        """The current route table as written, each route with its counters."""
+        return gateway.routes()
+
+    @routes.get("/api/routes/{route_id}", tags=["routes"])
+    async def route(route_id: str) -> dict[str, Any]:
+        """One route and its counters."""
+        try:
+            return gateway.route(route_id)
+        except KeyError:
+            raise HTTPException(404, detail=f"unknown route {route_id!r}") from None
+
+    @routes.post("/api/routes/{route_id}/enable", tags=["routes"])
+    async def enable_route(route_id: str) -> dict[str, Any]:
+        """Let a route quarantined as poison run again; its strikes start over."""
+        try:
+            return {
+                "ok": True,
+                "stats": await gateway.enable_route(route_id, who=who_asks(gateway)),
+            }
+        except KeyError:
+            raise HTTPException(404, detail=f"unknown route {route_id!r}") from None
+
+    @routes.post("/api/sources/{source_id}/enable", tags=["routes"])
+    async def enable_source(source_id: str) -> dict[str, Any]:
+        """Route a quarantined source's datapoints again."""
+        was = await gateway.enable_source(source_id, who=who_asks(gateway))
+        return {"ok": True, "was_quarantined": was is not None, "quarantine": was}
+
+    @routes.post("/api/routes/validate", tags=["routes"])
+    async def validate_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """Check a routing.json document (conditions and transforms compiled); apply nothing."""
+        try:
+            count = gateway.check_routes(document)
+        except RouteError as exc:
+            return {"ok": False, "error": str(exc), "path": exc.path}
+        return {"ok": True, "routes": count}
+
+    @routes.put("/api/routes", tags=["routes"])
+    async def put_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        """Replace the route table; on success it is written to routing.json too."""
+        try:
+            return await gateway.replace_routes(document, who=who_asks(gateway))
+        except RouteError as exc:
+            raise HTTPException(
+                422, detail={"error": str(exc), "path": exc.path, "route_id": exc.route_id}
+            ) from None
+
+    return routes
