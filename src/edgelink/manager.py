@@ -739,7 +739,7 @@ class ConnectionManager(Service):
             KeyError: for an unknown connection id.
         """
         sup = self._supervisor(connection_id)
-        driver = sup.driver
+        driver = sup.adapter
         deadlines = self._deadlines
         retries = 3 if retries is None else retries
         per_call = timeout if timeout is not None else sup.settings.request_timeout

@@ -195,8 +195,10 @@ class Supervisor:
         on_link_down: LinkDownListener | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
+        #: The user's driver object (a `Connection` or `SyncConnection`).
         self.connection = connection
-        self.driver = DriverAdapter(connection, executor)
+        #: How the supervisor calls it: one async interface over both kinds of driver.
+        self.adapter = DriverAdapter(connection, executor)
         self.settings = settings
         self.name = name
         self.type_name = type_name or connection.type_name or type(connection).__name__
@@ -265,6 +267,11 @@ class Supervisor:
         connection.attach(self)
 
     # ------------------------------------------------------------------ views
+
+    @property
+    def driver(self) -> DriverAdapter:
+        """The former name of `adapter`, kept for one release."""
+        return self.adapter
 
     @property
     def state(self) -> ConnectionState:
@@ -953,17 +960,17 @@ class Supervisor:
 
     async def _open(self) -> None:
         self._link_open = True
-        await self.driver.connect()
-        ok = await self.driver.health_check()
+        await self.adapter.connect()
+        ok = await self.adapter.health_check()
         if not ok:
             raise ConnectError("first health check failed", connection_id=self.connection_id)
-        identity = await self.driver.identity()
+        identity = await self.adapter.identity()
         if identity is not None:
             previous, self._identity = self._identity, identity
             if previous is not None and previous != identity:
                 self._emit(EventType.DEVICE_RESET, old_identity=previous, new_identity=identity)
                 try:
-                    await self.driver.on_reset()
+                    await self.adapter.on_reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -980,7 +987,7 @@ class Supervisor:
         # Shield the close: a stop that cancels us must still release the socket.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(timeout):
-                await asyncio.shield(self.driver.disconnect())
+                await asyncio.shield(self.adapter.disconnect())
 
     # ------------------------------------------------------------- connected
 
@@ -1096,9 +1103,9 @@ class Supervisor:
         error: BaseException | None = None
         ok = False
         try:
-            if not self.driver.is_connected():
+            if not self.adapter.is_connected():
                 return _Lost(Reason.CONNECTION_LOST)
-            ok = await self._call("health", s.health_check_timeout, self.driver.health_check)
+            ok = await self._call("health", s.health_check_timeout, self.adapter.health_check)
             if ok and self._extra_checks is not None:
                 for check in self._extra_checks():
                     ok = bool(await self._call("health", s.health_check_timeout, check))
@@ -1135,7 +1142,7 @@ class Supervisor:
             self._set_health(Health.UNHEALTHY)
             if error is not None and classify(error).action is Action.TIMEOUT:
                 return _Lost(
-                    Reason.HALF_OPEN if self.driver.is_connected() else Reason.TIMEOUT, error
+                    Reason.HALF_OPEN if self.adapter.is_connected() else Reason.TIMEOUT, error
                 )
             return _Lost(Reason.HEALTH_CHECK_FAILED, error)
         self._set_health(Health.DEGRADED)
@@ -1145,7 +1152,7 @@ class Supervisor:
         s = self.settings
         next_at = self._clock.monotonic()
         while True:
-            if self.driver.has_read_many:
+            if self.adapter.has_read_many:
                 if not await self._poll_batch(group):
                     return
                 next_at = await self._next_poll_round(next_at, group.interval)
@@ -1155,7 +1162,7 @@ class Supervisor:
                     continue
                 try:
                     value = await self._call(
-                        "poll", s.request_timeout, functools.partial(self.driver.read, tag)
+                        "poll", s.request_timeout, functools.partial(self.adapter.read, tag)
                     )
                 except asyncio.CancelledError:
                     raise
@@ -1192,7 +1199,7 @@ class Supervisor:
                 return True
         try:
             results = await self._call(
-                "poll", s.request_timeout, functools.partial(self.driver.read_many, tags)
+                "poll", s.request_timeout, functools.partial(self.adapter.read_many, tags)
             )
         except asyncio.CancelledError:
             raise

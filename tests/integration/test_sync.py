@@ -24,7 +24,7 @@ import pytest
 
 from conftest import FAST, tcp
 from edgelink import ConnectionManager, ConnectionState, SyncConnection, SyncConnectionManager
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing import ManualClock, PingPongPeer
 
 T = TypeVar("T")
@@ -160,7 +160,7 @@ class BlockingPing(SyncConnection):
         return self.request(f"{tag}?")
 
 
-class SlowClose(TCPConnection):
+class SlowClose(TcpConnection):
     """A tcp device whose disconnect takes a while and says when it begins."""
 
     type_name = "slow_close"

@@ -75,3 +75,33 @@ async def test_a_status_reason_is_a_member_and_a_plain_string(make_manager) -> N
 def test_the_enums_are_public() -> None:
     """Test that EventType and Reason are exported by edgelink."""
     assert {"EventType", "Reason"} <= set(edgelink.__all__)
+
+
+def test_acronym_cased_driver_names_and_their_old_aliases() -> None:
+    """Test that the drivers are TcpConnection etc. and the old names are the same classes."""
+    from edgelink.drivers import configs, http, mqtt, tcp
+    from edgelink.registry import DriverRegistry
+
+    assert tcp.TCPConnection is tcp.TcpConnection
+    assert http.HTTPConnection is http.HttpConnection
+    assert mqtt.MQTTConnection is mqtt.MqttConnection
+    assert configs.TCPConfig is configs.TcpConfig
+    assert configs.HTTPConfig is configs.HttpConfig
+    assert configs.MQTTConfig is configs.MqttConfig
+    registry = DriverRegistry()
+    assert registry.get("tcp") is tcp.TcpConnection
+    assert registry.get("mqtt").__name__ == "MqttConnection"
+    assert registry.get("http").__name__ == "HttpConnection"
+
+
+def test_supervisor_adapter_and_its_old_name(make_manager) -> None:
+    """Test that Supervisor.adapter is the DriverAdapter, .connection the driver, .driver the alias."""
+    from edgelink.connection import DriverAdapter
+    from edgelink.drivers.tcp import TcpConnection
+
+    manager: ConnectionManager = make_manager()
+    manager.add_connection("dev", "tcp", {"host": "127.0.0.1", "port": 9})
+    sup = manager.get_supervisor("dev")
+    assert isinstance(sup.connection, TcpConnection)
+    assert isinstance(sup.adapter, DriverAdapter)
+    assert sup.driver is sup.adapter

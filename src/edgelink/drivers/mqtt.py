@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 from edgelink.connection import Connection, Stats
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.drivers.configs import MQTTConfig, MqttWill
+from edgelink.drivers.configs import MqttConfig, MqttWill
 from edgelink.errors import (
     AuthError,
     ConfigError,
@@ -68,7 +68,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"the mqtt driver needs paho-mqtt: pip install 'edgelink[mqtt]' ({exc})"
     ) from exc
 
-__all__ = ["MQTTConnection", "decode_payload", "encode_payload"]
+__all__ = ["MqttConnection", "decode_payload", "encode_payload"]
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class _PahoClient(paho.Client):
         return sock
 
 
-class MQTTConnection(Connection):
+class MqttConnection(Connection):
     """An MQTT broker as a device: subscriptions in, publishes out.
 
     Example:
@@ -271,8 +271,8 @@ class MQTTConnection(Connection):
     """
 
     type_name = "mqtt"
-    config_model = MQTTConfig
-    cfg: MQTTConfig
+    config_model = MqttConfig
+    cfg: MqttConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -1131,3 +1131,7 @@ class MQTTConnection(Connection):
             fut.exception()
         else:
             fut.set_result(None)
+
+
+#: The former name (before 0.2), kept for one release.
+MQTTConnection = MqttConnection
