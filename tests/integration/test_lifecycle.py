@@ -11,6 +11,7 @@ import gc
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from edgelink import ConnectionManager, ConnectionPool
 from edgelink.bridge.mqtt import MqttBridge
 from edgelink.lifecycle import AsyncResource, Service
+from edgelink.service.config import BridgeSettings
+from edgelink.store import Database, UplinkBuffer
 from edgelink.testing.peers import PingPongPeer
 
 
@@ -139,3 +142,31 @@ def test_a_closed_pool_does_not_warn() -> None:
             await old.close()
 
     assert _collect_after(clean) == []
+
+
+def _bridge_run(tmp_path: Path, *, stop: bool) -> Callable[[], Awaitable[None]]:
+    """Start a bridge over an mqtt connection that is never started; stop it or not."""
+
+    async def run() -> None:
+        manager = ConnectionManager()
+        manager.add_connection("broker", "mqtt", {"host": "127.0.0.1", "port": 1})
+        db = Database(tmp_path / "bridge.db")
+        buffer = UplinkBuffer(db, max_items=10, max_age_s=60)
+        bridge = MqttBridge(manager, manager.router, BridgeSettings(connection="broker"), buffer)
+        await bridge.start()
+        if stop:
+            await bridge.stop()
+        await db.close()
+
+    return run
+
+
+def test_a_started_bridge_collected_unstopped_warns(tmp_path: Path) -> None:
+    """Test that a started MqttBridge garbage-collected without stop() warns."""
+    messages = _collect_after(_bridge_run(tmp_path, stop=False))
+    assert any("unclosed MqttBridge" in m for m in messages), messages
+
+
+def test_a_stopped_bridge_does_not_warn(tmp_path: Path) -> None:
+    """Test that a bridge stopped after start is collected silently."""
+    assert _collect_after(_bridge_run(tmp_path, stop=True)) == []
