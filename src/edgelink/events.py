@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgelink.lifecycle import AsyncResource
 from edgelink.redact import redact
 from edgelink.state import Reason
 
@@ -214,7 +215,7 @@ class _Subscription:
         self.active = True
 
 
-class EventBus:
+class EventBus(AsyncResource):
     """Fan-out of `Event`s to callbacks, isolated from each other and from the emitter.
 
     Example:

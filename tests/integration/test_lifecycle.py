@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from edgelink import ConnectionManager, ConnectionPool
+from edgelink import ConnectionManager, ConnectionPool, EventBus, Target
 from edgelink.bridge.mqtt import MqttBridge
 from edgelink.lifecycle import AsyncResource, Service
 from edgelink.service.config import BridgeSettings
-from edgelink.store import Database, UplinkBuffer
+from edgelink.store import Database, EventLog, UplinkBuffer
 from edgelink.testing.peers import PingPongPeer
 
 
@@ -66,11 +66,25 @@ async def test_service_starts_on_entry_stops_on_exit_and_aclose_is_stop() -> Non
 
 
 def test_the_public_runners_share_the_bases() -> None:
-    """Test that the manager, the bridge and the pool have the one spelling of close."""
+    """Test that the manager, bridge, pool, bus, targets and store have one spelling of close."""
     assert issubclass(ConnectionManager, Service)
     assert issubclass(MqttBridge, Service)
-    assert issubclass(ConnectionPool, AsyncResource)
-    assert ConnectionPool.close is not None  # the old name, kept for one release
+    for cls in (ConnectionPool, EventBus, Target, Database, EventLog):
+        assert issubclass(cls, AsyncResource), cls
+
+
+async def test_the_store_closes_by_its_context_and_by_the_old_close(tmp_path: Path) -> None:
+    """Test that a Database is closed leaving `async with`, and close() still closes one."""
+    async with Database(tmp_path / "a.db") as db:
+        await db.open()
+        assert await db.run(lambda: 1) == 1
+    with pytest.raises(RuntimeError, match="not open"):
+        await db.run(lambda: 1)
+    old = Database(tmp_path / "b.db")
+    await old.open()
+    await old.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await old.run(lambda: 1)
 
 
 def _collect_after(run: Callable[[], Awaitable[Any]]) -> list[str]:

@@ -327,9 +327,9 @@ class Gateway:
         if sock is not None:
             sock.close()
         if self.events is not None:
-            await self.events.close()
+            await self.events.aclose()
         if self.db is not None:
-            await self.db.close()
+            await self.db.aclose()
         if self._lock is not None:
             self._lock.release()
         self.started_at = None
