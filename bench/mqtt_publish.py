@@ -55,7 +55,7 @@ from _common import (
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelink import ConnectionManager
-from edgelink.drivers.mqtt import MQTTConnection
+from edgelink.drivers.mqtt import MqttConnection
 from edgelink.testing.mosquitto import MosquittoBroker
 
 PHASES = ("edgelink_publish", "edgelink_write", "paho_direct", "paho_thread")
@@ -237,7 +237,7 @@ def _drain_direct(client: paho.Client) -> None:
 async def run_phase(
     phase: str,
     args: argparse.Namespace,
-    conn: MQTTConnection,
+    conn: MqttConnection,
     bare_direct: paho.Client,
     bare_thread: paho.Client,
     payload: bytes,
@@ -315,7 +315,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with manager:
                 await manager.wait_for_state("bench", "connected", timeout=10)
                 conn = manager.get_connection("bench")
-                assert isinstance(conn, MQTTConnection)
+                assert isinstance(conn, MqttConnection)
                 warm = argparse.Namespace(**{**vars(args), "n": min(2000, args.n)})
                 for phase in PHASES:
                     await run_phase(phase, warm, conn, bare_direct, bare_thread, payload, counter)

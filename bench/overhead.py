@@ -38,7 +38,7 @@ from _common import (
 )
 
 from edgelink import ConnectionManager
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing import PingPongPeer
 
 PING = b"PING"
@@ -92,9 +92,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with manager:
             await manager.wait_for_state("dev", "connected", timeout=10)
             conn = manager.get_connection("dev")
-            assert isinstance(conn, TCPConnection)
+            assert isinstance(conn, TcpConnection)
 
-            def op(c: TCPConnection) -> Awaitable[bytes]:
+            def op(c: TcpConnection) -> Awaitable[bytes]:
                 return c.request(PING)
 
             def direct() -> Awaitable[bytes]:

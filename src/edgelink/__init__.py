@@ -34,13 +34,13 @@ from edgelink.errors import (
     ReconnectionError,
     RouteError,
 )
-from edgelink.events import Event, EventBus
+from edgelink.events import Event, EventBus, EventType
 from edgelink.manager import ConnectionManager, HealthMonitor
 from edgelink.pool import ConnectionPool
 from edgelink.registry import DriverRegistry
 from edgelink.router import DataPoint, DataSpace, LogTarget, MemoryTarget, Router, Target
 from edgelink.settings import ConnectionSettings, ManagerSettings
-from edgelink.state import ConnectionState, Health
+from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import Supervisor
 from edgelink.sync import SyncConnectionManager
 
@@ -81,6 +81,7 @@ __all__ = [
     "EdgelinkError",
     "Event",
     "EventBus",
+    "EventType",
     "FlapDamper",
     "GatewayConfig",
     "Health",
@@ -92,6 +93,7 @@ __all__ = [
     "MemoryTarget",
     "PermanentError",
     "ProtocolError",
+    "Reason",
     "ReconnectionError",
     "RouteError",
     "Router",

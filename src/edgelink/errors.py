@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias
 
 from edgelink.redact import redact_text
+from edgelink.state import Reason
 
 __all__ = [
     "Action",
@@ -296,7 +297,7 @@ class Verdict:
 
     Example:
         >>> classify(ConnectionRefusedError())
-        Verdict(action=<Action.RECONNECT: 'reconnect'>, reason='refused')
+        Verdict(action=<Action.RECONNECT: 'reconnect'>, reason=<Reason.REFUSED: 'refused'>)
     """
 
     action: Action
@@ -333,15 +334,17 @@ _ACTIONS: Final[
 
 #: The reason from the first exception along the ``cause`` chain that says more
 #: than a failed connect: ``ConnectError(...) from ConnectionRefusedError`` is ``refused``.
-_REASONS: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...]] = (
-    (ConnectionRefusedError, "refused"),
-    (DeviceSleepError, "device_sleep"),
-    (AuthError, "auth"),
-    (PermanentError, "permanent"),
-    (ProtocolError, "protocol_error"),
-    (DeviceResetError, "device_reset_failed"),
-    (TimeoutError, "timeout"),
-    ((ConnectionResetError, BrokenPipeError, EOFError), "connection_reset"),
+_REASONS: Final[
+    tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reason], ...]
+] = (
+    (ConnectionRefusedError, Reason.REFUSED),
+    (DeviceSleepError, Reason.DEVICE_SLEEP),
+    (AuthError, Reason.AUTH),
+    (PermanentError, Reason.PERMANENT),
+    (ProtocolError, Reason.PROTOCOL_ERROR),
+    (DeviceResetError, Reason.DEVICE_RESET_FAILED),
+    (TimeoutError, Reason.TIMEOUT),
+    ((ConnectionResetError, BrokenPipeError, EOFError), Reason.CONNECTION_RESET),
 )
 
 
@@ -360,7 +363,7 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(action, _reason(exc))
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> Reason:
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -369,7 +372,7 @@ def _reason(exc: BaseException) -> str:
             if isinstance(cur, classes):
                 return reason
         cur = cur.__cause__ or getattr(cur, "cause", None)
-    return "connect_failed" if isinstance(exc, ConnectError | OSError) else "error"
+    return Reason.CONNECT_FAILED if isinstance(exc, ConnectError | OSError) else Reason.ERROR
 
 
 #: Builds the edgelink error for a library exception from the fields given to

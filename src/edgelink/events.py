@@ -12,6 +12,7 @@ real ``extra`` attributes, so a JSON log formatter shows them.
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import threading
@@ -21,96 +22,113 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgelink.lifecycle import AsyncResource
 from edgelink.redact import redact
+from edgelink.state import Reason
 from edgelink.tasks import cancel_and_wait
 
-__all__ = ["EVENT_TYPES", "Event", "EventBus", "EventCallback", "Unsubscribe", "log_name"]
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "EventBus",
+    "EventCallback",
+    "EventType",
+    "Unsubscribe",
+    "log_name",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Every event type edgelink emits.
-EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "connected",
-        "disconnected",
-        "error",
-        "health_check_failed",
-        "state_change",
-        "reconnect_start",
-        "reconnect_ok",
-        "reconnect_failed",
-        "max_retries_exceeded",
-        "suspended",
-        "resumed",
-        "tx_drop_detected",
-        "fast_path_active",
-        "connection_stable",
-        "device_reset",
-        "spam_suspended",
-        "power_warning",
-        "power_critical",
-        "supervisor_restarted",
-        "health_change",
-        "flapping",
-        "flap_cleared",
-        "poll_quarantined",
-        "quarantine_released",
-        # The service (edgelink run): manager-wide, connection_id None.
-        "panic",
-        "recovered",
-        "config_reloaded",
-        "config_error",
-        "webhook_failed",
-        "bridge_buffering",
-        "bridge_dropped",
-        # The manager: the event loop stalled (connection_id None).
-        "loop_lag",
-        # The router: a poison route or source quarantined, and let out by an admin.
-        "route_quarantined",
-        "source_quarantined",
-        "quarantine_lifted",
-    }
-)
+
+class EventType(enum.StrEnum):
+    """Every event type edgelink emits.
+
+    A `StrEnum`: each member equals its string, so ``on_event("connected", ...)``,
+    ``event.type == "connected"`` and the JSON of an event stay the same.
+    """
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    ERROR = "error"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    STATE_CHANGE = "state_change"
+    RECONNECT_START = "reconnect_start"
+    RECONNECT_OK = "reconnect_ok"
+    RECONNECT_FAILED = "reconnect_failed"
+    MAX_RETRIES_EXCEEDED = "max_retries_exceeded"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    TX_DROP_DETECTED = "tx_drop_detected"
+    FAST_PATH_ACTIVE = "fast_path_active"
+    CONNECTION_STABLE = "connection_stable"
+    DEVICE_RESET = "device_reset"
+    SPAM_SUSPENDED = "spam_suspended"
+    POWER_WARNING = "power_warning"
+    POWER_CRITICAL = "power_critical"
+    SUPERVISOR_RESTARTED = "supervisor_restarted"
+    HEALTH_CHANGE = "health_change"
+    FLAPPING = "flapping"
+    FLAP_CLEARED = "flap_cleared"
+    POLL_QUARANTINED = "poll_quarantined"
+    QUARANTINE_RELEASED = "quarantine_released"
+    # The service (edgelink run): manager-wide, connection_id None.
+    PANIC = "panic"
+    RECOVERED = "recovered"
+    CONFIG_RELOADED = "config_reloaded"
+    CONFIG_ERROR = "config_error"
+    WEBHOOK_FAILED = "webhook_failed"
+    BRIDGE_BUFFERING = "bridge_buffering"
+    BRIDGE_DROPPED = "bridge_dropped"
+    # The manager: the event loop stalled (connection_id None).
+    LOOP_LAG = "loop_lag"
+    # The router: a poison route or source quarantined, and let out by an admin.
+    ROUTE_QUARANTINED = "route_quarantined"
+    SOURCE_QUARANTINED = "source_quarantined"
+    QUARANTINE_LIFTED = "quarantine_lifted"
+
+
+#: Every event type edgelink emits, as strings.
+EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
 
 # Log transitions, not repetitions: loss is one WARNING, return one INFO,
 # per-attempt detail DEBUG.
 _LEVELS: dict[str, int] = {
-    "connected": logging.INFO,
-    "reconnect_ok": logging.INFO,
-    "resumed": logging.INFO,
-    "connection_stable": logging.INFO,
-    "fast_path_active": logging.INFO,
-    "device_reset": logging.WARNING,
-    "disconnected": logging.WARNING,
-    "tx_drop_detected": logging.WARNING,
-    "power_warning": logging.WARNING,
-    "health_check_failed": logging.DEBUG,
-    "reconnect_start": logging.DEBUG,
-    "reconnect_failed": logging.DEBUG,
-    "state_change": logging.DEBUG,
-    "health_change": logging.DEBUG,
-    "error": logging.ERROR,
-    "max_retries_exceeded": logging.ERROR,
-    "suspended": logging.ERROR,
-    "spam_suspended": logging.ERROR,
-    "power_critical": logging.ERROR,
-    "supervisor_restarted": logging.ERROR,
-    "flapping": logging.WARNING,
-    "flap_cleared": logging.INFO,
-    "poll_quarantined": logging.ERROR,
-    "quarantine_released": logging.INFO,
-    "panic": logging.CRITICAL,
-    "recovered": logging.WARNING,
-    "config_reloaded": logging.INFO,
-    "config_error": logging.ERROR,
-    "webhook_failed": logging.WARNING,
-    "bridge_buffering": logging.WARNING,
-    "bridge_dropped": logging.ERROR,
-    "loop_lag": logging.WARNING,
+    EventType.CONNECTED: logging.INFO,
+    EventType.RECONNECT_OK: logging.INFO,
+    EventType.RESUMED: logging.INFO,
+    EventType.CONNECTION_STABLE: logging.INFO,
+    EventType.FAST_PATH_ACTIVE: logging.INFO,
+    EventType.DEVICE_RESET: logging.WARNING,
+    EventType.DISCONNECTED: logging.WARNING,
+    EventType.TX_DROP_DETECTED: logging.WARNING,
+    EventType.POWER_WARNING: logging.WARNING,
+    EventType.HEALTH_CHECK_FAILED: logging.DEBUG,
+    EventType.RECONNECT_START: logging.DEBUG,
+    EventType.RECONNECT_FAILED: logging.DEBUG,
+    EventType.STATE_CHANGE: logging.DEBUG,
+    EventType.HEALTH_CHANGE: logging.DEBUG,
+    EventType.ERROR: logging.ERROR,
+    EventType.MAX_RETRIES_EXCEEDED: logging.ERROR,
+    EventType.SUSPENDED: logging.ERROR,
+    EventType.SPAM_SUSPENDED: logging.ERROR,
+    EventType.POWER_CRITICAL: logging.ERROR,
+    EventType.SUPERVISOR_RESTARTED: logging.ERROR,
+    EventType.FLAPPING: logging.WARNING,
+    EventType.FLAP_CLEARED: logging.INFO,
+    EventType.POLL_QUARANTINED: logging.ERROR,
+    EventType.QUARANTINE_RELEASED: logging.INFO,
+    EventType.PANIC: logging.CRITICAL,
+    EventType.RECOVERED: logging.WARNING,
+    EventType.CONFIG_RELOADED: logging.INFO,
+    EventType.CONFIG_ERROR: logging.ERROR,
+    EventType.WEBHOOK_FAILED: logging.WARNING,
+    EventType.BRIDGE_BUFFERING: logging.WARNING,
+    EventType.BRIDGE_DROPPED: logging.ERROR,
+    EventType.LOOP_LAG: logging.WARNING,
     # The router logs these itself (one WARNING with the advice).
-    "route_quarantined": logging.DEBUG,
-    "source_quarantined": logging.DEBUG,
-    "quarantine_lifted": logging.DEBUG,
+    EventType.ROUTE_QUARANTINED: logging.DEBUG,
+    EventType.SOURCE_QUARANTINED: logging.DEBUG,
+    EventType.QUARANTINE_LIFTED: logging.DEBUG,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the
@@ -121,20 +139,20 @@ QUEUE_LIMIT = 10_000
 #: Reasons for a disconnect that a person or the service asked for: not a loss.
 DELIBERATE = frozenset(
     {
-        "admin_stop",
-        "shutdown",
-        "removed",
-        "killed",
-        "panic",
-        "restart",
-        "admin_restart",
-        "supervisor_restarted",
+        Reason.ADMIN_STOP,
+        Reason.SHUTDOWN,
+        Reason.REMOVED,
+        Reason.KILLED,
+        Reason.PANIC,
+        Reason.RESTART,
+        Reason.ADMIN_RESTART,
+        Reason.SUPERVISOR_RESTARTED,
     }
 )
 
 
 def _level(event: Event) -> int:
-    if event.type == "disconnected" and event.data.get("reason") in DELIBERATE:
+    if event.type == EventType.DISCONNECTED and event.data.get("reason") in DELIBERATE:
         return logging.INFO
     return _LEVELS.get(event.type, logging.INFO)
 
@@ -197,7 +215,7 @@ class _Subscription:
         self.active = True
 
 
-class EventBus:
+class EventBus(AsyncResource):
     """Fan-out of `Event`s to callbacks, isolated from each other and from the emitter.
 
     Example:

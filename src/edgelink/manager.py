@@ -22,7 +22,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from pydantic import ValidationError
@@ -43,14 +42,22 @@ from edgelink.errors import (
     ConnectionLostError,
     classify,
 )
-from edgelink.events import Event, EventBus, EventCallback, Unsubscribe, make_event
+from edgelink.events import (
+    Event,
+    EventBus,
+    EventCallback,
+    EventType,
+    Unsubscribe,
+    make_event,
+)
 from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
+from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.router import Router
 from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.settings import ManagerSettings
-from edgelink.state import ConnectionState, Health
+from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
 from edgelink.tasks import cancel_and_wait
 
@@ -164,7 +171,7 @@ class HealthMonitor:
         return sup.health is not Health.UNHEALTHY
 
 
-class ConnectionManager:
+class ConnectionManager(Service):
     """Supervises many device connections.
 
     Example:
@@ -413,7 +420,7 @@ class ConnectionManager:
             KeyError: for an unknown id.
         """
         sup = self._supervisor(connection_id)
-        await sup.stop(reason="removed")
+        await sup.stop(reason=Reason.REMOVED)
         sup.connection.attach(None)
         self._sups.pop(connection_id, None)
         self._specs.pop(connection_id, None)
@@ -428,6 +435,7 @@ class ConnectionManager:
         self._loop = asyncio.get_running_loop()
         self._bus.bind(self._loop)
         self._started = True
+        self._arm_leak_warning()
         for cid, sup in self._sups.items():
             if self._specs[cid].enabled:
                 sup.start()
@@ -444,6 +452,7 @@ class ConnectionManager:
         if not self._started:
             return
         self._started = False
+        self._disarm_leak_warning()
         self._lag.stop()
         if self._gc_timer is not None:
             self._gc_timer.cancel()
@@ -458,25 +467,13 @@ class ConnectionManager:
         await asyncio.gather(*self._restart_tasks, return_exceptions=True)
         # Pending writes would only meet closing links now.
         await self._router.aclose()
-        await asyncio.gather(*(sup.stop(reason="shutdown") for sup in self._sups.values()))
+        await asyncio.gather(*(sup.stop(reason=Reason.SHUTDOWN) for sup in self._sups.values()))
         if self._pool is not None:
-            await self._pool.close()
+            await self._pool.aclose()
         await self._bus.aclose()
         if self._executor is not None:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=False, cancel_futures=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start_connection(self, connection_id: str) -> None:
         """Start (or re-enable) one connection."""
@@ -491,17 +488,17 @@ class ConnectionManager:
 
     async def stop_connection(self, connection_id: str) -> None:
         """Stop one connection gracefully; it stays stopped until started."""
-        await self._supervisor(connection_id).stop(reason="admin_stop")
+        await self._supervisor(connection_id).stop(reason=Reason.ADMIN_STOP)
 
     async def restart_connection(self, connection_id: str) -> None:
         """Stop and start one connection with a fresh attempt counter."""
         sup = self._supervisor(connection_id)
         self._router.reset_spam(connection_id)
-        await sup.restart(reason="admin_restart")
+        await sup.restart(reason=Reason.ADMIN_RESTART)
 
     async def kill_connection(self, connection_id: str) -> None:
         """Stop one connection at once, giving its driver no time to close politely."""
-        await self._supervisor(connection_id).stop(reason="killed", graceful=False)
+        await self._supervisor(connection_id).stop(reason=Reason.KILLED, graceful=False)
 
     async def resume(self, connection_id: str) -> None:
         """Bring a suspended (or failed) connection back; also re-arms its spam protection."""
@@ -666,12 +663,12 @@ class ConnectionManager:
         # Checked under the supervisor's lifecycle lock: a resume() that came
         # first has re-armed the guard, and then there is nothing to do.
         suspended = await sup.suspend(
-            "spam", only_if=lambda: self._router.is_spam_blocked(connection_id), **info
+            Reason.SPAM, only_if=lambda: self._router.is_spam_blocked(connection_id), **info
         )
         if suspended:
             self._bus.emit(
                 make_event(
-                    "spam_suspended",
+                    EventType.SPAM_SUSPENDED,
                     connection_id,
                     self.clock.time(),
                     state=str(sup.state),
@@ -686,7 +683,7 @@ class ConnectionManager:
             sup = self._sups.get(connection_id)
             self._bus.emit(
                 make_event(
-                    "health_change",
+                    EventType.HEALTH_CHANGE,
                     connection_id,
                     self.clock.time(),
                     state=str(sup.state) if sup else None,
@@ -740,7 +737,7 @@ class ConnectionManager:
             KeyError: for an unknown connection id.
         """
         sup = self._supervisor(connection_id)
-        driver = sup.driver
+        driver = sup.adapter
         deadlines = self._deadlines
         retries = 3 if retries is None else retries
         per_call = timeout if timeout is not None else sup.settings.request_timeout
@@ -901,7 +898,7 @@ class ConnectionManager:
         self._lag_event_at = now
         self._bus.emit(
             make_event(
-                "loop_lag",
+                EventType.LOOP_LAG,
                 None,
                 self.clock.time(),
                 lag_ms=round(lag * 1000, 1),
@@ -982,7 +979,7 @@ class ConnectionManager:
             logger.error("%s: restarting supervisor (%s: %s)", cid, cause, detail)
             self._bus.emit(
                 make_event(
-                    "supervisor_restarted",
+                    EventType.SUPERVISOR_RESTARTED,
                     cid,
                     self.clock.time(),
                     state=str(sup.state),
@@ -994,7 +991,7 @@ class ConnectionManager:
                 )
             )
             task_ = asyncio.get_running_loop().create_task(
-                sup.restart(reason="supervisor_restarted"),
+                sup.restart(reason=Reason.SUPERVISOR_RESTARTED),
                 name=f"edgelink[{cid}].restart",
             )
             self._restart_tasks.add(task_)

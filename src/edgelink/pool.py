@@ -31,8 +31,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from edgelink.clock import Clock, SystemClock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
@@ -44,6 +43,7 @@ from edgelink.errors import (
     EdgelinkError,
     classify,
 )
+from edgelink.lifecycle import AsyncResource
 from edgelink.registry import DriverRegistry
 
 __all__ = ["ConnectionPool"]
@@ -91,7 +91,7 @@ class _Waiter:
     future: asyncio.Future[_Entry | None] = field(repr=False)
 
 
-class ConnectionPool:
+class ConnectionPool(AsyncResource):
     """A keyed pool of on-demand device connections.
 
     One connection per key at a time: a checked-out key is exclusive, and a
@@ -189,7 +189,7 @@ class ConnectionPool:
 
     @property
     def closed(self) -> bool:
-        """True once `close` was called."""
+        """True once `aclose` was called."""
         return self._closed
 
     def stats(self) -> dict[str, int]:
@@ -220,26 +220,16 @@ class ConnectionPool:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close every idle connection and fail every waiter. Idempotent.
 
         Connections checked out at this moment are closed when they are
-        returned; `close` does not wait for them. It does wait for every close
+        returned; `aclose` does not wait for them. It does wait for every close
         the pool started, so no pool task outlives it.
         """
         if not self._closed:
             self._closed = True
+            self._disarm_leak_warning()
             logger.debug("%r: closing", self)
             waiters, self._waiters = list(self._waiters), {}
             for waiter in waiters:
@@ -252,6 +242,10 @@ class ConnectionPool:
         # (owned by the pool), rather than being cancelled half-way.
         while self._closing:
             await asyncio.wait(set(self._closing))
+
+    async def close(self) -> None:
+        """Close the pool: the former spelling of `aclose`, kept for one release."""
+        await self.aclose()
 
     # ------------------------------------------------------------------- use
 
@@ -452,6 +446,8 @@ class ConnectionPool:
                 raise
             raise ConnectError(f"connect failed: {exc!r}", connection_id=key, cause=exc) from exc
         self._counters["created"] += 1
+        # A pool that opened a connection holds sockets until it is closed.
+        self._arm_leak_warning()
         logger.debug("%r: opened %r", self, key)
         return entry
 
@@ -581,7 +577,7 @@ class ConnectionPool:
     # ----------------------------------------------------------------- closing
 
     def _spawn_close(self, entry: _Entry, reason: str) -> asyncio.Task[None]:
-        """Close ``entry`` in a task the pool owns (`close` awaits it)."""
+        """Close ``entry`` in a task the pool owns (`aclose` awaits it)."""
         entry.cancel_idle_timer()
         task = asyncio.get_running_loop().create_task(
             self._close_entry(entry, reason), name=f"edgelink.pool[{entry.key}].close"

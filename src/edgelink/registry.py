@@ -28,13 +28,13 @@ ENTRY_POINT_GROUP = "edgelink.drivers"
 #: Built-in drivers by type name: module path and class, imported on first use so
 #: a missing extra only matters when its type is used.
 BUILTIN_DRIVERS: dict[str, str] = {
-    "tcp": "edgelink.drivers.tcp:TCPConnection",
+    "tcp": "edgelink.drivers.tcp:TcpConnection",
     "serial": "edgelink.drivers.serial:SerialConnection",
     "ads": "edgelink.drivers.ads:AdsConnection",
     "modbus_tcp": "edgelink.drivers.modbus:ModbusTcpConnection",
     "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
-    "mqtt": "edgelink.drivers.mqtt:MQTTConnection",
-    "http": "edgelink.drivers.http:HTTPConnection",
+    "mqtt": "edgelink.drivers.mqtt:MqttConnection",
+    "http": "edgelink.drivers.http:HttpConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

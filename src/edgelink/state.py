@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionState",
     "Health",
     "IllegalTransitionError",
+    "Reason",
     "StateMachine",
     "TRANSITIONS",
     "Transition",
@@ -43,6 +44,52 @@ class Health(enum.StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     UNHEALTHY = "unhealthy"
+
+
+class Reason(enum.StrEnum):
+    """The machine-readable ``reason`` of a status, a transition or an event.
+
+    A `StrEnum`: each member is equal to its string, so JSON, logs and
+    comparisons with plain strings (``status["reason"] == "refused"``) stay
+    the same. A driver or the router may still give a reason not listed here.
+    """
+
+    # Asked for by a person or the service: a disconnect for one of these is no loss.
+    START = "start"
+    ADMIN_STOP = "admin_stop"
+    ADMIN_RESTART = "admin_restart"
+    ADMIN_RECONNECT = "admin_reconnect"
+    RESTART = "restart"
+    SHUTDOWN = "shutdown"
+    REMOVED = "removed"
+    KILLED = "killed"
+    PANIC = "panic"
+    SUPERVISOR_RESTARTED = "supervisor_restarted"
+    # The link was lost, or could not be made.
+    LOST = "lost"
+    CONNECTION_LOST = "connection_lost"
+    CONNECT_FAILED = "connect_failed"
+    ERROR = "error"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    HALF_OPEN = "half_open"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    DATA_TIMEOUT = "data_timeout"
+    TX_DROP = "tx_drop"
+    CONNECTION_RESET = "connection_reset"
+    PROTOCOL_ERROR = "protocol_error"
+    DEVICE_SLEEP = "device_sleep"
+    DEVICE_RESET_FAILED = "device_reset_failed"
+    # Retrying cannot help, or the supervisor stopped trying.
+    AUTH = "auth"
+    PERMANENT = "permanent"
+    MAX_ATTEMPTS = "max_attempts"
+    FLAPPING = "flapping"
+    SPAM = "spam"
+    # One tag or route, not the link.
+    POISON = "poison"
+    READ_FAILED = "read_failed"
+    READ_CRASHED = "read_crashed"
 
 
 S = ConnectionState

@@ -54,10 +54,10 @@ from edgelink.errors import (
     DeviceResetError,
     classify,
 )
-from edgelink.events import EventBus, make_event
+from edgelink.events import EventBus, EventType, make_event
 from edgelink.redact import redact_text
 from edgelink.settings import ConnectionSettings
-from edgelink.state import ConnectionState, Health, StateMachine, Transition
+from edgelink.state import ConnectionState, Health, Reason, StateMachine, Transition
 from edgelink.tasks import ChildTasks, cancel_and_wait
 
 __all__ = [
@@ -113,17 +113,17 @@ RESTING = frozenset({S.DISCONNECTED, S.ERROR, S.SUSPENDED})
 #: bridge and the status depend on them, and the hold-down already bounds them.
 COALESCED_WHILE_FLAPPING = frozenset(
     {
-        "reconnect_start",
-        "reconnect_failed",
-        "fast_path_active",
-        "tx_drop_detected",
-        "health_check_failed",
-        "error",
+        EventType.RECONNECT_START,
+        EventType.RECONNECT_FAILED,
+        EventType.FAST_PATH_ACTIVE,
+        EventType.TX_DROP_DETECTED,
+        EventType.HEALTH_CHECK_FAILED,
+        EventType.ERROR,
     }
 )
 
 #: Losses that are no flap: a person asked for them.
-_NOT_A_FLAP = frozenset({"admin_reconnect"})
+_NOT_A_FLAP = frozenset({Reason.ADMIN_RECONNECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +202,10 @@ class Supervisor:
         on_link_down: LinkDownListener | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
+        #: The user's driver object (a `Connection` or `SyncConnection`).
         self.connection = connection
-        self.driver = DriverAdapter(connection, executor)
+        #: How the supervisor calls it: one async interface over both kinds of driver.
+        self.adapter = DriverAdapter(connection, executor)
         self.settings = settings
         self.name = name
         self.type_name = type_name or connection.type_name or type(connection).__name__
@@ -277,6 +279,11 @@ class Supervisor:
     # ------------------------------------------------------------------ views
 
     @property
+    def driver(self) -> DriverAdapter:
+        """The former name of `adapter`, kept for one release."""
+        return self.adapter
+
+    @property
     def state(self) -> ConnectionState:
         """The current state."""
         return self._sm.state
@@ -333,7 +340,7 @@ class Supervisor:
             "health": str(self._health),
             "health_latency": self._health_latency,
             "health_reason": self.connection.degraded_reason
-            or ("flapping" if self._flapping_since is not None else None),
+            or (Reason.FLAPPING if self._flapping_since is not None else None),
             "connected_at": self._connected_at,
             "last_data_at": self._last_data_at,
             "last_error": self._last_error,
@@ -390,12 +397,12 @@ class Supervisor:
         self._thread_id = threading.get_ident()
         self.crashed = None
         if self._sm.state in RESTING:
-            self._sm.transition(S.CONNECTING, reason="start")
+            self._sm.transition(S.CONNECTING, reason=Reason.START)
         self._task = self._loop.create_task(
             self._run_main(), name=f"edgelink[{self.connection_id}].main"
         )
 
-    async def stop(self, *, reason: str = "admin_stop", graceful: bool = True) -> None:
+    async def stop(self, *, reason: str = Reason.ADMIN_STOP, graceful: bool = True) -> None:
         """Stop supervising: end every task, close the link, go ``disconnected``.
 
         Lifecycle calls (stop, restart, resume) are serialized per connection,
@@ -418,15 +425,15 @@ class Supervisor:
             was_connected = self._sm.state is S.CONNECTED
             self._transition(S.DISCONNECTED, reason)
             if was_connected:
-                self._emit("disconnected", reason=reason)
+                self._emit(EventType.DISCONNECTED, reason=reason)
 
-    async def restart(self, *, reason: str = "restart") -> None:
+    async def restart(self, *, reason: str = Reason.RESTART) -> None:
         """Stop and start again, with a fresh attempt counter."""
         async with self._lifecycle:
             await self._stop(reason=reason)
             self._attempts = 0
             self._cooldown = self.settings.suspend_cooldown
-            if reason != "supervisor_restarted":
+            if reason != Reason.SUPERVISOR_RESTARTED:
                 # A person restarted it: the flap history is forgiven. The
                 # watchdog restarting a dead task forgives nothing.
                 self._reset_flap(reason)
@@ -448,7 +455,7 @@ class Supervisor:
             self._reset_flap("resumed")
             self.desired = "running"
             self.start()
-            self._emit("resumed", previous=str(was))
+            self._emit(EventType.RESUMED, previous=str(was))
 
     async def suspend(
         self,
@@ -482,8 +489,8 @@ class Supervisor:
             self._next_retry_at = None
             self._transition(S.SUSPENDED, reason)
             if was_connected:
-                self._emit("disconnected", reason=reason)
-            self._emit("suspended", reason=reason, **data)
+                self._emit(EventType.DISCONNECTED, reason=reason)
+            self._emit(EventType.SUSPENDED, reason=reason, **data)
             return True
 
     async def _cancel_main(self) -> None:
@@ -614,19 +621,19 @@ class Supervisor:
         self._on_loop(self._handle_tx_drop)
 
     def _handle_tx_drop(self) -> None:
-        self._emit("tx_drop_detected")
+        self._emit(EventType.TX_DROP_DETECTED)
         self._fast_requested = True
-        self._lose(_Lost("tx_drop", fast=True))
+        self._lose(_Lost(Reason.TX_DROP, fast=True))
 
     def on_lost(self, exc: BaseException | None) -> None:
         """The driver noticed its link is gone. Thread-safe."""
         self._on_loop(self._handle_lost, exc)
 
     def _handle_lost(self, exc: BaseException | None) -> None:
-        reason = "lost" if exc is None else classify(exc).reason
-        if reason in ("connect_failed", "error", "lost"):
+        reason = Reason.LOST if exc is None else classify(exc).reason
+        if reason in (Reason.CONNECT_FAILED, Reason.ERROR, Reason.LOST):
             # The driver saw its open link end; "connect_failed" would mislead.
-            reason = "connection_lost"
+            reason = Reason.CONNECTION_LOST
         self._lose(_Lost(reason, exc))
 
     def report_failure(self, exc: BaseException) -> None:
@@ -639,7 +646,7 @@ class Supervisor:
         elif verdict.action is Action.RECONNECT:
             self._lose(_Lost(verdict.reason, exc))
 
-    def reconnect(self, *, fast_path: bool = True, reason: str = "admin_reconnect") -> None:
+    def reconnect(self, *, fast_path: bool = True, reason: str = Reason.ADMIN_RECONNECT) -> None:
         """Drop the link and reconnect now (or cut a backoff wait short)."""
         self._fast_requested = fast_path
         if self._lost is not None and not self._lost.done():
@@ -682,7 +689,7 @@ class Supervisor:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-        self._emit("state_change", old=str(tr.old), new=str(tr.new), reason=tr.reason)
+        self._emit(EventType.STATE_CHANGE, old=str(tr.old), new=str(tr.new), reason=tr.reason)
 
     def _emit(self, event_type: str, **data: Any) -> None:
         if event_type == "disconnected":
@@ -690,7 +697,10 @@ class Supervisor:
         if (
             self._flapping_since is not None
             and event_type in COALESCED_WHILE_FLAPPING
-            and (event_type != "error" or data.get("reason") in ("read_failed", "read_crashed"))
+            and (
+                event_type != EventType.ERROR
+                or data.get("reason") in (Reason.READ_FAILED, Reason.READ_CRASHED)
+            )
             and not self._let_through(event_type, data)
         ):
             return
@@ -810,20 +820,20 @@ class Supervisor:
                 # Flapping: held down until the penalty decays, fast path or
                 # not. An admin reconnect cuts the wait short (a person said so).
                 self._next_retry_at = self._clock.time() + hold
-                self._sm.set_reason("flapping")
+                self._sm.set_reason(Reason.FLAPPING)
                 await self._wait(hold)
             elif not fast and self._sm.state is S.RECONNECTING:
                 attempt = self._attempts + 1
                 delay = self._backoff.delay(attempt)
                 self._next_retry_at = self._clock.time() + delay
-                self._emit("reconnect_start", delay=round(delay, 4), next_attempt=attempt)
+                self._emit(EventType.RECONNECT_START, delay=round(delay, 4), next_attempt=attempt)
                 await self._wait(delay)
             elif not fast and self._sm.state is S.SLEEPING:
                 self._next_retry_at = self._clock.time() + s.sleep_probe_interval
                 await self._wait(s.sleep_probe_interval)
             self._next_retry_at = None
             if fast:
-                self._emit("fast_path_active", timeout=s.fast_path_timeout)
+                self._emit(EventType.FAST_PATH_ACTIVE, timeout=s.fast_path_timeout)
             timeout = s.fast_path_timeout if fast else s.connect_timeout
             fast = False
             self._fast_requested = False
@@ -838,20 +848,20 @@ class Supervisor:
                 self._set_health(Health.UNHEALTHY)
                 if lost.permanent:
                     self._transition(S.ERROR, lost.reason)
-                    self._emit("disconnected", reason=lost.reason)
-                    self._emit("error", reason=lost.reason, error=self._last_error)
+                    self._emit(EventType.DISCONNECTED, reason=lost.reason)
+                    self._emit(EventType.ERROR, reason=lost.reason, error=self._last_error)
                     return
                 if lost.sleep:
                     self._transition(S.SLEEPING, "device_sleep")
-                    self._emit("disconnected", reason="device_sleep")
+                    self._emit(EventType.DISCONNECTED, reason=Reason.DEVICE_SLEEP)
                     continue
                 if not s.auto_reconnect:
                     self._transition(S.ERROR, lost.reason)
-                    self._emit("disconnected", reason=lost.reason)
-                    self._emit("error", reason=lost.reason, error=self._last_error)
+                    self._emit(EventType.DISCONNECTED, reason=lost.reason)
+                    self._emit(EventType.ERROR, reason=lost.reason, error=self._last_error)
                     return
                 self._transition(S.RECONNECTING, lost.reason)
-                self._emit("disconnected", reason=lost.reason, error=self._last_error)
+                self._emit(EventType.DISCONNECTED, reason=lost.reason, error=self._last_error)
                 if lost.reason not in _NOT_A_FLAP:
                     self._record_flap()
                 fast = lost.fast or self._fast_requested
@@ -872,39 +882,41 @@ class Supervisor:
                 continue
             if verdict.action is Action.PERMANENT:
                 self._transition(S.ERROR, reason)
-                self._emit("error", reason=reason, error=self._last_error)
+                self._emit(EventType.ERROR, reason=reason, error=self._last_error)
                 return
             if in_cooldown:
                 # One probe after the cooldown failed: stay suspended and say so again.
                 self._emit(
-                    "suspended",
-                    reason="max_attempts",
+                    EventType.SUSPENDED,
+                    reason=Reason.MAX_ATTEMPTS,
                     error=self._last_error,
                     next_probe_in=self._cooldown,
                 )
-                self._sm.set_reason("max_attempts")
+                self._sm.set_reason(Reason.MAX_ATTEMPTS)
                 continue
             if self._sm.state is S.CONNECTING:
                 # The first connect is not a reconnect attempt: the retries that
                 # follow it wait initial, initial*multiplier, ... like after a loss.
                 if not s.auto_reconnect:
                     self._transition(S.ERROR, reason)
-                    self._emit("error", reason=reason, error=self._last_error)
+                    self._emit(EventType.ERROR, reason=reason, error=self._last_error)
                     return
                 self._transition(S.RECONNECTING, reason)
                 continue
             self._attempts += 1
-            self._emit("reconnect_failed", error=self._last_error, reason=reason)
+            self._emit(EventType.RECONNECT_FAILED, error=self._last_error, reason=reason)
             if not s.auto_reconnect:
                 self._transition(S.ERROR, reason)
-                self._emit("error", reason=reason, error=self._last_error)
+                self._emit(EventType.ERROR, reason=reason, error=self._last_error)
                 return
             if self._backoff.exhausted(self._attempts):
                 self._transition(S.SUSPENDED, "max_attempts")
-                self._emit("max_retries_exceeded", attempts=self._attempts, error=self._last_error)
                 self._emit(
-                    "suspended",
-                    reason="max_attempts",
+                    EventType.MAX_RETRIES_EXCEEDED, attempts=self._attempts, error=self._last_error
+                )
+                self._emit(
+                    EventType.SUSPENDED,
+                    reason=Reason.MAX_ATTEMPTS,
                     error=self._last_error,
                     next_probe_in=self._cooldown,
                 )
@@ -956,17 +968,17 @@ class Supervisor:
 
     async def _open(self) -> None:
         self._link_open = True
-        await self.driver.connect()
-        ok = await self.driver.health_check()
+        await self.adapter.connect()
+        ok = await self.adapter.health_check()
         if not ok:
             raise ConnectError("first health check failed", connection_id=self.connection_id)
-        identity = await self.driver.identity()
+        identity = await self.adapter.identity()
         if identity is not None:
             previous, self._identity = self._identity, identity
             if previous is not None and previous != identity:
-                self._emit("device_reset", old_identity=previous, new_identity=identity)
+                self._emit(EventType.DEVICE_RESET, old_identity=previous, new_identity=identity)
                 try:
-                    await self.driver.on_reset()
+                    await self.adapter.on_reset()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -983,7 +995,7 @@ class Supervisor:
         # Shield the close: a stop that cancels us must still release the socket.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(timeout):
-                await asyncio.shield(self.driver.disconnect())
+                await asyncio.shield(self.adapter.disconnect())
 
     # ------------------------------------------------------------- connected
 
@@ -1006,9 +1018,9 @@ class Supervisor:
         if was_reconnect:
             self.connection.stats.add({"reconnects": 1}, self._clock.time())
         self._transition(S.CONNECTED, None)
-        self._emit("connected", reconnect=was_reconnect)
+        self._emit(EventType.CONNECTED, reconnect=was_reconnect)
         if was_reconnect:
-            self._emit("reconnect_ok", attempts=attempt)
+            self._emit(EventType.RECONNECT_OK, attempts=attempt)
 
         self._child_crashes = None
         if s.health_check_interval is not None:
@@ -1083,7 +1095,7 @@ class Supervisor:
             exc_info=exc,
         )
         self._emit(
-            "supervisor_restarted",
+            EventType.SUPERVISOR_RESTARTED,
             cause="task_died",
             task=role,
             detail=repr(exc),
@@ -1102,7 +1114,7 @@ class Supervisor:
         if self._sm.state is S.CONNECTED:
             attempts, self._attempts = self._attempts, 0
             self._cooldown = self.settings.suspend_cooldown
-            self._emit("connection_stable", previous_attempts=attempts)
+            self._emit(EventType.CONNECTION_STABLE, previous_attempts=attempts)
 
     def _arm_data_watchdog(self, timeout: float) -> None:
         last = self._last_data_mono or self._clock.monotonic()
@@ -1115,7 +1127,7 @@ class Supervisor:
             return
         last = self._last_data_mono or 0.0
         if self._clock.monotonic() - last >= timeout:
-            self._lose(_Lost("data_timeout"))
+            self._lose(_Lost(Reason.DATA_TIMEOUT))
         else:
             self._arm_data_watchdog(timeout)
 
@@ -1152,9 +1164,9 @@ class Supervisor:
         error: BaseException | None = None
         ok = False
         try:
-            if not self.driver.is_connected():
-                return _Lost("connection_lost")
-            ok = await self._call("health", s.health_check_timeout, self.driver.health_check)
+            if not self.adapter.is_connected():
+                return _Lost(Reason.CONNECTION_LOST)
+            ok = await self._call("health", s.health_check_timeout, self.adapter.health_check)
             if ok and self._extra_checks is not None:
                 for check in self._extra_checks():
                     ok = bool(await self._call("health", s.health_check_timeout, check))
@@ -1165,7 +1177,7 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - any failure of the check is a failed check
             verdict = classify(exc)
             if verdict.action is Action.SLEEP:
-                return _Lost("device_sleep", exc, sleep=True)
+                return _Lost(Reason.DEVICE_SLEEP, exc, sleep=True)
             if verdict.action is Action.PERMANENT:
                 return _Lost(verdict.reason, exc, permanent=True)
             error = exc
@@ -1182,7 +1194,7 @@ class Supervisor:
         text = _describe(error) if error else "health check returned False"
         self._last_error = text
         self._emit(
-            "health_check_failed",
+            EventType.HEALTH_CHECK_FAILED,
             failures=self._health_failures,
             threshold=s.health_check_failures,
             error=text,
@@ -1190,8 +1202,10 @@ class Supervisor:
         if self._health_failures >= s.health_check_failures:
             self._set_health(Health.UNHEALTHY)
             if error is not None and classify(error).action is Action.TIMEOUT:
-                return _Lost("half_open" if self.driver.is_connected() else "timeout", error)
-            return _Lost("health_check_failed", error)
+                return _Lost(
+                    Reason.HALF_OPEN if self.adapter.is_connected() else Reason.TIMEOUT, error
+                )
+            return _Lost(Reason.HEALTH_CHECK_FAILED, error)
         self._set_health(Health.DEGRADED)
         return None
 
@@ -1199,7 +1213,7 @@ class Supervisor:
         s = self.settings
         next_at = self._clock.monotonic()
         while True:
-            if self.driver.has_read_many:
+            if self.adapter.has_read_many:
                 if not await self._poll_batch(group):
                     return
                 next_at = await self._next_poll_round(next_at, group.interval)
@@ -1209,7 +1223,7 @@ class Supervisor:
                     continue
                 try:
                     value = await self._call(
-                        "poll", s.request_timeout, functools.partial(self.driver.read, tag)
+                        "poll", s.request_timeout, functools.partial(self.adapter.read, tag)
                     )
                 except asyncio.CancelledError:
                     raise
@@ -1246,7 +1260,7 @@ class Supervisor:
                 return True
         try:
             results = await self._call(
-                "poll", s.request_timeout, functools.partial(self.driver.read_many, tags)
+                "poll", s.request_timeout, functools.partial(self.adapter.read_many, tags)
             )
         except asyncio.CancelledError:
             raise
@@ -1288,7 +1302,7 @@ class Supervisor:
             self._strike(tags, exc)
             return True
         if action is Action.SLEEP:
-            self._lose(_Lost("device_sleep", exc, sleep=True))
+            self._lose(_Lost(Reason.DEVICE_SLEEP, exc, sleep=True))
         elif action is Action.TIMEOUT:
             self._strike(tags, exc)
             self._handle_tx_drop()
@@ -1317,7 +1331,7 @@ class Supervisor:
             self._flapping_since = self._clock.time()
         # One event per hold-down (the hold-down itself bounds how often).
         self._emit(
-            "flapping",
+            EventType.FLAPPING,
             flaps=damper.flaps,
             penalty=round(damper.penalty(now), 1),
             hold_down=round(hold, 3),
@@ -1350,7 +1364,7 @@ class Supervisor:
         held_back = sum(n for _, n in self._coalesced.values())
         self._coalesced.clear()
         self._emit(
-            "flap_cleared",
+            EventType.FLAP_CLEARED,
             reason=reason,
             flapping_since=since,
             suppressed_events=self.suppressed_events,
@@ -1384,7 +1398,13 @@ class Supervisor:
             # The link stays, so the tags' values are bad now (once per good->bad).
             for tag in tags:
                 self._handle_data(tag, None, "bad", None, text)
-            self._emit("error", reason="read_crashed", tag=tags[0], tags=list(tags), error=text)
+            self._emit(
+                EventType.ERROR,
+                reason=Reason.READ_CRASHED,
+                tag=tags[0],
+                tags=list(tags),
+                error=text,
+            )
         limit = self.settings.poison_after
         if limit is None:
             return
@@ -1397,7 +1417,7 @@ class Supervisor:
             self._strikes.pop(tag, None)
             self._quarantine[tag] = {
                 "tag": tag,
-                "reason": "poison",
+                "reason": Reason.POISON,
                 "cause": "crash" if crash else "timeout",
                 "error": text,
                 "since": self._clock.time(),
@@ -1418,8 +1438,8 @@ class Supervisor:
             exc_info=exc if crash else None,
         )
         self._emit(
-            "poll_quarantined",
-            reason="poison",
+            EventType.POLL_QUARANTINED,
+            reason=Reason.POISON,
             cause="crash" if crash else "timeout",
             tags=newly,
             strikes=limit,
@@ -1445,14 +1465,14 @@ class Supervisor:
             del self._quarantine[name]
             self._strikes.pop(name, None)
         if released:
-            self._emit("quarantine_released", tags=released)
+            self._emit(EventType.QUARANTINE_RELEASED, tags=released)
         return released
 
     def _read_refused(self, tag: str, exc: BaseException) -> None:
         """A read of ``tag`` failed, the link stays: report it bad and say why, once."""
         error = _describe(exc)
         if self._handle_data(tag, None, "bad", None, error):
-            self._emit("error", reason="read_failed", tag=tag, error=error)
+            self._emit(EventType.ERROR, reason=Reason.READ_FAILED, tag=tag, error=error)
 
     # ----------------------------------------------------------- vital signs
 
@@ -1464,8 +1484,8 @@ class Supervisor:
         self._watch_counts[rule.tag] = count
         data = {"tag": rule.tag, "value": value, "consecutive": count}
         if count == rule.warning_after:
-            self._emit("power_warning", **data)
+            self._emit(EventType.POWER_WARNING, **data)
             if rule.health_check:
                 self.kick_health_check()
         if count == rule.critical_after:
-            self._emit("power_critical", **data)
+            self._emit(EventType.POWER_CRITICAL, **data)

@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from edgelink.api.server import ApiServer
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.service.gateway import Gateway
 from edgelink.testing.peers import PingPongPeer
 
 TOKEN = "test-token-0123456789abcdef"
 
 
-class DecodeBugDevice(TCPConnection):
+class DecodeBugDevice(TcpConnection):
     """A driver whose decoding of ``status`` crashes (a KeyError)."""
 
     type_name = "decode_bug_api"

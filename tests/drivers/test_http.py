@@ -24,7 +24,7 @@ from edgelink import (
     ProtocolError,
 )
 from edgelink.drivers._socket import tcp_socket_options
-from edgelink.drivers.http import HTTPConnection, Request, parse_tag, resolve_pointer
+from edgelink.drivers.http import HttpConnection, Request, parse_tag, resolve_pointer
 from edgelink.registry import DriverRegistry
 from edgelink.sim.http import HttpDevice, HttpSimulator
 from edgelink.testing import ManualClock
@@ -63,16 +63,16 @@ async def own_sim() -> AsyncIterator[HttpSimulator]:
 
 
 @pytest.fixture
-async def conns() -> AsyncIterator[list[HTTPConnection]]:
+async def conns() -> AsyncIterator[list[HttpConnection]]:
     """Standalone drivers, disconnected at teardown."""
-    made: list[HTTPConnection] = []
+    made: list[HttpConnection] = []
     yield made
     for c in made:
         await c.disconnect()
 
 
-async def connected(made: list[HTTPConnection], sim: HttpSimulator, **extra: Any) -> HTTPConnection:
-    conn = HTTPConnection("dev", {"base_url": sim.url, **extra})
+async def connected(made: list[HttpConnection], sim: HttpSimulator, **extra: Any) -> HttpConnection:
+    conn = HttpConnection("dev", {"base_url": sim.url, **extra})
     made.append(conn)
     await conn.connect()
     assert await conn.health_check()
@@ -193,13 +193,13 @@ def test_resolve_pointer_errors_say_where(tokens: tuple[str, ...], text: str) ->
 def test_bad_config_names_the_key(config: dict[str, Any], path: str, text: str) -> None:
     """Test that each bad config key is a ConfigError naming its path and the reason."""
     with pytest.raises(ConfigError, match=text) as info:
-        HTTPConnection("dev", config)
+        HttpConnection("dev", config)
     assert info.value.path == path
 
 
 async def test_missing_ca_bundle_is_a_config_error() -> None:
     """Test that an unreadable CA bundle fails the connect as a ConfigError on config.verify."""
-    conn = HTTPConnection("dev", {"base_url": "https://127.0.0.1:1", "verify": "/nonexistent.pem"})
+    conn = HttpConnection("dev", {"base_url": "https://127.0.0.1:1", "verify": "/nonexistent.pem"})
     with pytest.raises(ConfigError) as info:
         await conn.connect()
     assert info.value.path == "config.verify"
@@ -207,7 +207,7 @@ async def test_missing_ca_bundle_is_a_config_error() -> None:
 
 def test_registered_as_a_driver() -> None:
     """Test that 'http' is found by the driver registry."""
-    assert DriverRegistry().get("http") is HTTPConnection
+    assert DriverRegistry().get("http") is HttpConnection
 
 
 def test_socket_options_match_the_tcp_tuning() -> None:
@@ -225,7 +225,7 @@ def test_socket_options_match_the_tcp_tuning() -> None:
 
 
 async def test_read_with_and_without_pointer(
-    conns: list[HTTPConnection], sim: HttpSimulator
+    conns: list[HttpConnection], sim: HttpSimulator
 ) -> None:
     """Test that reads return JSON values, the pointed-to part, or text, and count traffic."""
     conn = await connected(conns, sim)
@@ -243,7 +243,7 @@ async def test_read_with_and_without_pointer(
 
 
 async def test_write_sends_json_with_the_method(
-    conns: list[HTTPConnection], sim: HttpSimulator
+    conns: list[HttpConnection], sim: HttpSimulator
 ) -> None:
     """Test that writes PUT by default, POST/PATCH when the tag says, always as JSON."""
     conn = await connected(conns, sim)
@@ -274,7 +274,7 @@ async def test_write_sends_json_with_the_method(
     ],
 )
 async def test_device_refusals_are_device_errors(
-    conns: list[HTTPConnection], sim: HttpSimulator, tag: str, error: type[Exception], text: str
+    conns: list[HttpConnection], sim: HttpSimulator, tag: str, error: type[Exception], text: str
 ) -> None:
     """Test that 4xx answers, bad tags and pointers to nothing are DeviceErrors."""
     conn = await connected(conns, sim)
@@ -286,7 +286,7 @@ async def test_device_refusals_are_device_errors(
 
 
 async def test_garbage_json_is_a_protocol_error(
-    conns: list[HTTPConnection], sim: HttpSimulator
+    conns: list[HttpConnection], sim: HttpSimulator
 ) -> None:
     """Test that a body announced as JSON that does not parse is a ProtocolError."""
     conn = await connected(conns, sim)
@@ -299,7 +299,7 @@ async def test_garbage_json_is_a_protocol_error(
 
 
 async def test_server_errors_and_timeouts_are_transient(
-    conns: list[HTTPConnection], own_sim: HttpSimulator
+    conns: list[HttpConnection], own_sim: HttpSimulator
 ) -> None:
     """Test that 5xx is a ConnectError, a slow answer a ConnectTimeout, a dead port a ConnectError."""
     conn = await connected(conns, own_sim, timeout=0.1)
@@ -317,7 +317,7 @@ async def test_server_errors_and_timeouts_are_transient(
 
 
 async def test_api_key_is_sent_and_never_shown(
-    conns: list[HTTPConnection], keyed_sim: HttpSimulator
+    conns: list[HttpConnection], keyed_sim: HttpSimulator
 ) -> None:
     """Test that the api key authenticates (header or Bearer) and appears in no repr or status."""
     conn = await connected(conns, keyed_sim, api_key=KEY)
@@ -329,7 +329,7 @@ async def test_api_key_is_sent_and_never_shown(
     for c in (conn, bearer):
         assert KEY not in repr(c)
         assert KEY not in str(c.get_status())
-    nokey = HTTPConnection("dev", {"base_url": keyed_sim.url})
+    nokey = HttpConnection("dev", {"base_url": keyed_sim.url})
     conns.append(nokey)
     await nokey.connect()
     with pytest.raises(PermanentError, match=r"authentication failed \(api_key missing\)"):
@@ -513,7 +513,7 @@ def https_sim(tls_files: dict[str, str]) -> Iterator[HttpSimulator]:
 
 
 async def test_https_with_the_device_ca(
-    conns: list[HTTPConnection], https_sim: HttpSimulator, tls_files: dict[str, str]
+    conns: list[HttpConnection], https_sim: HttpSimulator, tls_files: dict[str, str]
 ) -> None:
     """Test that HTTPS works with the device's CA bundle, and with verify false."""
     assert https_sim.url.startswith("https://")

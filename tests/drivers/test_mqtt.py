@@ -19,7 +19,7 @@ import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelink import ConfigError, ConnectError, ConnectionManager, DeviceError
-from edgelink.drivers.mqtt import MQTTConnection, decode_payload, encode_payload
+from edgelink.drivers.mqtt import MqttConnection, decode_payload, encode_payload
 from edgelink.registry import DriverRegistry
 from edgelink.testing import FaultMode, FaultProxy, ManualClock
 from edgelink.testing.fault_proxy import DEFAULT_GARBAGE
@@ -139,9 +139,9 @@ class Data:
 
 
 @pytest.fixture
-async def standalone() -> AsyncIterator[list[MQTTConnection]]:
+async def standalone() -> AsyncIterator[list[MqttConnection]]:
     """Drivers without a manager; every one is disconnected at teardown."""
-    conns: list[MQTTConnection] = []
+    conns: list[MqttConnection] = []
     yield conns
     for c in conns:
         await c.disconnect()
@@ -229,13 +229,13 @@ def test_encode_payload_refuses_what_json_cannot_say(value: object) -> None:
 def test_bad_config_names_the_key(config: dict[str, Any], path: str, text: str) -> None:
     """Test that each bad config key is a ConfigError naming its path and the reason."""
     with pytest.raises(ConfigError, match=text) as info:
-        MQTTConnection("m", config)
+        MqttConnection("m", config)
     assert info.value.path == path
 
 
 def test_password_stays_out_of_repr_and_status() -> None:
     """Test that the password appears in neither the repr nor the status."""
-    conn = MQTTConnection("m", {"host": "h", "username": "alice", "password": "s3cr3t-pw"})
+    conn = MqttConnection("m", {"host": "h", "username": "alice", "password": "s3cr3t-pw"})
     assert "s3cr3t-pw" not in repr(conn)
     assert "s3cr3t-pw" not in str(conn.get_status())
     assert "alice" in repr(conn)
@@ -243,14 +243,14 @@ def test_password_stays_out_of_repr_and_status() -> None:
 
 def test_tls_defaults_to_port_8883() -> None:
     """Test that the default port follows tls (1883 plain, 8883 TLS) and an explicit one wins."""
-    assert MQTTConnection("m", {"host": "h"}).port == 1883
-    assert MQTTConnection("m", {"host": "h", "tls": True}).port == 8883
-    assert MQTTConnection("m", {"host": "h", "tls": True, "port": 9000}).port == 9000
+    assert MqttConnection("m", {"host": "h"}).port == 1883
+    assert MqttConnection("m", {"host": "h", "tls": True}).port == 8883
+    assert MqttConnection("m", {"host": "h", "tls": True, "port": 9000}).port == 9000
 
 
 def test_registered_as_a_driver() -> None:
     """Test that 'mqtt' is found by the driver registry."""
-    assert DriverRegistry().get("mqtt") is MQTTConnection
+    assert DriverRegistry().get("mqtt") is MqttConnection
 
 
 # ------------------------------------------------------------- data plane
@@ -278,7 +278,7 @@ async def test_subscribed_messages_become_datapoints(
             ("misc/a/b", {"v": 1}),
         ]
         conn = m.get_connection("mq")
-        assert isinstance(conn, MQTTConnection)
+        assert isinstance(conn, MqttConnection)
         assert await conn.read("plant/1/power") == 21.5
         stats = m.get_status("mq")["stats"]
         assert stats["packets_received"] == 3
@@ -330,7 +330,7 @@ async def test_write_publishes_with_qos_and_retain(
         await wait_until(lambda: late.messages)
         assert late.messages == [("cmd/mode", b"eco", True)]  # retained
         conn = m.get_connection("mq")
-        assert isinstance(conn, MQTTConnection)
+        assert isinstance(conn, MqttConnection)
         assert conn.publish("cmd/fast", "x", qos=0, retain=False) is None
         fut = conn.publish("cmd/acked", "y", qos=2)
         assert fut is not None
@@ -352,7 +352,7 @@ async def test_a_publish_from_a_datapoint_callback_goes_out(
     async with m:
         await m.wait_for_state("mq", "connected", timeout=5)
         conn = m.get_connection("mq")
-        assert isinstance(conn, MQTTConnection)
+        assert isinstance(conn, MqttConnection)
         await wait_until(lambda: conn.subscriptions.is_confirmed())
         # A QoS 1 publish first: paho then calls on_publish for every QoS 0
         # packet it writes, under the lock its read holds during on_message.
@@ -381,14 +381,14 @@ async def test_a_publish_from_a_datapoint_callback_goes_out(
 
 
 async def test_a_burst_the_socket_cannot_take_goes_out_in_order(
-    standalone: list[MQTTConnection], broker: MosquittoBroker, peer_factory: Callable[..., Peer]
+    standalone: list[MqttConnection], broker: MosquittoBroker, peer_factory: Callable[..., Peer]
 ) -> None:
     """Test that publishes beyond the socket buffer wait for it to drain and arrive in order."""
     peer = peer_factory(broker)
     peer.subscribe("burst/#")
     count, payload = 400, b"x" * 32768  # 13 MB: far more than the socket buffers hold
     async with FaultProxy(broker.host, broker.port) as proxy:
-        conn = MQTTConnection("m", {"host": proxy.address[0], "port": proxy.port})
+        conn = MqttConnection("m", {"host": proxy.address[0], "port": proxy.port})
         standalone.append(conn)
         await conn.connect()
         proxy.mode = FaultMode.STALL
@@ -403,10 +403,10 @@ async def test_a_burst_the_socket_cannot_take_goes_out_in_order(
 
 
 async def test_read_errors_say_why(
-    standalone: list[MQTTConnection], broker: MosquittoBroker
+    standalone: list[MqttConnection], broker: MosquittoBroker
 ) -> None:
     """Test that read() of an unsubscribed, wildcard or silent topic is a DeviceError saying so."""
-    conn = MQTTConnection("m", cfg(broker, subscribe=["a/+"]))
+    conn = MqttConnection("m", cfg(broker, subscribe=["a/+"]))
     standalone.append(conn)
     await conn.connect()
     with pytest.raises(DeviceError, match="no subscription matches"):
@@ -419,16 +419,16 @@ async def test_read_errors_say_why(
 
 async def test_write_when_down_is_a_connect_error() -> None:
     """Test that publishing without a link is a ConnectError (execute_with_retry waits then)."""
-    conn = MQTTConnection("m", {"host": "127.0.0.1"})
+    conn = MqttConnection("m", {"host": "127.0.0.1"})
     with pytest.raises(ConnectError, match="not connected"):
         await conn.write("a", 1)
     with pytest.raises(ConnectError, match="not connected"):
         await conn.health_check()
 
 
-async def test_socket_is_tuned(standalone: list[MQTTConnection], broker: MosquittoBroker) -> None:
+async def test_socket_is_tuned(standalone: list[MqttConnection], broker: MosquittoBroker) -> None:
     """Test that TCP_NODELAY (which paho leaves off), keepalive and TCP_USER_TIMEOUT are set."""
-    conn = MQTTConnection("m", cfg(broker, keepalive_idle=11, tcp_user_timeout=7))
+    conn = MqttConnection("m", cfg(broker, keepalive_idle=11, tcp_user_timeout=7))
     standalone.append(conn)
     await conn.connect()
     assert conn._client is not None
@@ -445,11 +445,11 @@ async def test_socket_is_tuned(standalone: list[MQTTConnection], broker: Mosquit
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_both_protocol_versions(
-    standalone: list[MQTTConnection], broker: MosquittoBroker, protocol: str
+    standalone: list[MqttConnection], broker: MosquittoBroker, protocol: str
 ) -> None:
     """Test that MQTT 3.1.1 and 5 both connect, echo the health probe and carry messages."""
     got: list[tuple[str, Any]] = []
-    conn = MQTTConnection("m", cfg(broker, protocol=protocol, qos=1, subscribe=[f"v/{protocol}"]))
+    conn = MqttConnection("m", cfg(broker, protocol=protocol, qos=1, subscribe=[f"v/{protocol}"]))
     conn.report_data = lambda tag, value, **kw: got.append((tag, value))  # type: ignore[method-assign]
     standalone.append(conn)
     await conn.connect()
@@ -460,12 +460,12 @@ async def test_both_protocol_versions(
 
 
 async def test_health_check_modes_with_an_acl(
-    standalone: list[MQTTConnection], auth_broker: MosquittoBroker
+    standalone: list[MqttConnection], auth_broker: MosquittoBroker
 ) -> None:
     """Test that 'echo' needs the health topic (bob may not use it) and 'ping' needs nothing."""
-    alice = MQTTConnection("a", cfg(auth_broker, username="alice", password="secret"))
-    bob_echo = MQTTConnection("b", cfg(auth_broker, username="bob", password="hunter2"))
-    bob_ping = MQTTConnection(
+    alice = MqttConnection("a", cfg(auth_broker, username="alice", password="secret"))
+    bob_echo = MqttConnection("b", cfg(auth_broker, username="bob", password="hunter2"))
+    bob_ping = MqttConnection(
         "p", cfg(auth_broker, username="bob", password="hunter2", health_check="ping")
     )
     standalone.extend([alice, bob_echo, bob_ping])
@@ -515,7 +515,7 @@ async def test_broker_restart_reconnects_and_resubscribes(
         cfg(own_broker, subscribe=["plant/#"], qos=1),
         poll=[{"tags": ["plant/1/power"], "interval": 1.0}],
     )
-    assert isinstance(conn, MQTTConnection)
+    assert isinstance(conn, MqttConnection)
     conn.subscribe("late/topic")  # added at run time: replayed too
     async with m:
         await m.wait_for_state("mq", "connected", timeout=5)
@@ -557,7 +557,7 @@ async def test_expect_data_without_datum_degrades_until_data_flows(
         "mqtt",
         cfg(broker, subscribe=[{"topic": topic, "expect_data": True}], subscribe_timeout=10),
     )
-    assert isinstance(conn, MQTTConnection)
+    assert isinstance(conn, MqttConnection)
     async with m:
         await m.wait_for_state("mq", "connected", timeout=5)
         assert m.get_status("mq")["health"] == "healthy"
@@ -664,7 +664,7 @@ async def test_stalled_broker_fails_the_health_check(
 async def test_reconnect_cycles_leak_nothing(broker: MosquittoBroker) -> None:
     """Test that many connect/disconnect cycles leave no sockets, tasks or threads behind."""
     proc = psutil.Process(os.getpid())
-    conn = MQTTConnection("m", cfg(broker, subscribe=["leak/#"]))
+    conn = MqttConnection("m", cfg(broker, subscribe=["leak/#"]))
     await conn.connect()
     await conn.disconnect()
     gc.collect()  # what earlier tests left for the collector is not ours
@@ -705,11 +705,11 @@ def tls_broker(tls_files: dict[str, str]) -> Iterator[MosquittoBroker]:
 
 
 async def test_tls_connects_checks_and_carries_messages(
-    standalone: list[MQTTConnection], tls_broker: MosquittoBroker, tls_files: dict[str, str]
+    standalone: list[MqttConnection], tls_broker: MosquittoBroker, tls_files: dict[str, str]
 ) -> None:
     """Test that a TLS link with the broker's CA connects, echoes and carries messages."""
     got: list[tuple[str, Any]] = []
-    conn = MQTTConnection(
+    conn = MqttConnection(
         "m", cfg(tls_broker, tls=True, ca_file=tls_files["ca"], subscribe=["t/#"], qos=1)
     )
     conn.report_data = lambda tag, value, **kw: got.append((tag, value))  # type: ignore[method-assign]
@@ -756,18 +756,18 @@ async def test_tls_certificate_refusal_is_the_error_state(
 
 
 async def test_tls_without_verification_and_bad_files(
-    standalone: list[MQTTConnection], tls_broker: MosquittoBroker
+    standalone: list[MqttConnection], tls_broker: MosquittoBroker
 ) -> None:
     """Test that verify false connects to any certificate and a missing CA file is a ConfigError."""
-    conn = MQTTConnection("m", cfg(tls_broker, tls=True, verify=False))
+    conn = MqttConnection("m", cfg(tls_broker, tls=True, verify=False))
     standalone.append(conn)
     await conn.connect()
     assert await asyncio.wait_for(conn.health_check(), 2)
-    bad = MQTTConnection("b", cfg(tls_broker, tls=True, ca_file="/nonexistent/ca.pem"))
+    bad = MqttConnection("b", cfg(tls_broker, tls=True, ca_file="/nonexistent/ca.pem"))
     with pytest.raises(ConfigError) as info:
         await bad.connect()
     assert info.value.path == "config.ca_file"
-    plain = MQTTConnection("p", cfg(tls_broker))  # plain MQTT to a TLS port
+    plain = MqttConnection("p", cfg(tls_broker))  # plain MQTT to a TLS port
     standalone.append(plain)
     with pytest.raises(ConnectError):
         await asyncio.wait_for(plain.connect(), 2)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from edgelink import ConfigError, ConnectError, DeviceError, ProtocolError
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing.peers import PingPongPeer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -32,8 +32,8 @@ async def raw_server() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
         await server.wait_closed()
 
 
-def driver(port: int, **extra: object) -> TCPConnection:
-    return TCPConnection("dev", {"host": "127.0.0.1", "port": port, **extra})
+def driver(port: int, **extra: object) -> TcpConnection:
+    return TcpConnection("dev", {"host": "127.0.0.1", "port": port, **extra})
 
 
 async def test_request_read_write_and_stats(peer: PingPongPeer) -> None:
@@ -194,5 +194,5 @@ async def test_garbage_fails_pending_request(
 def test_bad_config(config: dict[str, object], path: str) -> None:
     """Test that a bad tcp config is a ConfigError naming the key."""
     with pytest.raises(ConfigError) as info:
-        TCPConnection("dev", config)
+        TcpConnection("dev", config)
     assert info.value.path == path

@@ -10,11 +10,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.errors import AuthError, ConfigError, DeviceError, DeviceSleepError
 
 
-class ModalDevice(TCPConnection):
+class ModalDevice(TcpConnection):
     """A tcp device whose health check reads ``mode``: SLEEP sleeps, DENIED is an auth error."""
 
     type_name = "modal"
@@ -28,7 +28,7 @@ class ModalDevice(TCPConnection):
         return mode == "OK"
 
 
-class StubbornDevice(TCPConnection):
+class StubbornDevice(TcpConnection):
     """A driver bug: connect() swallows cancellation and hangs once ``hang`` is set."""
 
     type_name = "stubborn"
@@ -53,7 +53,7 @@ class DriverBug(BaseException):
     """Escapes ``except Exception``: what a badly broken driver could throw."""
 
 
-class CrashingDevice(TCPConnection):
+class CrashingDevice(TcpConnection):
     """A driver whose first connect raises a BaseException the supervisor cannot classify."""
 
     type_name = "crashing"
@@ -66,7 +66,7 @@ class CrashingDevice(TCPConnection):
         await super().connect()
 
 
-class BatchDevice(TCPConnection):
+class BatchDevice(TcpConnection):
     """A tcp device with a batched read: one ``read_many`` call per poll round.
 
     Tags starting with ``bad`` are refused by ``check_tag``; a tag the device
@@ -95,7 +95,7 @@ class BatchDevice(TCPConnection):
         return results
 
 
-class CrashingPoller(TCPConnection):
+class CrashingPoller(TcpConnection):
     """A driver whose read of ``temperature`` raises a BaseException ``crashes`` times.
 
     The exception escapes the poller's ``except Exception``: its task dies.

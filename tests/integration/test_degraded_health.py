@@ -7,7 +7,7 @@ from collections.abc import Callable
 from conftest import Recorder, tcp
 from edgelink import ConnectionManager
 from edgelink.clock import SystemClock
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing import ManualClock, PingPongPeer
 
 Make = Callable[..., ConnectionManager]
@@ -20,7 +20,7 @@ async def test_driver_degraded_reason_shows_in_health_and_status(
     m = make_manager(clock=clock, watchdog_interval=1e9, health_check_interval=5)
     rec = Recorder(m)
     conn = m.add_connection("dev", "tcp", tcp(peer.port))
-    assert isinstance(conn, TCPConnection)
+    assert isinstance(conn, TcpConnection)
     async with m:
         await m.wait_for_state("dev", "connected", timeout=5)
         assert conn.clock is clock  # a driver's timers run on the manager's clock
@@ -57,7 +57,7 @@ async def test_degraded_reason_carries_into_a_new_link(
 
 def test_standalone_driver_has_the_system_clock() -> None:
     """Test that a driver without an owner uses the system clock and keeps its reason."""
-    conn = TCPConnection("dev", tcp(1))
+    conn = TcpConnection("dev", tcp(1))
     assert isinstance(conn.clock, SystemClock)
     conn.report_degraded("x")
     assert conn.degraded_reason == "x"

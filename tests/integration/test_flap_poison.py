@@ -12,7 +12,7 @@ from devices import BatchDevice
 
 from conftest import Recorder, tcp
 from edgelink import ConnectionManager, Health
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing import ManualClock
 from edgelink.testing.fault_proxy import FaultProxy
 from edgelink.testing.peers import PingPongPeer
@@ -175,7 +175,7 @@ async def test_dampening_off_reconnects_every_time(
 # ------------------------------------------------------------------ poison
 
 
-class DecodeBugDevice(TCPConnection):
+class DecodeBugDevice(TcpConnection):
     """A driver with a decoding bug: the reply to ``status`` raises KeyError."""
 
     type_name = "decode_bug"
@@ -192,7 +192,7 @@ class DecodeBugDevice(TCPConnection):
         return raw
 
 
-class HangingTagDevice(TCPConnection):
+class HangingTagDevice(TcpConnection):
     """A driver whose read of ``stuck`` never returns (its handler hangs)."""
 
     type_name = "hanging_tag"
@@ -224,7 +224,7 @@ async def poll_rounds(clock: ManualClock, n: int) -> None:
 def buggy_device(
     make_manager: Make,
     clock: ManualClock,
-    cls: type[TCPConnection],
+    cls: type[TcpConnection],
     peer: PingPongPeer,
     groups: list[list[str]],
 ) -> tuple[ConnectionManager, Any, Recorder, DataLog]:

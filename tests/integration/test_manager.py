@@ -15,8 +15,8 @@ import pytest
 
 from conftest import FAST, Recorder, tcp
 from edgelink import ConfigError, ConnectionManager, ConnectionState, Health
-from edgelink.drivers.configs import TCPConfig
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.configs import TcpConfig
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing.peers import PingPongPeer
 
 S = ConnectionState
@@ -209,14 +209,14 @@ async def test_no_leaks_after_500_reconnect_cycles(make_manager: Make, peer: Pin
     assert peer.connections == 0
 
 
-class TCPWithLoginConfig(TCPConfig):
+class TCPWithLoginConfig(TcpConfig):
     """The tcp config plus credentials, as a custom driver might take them."""
 
     password: str | None = None
     api_key: str | None = None
 
 
-class TCPWithLogin(TCPConnection):
+class TCPWithLogin(TcpConnection):
     """The tcp driver with credentials in its config (it never sends them)."""
 
     config_model = TCPWithLoginConfig

@@ -102,9 +102,9 @@ def test_check_tag_fails_at_config_time(
 async def test_default_read_many_maps_refused_tags_to_their_error(peer: PingPongPeer) -> None:
     """Test that Connection.read_many reads tag by tag and keeps a refused tag's DeviceError."""
     from edgelink import DeviceError
-    from edgelink.drivers.tcp import TCPConnection
+    from edgelink.drivers.tcp import TcpConnection
 
-    conn = TCPConnection("dev", tcp(peer.port))
+    conn = TcpConnection("dev", tcp(peer.port))
     await conn.connect()
     try:
         results = await conn.read_many(["temperature", "missing"])

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Recorder, tcp
 from edgelink import ConnectionLostError, ConnectionManager, ConnectionState, MemoryTarget
-from edgelink.drivers.tcp import TCPConnection
+from edgelink.drivers.tcp import TcpConnection
 from edgelink.testing import ManualClock
 from edgelink.testing.peers import PingPongPeer
 
@@ -19,7 +19,7 @@ Make = Callable[..., ConnectionManager]
 NO_WATCHDOG = 1e9
 
 
-class ChattyDevice(TCPConnection):
+class ChattyDevice(TcpConnection):
     """A tcp device that can push a burst of datapoints, like a flooding plugin."""
 
     type_name = "chatty"

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "edgelink.backoff": 1,
     "edgelink.events": 1,
     "edgelink.clock": 1,
+    "edgelink.lifecycle": 1,
     "edgelink.deadline": 1,
     "edgelink.redact": 1,
     "edgelink.dampening": 1,

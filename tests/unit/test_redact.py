@@ -136,9 +136,9 @@ def test_filter_redacts_message_args_and_exception_text() -> None:
 
 def test_driver_config_errors_never_quote_a_password() -> None:
     """Test that a driver's config error (what check and reload report) redacts the URL it quotes."""
-    from edgelink.drivers.http import HTTPConnection
+    from edgelink.drivers.http import HttpConnection
 
     with pytest.raises(ConfigError) as info:
-        HTTPConnection("m", {"base_url": "ftp://u:Cp-check-01@h/x"})
+        HttpConnection("m", {"base_url": "ftp://u:Cp-check-01@h/x"})
     assert "ftp://***@h/x" in str(info.value)
     assert "Cp-check-01" not in str(info.value)

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from edgelink.bridge.topics import TopicError, decode_address, encode_topic
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
+from edgelink.lifecycle import Service
 from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.router.wire import WireEncoder
 from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
@@ -125,7 +126,7 @@ def _reason(exc: BaseException) -> str:
     return f"{text} (0x{code:02X})" if isinstance(code, int) else text
 
 
-class MqttBridge:
+class MqttBridge(Service):
     """Mirrors the data space to MQTT and takes ``/set`` commands back.
 
     Args:
@@ -295,6 +296,7 @@ class MqttBridge:
         self._task = asyncio.get_running_loop().create_task(
             self._run_uplink(), name=f"edgelink[{self.connection_id}].bridge"
         )
+        self._arm_leak_warning()
         if self._manager.get_state(self.connection_id) == "connected":
             self._link_up()
 
@@ -309,6 +311,7 @@ class MqttBridge:
         self._live = False
         self._requeue_inflight()
         task, self._task = self._task, None
+        self._disarm_leak_warning()
         if task is not None:
             await cancel_and_wait(task)
         for write in list(self._writes):

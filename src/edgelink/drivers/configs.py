@@ -51,11 +51,11 @@ __all__ = [
     "Bool",
     "DriverConfig",
     "FramingOptions",
-    "HTTPConfig",
+    "HttpConfig",
     "Host",
     "HostPort",
     "Int",
-    "MQTTConfig",
+    "MqttConfig",
     "ModbusConfig",
     "ModbusRtuConfig",
     "ModbusTcpConfig",
@@ -64,7 +64,7 @@ __all__ = [
     "Port",
     "Seconds",
     "SerialConfig",
-    "TCPConfig",
+    "TcpConfig",
     "TcpKeepalive",
     "Text",
     "TlsOptions",
@@ -204,7 +204,7 @@ class FramingOptions(DriverConfig):
 # --------------------------------------------------------------------- tcp
 
 
-class TCPConfig(HostPort, TcpKeepalive):
+class TcpConfig(HostPort, TcpKeepalive):
     """``tcp``: a line protocol over TCP (PING/PONG health)."""
 
     health_request: Payload = Field(default="PING\n", description="the health check's request")
@@ -345,7 +345,7 @@ class ModbusRtuConfig(ModbusConfig):
 # -------------------------------------------------------------------- http
 
 
-class HTTPConfig(TcpKeepalive):
+class HttpConfig(TcpKeepalive):
     """``http``: a device with a JSON-over-HTTP API."""
 
     base_url: Host = Field(description="http:// or https:// URL the tags are relative to")
@@ -394,7 +394,7 @@ class MqttWill(DriverConfig):
     retain: Bool = Field(default=False, description="retained by the broker")
 
 
-class MQTTConfig(TlsOptions, TcpKeepalive):
+class MqttConfig(TlsOptions, TcpKeepalive):
     """``mqtt``: an MQTT broker as a device endpoint."""
 
     host: Host = Field(description="the broker's host name or IP address")
@@ -541,11 +541,16 @@ def notification_times_error(item: AdsNotification, timeout: float) -> str | Non
 
 #: The config model of each built-in connection type (for ``edgelink schema``).
 BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
-    "tcp": TCPConfig,
+    "tcp": TcpConfig,
     "serial": SerialConfig,
     "modbus_tcp": ModbusTcpConfig,
     "modbus_rtu": ModbusRtuConfig,
-    "http": HTTPConfig,
-    "mqtt": MQTTConfig,
+    "http": HttpConfig,
+    "mqtt": MqttConfig,
     "ads": AdsConfig,
 }
+
+#: The former names (before 0.2), kept for one release.
+TCPConfig = TcpConfig
+HTTPConfig = HttpConfig
+MQTTConfig = MqttConfig

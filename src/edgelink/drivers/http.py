@@ -36,7 +36,7 @@ from typing import Any, Final, NamedTuple
 
 from edgelink.connection import Connection
 from edgelink.drivers._socket import tcp_socket_options
-from edgelink.drivers.configs import HTTPConfig
+from edgelink.drivers.configs import HttpConfig
 from edgelink.errors import (
     AuthError,
     ConfigError,
@@ -55,7 +55,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"the http driver needs httpx: pip install 'edgelink[http]' ({exc})") from exc
 
-__all__ = ["HTTPConnection", "Request", "parse_tag", "resolve_pointer"]
+__all__ = ["HttpConnection", "Request", "parse_tag", "resolve_pointer"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _is_json(response: httpx.Response) -> bool:
     return media == "application/json" or media.endswith("+json") or media == "text/json"
 
 
-class HTTPConnection(Connection):
+class HttpConnection(Connection):
     """A device behind an HTTP JSON API.
 
     Example:
@@ -220,8 +220,8 @@ class HTTPConnection(Connection):
     """
 
     type_name = "http"
-    config_model = HTTPConfig
-    cfg: HTTPConfig
+    config_model = HttpConfig
+    cfg: HttpConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -451,3 +451,7 @@ class HTTPConnection(Connection):
         if status < 500:
             raise DeviceError(text, code=status, connection_id=cid, retry_after=retry_after)
         raise ConnectError(text, connection_id=cid, retry_after=retry_after)
+
+
+#: The former name (before 0.2), kept for one release.
+HTTPConnection = HttpConnection

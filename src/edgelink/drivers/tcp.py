@@ -1,6 +1,6 @@
 r"""The ``tcp`` driver: a line protocol over TCP (PING/PONG health, ``tag=value`` writes).
 
-Config keys (the model `edgelink.drivers.configs.TCPConfig`; unknown keys are refused):
+Config keys (the model `edgelink.drivers.configs.TcpConfig`; unknown keys are refused):
 
 - ``host`` (required), ``port`` (required, 1..65535)
 - ``health_request`` (``"PING\n"``) and ``health_response`` (``"PONG"``)
@@ -34,10 +34,10 @@ from typing import Any
 from edgelink.connection import Connection
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.drivers.configs import TCPConfig
+from edgelink.drivers.configs import TcpConfig
 from edgelink.errors import ConnectError, DeviceError, ProtocolError
 
-__all__ = ["TCPConnection"]
+__all__ = ["TcpConnection"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _line(value: str | bytes) -> bytes:
     return data if data.endswith(b"\n") else data + b"\n"
 
 
-class TCPConnection(Connection):
+class TcpConnection(Connection):
     """A line-protocol TCP device, e.g. the PING/PONG simulator of `edgelink.sim`.
 
     Example:
@@ -59,8 +59,8 @@ class TCPConnection(Connection):
     """
 
     type_name = "tcp"
-    config_model = TCPConfig
-    cfg: TCPConfig
+    config_model = TcpConfig
+    cfg: TcpConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -283,7 +283,7 @@ class TCPConnection(Connection):
 
 
 class _LineProtocol(asyncio.Protocol):
-    """The socket side of `TCPConnection`: splits the byte stream into lines.
+    """The socket side of `TcpConnection`: splits the byte stream into lines.
 
     Kept apart from the driver so that asyncio's ``connection_lost`` callback
     does not collide with `Connection.connection_lost`, the hook that tells the
@@ -292,8 +292,8 @@ class _LineProtocol(asyncio.Protocol):
 
     __slots__ = ("_buffer", "_conn", "_drain_waiter", "closed", "paused")
 
-    def __init__(self, conn: TCPConnection) -> None:
-        self._conn: TCPConnection | None = conn
+    def __init__(self, conn: TcpConnection) -> None:
+        self._conn: TcpConnection | None = conn
         self._buffer = bytearray()
         self.paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -394,3 +394,7 @@ class _LineProtocol(asyncio.Protocol):
         if self._drain_waiter is None:
             self._drain_waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._drain_waiter)
+
+
+#: The former name (before 0.2), kept for one release.
+TCPConnection = TcpConnection

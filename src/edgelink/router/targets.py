@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from edgelink.lifecycle import AsyncResource
 from edgelink.router.datapoint import DataPoint
 
 __all__ = ["LogTarget", "MemoryTarget", "SendsData", "Target", "Writer"]
@@ -33,7 +34,7 @@ class SendsData(Protocol):
         """Deliver one datapoint."""
 
 
-class Target:
+class Target(AsyncResource):
     """Base class of targets: implement `send`; `send_batch` if many at once are cheaper.
 
     ``tag`` is the address at the target without its endpoint (for

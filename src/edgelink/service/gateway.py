@@ -43,7 +43,7 @@ from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
 from edgelink.documents import write_atomically
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
-from edgelink.events import Event, EventCallback, make_event
+from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
@@ -58,6 +58,7 @@ from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.lock import FolderLock
 from edgelink.service.token import resolve_token
+from edgelink.state import Reason
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 from edgelink.store.audit import AuditLog
 
@@ -485,9 +486,9 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await target.aclose()
         if self.events is not None:
-            await self.events.close()
+            await self.events.aclose()
         if self.db is not None:
-            await self.db.close()
+            await self.db.aclose()
         if self._lock is not None:
             self._lock.release()
         self.started_at = None
@@ -627,7 +628,7 @@ class Gateway:
             "removed": list(diff.removed),
             "changed": list(diff.changed),
         }
-        self._emit("config_reloaded", file=str(folder.connections), **changes)
+        self._emit(EventType.CONFIG_RELOADED, file=str(folder.connections), **changes)
         return {"ok": True, **changes}
 
     def _reload_routes(self, folder: ConfigFolder) -> dict[str, Any]:
@@ -641,7 +642,9 @@ class Gateway:
             "removed": list(diff.removed),
             "changed": list(diff.changed),
         }
-        self._emit("config_reloaded", file=str(folder.routing or "(no routing.json)"), **changes)
+        self._emit(
+            EventType.CONFIG_RELOADED, file=str(folder.routing or "(no routing.json)"), **changes
+        )
         return {"ok": True, **changes}
 
     async def replace_routes(
@@ -691,7 +694,7 @@ class Gateway:
             "removed": list(diff.removed),
             "changed": list(diff.changed),
         }
-        self._emit("config_reloaded", file=str(path), **changes)
+        self._emit(EventType.CONFIG_RELOADED, file=str(path), **changes)
         return {"ok": True, "file": str(path), **changes}
 
     def _connections_document(self, folder: ConfigFolder) -> dict[str, Any]:
@@ -719,7 +722,7 @@ class Gateway:
             self.webhooks[name] = target
 
     def _webhook_failed(self, name: str, error: str, dp: DataPoint) -> None:
-        self._emit("webhook_failed", webhook=name, error=error, address=dp.address)
+        self._emit(EventType.WEBHOOK_FAILED, webhook=name, error=error, address=dp.address)
         if self.events is not None:
             self.events.record_error(
                 "webhook_failed", f"webhook {name}: {error}", data={"address": dp.address}
@@ -742,7 +745,7 @@ class Gateway:
         text = str(exc)
         self.config_errors[kind] = text
         logger.error("config %s not applied, the running one stays: %s", kind, text)
-        self._emit("config_error", kind=kind, error=text)
+        self._emit(EventType.CONFIG_ERROR, kind=kind, error=text)
         if self.events is not None:
             self.events.record_error("config_error", text, exc=exc, data={"kind": kind})
         return {"ok": False, "error": text}
@@ -851,7 +854,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ panic
 
-    async def panic(self, *, reason: str = "panic", by: str = "api") -> dict[str, Any]:
+    async def panic(self, *, reason: str = Reason.PANIC, by: str = "api") -> dict[str, Any]:
         """Stop every device connection now (see `_panic`); audited with ``by`` as who."""
         async with self.auditor.action(by, "panic", None, {"reason": reason}) as outcome:
             info = await self._panic(reason=reason, by=by)
@@ -876,8 +879,8 @@ class Gateway:
         if self.bridge is not None:
             self.bridge.pause()
         sups = [manager.get_supervisor(cid) for cid in manager.connections]
-        await asyncio.gather(*(sup.stop(reason="panic", graceful=False) for sup in sups))
-        self._emit("panic", **self.panic_info)
+        await asyncio.gather(*(sup.stop(reason=Reason.PANIC, graceful=False) for sup in sups))
+        self._emit(EventType.PANIC, **self.panic_info)
         if self.events is not None:
             self.events.record_error("panic", f"panic by {by}: {reason}", data=self.panic_info)
         return dict(self.panic_info)
@@ -916,7 +919,7 @@ class Gateway:
                 started += 1
         self._panic_stopped = []
         info = {"by": by, "started": started, "kept_stopped": kept_stopped, "reload": report}
-        self._emit("recovered", by=by, started=started)
+        self._emit(EventType.RECOVERED, by=by, started=started)
         logger.warning("recovered from panic (by %s): %d connections started", by, started)
         return {"recovered": True, **info}
 

@@ -61,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the Modbus simulator needs pymodbus: pip install 'edgelink[modbus]'"
     ) from exc
 
+from edgelink.lifecycle import Service
 from edgelink.sim.tcp import Drift
 
 __all__ = [
@@ -232,7 +233,7 @@ class ModbusDevice:
         return None
 
 
-class ModbusServer:
+class ModbusServer(Service):
     """pymodbus's server for a set of `ModbusDevice` units: TCP on loopback, or RTU on a port.
 
     Example:
@@ -275,13 +276,6 @@ class ModbusServer:
         where = self.serial_port or f"{self.host}:{self._port}"
         state = "running" if self._server is not None else "stopped"
         return f"<ModbusServer {where} {state} units={sorted(self._by_unit)}>"
-
-    async def __aenter__(self) -> ModbusServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:
@@ -442,7 +436,7 @@ def inverter_device(unit_id: int = 1, *, seed: int | None = None) -> ModbusDevic
     return device
 
 
-class ModbusSimulator:
+class ModbusSimulator(Service):
     """Many simulated inverters, one `ModbusServer` per TCP port.
 
     Device ``i`` listens on ``base_port + i`` (or an ephemeral port when
@@ -482,13 +476,6 @@ class ModbusSimulator:
     def __repr__(self) -> str:
         running = sum(1 for s in self.servers if s.is_running())
         return f"<ModbusSimulator {self.count} devices {self.host} running={running}>"
-
-    async def __aenter__(self) -> ModbusSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def ports(self) -> list[int]:

@@ -27,9 +27,9 @@ import subprocess
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Self
 
 from edgelink.drivers.framing import FrameError, Framing
+from edgelink.lifecycle import Service
 from edgelink.sim.tcp import BAD_REQUEST, answer_request
 
 __all__ = ["SerialDevice", "SerialLink", "run_serial_simulator"]
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT = 5.0
 
 
-class SerialLink:
+class SerialLink(Service):
     """A socat pty pair: a serial cable between ``path`` and ``device_path``.
 
     Example:
@@ -75,13 +75,6 @@ class SerialLink:
     def __repr__(self) -> str:
         state = "plugged" if self.is_running() else "unplugged"
         return f"<SerialLink {self.path} <-> {self.device_path} {state} plugs={self.plugs}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     def is_running(self) -> bool:
         """Return whether the socat process is alive."""

@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Final
 
+from edgelink.lifecycle import Service
+
 __all__ = [
     "Drift",
     "LineDevice",
@@ -347,7 +349,7 @@ def raise_open_file_limit() -> int:
     return int(soft)
 
 
-class TcpSimulator:
+class TcpSimulator(Service):
     r"""Many PING/PONG devices in one process, each on its own TCP port.
 
     Device ``i`` listens on ``base_port + i``, or on an ephemeral port when
@@ -398,13 +400,6 @@ class TcpSimulator:
             f"<TcpSimulator {self.count} devices {self.host}:{self._port_span()} "
             f"running={running} links={self.connections}>"
         )
-
-    async def __aenter__(self) -> TcpSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def ports(self) -> list[int]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgelink.events import Event, log_name
+from edgelink.lifecycle import AsyncResource
 from edgelink.redact import RedactingFilter, redact, redact_text
 from edgelink.tasks import cancel_and_wait
 
@@ -103,7 +104,7 @@ _ERROR_TYPES = frozenset(
 )
 
 
-class Database:
+class Database(AsyncResource):
     """One SQLite file, used from one worker thread.
 
     Args:
@@ -165,7 +166,7 @@ class Database:
             conn.execute("COMMIT")
             return result
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the file and end the thread (idempotent)."""
         executor, self._executor = self._executor, None
         if executor is None:
@@ -174,6 +175,10 @@ class Database:
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
+
+    async def close(self) -> None:
+        """The former spelling of `aclose`, kept for one release."""
+        await self.aclose()
 
 
 #: Files SQLite keeps beside a database; they hold its data too.
@@ -196,7 +201,7 @@ def _make_private(path: Path) -> None:
             os.chmod(f"{path}{suffix}", 0o600)
 
 
-class EventLog:
+class EventLog(AsyncResource):
     """Events and errors, kept in SQLite and bounded by rows and age.
 
     Example:
@@ -373,13 +378,17 @@ class EventLog:
             lambda: int(self._db.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         )
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the flush task and write what is left (idempotent)."""
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
         with contextlib.suppress(RuntimeError):
             await self.flush()
+
+    async def close(self) -> None:
+        """The former spelling of `aclose`, kept for one release."""
+        await self.aclose()
 
 
 class ErrorLogHandler(logging.Handler):

@@ -48,7 +48,9 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Self
+from typing import Any
+
+from edgelink.lifecycle import Service
 
 try:
     from pyads import constants
@@ -385,7 +387,7 @@ class _Server(AdsTestServer):  # type: ignore[misc]
         self.server.close()
 
 
-class AdsPeer:
+class AdsPeer(Service):
     """A TwinCAT-like PLC on 127.0.0.1:48898 for tests, restartable with its symbols kept.
 
     Example:
@@ -412,13 +414,6 @@ class AdsPeer:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<AdsPeer {self.host}:{self.port} {state}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def ads_state(self) -> int:

@@ -29,7 +29,9 @@ import itertools
 import logging
 import socket
 import struct
-from typing import Final, Literal, Self
+from typing import Final, Literal
+
+from edgelink.lifecycle import Service
 
 __all__ = ["DEFAULT_GARBAGE", "Direction", "FaultMode", "FaultProxy"]
 
@@ -105,7 +107,7 @@ class _Link:
                 await writer.wait_closed()
 
 
-class FaultProxy:
+class FaultProxy(Service):
     """A loopback TCP proxy to one upstream peer, with faults switched on demand.
 
     Modes can be switched at any time: ``STALL``, ``CORRUPT`` and the delay
@@ -173,13 +175,6 @@ class FaultProxy:
             f"<FaultProxy {self.host}:{self._port} -> {self.upstream_host}:{self.upstream_port} "
             f"{listening} mode={self._mode} links={len(self._links)} accepted={self._accepted}>"
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     @property
     def port(self) -> int:
@@ -322,13 +317,17 @@ class FaultProxy:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Stop listening, reset every link and release every socket. Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self.stop_listening()
         await self.drop_all()
+
+    async def close(self) -> None:
+        """Stop the proxy for good: the same as `stop` (and `aclose`)."""
+        await self.stop()
 
     def _reset_all(self) -> None:
         # Reset first, so the RST goes out even for a link task that never ran;

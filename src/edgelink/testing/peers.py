@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 import secrets
-from typing import Self
 
+from edgelink.lifecycle import Service
 from edgelink.sim.tcp import LineDevice, LineProtocol
 
 __all__ = ["PingPongPeer"]
@@ -20,7 +20,7 @@ __all__ = ["PingPongPeer"]
 logger = logging.getLogger(__name__)
 
 
-class PingPongPeer:
+class PingPongPeer(Service):
     """A PING/PONG line-protocol device on loopback, for the ``tcp`` driver's tests.
 
     Speaks the protocol of `edgelink.sim.tcp`: ``PING`` -> ``PONG``,
@@ -64,13 +64,6 @@ class PingPongPeer:
             f"<PingPongPeer {self.host}:{self._port} {state} "
             f"connections={self.connections} requests={self.requests}>"
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:

@@ -28,7 +28,7 @@ for brokers whose ACL forbids that, an UNSUBSCRIBE must be answered
 
 The package's parts: ``_codec`` (payloads and topics, pure), ``_io`` (paho on
 the loop: sockets, TLS, flushes, keepalive), ``_subscriptions`` (the ledger
-and its SUBACKs) and ``_connection`` (`MQTTConnection`: session, health,
+and its SUBACKs) and ``_connection`` (`MqttConnection`: session, health,
 data plane).
 """
 
@@ -42,9 +42,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from edgelink.drivers.mqtt._codec import decode_payload, encode_payload
-from edgelink.drivers.mqtt._connection import HealthMode, MQTTConnection
+from edgelink.drivers.mqtt._connection import HealthMode, MqttConnection
 from edgelink.drivers.mqtt._io import MISC_INTERVAL, READ_BATCH, TLS_ERRORS
 from edgelink.drivers.mqtt._subscriptions import SUBSCRIBE_BATCH
+
+#: The former name (before 0.2), kept for one release.
+MQTTConnection = MqttConnection
 
 __all__ = [
     "MISC_INTERVAL",
@@ -52,7 +55,7 @@ __all__ = [
     "SUBSCRIBE_BATCH",
     "TLS_ERRORS",
     "HealthMode",
-    "MQTTConnection",
+    "MqttConnection",
     "decode_payload",
     "encode_payload",
 ]

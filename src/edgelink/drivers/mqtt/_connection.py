@@ -1,6 +1,6 @@
 """The mqtt driver's connection: the MQTT session, the health round trip and the data plane.
 
-`MQTTConnection` opens the link (`open_socket`, `start_tls`, a `PahoClient`
+`MqttConnection` opens the link (`open_socket`, `start_tls`, a `PahoClient`
 driven by the loop, see `edgelink.drivers.mqtt._io`), turns CONNACK and
 DISCONNECT reasons into edgelink errors, publishes, and reports received
 messages as datapoints. paho never reconnects on its own: a lost link is
@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgelink.drivers._futures import fail_all
 from edgelink.drivers._socket import tune_tcp_socket
-from edgelink.drivers.configs import MQTTConfig, MqttWill
+from edgelink.drivers.configs import MqttConfig, MqttWill
 from edgelink.drivers.mqtt._codec import decode_payload, encode_payload, publish_size, topic_error
 from edgelink.drivers.mqtt._io import SUCCESS, PahoClient, open_socket, start_tls
 from edgelink.drivers.mqtt._subscriptions import MqttSubscriptions
@@ -43,7 +43,7 @@ from edgelink.errors import (
     ProtocolError,
 )
 
-__all__ = ["HealthMode", "MQTTConnection"]
+__all__ = ["HealthMode", "MqttConnection"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ _AUTH_CONNACK: Final = frozenset({134, 135, 140})
 HealthMode = Literal["echo", "ping"]
 
 
-class MQTTConnection(MqttSubscriptions):
+class MqttConnection(MqttSubscriptions):
     """An MQTT broker as a device: subscriptions in, publishes out.
 
     Example:
@@ -77,8 +77,8 @@ class MQTTConnection(MqttSubscriptions):
     """
 
     type_name = "mqtt"
-    config_model = MQTTConfig
-    cfg: MQTTConfig
+    config_model = MqttConfig
+    cfg: MqttConfig
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None

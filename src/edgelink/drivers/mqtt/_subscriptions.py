@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgelink.drivers._subscriptions import Subscription, SubscriptionLedger
-from edgelink.drivers.configs import MQTTConfig
+from edgelink.drivers.configs import MqttConfig
 from edgelink.drivers.mqtt._codec import filter_error, match_filter
 from edgelink.drivers.mqtt._io import SUCCESS, PahoLink
 from edgelink.errors import ConfigError, DeviceError
@@ -40,7 +40,7 @@ class MqttSubscriptions(PahoLink):
     qos: int
     health_topic: str
 
-    def _setup_subscriptions(self, cfg: MQTTConfig) -> None:
+    def _setup_subscriptions(self, cfg: MqttConfig) -> None:
         """Create the ledger and record the configured subscriptions.
 
         Raises:
