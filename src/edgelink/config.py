@@ -485,9 +485,6 @@ def build_spec(
         raise _config_error(_error_items(exc, prefix=(*prefix, "settings")), file=file) from None
 
 
-# ----------------------------------------------------------------- loading
-
-
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> GatewayConfig:
     """Load and validate a ``connections.json`` (DESIGN section 6).
 
@@ -551,9 +548,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "an array"
     return type(value).__name__
-
-
-# ---------------------------------------------------------- error reports
 
 
 def _known_keys(parent: tuple[Any, ...]) -> tuple[set[str], str | None]:
@@ -621,9 +615,6 @@ def _config_error(items: list[tuple[tuple[Any, ...], str]], *, file: str | None)
     )
 
 
-# ------------------------------------------------------------------- diff
-
-
 @dataclass(frozen=True, slots=True)
 class ConfigDiff:
     """What a reload changes, by connection id (each list sorted).
@@ -670,9 +661,6 @@ def diff_configs(old: GatewayConfig | None, new: GatewayConfig) -> ConfigDiff:
         ConfigError: if either config's specs do not resolve (`GatewayConfig.specs`).
     """
     return diff_specs(old.specs() if old is not None else {}, new.specs())
-
-
-# ------------------------------------------------------ schema and check
 
 
 def config_json_schema() -> dict[str, Any]:

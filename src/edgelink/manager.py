@@ -251,8 +251,6 @@ class ConnectionManager(Service):
         self._gc = GcState(policy) if policy is not None else None
         self._gc_timer: asyncio.TimerHandle | None = None
 
-    # ---------------------------------------------------------- construction
-
     @classmethod
     def from_config(
         cls,
@@ -426,8 +424,6 @@ class ConnectionManager(Service):
         self._specs.pop(connection_id, None)
         self._router.unregister_connection(connection_id)
 
-    # -------------------------------------------------------------- lifecycle
-
     async def start(self) -> None:
         """Start every enabled connection and the supervisor watchdog (idempotent)."""
         if self._started:
@@ -514,8 +510,6 @@ class ConnectionManager(Service):
         """
         return self._supervisor(connection_id).release_quarantine(tag)
 
-    # ----------------------------------------------------------------- views
-
     @property
     def router(self) -> Router:
         """The manager's router: every datapoint drivers report goes through it."""
@@ -572,8 +566,6 @@ class ConnectionManager(Service):
             counts[sup.state] = counts.get(sup.state, 0) + 1
         states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         return f"<ConnectionManager connections={len(self._sups)} {states}>".replace(" >", ">")
-
-    # ---------------------------------------------------------------- events
 
     def on_event(self, event_type: str, callback: EventCallback) -> Unsubscribe:
         """Subscribe to an event type (``"*"`` = all); returns the unsubscribe function."""
@@ -708,8 +700,6 @@ class ConnectionManager(Service):
         async with asyncio.timeout(timeout):
             await sup.wait_for_state(target)
 
-    # ---------------------------------------------------------------- doing
-
     async def execute_with_retry(
         self,
         connection_id: str,
@@ -836,8 +826,6 @@ class ConnectionManager(Service):
         """Feed the data watchdog of a connection without a datapoint."""
         self._supervisor(connection_id).on_activity()
 
-    # ---------------------------------------------------------------- reload
-
     async def reload(self, source: str | PathLike[str] | Mapping[str, Any]) -> ConfigDiff:
         """Apply a new config: only what changed is touched.
 
@@ -868,8 +856,6 @@ class ConnectionManager(Service):
         if diff.added or diff.changed or diff.removed:
             self._schedule_gc_settle()
         return diff
-
-    # ------------------------------------------------------------ monitoring
 
     def loop_lag(self) -> dict[str, Any]:
         """Event-loop lag: recent p50/p99, maximum and stalls since start (milliseconds)."""

@@ -166,8 +166,6 @@ class ConnectionPool(AsyncResource):
         self._counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._closed = False
 
-    # ------------------------------------------------------------------ views
-
     def __len__(self) -> int:
         """Return how many connections exist: idle + active (including connecting)."""
         return len(self._idle) + len(self._held)
@@ -218,8 +216,6 @@ class ConnectionPool(AsyncResource):
             f" idle={self.idle_connections} waiting={self.waiting}{state}>"
         )
 
-    # -------------------------------------------------------------- lifecycle
-
     async def aclose(self) -> None:
         """Close every idle connection and fail every waiter. Idempotent.
 
@@ -246,8 +242,6 @@ class ConnectionPool(AsyncResource):
     async def close(self) -> None:
         """Close the pool: the former spelling of `aclose`, kept for one release."""
         await self.aclose()
-
-    # ------------------------------------------------------------------- use
 
     @contextlib.asynccontextmanager
     async def connection(
@@ -289,8 +283,6 @@ class ConnectionPool(AsyncResource):
         close_task = self._checkin(entry, None)
         if close_task is not None:
             await asyncio.shield(close_task)
-
-    # --------------------------------------------------------------- checkout
 
     async def _checkout(self, key: str, type_name: str, config: dict[str, Any]) -> _Entry:
         """Take ``key``'s slot (waiting if needed), then hand back a connected entry."""
@@ -451,8 +443,6 @@ class ConnectionPool(AsyncResource):
         logger.debug("%r: opened %r", self, key)
         return entry
 
-    # ---------------------------------------------------------------- checkin
-
     def _checkin(self, entry: _Entry, exc: BaseException | None) -> asyncio.Task[None] | None:
         """Return ``entry`` to the pool, or discard it; return the close task if any.
 
@@ -523,8 +513,6 @@ class ConnectionPool(AsyncResource):
         self._dispatch()
         return task
 
-    # ------------------------------------------------------------- dispatching
-
     def _dispatch(self) -> None:
         """Hand idle entries and free slots to waiters. Never awaits.
 
@@ -573,8 +561,6 @@ class ConnectionPool(AsyncResource):
             assert waiter.key not in self._idle, "pass 1 hands an idle key's entry out first"
         self._held[waiter.key] = entry
         waiter.future.set_result(entry)
-
-    # ----------------------------------------------------------------- closing
 
     def _spawn_close(self, entry: _Entry, reason: str) -> asyncio.Task[None]:
         """Close ``entry`` in a task the pool owns (`aclose` awaits it)."""

@@ -79,8 +79,6 @@ class SyncConnectionManager:
             )
         )
 
-    # ------------------------------------------------------------ loop thread
-
     def _submit(
         self, coro: Coroutine[Any, Any, T], *, during_close: bool = False
     ) -> concurrent.futures.Future[T]:
@@ -141,8 +139,6 @@ class SyncConnectionManager:
         """The background event loop."""
         return self._loop
 
-    # -------------------------------------------------------------- lifecycle
-
     def start(self) -> None:
         """Start every enabled connection."""
         self._run(self._manager.start())
@@ -192,8 +188,6 @@ class SyncConnectionManager:
 
     def __repr__(self) -> str:
         return f"<SyncConnectionManager {self._manager!r}>"
-
-    # ------------------------------------------------------- the manager API
 
     def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
         """Register a driver class under a type name."""
@@ -281,7 +275,6 @@ class SyncConnectionManager:
         """Return loop lag and gc policy (see `ConnectionManager.runtime_status`)."""
         return self._call(self._manager.runtime_status)
 
-    # ----------------------------------------------------------------- router
     # The router is not thread-safe: these run its methods on the loop.
 
     def load_routes(self, source: str | PathLike[str] | Mapping[str, Any]) -> RouteTableDiff:

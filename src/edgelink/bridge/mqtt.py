@@ -184,8 +184,6 @@ class MqttBridge(Service):
         self.set_commands = 0
         self.errors = 0
 
-    # ----------------------------------------------------------------- views
-
     @property
     def depth(self) -> int:
         """Messages waiting: in SQLite plus not yet written there."""
@@ -269,8 +267,6 @@ class MqttBridge(Service):
             messages.append((f"{self._discovery_prefix}/sensor/{object_id}/config", config))
         return messages
 
-    # ------------------------------------------------------------- lifecycle
-
     def _driver(self) -> Any:
         driver = self._manager.get_connection(self.connection_id)
         if driver is None or not hasattr(driver, "publish") or not hasattr(driver, "subscribe"):
@@ -329,8 +325,6 @@ class MqttBridge(Service):
     def resume(self) -> None:
         """Mirror again after `pause`."""
         self._paused = False
-
-    # ------------------------------------------------------------------- in
 
     def _on_datapoint(self, dp: DataPoint) -> None:
         if dp.address.startswith(self._echo_prefix):
@@ -464,8 +458,6 @@ class MqttBridge(Service):
             self.buffered += len(back)
             self._enforce_cap()
 
-    # ----------------------------------------------------------------- link
-
     async def _on_link_event(self, event: Event) -> None:
         if event.connection_id != self.connection_id:
             return
@@ -494,8 +486,6 @@ class MqttBridge(Service):
     def _event(self, kind: str, **data: Any) -> None:
         if self._on_event is not None:
             self._on_event(kind, **data)
-
-    # --------------------------------------------------------------- uplink
 
     async def _run_uplink(self) -> None:
         """Write pending messages to SQLite; flush SQLite when the link is up; go live."""
@@ -643,8 +633,6 @@ class MqttBridge(Service):
             else:
                 self._dead_letter(msg.topic, msg.payload, msg.qos, msg.retain, _reason(error))
         return done, stop
-
-    # ------------------------------------------------------------------ set
 
     def _on_set(self, topic: str, value: Any) -> None:
         parts = topic[len(self.base) + 1 :].split("/")

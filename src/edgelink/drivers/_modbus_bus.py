@@ -287,8 +287,6 @@ class ModbusBus:
             f"members={sorted(self.members)} queued={len(self._queue)}>"
         )
 
-    # ------------------------------------------------------------ membership
-
     def attach(self, member: BusMember) -> None:
         """Add a member (idempotent)."""
         self.members[member.connection_id] = member
@@ -337,8 +335,6 @@ class ModbusBus:
             "queued": len(self._queue),
             "units": {uid: self.unit_status(uid) for uid in sorted(self._units)},
         }
-
-    # ------------------------------------------------------------------ link
 
     async def open(self) -> int:
         """Open the link unless it is open; return its generation.
@@ -484,8 +480,6 @@ class ModbusBus:
             flight.error = error
             flight.task.cancel()
 
-    # ------------------------------------------------------- pymodbus hooks
-
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         flight = self._flight
         if sending:
@@ -573,8 +567,6 @@ class ModbusBus:
                     )
             offset += 6 + length
         return None
-
-    # -------------------------------------------------------------- requests
 
     async def request(
         self,

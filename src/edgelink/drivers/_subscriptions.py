@@ -149,8 +149,6 @@ class SubscriptionLedger:
         self._timer: TimerHandle | None = None
         self._degraded: str | None = None
 
-    # ------------------------------------------------------------------ views
-
     @property
     def clock(self) -> Clock:
         """The clock deadlines run on."""
@@ -211,8 +209,6 @@ class SubscriptionLedger:
         link = "up" if self._up else "down"
         return f"<SubscriptionLedger {self.name} link={link} {text or 'empty'}>"
 
-    # ------------------------------------------------------------ recording
-
     def add(self, key: str, *, expect_data: bool = False, **options: Any) -> Subscription:
         """Record a subscription; on a live link it is subscribed at once.
 
@@ -246,8 +242,6 @@ class SubscriptionLedger:
             self._arm()
         return entry
 
-    # ------------------------------------------------------------- the link
-
     def link_up(self) -> None:
         """The link is (again) up: replay every entry and start checking them."""
         self._up = True
@@ -267,8 +261,6 @@ class SubscriptionLedger:
             entry.state = SubscriptionState.IDLE
             entry.replayed_at = None
         self._update_degraded()
-
-    # -------------------------------------------------------- confirmations
 
     def acknowledged(self, key: str, ok: bool = True, error: str | None = None) -> None:
         """The peer answered the subscription of ``key``: granted (``ok``) or refused.
@@ -310,8 +302,6 @@ class SubscriptionLedger:
             )
         self._update_degraded()
         self._arm()
-
-    # ---------------------------------------------------------- internals
 
     def _start(self, entries: Sequence[Subscription]) -> None:
         now = self.clock.monotonic()

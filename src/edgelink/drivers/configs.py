@@ -201,9 +201,6 @@ class FramingOptions(DriverConfig):
     )
 
 
-# --------------------------------------------------------------------- tcp
-
-
 class TcpConfig(HostPort, TcpKeepalive):
     """``tcp``: a line protocol over TCP (PING/PONG health)."""
 
@@ -227,8 +224,6 @@ def _check_encoding(encoding: str) -> None:
     except LookupError:
         raise field_error("encoding", f"unknown encoding {encoding!r}") from None
 
-
-# ------------------------------------------------------------------ serial
 
 _SERIAL_PARITIES: Final = ("N", "E", "O", "M", "S", "NONE", "EVEN", "ODD", "MARK", "SPACE")
 
@@ -268,8 +263,6 @@ class SerialConfig(FramingOptions):
         _check_encoding(self.encoding)
         return self
 
-
-# ------------------------------------------------------------------ modbus
 
 _MODBUS_PARITIES: Final = ("N", "E", "O", "M", "S", "NONE", "EVEN", "ODD", "MARK", "SPACE")
 
@@ -342,9 +335,6 @@ class ModbusRtuConfig(ModbusConfig):
     )
 
 
-# -------------------------------------------------------------------- http
-
-
 class HttpConfig(TcpKeepalive):
     """``http``: a device with a JSON-over-HTTP API."""
 
@@ -365,9 +355,6 @@ class HttpConfig(TcpKeepalive):
     )
     follow_redirects: Bool = Field(default=False, description="follow 3xx answers")
     trust_env: Bool = Field(default=False, description="use proxy settings of the environment")
-
-
-# -------------------------------------------------------------------- mqtt
 
 
 def _protocol(value: Any) -> Any:
@@ -452,8 +439,6 @@ class MqttConfig(TlsOptions, TcpKeepalive):
             raise field_error("client_id", "client_id must be 1..65535 bytes")
         return self
 
-
-# --------------------------------------------------------------------- ads
 
 #: The AMS/TCP port; pyads's adslib on Linux connects to it whatever one asks.
 ADS_TCP_PORT: Final = 48898

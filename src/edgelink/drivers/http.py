@@ -271,8 +271,6 @@ class HttpConnection(Connection):
         )
         self._client: httpx.AsyncClient | None = None
 
-    # ------------------------------------------------------------------ link
-
     async def connect(self) -> None:
         """Set up the HTTP client (connections open with the first request: the health check)."""
         await self.disconnect()
@@ -330,8 +328,6 @@ class HttpConnection(Connection):
         req = self._health_request
         await self._request(req.method, req.path)
         return True
-
-    # ------------------------------------------------------------ data plane
 
     async def read(self, tag: str) -> Any:
         """Send the tag's request (GET by default) and return the JSON value, or the text.
@@ -394,8 +390,6 @@ class HttpConnection(Connection):
         await self._request(
             req.method, req.path, content=body, headers={"Content-Type": "application/json"}
         )
-
-    # --------------------------------------------------------------- helpers
 
     def _parse(self, tag: str, default: str, allowed: frozenset[str]) -> Request:
         try:

@@ -131,8 +131,6 @@ class ModbusConnection(Connection):
     def _bus_config(self) -> BusConfig:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ tags
-
     def tag(self, text: str) -> ModbusTag:
         """Return the parsed form of a tag (parsed once, then cached).
 
@@ -200,8 +198,6 @@ class ModbusConnection(Connection):
 
         return _Read(block, f"read {block.table}:{start}+{count}", call)
 
-    # ------------------------------------------------------------------ link
-
     @property
     def bus(self) -> ModbusBus | None:
         """The link this connection is on, while connected or connecting."""
@@ -251,8 +247,6 @@ class ModbusConnection(Connection):
         except DeviceError as exc:
             return exc.code not in GATEWAY_SILENT
         return True
-
-    # ------------------------------------------------------------ data plane
 
     async def _request(self, read: _Read) -> Sequence[int] | Sequence[bool]:
         bus = self._bus

@@ -187,8 +187,6 @@ class SerialConnection(Connection):
         self._request_lock = asyncio.Lock()
         self._closed_error: BaseException | None = None
 
-    # ------------------------------------------------------------------ link
-
     async def connect(self) -> None:
         """Open the port (flushing stale input) and start receiving.
 
@@ -291,8 +289,6 @@ class SerialConnection(Connection):
             return None
         return self._decode(await self.request(self.identity_request))
 
-    # ------------------------------------------------------------ data plane
-
     async def send_data(self, data: bytes) -> None:
         """Send raw bytes, unframed.
 
@@ -388,8 +384,6 @@ class SerialConnection(Connection):
         if answer.strip() != "OK":
             raise DeviceError(answer, connection_id=self.connection_id)
 
-    # --------------------------------------------------------------- helpers
-
     def _frame(self, payload: bytes) -> bytes:
         try:
             return self.framing.encode(payload)
@@ -424,8 +418,6 @@ class SerialConnection(Connection):
                 path="tag",
                 connection_id=self.connection_id,
             )
-
-    # ---------------------------------------------------------------- reader
 
     def _on_bytes(self, link: _Link, data: bytes) -> None:
         if link is not self._link or self._closed_error is not None:

@@ -90,8 +90,6 @@ class TcpConnection(Connection):
         self._unsolicited_waiter: asyncio.Future[None] | None = None
         self._closed_error: BaseException | None = None
 
-    # ------------------------------------------------------------------ link
-
     async def connect(self) -> None:
         """Open the TCP connection."""
         await self.disconnect()
@@ -160,8 +158,6 @@ class TcpConnection(Connection):
         if self.identity_request is None:
             return None
         return (await self.request(self.identity_request)).decode(self.encoding, "replace")
-
-    # ------------------------------------------------------------ data plane
 
     async def send_data(self, data: bytes) -> None:
         """Send raw bytes.
@@ -241,8 +237,6 @@ class TcpConnection(Connection):
         )
         if answer.strip() != "OK":
             raise DeviceError(answer, connection_id=self.connection_id)
-
-    # ---------------------------------------------------------------- reader
 
     def _on_line(self, body: bytes) -> None:
         pending = self._pending

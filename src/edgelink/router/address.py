@@ -443,8 +443,6 @@ class _Walk(Generic[V]):
                 self.walk(node.plus_level, i + 1, (*caps, self.levels[i]))
 
 
-# ----------------------------------------------------------------- targets
-
 _PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
 
 

@@ -87,8 +87,6 @@ class DataSpace:
         self.stale_marked = 0
         self._warned_full = False
 
-    # ----------------------------------------------------------------- views
-
     def get(self, address: str) -> DataPoint | None:
         """Return the last datapoint of ``address``, or None."""
         ring = self._rings.get(address)
@@ -145,8 +143,6 @@ class DataSpace:
             f"<DataSpace addresses={len(self._rings)} history={self.history_size} "
             f"subscriptions={len(self._subs)}>"
         )
-
-    # ---------------------------------------------------------------- writes
 
     def put(self, dp: Record) -> None:
         """Store a datapoint as the last value of its address and notify subscribers."""
@@ -262,8 +258,6 @@ class DataSpace:
                 self.notify(record, last)
         self.stale_marked += marked
         return marked
-
-    # --------------------------------------------------------- subscriptions
 
     def subscribe(
         self, pattern: str, callback: DataSubscriber, *, changes_only: bool = True

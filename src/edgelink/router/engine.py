@@ -292,8 +292,6 @@ class Router(Dispatch):
             f"addresses={len(self.data)} pending={pending}>"
         )
 
-    # ------------------------------------------------------------ endpoints
-
     @property
     def endpoints(self) -> dict[str, str]:
         """Every endpoint id and its kind (``connection``, ``target``, ``log``)."""

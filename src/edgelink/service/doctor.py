@@ -192,9 +192,6 @@ class DoctorReport:
         }
 
 
-# ----------------------------------------------------------------- the run
-
-
 async def run_doctor(
     folder: str | os.PathLike[str],
     *,
@@ -552,8 +549,6 @@ def _half_open_check(spec: ConnectionSpec, max_detect_s: float) -> Check:
     return Check("connection", cid, "half_open", Verdict.PASS, text, data=data)
 
 
-# ------------------------------------------------------------------ bridge
-
 #: What MQTT forbids in a topic name (wildcards, NUL) or we refuse (a leading ``$``).
 _BAD_TOPIC = re.compile(r"[#+\x00]")
 MAX_TOPIC_BYTES = 65535
@@ -684,9 +679,6 @@ def _check_topics(
     )
 
 
-# ------------------------------------------------------------------ routes
-
-
 def _check_routes(
     cfg: ConfigFolder, service: ServiceSettings, specs: dict[str, ConnectionSpec]
 ) -> list[Check]:
@@ -762,9 +754,6 @@ def _pattern_has_source(pattern: str, endpoints: Iterable[str]) -> bool:
     if head in endpoints or resolve_endpoint(head, endpoints)[0] is not None:
         return True
     return any(ep.startswith(head + ".") or ep.startswith(head + "/") for ep in endpoints)
-
-
-# ----------------------------------------------------------------- storage
 
 
 def _check_storage(cfg: ConfigFolder, service: ServiceSettings) -> list[Check]:
@@ -858,9 +847,6 @@ def _check_private(path: Path, name: str) -> Check:
     return Check("storage", str(path), name, Verdict.PASS, f"writable, mode {mode:04o}")
 
 
-# -------------------------------------------------------------------- lock
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -929,9 +915,6 @@ def _check_lock(root: Path) -> Check:
             data={"pid": pid, "alive": False},
         )
     return Check("lock", str(root), "instance", Verdict.PASS, "free (no lock file)")
-
-
-# ------------------------------------------------------------------- clock
 
 
 def _check_clock() -> list[Check]:
@@ -1005,9 +988,6 @@ def _clock_synchronized() -> bool | None:
     if proc.returncode != 0 or answer not in ("yes", "no"):
         return None
     return answer == "yes"
-
-
-# ------------------------------------------------------------------ faults
 
 
 def _tcp_target(spec: ConnectionSpec) -> tuple[str, int] | None:
@@ -1227,8 +1207,6 @@ def _drill_verdict(cid: str, fault: str, data: dict[str, Any], lied: bool) -> Ch
         )
     return Check("faults", cid, fault, Verdict.PASS, measured, data=data)
 
-
-# ------------------------------------------------------------------ output
 
 _STYLE = {
     Verdict.PASS: "green",

@@ -163,8 +163,6 @@ class Gateway:
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
 
-    # ------------------------------------------------------------------ views
-
     @property
     def manager(self) -> ConnectionManager:
         """The connection manager (after `start`).
@@ -369,8 +367,6 @@ class Gateway:
         self._unsubscribe.append(unsubscribe)
         return unsubscribe
 
-    # -------------------------------------------------------------- lifecycle
-
     async def start(self) -> None:
         """Lock the folder, load it and start everything.
 
@@ -564,8 +560,6 @@ class Gateway:
         except Exception:
             logger.exception("reload failed")
 
-    # ----------------------------------------------------------------- events
-
     async def _record_event(self, event: Event) -> None:
         if self.events is not None:
             self.events.record(event)
@@ -577,8 +571,6 @@ class Gateway:
     def _emit(self, event_type: str, **data: Any) -> None:
         if self._manager is not None:
             self._manager.events.emit(make_event(event_type, None, time.time(), **data))
-
-    # ----------------------------------------------------------------- reload
 
     async def reload(self, kinds: set[str] | None = None, *, who: str = SYSTEM) -> dict[str, Any]:
         """Re-read the folder (see `_reload`); audited when ``who`` is a person or token."""
@@ -768,8 +760,6 @@ class Gateway:
                 logger.info("config changed: %s", ", ".join(sorted(kinds)))
                 await self._reload_logged(kinds)
 
-    # ------------------------------------------------------------------ admin
-
     async def instance_action(
         self, connection_id: str, action: str, *, who: str = SYSTEM
     ) -> dict[str, Any]:
@@ -852,8 +842,6 @@ class Gateway:
         quarantined = self.manager.get_status(connection_id)["quarantined"]
         return {"connection_id": connection_id, "released": released, "quarantined": quarantined}
 
-    # ------------------------------------------------------------------ panic
-
     async def panic(self, *, reason: str = Reason.PANIC, by: str = "api") -> dict[str, Any]:
         """Stop every device connection now (see `_panic`); audited with ``by`` as who."""
         async with self.auditor.action(by, "panic", None, {"reason": reason}) as outcome:
@@ -935,9 +923,6 @@ def _remember_service_secrets(settings: ServiceSettings, token: str) -> None:
         for hook in settings.webhooks.values()
     ]
     remember_secrets(collect_secrets({"token": token, "webhooks": hooks}))
-
-
-# ----------------------------------------------------- loading a folder
 
 
 @dataclass(frozen=True, slots=True)

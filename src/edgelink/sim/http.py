@@ -87,8 +87,6 @@ class HttpDevice:
         self._values: dict[str, Any] = {"setpoint": 21.5, "mode": "auto"}
         self._settings: dict[str, Any] = {"mode": "auto", "limit_w": 5000}
 
-    # ----------------------------------------------------------- state
-
     def status(self) -> dict[str, Any]:
         """Return a copy of the status document as it is answered now."""
         with self._lock:
@@ -130,8 +128,6 @@ class HttpDevice:
         """A copy of the settings."""
         with self._lock:
             return copy.deepcopy(self._settings)
-
-    # -------------------------------------------------------------- HTTP
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         key = self.api_key

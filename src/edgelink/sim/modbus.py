@@ -348,8 +348,6 @@ class ModbusServer(Service):
         return pdu
 
 
-# ---------------------------------------------------------------- simulator
-
 RATED_POWER = 5000.0
 BATTERY_WH = 10_000.0
 

@@ -107,8 +107,6 @@ class MosquittoBroker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ views
-
     @property
     def port(self) -> int:
         """The port the broker listens on.
@@ -141,8 +139,6 @@ class MosquittoBroker:
         """What mosquitto logged so far."""
         path = self.directory / "mosquitto.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-    # -------------------------------------------------------------- control
 
     def _find(self, name: str) -> str:
         if name == "mosquitto" and self._executable:
