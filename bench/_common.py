@@ -390,6 +390,13 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
 
 
+async def _bounded_run(
+    benchmark: Callable[[], Awaitable[dict[str, Any]]], max_runtime: float | None
+) -> dict[str, Any]:
+    coro = benchmark()
+    return await (bounded(coro, max_runtime) if max_runtime else coro)
+
+
 def run_benchmark(
     name: str,
     benchmark: Callable[[], Awaitable[dict[str, Any]]],
@@ -412,8 +419,7 @@ def run_benchmark(
     quiet_logging()
     info = machine_info()
     try:
-        coro = benchmark()
-        result = asyncio.run(bounded(coro, max_runtime) if max_runtime else coro)  # type: ignore[arg-type]
+        result = asyncio.run(_bounded_run(benchmark, max_runtime))
     except Exception as exc:
         emit({"benchmark": name, "error": repr(exc), "pass": False, "machine": info})
         return 1

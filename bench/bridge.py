@@ -285,7 +285,9 @@ class LoadGen:
             if self.rx.pump():
                 last = time.monotonic()
 
-    def step(self, rate: float, seconds: float, warmup: float, pids: dict[str, int]) -> dict:
+    def step(
+        self, rate: float, seconds: float, warmup: float, pids: dict[str, int]
+    ) -> dict[str, Any]:
         """Publish at ``rate`` for ``seconds``; measure from ``warmup`` on; drain; report."""
         total = int(rate * seconds)
         t0 = time.monotonic()

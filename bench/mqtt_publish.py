@@ -134,12 +134,12 @@ def run_counter(port: int) -> int:
                 if kind & 0xF0 == 0x30:
                     topic, _ = publish_topic(buf, kind, start)
                     phase = topic.split(b"/", 2)[1]
-                    c = counts.get(phase)
-                    if c is None:
+                    seen = counts.get(phase)
+                    if seen is None:
                         counts[phase] = [1, now, now]
                     else:
-                        c[0] += 1
-                        c[2] = now
+                        seen[0] += 1
+                        seen[2] = now
                 elif kind == 0x90:
                     subscribed = True
             del buf[:consumed]
@@ -228,6 +228,8 @@ def _bare_client(broker: MosquittoBroker, threaded: bool) -> paho.Client:
 def _drain_direct(client: paho.Client) -> None:
     """Write what paho still holds (a full socket buffer), then read the acks."""
     sock = client.socket()
+    if sock is None:
+        return
     while client.want_write():
         select.select([], [sock], [], 1.0)
         client.loop_write()

@@ -233,7 +233,7 @@ class ConnectionPool(AsyncResource):
                     waiter.future.set_exception(RuntimeError("ConnectionPool was closed"))
             idle, self._idle = list(self._idle.values()), OrderedDict()
             for entry in idle:
-                self._spawn_close(entry, "pool closed")
+                self._close_soon(entry, "pool closed")
         # asyncio.wait, not gather: if our caller is cancelled, the closes run on
         # (owned by the pool), rather than being cancelled half-way.
         while self._closing:
@@ -483,7 +483,7 @@ class ConnectionPool(AsyncResource):
     def _put_idle(self, entry: _Entry) -> None:
         """Park ``entry`` as the most recently used idle connection, with an idle timer."""
         if self._closed:
-            self._spawn_close(entry, "pool closed")
+            self._close_soon(entry, "pool closed")
             return
         self._idle[entry.key] = entry
         self._idle.move_to_end(entry.key)
@@ -503,7 +503,7 @@ class ConnectionPool(AsyncResource):
         entry.idle_timer = None
         self._counters["idle_closed"] += 1
         logger.debug("%r: closing %r, idle for %g s", self, entry.key, self.idle_timeout)
-        self._spawn_close(entry, "idle timeout")
+        self._close_soon(entry, "idle timeout")
         self._dispatch()
 
     def _drop_lease(self, key: str, reason: str) -> asyncio.Task[None] | None:
@@ -549,7 +549,7 @@ class ConnectionPool(AsyncResource):
                 _, victim = self._idle.popitem(last=False)
                 self._counters["evicted"] += 1
                 logger.debug("%r: evicting idle %r for %r", self, victim.key, waiter.key)
-                self._spawn_close(victim, "evicted")
+                self._close_soon(victim, "evicted")
             self._grant(waiter, None)
 
     def _grant(self, waiter: _Waiter, entry: _Entry | None) -> None:
@@ -563,14 +563,28 @@ class ConnectionPool(AsyncResource):
         waiter.future.set_result(entry)
 
     def _spawn_close(self, entry: _Entry, reason: str) -> asyncio.Task[None]:
-        """Close ``entry`` in a task the pool owns (`aclose` awaits it)."""
+        """Close ``entry`` in a task the pool owns; return it for a caller that waits."""
+        task = self._new_close_task(entry, reason)
+        self._own_close(task)
+        return task
+
+    def _close_soon(self, entry: _Entry, reason: str) -> None:
+        """Close ``entry`` in a task the pool owns, for a caller that cannot wait.
+
+        Nothing is left dangling: `_closing` holds the task until it ends and
+        `aclose` waits for it.
+        """
+        self._own_close(self._new_close_task(entry, reason))
+
+    def _new_close_task(self, entry: _Entry, reason: str) -> asyncio.Task[None]:
         entry.cancel_idle_timer()
-        task = asyncio.get_running_loop().create_task(
+        return asyncio.get_running_loop().create_task(
             self._close_entry(entry, reason), name=f"edgelink.pool[{entry.key}].close"
         )
+
+    def _own_close(self, task: asyncio.Task[None]) -> None:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        return task
 
     async def _close_entry(self, entry: _Entry, reason: str) -> None:
         logger.debug("pool: closing %r (%s)", entry.key, reason)

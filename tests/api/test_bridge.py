@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelink.api.server import ApiServer
 from edgelink.bridge.mqtt import ATTEMPTS, LINK_LOSSES, MqttBridge
@@ -42,11 +43,12 @@ class Subscriber:
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=session or "",
             clean_session=session is None,
         )
-        self.client.reconnect_delay_set(0.05, 0.2)
+        # paho types the delays as int seconds but sleeps them as given.
+        self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]
 
         def on_connect(client: paho.Client, *_: Any) -> None:
             client.subscribe(topic, qos=1)
@@ -810,7 +812,7 @@ async def test_lost_device_is_published_stale_once_retained_and_good_when_back(
             await eventually(lambda: gateway.manager.get_status("inv")["reconnect_attempts"] >= 3)
             # A subscriber that comes later reads the retained truth.
             late = Subscriber(broker, topic)
-            retained = (await eventually(lambda: payloads(late)))[-1]  # type: ignore[arg-type]
+            retained = (await eventually(lambda: payloads(late)))[-1]
             assert (retained["value"], retained["quality"]) == (1234, "stale")
             assert [p["quality"] for p in payloads(sub)].count("stale") == 1
 

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelink.api.server import ApiServer
 from edgelink.api.stream import StreamHub, _Client
@@ -92,7 +93,7 @@ class LagSampler:
 
 def publish(broker: MosquittoBroker, topic: str, payloads: list[bytes], pause: float) -> None:
     """Publish from a plain paho client in this thread, QoS 1, waiting for each ack."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
     connected = threading.Event()
     client.on_connect = lambda *_: connected.set()
     client.connect("127.0.0.1", broker.port)
@@ -234,7 +235,7 @@ class Subscriber:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
         self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda c, u, msg: self._add(msg.topic, bytes(msg.payload))

@@ -514,7 +514,7 @@ async def test_wrong_length_answer_is_a_protocol_error(plc: AdsPeer) -> None:
     plc.handler.add_variable(PLCVariable("MAIN.iBroken", b"\x01", constants.ADST_INT16, "INT"))
     conn = driver()
     lost: list[BaseException | None] = []
-    conn.connection_lost = lost.append  # type: ignore[method-assign]
+    conn.connection_lost = lost.append  # type: ignore[method-assign, assignment]
     await run(conn.connect)
     try:
         with pytest.raises(ProtocolError, match="bad answer"):

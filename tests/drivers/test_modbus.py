@@ -232,7 +232,7 @@ async def test_no_reconnect_of_its_own(server: ModbusServer) -> None:
     async with FaultProxy("127.0.0.1", server.port) as proxy:
         c = ModbusTcpConnection("dev", mb(proxy.port))
         lost: list[BaseException | None] = []
-        c.connection_lost = lost.append  # type: ignore[method-assign]
+        c.connection_lost = lost.append  # type: ignore[method-assign, assignment]
         await c.connect()
         await proxy.drop_all()
         async with asyncio.timeout(2):

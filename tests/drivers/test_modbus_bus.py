@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edgelink import ConfigError, ConnectError, ConnectionManager
-from edgelink.drivers._modbus_bus import _FairQueue
+from edgelink.drivers._modbus_bus import ModbusBus, _FairQueue
 from edgelink.drivers.modbus import ModbusTcpConnection, ModbusTimeoutError
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
 from edgelink.testing import FaultProxy, ManualClock
@@ -170,7 +170,7 @@ async def test_silent_link_is_rebuilt_when_no_unit_answers(gateway: ModbusServer
     a = ModbusTcpConnection("a", unit(gateway.port, 1))
     b = ModbusTcpConnection("b", unit(gateway.port, 2))
     lost: list[BaseException | None] = []
-    b.connection_lost = lost.append  # type: ignore[method-assign]
+    b.connection_lost = lost.append  # type: ignore[method-assign, assignment]
     await a.connect()
     await b.connect()
     try:
@@ -239,6 +239,13 @@ async def test_silent_unit_does_not_stall_the_others(
         assert max(gaps) < interval + timeout + 0.2, (cid, max(gaps))
 
 
+def bus_of(m: ConnectionManager, connection_id: str) -> ModbusBus:
+    """The shared link of a Modbus TCP connection of ``m``."""
+    conn = m.get_connection(connection_id)
+    assert isinstance(conn, ModbusTcpConnection) and conn.bus is not None
+    return conn.bus
+
+
 async def test_one_unit_lost_keeps_the_others_on_the_link(
     make_manager: Make, gateway: ModbusServer
 ) -> None:
@@ -254,16 +261,16 @@ async def test_one_unit_lost_keeps_the_others_on_the_link(
     async with m:
         await m.wait_for_state("u1", "connected", timeout=5)
         await m.wait_for_state("u2", "connected", timeout=5)
-        link = m.get_connection("u1").bus  # type: ignore[union-attr]
-        generation = link.generation  # type: ignore[union-attr]
+        link = bus_of(m, "u1")
+        generation = link.generation
         gateway.device(2).silent = True
         await m.wait_for_state("u2", "reconnecting", timeout=5)
         gateway.device(2).silent = False
         await m.wait_for_state("u2", "connected", timeout=5)
         assert m.get_state("u1") == "connected"
         assert m.get_status("u1")["stats"]["reconnects"] == 0
-        assert link.generation == generation  # type: ignore[union-attr]
-        assert m.get_connection("u2").bus is link  # type: ignore[union-attr]
+        assert link.generation == generation
+        assert bus_of(m, "u2") is link
 
 
 async def test_lost_link_reconnects_every_member(make_manager: Make, gateway: ModbusServer) -> None:
@@ -280,7 +287,7 @@ async def test_lost_link_reconnects_every_member(make_manager: Make, gateway: Mo
         await gateway.start()
         for u in (1, 2, 3):
             await m.wait_for_state(f"u{u}", "connected", timeout=5)
-        buses = {id(m.get_connection(f"u{u}").bus) for u in (1, 2, 3)}  # type: ignore[union-attr]
+        buses = {id(bus_of(m, f"u{u}")) for u in (1, 2, 3)}
         assert len(buses) == 1
         values = [await m.execute_with_retry(f"u{u}", lambda c: c.read("hr:0")) for u in (1, 2, 3)]
         assert values == [1, 2, 3]

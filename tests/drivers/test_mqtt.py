@@ -70,7 +70,7 @@ class Peer:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._subscribed = threading.Event()
         self.client.on_message = lambda c, u, m: self.messages.append(
-            (m.topic, m.payload, bool(m.retain))
+            (m.topic, bytes(m.payload), bool(m.retain))
         )
         self.client.on_subscribe = lambda *args: self._subscribed.set()
         self.client.connect(broker.host, broker.port)

@@ -171,7 +171,7 @@ async def test_garbage_fails_pending_request(
     port = await raw_server(bad)
     conn = driver(port, max_line=128)
     lost: list[BaseException | None] = []
-    conn.connection_lost = lost.append  # type: ignore[method-assign]
+    conn.connection_lost = lost.append  # type: ignore[method-assign, assignment]
     await conn.connect()
     try:
         with pytest.raises(error):

@@ -73,8 +73,8 @@ def test_check_good_yaml_file(tmp_path: Path):
 
 def _with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
     """GOOD with the value at ``path`` replaced."""
-    config = json.loads(json.dumps(GOOD))
-    node = config
+    config: dict[str, Any] = json.loads(json.dumps(GOOD))
+    node: Any = config
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
@@ -222,12 +222,13 @@ def test_sim_tcp_answers_ping_and_stops_on_sigterm():
 def test_demo_with_mqtt_mirrors_to_a_broker():
     """Test that `edgelink demo --mqtt` bridges the demo's datapoints to that broker."""
     import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from edgelink.testing.mosquitto import MosquittoBroker
 
     with MosquittoBroker() as broker:
         topics: list[str] = []
-        sub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        sub = paho.Client(CallbackAPIVersion.VERSION2)
         sub.on_connect = lambda client, *_: client.subscribe("smarthome/#")
         sub.on_message = lambda client, userdata, msg: topics.append(msg.topic)
         sub.connect("127.0.0.1", broker.port)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
+from operator import eq
 from typing import Any
 
 import pytest
@@ -109,7 +111,7 @@ async def test_flapping_link_coalesces_its_per_attempt_events(
     await proxy.drop_all()
     await m.wait_for_state("dev", "reconnecting", timeout=2)
     for delay in (0.1, 0.2, 0.4, 0.8):
-        await clock.advance(await clock.wait_for_timer(lambda d, x=delay: d == x))
+        await clock.advance(await clock.wait_for_timer(partial(eq, delay)))
     await clock.wait_for_timer(lambda d: d == 1.6)
     after = len(await rec.of("reconnect_start")), len(await rec.of("reconnect_failed"))
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)

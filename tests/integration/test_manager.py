@@ -164,8 +164,11 @@ async def test_callbacks_that_raise_or_block_never_stall_connections(
     def boom(ev: object) -> None:
         raise RuntimeError("callback bug")
 
+    def hold(ev: object) -> None:
+        release.wait(10)
+
     m.on_event("*", boom)
-    m.on_event("*", lambda ev: release.wait(10))
+    m.on_event("*", hold)
     m.on_event("disconnected", lambda ev: good.append("disconnected"))
     async with m:
         await m.wait_for_state("dev", "connected", timeout=5)

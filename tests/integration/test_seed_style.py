@@ -65,6 +65,11 @@ class CustomTCPConnection(SyncConnection):
         self.status = ConnectionStatus.DISCONNECTED
         return True
 
+    def _connected_socket(self) -> socket.socket:
+        if self.socket is None:
+            raise ConnectionError(f"{self.connection_id} is not connected")
+        return self.socket
+
     def _close_socket(self) -> None:
         sock, self.socket = self.socket, None
         if sock is not None:
@@ -78,23 +83,24 @@ class CustomTCPConnection(SyncConnection):
 
     def health_check(self) -> bool:
         """Sends PING, expects PONG."""
-        if not self.is_connected():
+        sock = self.socket
+        if sock is None:
             return False
 
         try:
-            self.socket.send(b"PING\n")
-            response = self.socket.recv(1024)
+            sock.send(b"PING\n")
+            response = sock.recv(1024)
 
             return b"PONG" in response
         except Exception:
             return False
 
     def send_data(self, data: bytes) -> None:
-        self.socket.sendall(data)
+        self._connected_socket().sendall(data)
         self.update_stats(packets_sent=1, bytes_sent=len(data))
 
     def receive_data(self) -> bytes:
-        data = self.socket.recv(1024)
+        data = self._connected_socket().recv(1024)
         self.update_stats(packets_received=1, bytes_received=len(data))
         return data
 
@@ -150,7 +156,7 @@ def test_seed_names_are_public():
         "ERROR": "error",
         "SUSPENDED": "suspended",
     }
-    assert {name: ConnectionStatus[name].value for name in seed_enum} == seed_enum
+    assert {name: ConnectionStatus.__members__[name].value for name in seed_enum} == seed_enum
     ctx = object()
     conn = CustomTCPConnection(DEVICE, {"host": "127.0.0.1", "port": 1}, ctx)
     assert conn.app_context is ctx and conn.connection_id == DEVICE

@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
+from operator import methodcaller
 from typing import Any, TypeVar
 
 import pytest
@@ -329,8 +330,8 @@ def test_eight_threads_share_the_facade(make_sync: MakeSync, threaded_peer: Peer
                         sync.restart_connection(cid)
                         restarts[cid] += 1
                     tag = f"t{i}"
-                    sync.execute_with_retry(cid, lambda c, tag=tag, j=j: c.write(tag, j))
-                    got = sync.execute_with_retry(cid, lambda c, tag=tag: c.read(tag))
+                    sync.execute_with_retry(cid, methodcaller("write", tag, j))
+                    got = sync.execute_with_retry(cid, methodcaller("read", tag))
                     assert got == str(j), (i, j, got)
                     assert sync.execute_with_retry(cid, lambda c: c.read("power")) == "230"
                     assert sync.get_status(cid)["connection_id"] == cid
@@ -564,7 +565,7 @@ def test_close_while_threads_keep_calling():
 
 
 def _public_methods(cls: type) -> dict[str, Callable[..., Any]]:
-    methods = {}
+    methods: dict[str, Callable[..., Any]] = {}
     for name in dir(cls):
         if name.startswith("_"):
             continue

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import random
+from typing import TypedDict
 
 import pytest
 
 from edgelink.backoff import Backoff, JitterMode
+
+
+class Shape(TypedDict, total=False):
+    """The fields of a `Backoff` that shape its base delays."""
+
+    initial: float
+    multiplier: float
+    max: float
+
+
+class Policy(Shape, total=False):
+    """Every numeric field of a `Backoff`."""
+
+    jitter: float
+    max_attempts: int | None
 
 
 @pytest.mark.parametrize(
@@ -18,7 +34,7 @@ from edgelink.backoff import Backoff, JitterMode
         ({"initial": 0.0, "max": 1.0}, [0.0, 0.0]),
     ],
 )
-def test_base_delays(kwargs: dict[str, float], expected: list[float]) -> None:
+def test_base_delays(kwargs: Shape, expected: list[float]) -> None:
     """Test that base delays grow geometrically up to the cap."""
     b = Backoff(jitter=0.0, **kwargs)
     assert [round(b.delay(n), 6) for n in range(1, len(expected) + 1)] == expected
@@ -78,7 +94,7 @@ def test_exhausted(max_attempts: int | None, attempts: int, exhausted: bool) -> 
         {"max_attempts": 0},
     ],
 )
-def test_invalid_policies_raise(kwargs: dict[str, float]) -> None:
+def test_invalid_policies_raise(kwargs: Policy) -> None:
     """Test that an impossible policy is refused with a ValueError."""
     with pytest.raises(ValueError, match="must be"):
         Backoff(**kwargs)

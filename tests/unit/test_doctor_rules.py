@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelink.config import load_config
+from edgelink.config import ConnectionSpec, load_config
 from edgelink.service.doctor import (
     Verdict,
     _check_lock,
@@ -60,7 +60,7 @@ def test_pattern_has_source(pattern: str, expected: bool) -> None:
     assert _pattern_has_source(pattern, endpoints) is expected
 
 
-def spec(settings: dict[str, object], ctype: str = "tcp"):  # type: ignore[no-untyped-def]
+def spec(settings: dict[str, object], ctype: str = "tcp") -> ConnectionSpec:
     doc = {"connections": {"d": {"type": ctype, "config": {"port": 1}, "settings": settings}}}
     return load_config(doc).specs()["d"]
 

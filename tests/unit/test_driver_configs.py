@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 import pytest
+from pydantic import BaseModel
 
 from edgelink import ConfigError, Connection, ConnectionManager
 from edgelink.config import config_json_schema, load_config
@@ -187,7 +188,7 @@ class PumpConnection(Connection):
     """A custom driver with a config model."""
 
     type_name = "pump"
-    config_model = PumpConfig
+    config_model: ClassVar[type[BaseModel] | None] = PumpConfig
     cfg: PumpConfig
 
     async def connect(self) -> None:

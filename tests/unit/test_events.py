@@ -20,8 +20,8 @@ def ev(kind: str = "connected", cid: str = "dev1", **data: object) -> Event:
 async def test_sync_and_async_callbacks_get_events_in_order() -> None:
     """Test that sync and async callbacks each receive every event, in order."""
     bus = EventBus()
-    got_sync: list[str] = []
-    got_async: list[str] = []
+    got_sync: list[int] = []
+    got_async: list[int] = []
 
     async def on_async(e: Event) -> None:
         got_async.append(e.data["n"])

@@ -13,6 +13,7 @@ from edgelink import ConfigError
 from edgelink.drivers.modbus_tags import (
     DataType,
     ModbusTag,
+    ReadBlock,
     Table,
     WordOrder,
     parse_tag,
@@ -216,7 +217,7 @@ def tags(*texts: str) -> list[ModbusTag]:
     return [parse_tag(t) for t in texts]
 
 
-def spans(blocks: list) -> list[tuple[str, int, int]]:
+def spans(blocks: list[ReadBlock]) -> list[tuple[str, int, int]]:
     return [(str(b.table), b.start, b.count) for b in blocks]
 
 

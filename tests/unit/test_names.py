@@ -67,8 +67,8 @@ async def test_a_status_reason_is_a_member_and_a_plain_string(make_manager) -> N
     await manager.start()
     await manager.stop_connection("dev")
     status = manager.get_status("dev")
-    assert status["reason"] is Reason.ADMIN_STOP
     assert status["reason"] == "admin_stop"
+    assert status["reason"] is Reason.ADMIN_STOP
     assert json.loads(json.dumps(status, default=str))["reason"] == "admin_stop"
 
 

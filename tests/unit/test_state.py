@@ -12,6 +12,7 @@ from edgelink.state import (
     Health,
     IllegalTransitionError,
     StateMachine,
+    Transition,
     can_transition,
 )
 
@@ -78,7 +79,6 @@ def test_illegal_transition_raises_and_keeps_state(
 ) -> None:
     """Test that an illegal transition raises and leaves state and history alone."""
     sm = StateMachine(clock=lambda: 1.0)
-    path = {S.DISCONNECTED: []}
     # Walk a legal path to ``old`` first.
     routes = {
         S.DISCONNECTED: [],
@@ -89,7 +89,6 @@ def test_illegal_transition_raises_and_keeps_state(
         S.ERROR: [S.CONNECTING, S.ERROR],
         S.SUSPENDED: [S.CONNECTING, S.SUSPENDED],
     }
-    del path
     for step in routes[old]:
         sm.transition(step)
     before = list(sm.history)
@@ -102,7 +101,7 @@ def test_illegal_transition_raises_and_keeps_state(
 def test_transition_stamps_time_reason_and_notifies() -> None:
     """Test that a transition records time and reason and calls the listener once."""
     now = [10.0]
-    seen = []
+    seen: list[Transition] = []
     sm = StateMachine(clock=lambda: now[0], listener=seen.append)
     sm.transition(S.CONNECTING, reason="start")
     now[0] = 12.5

@@ -24,7 +24,7 @@ class Driver:
         self.degraded.append(reason)
 
 
-def make(clock: ManualClock, **kwargs: object) -> tuple[SubscriptionLedger, Driver]:
+def make(clock: ManualClock, **kwargs: float) -> tuple[SubscriptionLedger, Driver]:
     driver = Driver()
     ledger = SubscriptionLedger(
         driver.replay, clock=clock, on_degraded=driver.on_degraded, name="dev", **kwargs

@@ -120,8 +120,9 @@ async def test_child_crash_is_reported_and_siblings_keep_running() -> None:
         raise ValueError("boom")
 
     sibling = children.spawn(forever(), name="x.sibling")
-    children.spawn(crash(), name="x.crash")
+    crasher = children.spawn(crash(), name="x.crash")
     await asyncio.sleep(0.01)
+    assert crasher.done()
     assert [(name, str(exc)) for name, exc in owner.crashes] == [("x.crash", "boom")]
     assert not sibling.done() and list(children) == [sibling] and len(children) == 1
     assert "x.sibling" in repr(children)
@@ -141,9 +142,10 @@ async def test_child_failing_at_close_is_reported() -> None:
         except asyncio.CancelledError:
             raise RuntimeError("cleanup failed") from None
 
-    children.spawn(fails_on_cancel(), name="x.bad")
+    bad = children.spawn(fails_on_cancel(), name="x.bad")
     await asyncio.sleep(0)
     await children.aclose()
+    assert bad.done()
     assert [str(exc) for _, exc in owner.crashes] == ["cleanup failed"]
 
 
