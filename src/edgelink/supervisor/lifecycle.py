@@ -197,33 +197,8 @@ class SupervisorLifecycle(SupervisorChildren):
         fast = False
         in_cooldown = self._sm.state is S.SUSPENDED
         while self._owns():
-            wait = wait_before_attempt(
-                self._sm.state,
-                self._attempts,
-                in_cooldown=in_cooldown,
-                fast=fast,
-                cooldown=self._cooldown,
-                hold_down=self._hold_down,
-                backoff=self._backoff,
-                sleep_probe_interval=s.sleep_probe_interval,
-            )
-            if wait.kind is WaitKind.END:
+            if not await self._wait_before_attempt(in_cooldown=in_cooldown, fast=fast):
                 return
-            if wait.kind is not WaitKind.NONE:
-                self._next_retry_at = self._clock.time() + wait.delay
-                if wait.kind is WaitKind.HOLD_DOWN:
-                    # An admin reconnect cuts the hold-down short (a person said so).
-                    self._sm.set_reason(Reason.FLAPPING)
-                elif wait.kind is WaitKind.BACKOFF:
-                    self._emit(
-                        EventType.RECONNECT_START,
-                        delay=round(wait.delay, 4),
-                        next_attempt=wait.attempt,
-                    )
-                await self._wait(wait.delay)
-                if wait.kind is WaitKind.COOLDOWN:
-                    self._cooldown = min(wait.delay * 2, s.suspend_cooldown_max)
-            self._next_retry_at = None
             if fast:
                 self._emit(EventType.FAST_PATH_ACTIVE, timeout=s.fast_path_timeout)
             timeout = s.fast_path_timeout if fast else s.connect_timeout
@@ -236,77 +211,117 @@ class SupervisorLifecycle(SupervisorChildren):
                 await self._close_link(timeout=s.connect_timeout)
                 if self.desired == "stopped":
                     return
-                self._last_error = describe(lost.error) if lost.error else lost.reason
-                self._set_health(Health.UNHEALTHY)
-                decision = after_loss(lost, self._attempts, auto_reconnect=s.auto_reconnect)
-                if decision.next is Next.FAIL:
-                    self._transition(S.ERROR, decision.reason)
-                    self._emit(EventType.DISCONNECTED, reason=decision.reason)
-                    self._emit(EventType.ERROR, reason=decision.reason, error=self._last_error)
+                outcome = self._handle_loss(lost)
+                if outcome is Next.FAIL:
                     return
-                if decision.next is Next.SLEEP:
-                    self._transition(S.SLEEPING, decision.reason)
-                    self._emit(EventType.DISCONNECTED, reason=Reason.DEVICE_SLEEP)
-                    continue
-                self._transition(S.RECONNECTING, decision.reason)
-                self._emit(EventType.DISCONNECTED, reason=decision.reason, error=self._last_error)
-                if decision.flap:
-                    self._record_flap()
-                # Read after the events: a listener may have asked for a fast reconnect.
-                fast = lost.fast or self._fast_requested
-                in_cooldown = False
+                if outcome is Next.RETRY:
+                    # Read after the events: a listener may have asked for a fast reconnect.
+                    fast = lost.fast or self._fast_requested
+                    in_cooldown = False
+                # After a sleep the cooldown, if any, goes on as it was.
                 continue
-
-            # The attempt failed.
-            verdict = classify(error)
-            self._last_error = describe(error)
-            # The device itself is unreachable: reads that timed out were the
-            # link's fault, not their tags'.
-            self._strikes.clear()
-            self.connection.stats.add({"errors": 1}, self._clock.time())
-            decision = after_attempt_failed(
-                self._sm.state,
-                self._attempts,
-                verdict,
-                in_cooldown=in_cooldown,
-                auto_reconnect=s.auto_reconnect,
-                backoff=self._backoff,
-            )
-            if decision.counted:
-                self._attempts = decision.attempts
-                self._emit(
-                    EventType.RECONNECT_FAILED, error=self._last_error, reason=verdict.reason
-                )
-            if decision.next is Next.FAIL:
-                self._transition(S.ERROR, decision.reason)
-                self._emit(EventType.ERROR, reason=decision.reason, error=self._last_error)
+            outcome = self._handle_failed_attempt(error, in_cooldown=in_cooldown)
+            if outcome is Next.FAIL:
                 return
-            if decision.next is Next.PROBE_FAILED:
-                # One probe after the cooldown failed: stay suspended and say so again.
+            in_cooldown = outcome is Next.SUSPEND or outcome is Next.PROBE_FAILED
+
+    async def _wait_before_attempt(self, *, in_cooldown: bool, fast: bool) -> bool:
+        """Wait as `wait_before_attempt` says; return False if no attempt follows."""
+        s = self.settings
+        wait = wait_before_attempt(
+            self._sm.state,
+            self._attempts,
+            in_cooldown=in_cooldown,
+            fast=fast,
+            cooldown=self._cooldown,
+            hold_down=self._hold_down,
+            backoff=self._backoff,
+            sleep_probe_interval=s.sleep_probe_interval,
+        )
+        if wait.kind is WaitKind.END:
+            return False
+        if wait.kind is not WaitKind.NONE:
+            self._next_retry_at = self._clock.time() + wait.delay
+            if wait.kind is WaitKind.HOLD_DOWN:
+                # An admin reconnect cuts the hold-down short (a person said so).
+                self._sm.set_reason(Reason.FLAPPING)
+            elif wait.kind is WaitKind.BACKOFF:
                 self._emit(
-                    EventType.SUSPENDED,
-                    reason=Reason.MAX_ATTEMPTS,
-                    error=self._last_error,
-                    next_probe_in=self._cooldown,
+                    EventType.RECONNECT_START,
+                    delay=round(wait.delay, 4),
+                    next_attempt=wait.attempt,
                 )
-                self._sm.set_reason(Reason.MAX_ATTEMPTS)
-                continue
-            if decision.next is Next.SUSPEND:
-                self._transition(S.SUSPENDED, decision.reason)
-                self._emit(
-                    EventType.MAX_RETRIES_EXCEEDED, attempts=self._attempts, error=self._last_error
-                )
-                self._emit(
-                    EventType.SUSPENDED,
-                    reason=Reason.MAX_ATTEMPTS,
-                    error=self._last_error,
-                    next_probe_in=self._cooldown,
-                )
-                in_cooldown = True
-                continue
-            # Retry or sleep: neither follows a cooldown probe.
+            await self._wait(wait.delay)
+            if wait.kind is WaitKind.COOLDOWN:
+                self._cooldown = min(wait.delay * 2, s.suspend_cooldown_max)
+        self._next_retry_at = None
+        return True
+
+    def _handle_loss(self, lost: Lost) -> Next:
+        """Carry out `after_loss` for a link that was up: state, events, flap penalty."""
+        self._last_error = describe(lost.error) if lost.error else lost.reason
+        self._set_health(Health.UNHEALTHY)
+        decision = after_loss(lost, self._attempts, auto_reconnect=self.settings.auto_reconnect)
+        if decision.next is Next.FAIL:
+            self._transition(S.ERROR, decision.reason)
+            self._emit(EventType.DISCONNECTED, reason=decision.reason)
+            self._emit(EventType.ERROR, reason=decision.reason, error=self._last_error)
+        elif decision.next is Next.SLEEP:
+            self._transition(S.SLEEPING, decision.reason)
+            self._emit(EventType.DISCONNECTED, reason=Reason.DEVICE_SLEEP)
+        else:
+            self._transition(S.RECONNECTING, decision.reason)
+            self._emit(EventType.DISCONNECTED, reason=decision.reason, error=self._last_error)
+            if decision.flap:
+                self._record_flap()
+        return decision.next
+
+    def _handle_failed_attempt(self, error: BaseException, *, in_cooldown: bool) -> Next:
+        """Carry out `after_attempt_failed`: count the attempt, go to the next state, event it."""
+        verdict = classify(error)
+        self._last_error = describe(error)
+        # The device itself is unreachable: reads that timed out were the
+        # link's fault, not their tags'.
+        self._strikes.clear()
+        self.connection.stats.add({"errors": 1}, self._clock.time())
+        decision = after_attempt_failed(
+            self._sm.state,
+            self._attempts,
+            verdict,
+            in_cooldown=in_cooldown,
+            auto_reconnect=self.settings.auto_reconnect,
+            backoff=self._backoff,
+        )
+        if decision.counted:
+            self._attempts = decision.attempts
+            self._emit(EventType.RECONNECT_FAILED, error=self._last_error, reason=verdict.reason)
+        if decision.next is Next.FAIL:
+            self._transition(S.ERROR, decision.reason)
+            self._emit(EventType.ERROR, reason=decision.reason, error=self._last_error)
+        elif decision.next is Next.PROBE_FAILED:
+            # One probe after the cooldown failed: stay suspended and say so again.
+            self._emit(
+                EventType.SUSPENDED,
+                reason=Reason.MAX_ATTEMPTS,
+                error=self._last_error,
+                next_probe_in=self._cooldown,
+            )
+            self._sm.set_reason(Reason.MAX_ATTEMPTS)
+        elif decision.next is Next.SUSPEND:
+            self._transition(S.SUSPENDED, decision.reason)
+            self._emit(
+                EventType.MAX_RETRIES_EXCEEDED, attempts=self._attempts, error=self._last_error
+            )
+            self._emit(
+                EventType.SUSPENDED,
+                reason=Reason.MAX_ATTEMPTS,
+                error=self._last_error,
+                next_probe_in=self._cooldown,
+            )
+        else:
+            # Retry or sleep.
             self._transition(decision.state, decision.reason)
-            in_cooldown = False
+        return decision.next
 
     async def _wait(self, delay: float) -> None:
         """Wait ``delay`` on the clock; `reconnect()` cuts the wait short."""
