@@ -98,14 +98,21 @@ class ChildTasks:
         # One bound method for every child, not one per spawn.
         self._done = self._child_done
 
+    def start(self, coro: Coroutine[Any, Any, Any], *, name: str) -> None:
+        """Start ``coro`` as a child task named ``name``; this owner keeps it (see `spawn`)."""
+        self._own(asyncio.get_running_loop().create_task(coro, name=name))
+
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """Start ``coro`` as a child task named ``name`` and own it."""
+        """Start ``coro`` as a child task named ``name``, own it, and return it."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._own(task)
+        return task
+
+    def _own(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         # The callback needs no context variables: the empty context spares
         # a context copy per child.
         task.add_done_callback(self._done, context=_NO_CONTEXT)
-        return task
 
     def _child_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -45,7 +45,7 @@ class SupervisorChildren(SupervisorPolling):
             if role == "health"
             else self._run_poll(self._poll[int(role.removeprefix("poll"))])
         )
-        self._children.spawn(coro, name=f"edgelink[{self.connection_id}].{role}")
+        self._children.start(coro, name=f"edgelink[{self.connection_id}].{role}")
 
     def child_crashed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         """A health or poll task died of ``exc``: event it, restart it after a backoff.
