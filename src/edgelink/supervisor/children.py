@@ -32,6 +32,8 @@ MAX_CHILD_RESTARTS: Final = 5
 class SupervisorChildren(SupervisorPolling):
     """The child tasks of a link (a part of `edgelink.supervisor.Supervisor`)."""
 
+    __slots__ = ()
+
     async def _end_connected_tasks(self) -> None:
         for handle in self._timers:
             handle.cancel()

@@ -15,6 +15,8 @@ class Supervisor(SupervisorLifecycle):
     on the manager's event loop unless documented thread-safe.
     """
 
+    __slots__ = ()
+
     def status_dict(self) -> dict[str, Any]:
         """Return the explainable status of DESIGN section 4."""
         return {

@@ -22,6 +22,8 @@ S = ConnectionState
 class SupervisorFlapping(SupervisorHealth):
     """Flap dampening of a link (a part of `edgelink.supervisor.Supervisor`)."""
 
+    __slots__ = ()
+
     def flap_status(self) -> dict[str, Any] | None:
         """Return the flap dampening's view of the link (None when dampening is off)."""
         damper = self._damper

@@ -33,6 +33,8 @@ S = ConnectionState
 class SupervisorHealth(SupervisorBase):
     """The health checks of a link (a part of `edgelink.supervisor.Supervisor`)."""
 
+    __slots__ = ()
+
     def on_degraded(self, reason: str | None) -> None:
         """The driver says its link works but not fully (None: whole again). Thread-safe."""
         self._on_loop(self._handle_degraded, reason)

@@ -47,6 +47,8 @@ S = ConnectionState
 class SupervisorLifecycle(SupervisorChildren):
     """The main task of a link (a part of `edgelink.supervisor.Supervisor`)."""
 
+    __slots__ = ()
+
     def start(self) -> None:
         """Start supervising (idempotent). Must be called on the event loop."""
         self.desired = "running"

@@ -35,6 +35,8 @@ S = ConnectionState
 class SupervisorPolling(SupervisorFlapping):
     """The poll groups of a link (a part of `edgelink.supervisor.Supervisor`)."""
 
+    __slots__ = ()
+
     @property
     def quarantined(self) -> dict[str, dict[str, Any]]:
         """The quarantined poll tags: tag -> reason, cause, error, since, strikes (a copy)."""
