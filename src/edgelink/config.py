@@ -45,13 +45,13 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue, models_json_schema
 from pydantic_core import CoreSchema
 
-from edgelink.documents import read_document
+from edgelink._documents import read_document
+from edgelink._validation import format_path as _format_path
+from edgelink._validation import reason, unknown_key_reason
 from edgelink.drivers.configs import BUILTIN_CONFIG_MODELS
 from edgelink.errors import ConfigError
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
-from edgelink.validation import format_path as _format_path
-from edgelink.validation import reason, unknown_key_reason
 
 __all__ = [
     "ConfigDiff",

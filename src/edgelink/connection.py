@@ -38,11 +38,11 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from edgelink._validation import validate_model
 from edgelink.clock import Clock, SystemClock
 from edgelink.errors import ConnectError, DeviceError
 from edgelink.redact import collect_secrets, redact, remember_secrets
 from edgelink.state import ConnectionState
-from edgelink.validation import validate_model
 
 __all__ = [
     "AnyConnection",

@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgelink._tasks import cancel_and_wait
 from edgelink.lifecycle import AsyncResource
 from edgelink.redact import redact
 from edgelink.state import Reason
-from edgelink.tasks import cancel_and_wait
 
 __all__ = [
     "EVENT_TYPES",

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from pydantic import ValidationError
 
+from edgelink._deadline import DeadlineWheel
+from edgelink._tasks import cancel_and_wait
 from edgelink.clock import Clock, SystemClock
 from edgelink.config import (
     ConfigDiff,
@@ -36,7 +38,6 @@ from edgelink.config import (
     load_config,
 )
 from edgelink.connection import AnyConnection, SyncConnection
-from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     ConfigError,
     ConnectionLostError,
@@ -59,7 +60,6 @@ from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
-from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
@@ -225,7 +225,7 @@ class ConnectionManager(Service):
         self._restart_tasks: set[asyncio.Task[None]] = set()
         self._pool: ConnectionPool | None = None
         # Request deadlines: asyncio.timeout() per request would cost more than
-        # the rest of execute_with_retry (see edgelink.deadline).
+        # the rest of execute_with_retry (see edgelink._deadline).
         self._deadlines = DeadlineWheel()
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None

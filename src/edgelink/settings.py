@@ -23,7 +23,9 @@ PositiveSeconds = Field(gt=0)
 class ConnectionSettings(BaseModel):
     """How one connection is supervised. Every field has the documented default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: "30" or "yes" for a number or a flag is a config error, as in the
+    # driver configs; an int is still fine where seconds are a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     reconnect_initial_delay: float = Field(
         default=0.1, ge=0, description="first reconnect delay, s"
@@ -32,7 +34,9 @@ class ConnectionSettings(BaseModel):
     reconnect_max_delay: float = Field(default=10.0, gt=0, description="delay cap, s")
     reconnect_jitter: float = Field(default=0.2, ge=0, le=1, description="relative jitter, 0..1")
     reconnect_jitter_mode: JitterMode = Field(
-        default=JitterMode.PROPORTIONAL, description="proportional (±jitter) or full (0..delay)"
+        default=JitterMode.PROPORTIONAL,
+        strict=False,  # the config file gives the mode as its string
+        description="proportional (±jitter) or full (0..delay)",
     )
     reconnect_max_attempts: int | None = Field(
         default=10, ge=1, description="attempts before suspension; null = never give up"

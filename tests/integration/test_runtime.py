@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Recorder, tcp
 from edgelink import ConfigError, ConnectionManager
-from edgelink.deadline import DeadlineWheel
+from edgelink._deadline import DeadlineWheel
 from edgelink.gcpolicy import GcPolicy
 from edgelink.testing.peers import PingPongPeer
 

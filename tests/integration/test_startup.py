@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from edgelink.documents import write_atomically
+from edgelink._documents import write_atomically
 from edgelink.service.gateway import Gateway
 from edgelink.service.lock import LOCK_FILE, FolderLock
 

@@ -759,3 +759,30 @@ def test_check_config_error_lines(tmp_path: Path) -> None:
         "  connections.plc_1.poll[0].tags: must not be empty",
         "  connections.plc_1.poll[0].interval: Input should be greater than 0",
     ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "path"),
+    [
+        ({"health_check_interval": "30"}, "settings.health_check_interval"),
+        ({"auto_reconnect": "yes"}, "settings.auto_reconnect"),
+        ({"reconnect_max_attempts": 3.0}, "settings.reconnect_max_attempts"),
+    ],
+)
+def test_settings_are_strict(settings: dict[str, object], path: str) -> None:
+    """Test that numbers and flags given as strings (or a float count) are refused by path."""
+    with pytest.raises(ConfigError) as info:
+        load_config({"settings": settings, "connections": {}})
+    assert path in str(info.value)
+
+
+def test_settings_take_an_int_for_seconds_and_the_jitter_mode_as_text() -> None:
+    """Test that strictness keeps what a JSON file naturally says."""
+    config = load_config(
+        {
+            "settings": {"health_check_interval": 30, "reconnect_jitter_mode": "full"},
+            "connections": {},
+        }
+    )
+    assert config.settings.health_check_interval == 30.0
+    assert config.settings.reconnect_jitter_mode == "full"

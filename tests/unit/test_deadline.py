@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edgelink.deadline import DeadlineWheel
+from edgelink._deadline import DeadlineWheel
 
 
 async def test_deadline_raises_timeout_error_at_most_one_tick_late() -> None:

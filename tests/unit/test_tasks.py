@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edgelink.tasks import ChildTasks, cancel_and_wait
+from edgelink._tasks import ChildTasks, cancel_and_wait
 
 
 async def forever() -> None:

@@ -38,12 +38,12 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from edgelink._tasks import cancel_and_wait
 from edgelink.api.auth import websocket_token
 from edgelink.events import EVENT_TYPES, Event
 from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.router.wire import WireEncoder
 from edgelink.service.token import token_matches
-from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway

@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edgelink._tasks import cancel_and_wait
 from edgelink.bridge.topics import TopicError, decode_address, encode_topic
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
@@ -60,7 +61,6 @@ from edgelink.lifecycle import Service
 from edgelink.router.datapoint import DataPoint, quality_detail
 from edgelink.router.wire import WireEncoder
 from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
-from edgelink.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edgelink.bridge.settings import BridgeSettings

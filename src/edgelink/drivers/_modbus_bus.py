@@ -53,8 +53,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.transport.serialtransport import create_serial_connection
 
+from edgelink._deadline import DeadlineWheel
 from edgelink.clock import Clock, SystemClock
-from edgelink.deadline import DeadlineWheel
 from edgelink.drivers._socket import tune_tcp_socket
 from edgelink.errors import (
     ConfigError,

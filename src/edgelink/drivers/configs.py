@@ -41,8 +41,8 @@ from pydantic import (
     model_validator,
 )
 
+from edgelink._validation import field_error
 from edgelink.drivers.framing import LENGTH_PREFIXES
-from edgelink.validation import field_error
 
 __all__ = [
     "BUILTIN_CONFIG_MODELS",

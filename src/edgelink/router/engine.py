@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edgelink._deadline import DeadlineWheel
 from edgelink.clock import Clock, SystemClock
-from edgelink.deadline import DeadlineWheel
 from edgelink.router.address import resolve_endpoint
 from edgelink.router.dataspace import DataSpace
 from edgelink.router.dispatch import ECHO_LIMIT, Dispatch, _Echo

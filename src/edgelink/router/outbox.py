@@ -6,13 +6,13 @@ import asyncio
 import logging
 from typing import Any
 
-from edgelink.deadline import DeadlineWheel
+from edgelink._deadline import DeadlineWheel
+from edgelink._tasks import cancel_and_wait
 from edgelink.errors import EdgelinkError
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.quarantine import Quarantine
 from edgelink.router.table import LOG_EVERY
 from edgelink.router.targets import SendsData, Target
-from edgelink.tasks import cancel_and_wait
 
 #: One logger for the whole router (its records keep the name they always had).
 logger = logging.getLogger("edgelink.router.engine")

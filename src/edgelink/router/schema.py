@@ -26,7 +26,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgelink.documents import read_document
+from edgelink._documents import read_document
 from edgelink.errors import ConfigError, RouteError
 
 __all__ = [

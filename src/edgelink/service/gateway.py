@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from edgelink import __version__
+from edgelink._documents import write_atomically
 from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
-from edgelink.documents import write_atomically
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager

@@ -29,10 +29,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgelink._tasks import cancel_and_wait
 from edgelink.events import Event, log_name
 from edgelink.lifecycle import AsyncResource
 from edgelink.redact import RedactingFilter, redact, redact_text
-from edgelink.tasks import cancel_and_wait
 
 __all__ = [
     "BufferedMessage",

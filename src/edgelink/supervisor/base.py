@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+from edgelink._deadline import DeadlineWheel
+from edgelink._tasks import ChildTasks
 from edgelink.backoff import Backoff
 from edgelink.clock import Clock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
 from edgelink.dampening import FlapDamper
-from edgelink.deadline import DeadlineWheel
 from edgelink.errors import (
     Action,
     classify,
@@ -32,7 +33,6 @@ from edgelink.supervisor.policy import (
     Lost,
 )
 from edgelink.supervisor.specs import DataSink, HealthCheck, LinkDownListener, PollSpec, WatchRule
-from edgelink.tasks import ChildTasks
 
 logger = logging.getLogger("edgelink.supervisor")
 
@@ -160,7 +160,7 @@ class SupervisorBase:
         self._clock = clock
         self._admission = admission
         # Driver-call deadlines, shared manager-wide: cheaper than
-        # asyncio.timeout() per health check and poll (see edgelink.deadline).
+        # asyncio.timeout() per health check and poll (see edgelink._deadline).
         self._deadlines = deadlines if deadlines is not None else DeadlineWheel()
         self._data_sink = data_sink
         self._poll = tuple(poll)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from edgelink._tasks import cancel_and_wait
 from edgelink.errors import (
     ConnectError,
     ConnectTimeout,
@@ -37,7 +38,6 @@ from edgelink.supervisor.policy import (
     describe,
     wait_before_attempt,
 )
-from edgelink.tasks import cancel_and_wait
 
 logger = logging.getLogger("edgelink.supervisor")
 

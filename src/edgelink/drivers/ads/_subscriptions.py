@@ -27,12 +27,12 @@ from pyads import constants as ads_constants
 from pyads import pyads_ex
 from pyads.structs import NotificationAttrib
 
+from edgelink._validation import format_path, validate_model
 from edgelink.drivers._subscriptions import Subscription, SubscriptionLedger
 from edgelink.drivers.ads._codec import Symbol, decode
 from edgelink.drivers.ads._io import AdsLink, notification_sample
 from edgelink.drivers.configs import AdsNotification, notification_times_error
 from edgelink.errors import ConfigError, ConnectError, DeviceError, PermanentError, ProtocolError
-from edgelink.validation import format_path, validate_model
 
 __all__ = ["AdsNotifications", "NotificationSpec", "notification_spec", "refusal_text"]
 
