@@ -41,7 +41,7 @@ from edgelink._documents import write_atomically
 from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
-from edgelink.config import load_config, read_document
+from edgelink.config import read_document
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
@@ -611,7 +611,7 @@ class Gateway:
         if self.panicked:
             return {"deferred": "the gateway is in panic; recover applies the new config"}
         try:
-            diff = await self.manager.reload(self._connections_document(folder))
+            diff = await self.manager.reload(connections_document(folder, self.settings))
         except ConfigError as exc:
             return self._config_failed("connections", exc.in_file(folder.connections))
         self.config_errors.pop("connections", None)
@@ -688,9 +688,6 @@ class Gateway:
         }
         self._emit(EventType.CONFIG_RELOADED, file=str(path), **changes)
         return {"ok": True, "file": str(path), **changes}
-
-    def _connections_document(self, folder: ConfigFolder) -> dict[str, Any]:
-        return connections_document(folder, self.settings)
 
     def _add_webhooks(self, manager: ConnectionManager) -> None:
         from edgelink.bridge.webhook import WebhookTarget
@@ -973,11 +970,14 @@ def load_folder(
     return LoadedFolder(folder, settings, manager)
 
 
-def connections_document(folder: ConfigFolder, settings: ServiceSettings) -> dict[str, Any]:
+def connections_document(folder: ConfigFolder, settings: ServiceSettings) -> Any:
     """Read connections.json; give the bridge's broker connection its last will.
 
+    The document is validated once, where it is used (`ConnectionManager.from_config`
+    or `reload`); its callers name connections.json in what that raises.
+
     Raises:
-        ConfigError: naming connections.json, for any bad input.
+        ConfigError: naming connections.json, for a file that cannot be read or parsed.
     """
     document = read_document(folder.connections)
     bridge = settings.bridge
@@ -987,13 +987,6 @@ def connections_document(folder: ConfigFolder, settings: ServiceSettings) -> dic
         config = entry.setdefault("config", {})
         if isinstance(config, dict):
             config.setdefault("will", bridge_will(bridge.base_topic))
-    try:
-        # Validated here so that errors name the file, not "<dict>".
-        load_config(document)
-    except ConfigError as exc:
-        raise exc.in_file(folder.connections) from None
-    if not isinstance(document, dict):  # load_config refused anything else already
-        raise ConfigError("the top level must be an object", file=str(folder.connections))
     return document
 
 
