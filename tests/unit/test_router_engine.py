@@ -695,12 +695,16 @@ async def test_data_space_subscriptions() -> None:
     assert every == [1, 1, 2, 3]
 
 
-def test_data_space_refuses_addresses_beyond_its_limit() -> None:
+def test_data_space_evicts_the_least_recent_address_beyond_its_limit() -> None:
     """Test that a source inventing addresses cannot grow the data space without bound."""
     router = Router(max_addresses=10)
+    router.route_data("plc", "hot", 0)
     for i in range(20):
         router.route_data("mqtt", f"t{i}", i)
-    assert len(router.data) == 10 and router.data.refused == 10
+        router.route_data("plc", "hot", i)  # updated all along: never the least recent
+    assert len(router.data) == 10 and router.data.evicted == 11
+    assert router.data.value("plc.hot") == 19
+    assert router.data.addresses() == ["mqtt.t11", *[f"mqtt.t{i}" for i in range(12, 20)], "plc.hot"]
 
 
 # ---------------------------------------------------------- spam guard

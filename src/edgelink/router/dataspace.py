@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -21,6 +21,14 @@ Record = (
 )
 
 _as_datapoint = tuple.__new__
+
+
+def _last(entry: deque[Record] | Record) -> Record:
+    """The last record of an address's entry (a ring, or its only record)."""
+    if entry.__class__ is deque:
+        last: Record = entry[-1]  # type: ignore[assignment]
+        return last
+    return entry  # type: ignore[return-value]
 
 
 def _dp(record: Record) -> DataPoint:
@@ -62,44 +70,58 @@ class DataSpace:
         space.history("plc_1.MAIN.temperature")    # oldest first
         off = space.subscribe("plc_1.**", print)   # every change under plc_1
 
+    Memory is bounded by ``max_addresses``: a new address beyond it evicts
+    the least recently updated one (its last value, history, tree branch and
+    place in its source's index go; counted in ``evicted``), so a source
+    inventing addresses (an MQTT topic per message) cannot grow memory. An
+    address seen once costs its record only: its history ring is made when
+    its second datapoint comes.
+
     Args:
         history: Datapoints kept per address (at least 1: the last value).
-        max_addresses: Addresses kept; datapoints for new addresses beyond it
-            are not stored (counted in ``refused``) so a source inventing
-            addresses cannot grow memory without bound.
+        max_addresses: Addresses kept (at least 1).
     """
 
     def __init__(self, *, history: int = 10, max_addresses: int = 100_000) -> None:
+        if max_addresses < 1:
+            raise ValueError(f"max_addresses must be at least 1, got {max_addresses}")
         self.history_size = max(1, int(history))
         self.max_addresses = max_addresses
-        # The router writes here directly on its hot path: one ring of records
-        # per address, whose last item is the last value. Never rebound.
-        self._rings: dict[str, deque[Record]] = {}
+        # The router writes here directly on its hot path: per address its
+        # entry, least recently updated first. An entry is the address's only
+        # record (`Record`), or once a second one came (and history > 1) a
+        # ring of records whose last item is the last value. Never rebound.
+        self._rings: OrderedDict[str, deque[Record] | Record] = OrderedDict()
         self._tree: dict[str, set[str]] = {}
         #: source -> its addresses, so marking a source stale costs O(its addresses).
         self._by_source: dict[str, set[str]] = {}
         self._subs: list[_Subscription] = []
         self._sub_index: PatternIndex[_Subscription] = PatternIndex()
         self._sub_cache: dict[str, tuple[_Subscription, ...]] = {}
-        #: Datapoints not stored because ``max_addresses`` was reached.
-        self.refused = 0
+        #: Addresses forgotten to make room for new ones (``max_addresses``).
+        self.evicted = 0
         #: Last values marked stale by `mark_stale`.
         self.stale_marked = 0
         self._warned_full = False
 
     def get(self, address: str) -> DataPoint | None:
         """Return the last datapoint of ``address``, or None."""
-        ring = self._rings.get(address)
-        return _dp(ring[-1]) if ring else None
+        entry = self._rings.get(address)
+        return None if entry is None else _dp(_last(entry))
 
     def value(self, address: str, default: object = None) -> object:
         """Return the last value of ``address``, or ``default``."""
-        ring = self._rings.get(address)
-        return ring[-1][1] if ring else default
+        entry = self._rings.get(address)
+        return default if entry is None else _last(entry)[1]
 
     def history(self, address: str) -> list[DataPoint]:
         """Return the kept datapoints of ``address``, oldest first."""
-        return [_dp(r) for r in self._rings.get(address, ())]
+        entry = self._rings.get(address)
+        if entry is None:
+            return []
+        if entry.__class__ is deque:
+            return [_dp(r) for r in entry]
+        return [_dp(entry)]  # type: ignore[arg-type]
 
     def children(self, prefix: str = "") -> list[str]:
         """Return the paths one segment below ``prefix`` (``""`` for the top), sorted.
@@ -124,9 +146,9 @@ class DataSpace:
         """Return the last datapoint of every address at or under ``prefix``."""
         below = prefix + "."
         return {
-            a: _dp(r[-1])
-            for a, r in self._rings.items()
-            if r and (not prefix or a == prefix or a.startswith(below))
+            a: _dp(_last(e))
+            for a, e in self._rings.items()
+            if not prefix or a == prefix or a.startswith(below)
         }
 
     def __contains__(self, address: object) -> bool:
@@ -140,35 +162,44 @@ class DataSpace:
 
     def __repr__(self) -> str:
         return (
-            f"<DataSpace addresses={len(self._rings)} history={self.history_size} "
+            f"<DataSpace addresses={len(self._rings)}/{self.max_addresses} "
+            f"history={self.history_size} evicted={self.evicted} "
             f"subscriptions={len(self._subs)}>"
         )
 
     def put(self, dp: Record) -> None:
         """Store a datapoint as the last value of its address and notify subscribers."""
-        ring = self._rings.get(dp[0])
-        if ring is None:
-            ring = self._new_ring(dp[0], dp[4])
-            if ring is None:
-                return
-        prev = ring[-1] if ring else None
-        ring.append(dp)
+        address = dp[0]
+        entry = self._rings.get(address)
+        if entry is None:
+            self.store_new(dp)
+            return
+        self.store(address, entry, dp)
+
+    def store(self, address: str, entry: deque[Record] | Record, dp: Record) -> None:
+        """Store ``dp`` at an address already kept, whose entry is ``entry`` (the router's path)."""
+        rings = self._rings
+        rings.move_to_end(address)
+        if entry.__class__ is deque:
+            prev: Record = entry[-1]  # type: ignore[assignment]
+            entry.append(dp)  # type: ignore[union-attr]
+        else:
+            prev = entry  # type: ignore[assignment]
+            if self.history_size > 1:
+                rings[address] = deque((prev, dp), maxlen=self.history_size)
+            else:
+                rings[address] = dp
         if self._subs:
             self.notify(dp, prev)
 
-    def _new_ring(self, address: str, source: str) -> deque[Record] | None:
-        """Make the ring of a new address of ``source`` (and its tree branches); None when full."""
-        if len(self._rings) >= self.max_addresses:
-            self.refused += 1
-            if not self._warned_full:
-                self._warned_full = True
-                logger.warning(
-                    "data space full (%d addresses): new addresses are not stored",
-                    self.max_addresses,
-                )
-            return None
-        ring: deque[Record] = deque(maxlen=self.history_size)
-        self._rings[address] = ring
+    def store_new(self, dp: Record) -> None:
+        """Store the first datapoint of a new address (evicting the least recent one if full)."""
+        rings = self._rings
+        if len(rings) >= self.max_addresses:
+            self._evict()
+        address = dp[0]
+        rings[address] = dp
+        source = dp[4]
         addresses = self._by_source.get(source)
         if addresses is None:
             addresses = self._by_source[source] = set()
@@ -186,7 +217,45 @@ class DataSpace:
                 break
             parent = child
             pos = address.find(".", pos + 1)
-        return ring
+        if self._subs:
+            self.notify(dp, None)
+
+    def _evict(self) -> None:
+        """Forget the least recently updated address (the data space is full)."""
+        address, entry = self._rings.popitem(last=False)
+        self.evicted += 1
+        if not self._warned_full:
+            self._warned_full = True
+            logger.warning(
+                "data space full (%d addresses): the least recently updated addresses are "
+                "forgotten to make room (router.max_addresses; counted in 'evicted')",
+                self.max_addresses,
+            )
+        self._forget(address, _last(entry)[4])
+
+    def _forget(self, address: str, source: str) -> None:
+        """Take ``address`` (no longer kept) out of its source's index and the tree."""
+        addresses = self._by_source.get(source)
+        if addresses is not None:
+            addresses.discard(address)
+            if not addresses:
+                del self._by_source[source]
+        tree = self._tree
+        child = address
+        while child not in tree and child not in self._rings:
+            # Neither an address nor a branch any more: out of its parent's set.
+            pos = child.rfind(".")
+            parent = child[:pos] if pos >= 0 else ""
+            branch = tree.get(parent)
+            if branch is None:
+                return
+            branch.discard(child)
+            if branch:
+                return
+            del tree[parent]
+            if not parent:
+                return
+            child = parent
 
     def remove(self, prefix: str) -> int:
         """Forget the address ``prefix`` and every address under it; return how many."""
@@ -208,7 +277,6 @@ class DataSpace:
         self._rings.clear()
         self._tree.clear()
         self._by_source.clear()
-        self._warned_full = False
 
     def _rebuild_tree(self) -> None:
         # ``_rings`` is never rebound: the router holds it for its hot path.
@@ -241,18 +309,23 @@ class DataSpace:
         if not addresses:
             return 0
         marked = 0
+        rings = self._rings
         for address in tuple(addresses):
-            ring = self._rings.get(address)
-            if not ring:
+            entry = rings.get(address)
+            if entry is None:
                 continue
-            last = ring[-1]
+            last = _last(entry)
             if last[3] == STALE or last[3] == "bad":
                 continue
             metadata = {**last[5]} if last[5] else {}
             metadata[QUALITY_REASON] = reason
             metadata[QUALITY_SINCE] = since
             record: Record = (address, last[1], last[2], STALE, last[4], metadata, last[6], last[7])
-            ring[-1] = record
+            if entry.__class__ is deque:
+                entry[-1] = record  # type: ignore[index]
+            else:
+                # Replaced in place: a mark is no update, the address keeps its place.
+                rings[address] = record
             marked += 1
             if self._subs:
                 self.notify(record, last)

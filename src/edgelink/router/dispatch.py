@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -21,7 +21,7 @@ from edgelink.router.expr import (
 )
 from edgelink.router.outbox import Delivery, Outbox
 from edgelink.router.quarantine import Gate
-from edgelink.router.table import LOG_EVERY, PLAN_CACHE_LIMIT, Out, Plan, Route, RouteTable
+from edgelink.router.table import LOG_EVERY, Out, Plan, Route, RouteTable
 from edgelink.router.targets import LogTarget
 
 #: One logger for the whole router (its records keep the name they always had).
@@ -49,10 +49,12 @@ class Dispatch(Delivery):
     # Set by Router.__init__ (see `Quarantine`).
     _inline_first_hop: bool
     data: DataSpace
-    _rings: dict[str, deque[Record]]
+    _rings: OrderedDict[str, deque[Record] | Record]
     _subs: Any
     _echoes: dict[str, list[_Echo]]
     max_hops: int
+    max_plans: int
+    plan_cache_resets: int
     echo_window: float
     queue_limit: int
     received: int
@@ -120,21 +122,25 @@ class Dispatch(Delivery):
         # Captured before the data space runs subscribers: one of them may load
         # new routes, and this datapoint must see one table only.
         table = self._table
-        try:
-            ring: deque[Record] | None = self._rings[address]
-        except KeyError:
-            ring = self.data._new_ring(address, source_id)
-        if ring is not None:
-            if self._subs:
-                prev = ring[-1] if ring else None
-                ring.append(dp)
-                self.data.notify(dp, prev)
+        rings = self._rings
+        entry = rings.get(address)
+        if entry is None:
+            # A new address (an MQTT topic per message may never come again):
+            # its plan is computed but cached only from its second datapoint.
+            self.data.store_new(dp)
+            plan = table.plans.get(address)
+            if plan is None:
+                plan = self._plan(table, address, source_id, tag, cache=False)
+        else:
+            if entry.__class__ is deque and not self._subs:
+                rings.move_to_end(address)
+                entry.append(dp)  # type: ignore[union-attr]
             else:
-                ring.append(dp)
-        try:
-            plan = table.plans[address]
-        except KeyError:
-            plan = self._plan(table, address, source_id, tag)
+                self.data.store(address, entry, dp)
+            try:
+                plan = table.plans[address]
+            except KeyError:
+                plan = self._plan(table, address, source_id, tag)
         if not plan:
             return True
         if trail is not None or not self._inline_first_hop:
@@ -319,7 +325,9 @@ class Dispatch(Delivery):
                 del echoes[next(iter(echoes))]
         echoes[address] = [entry]
 
-    def _plan(self, table: RouteTable, address: str, source: str, tag: str) -> Plan:
+    def _plan(
+        self, table: RouteTable, address: str, source: str, tag: str, *, cache: bool = True
+    ) -> Plan:
         hits: dict[Route, tuple[str, ...]] = {}
         for route in table.exact.get(address, ()):
             hits.setdefault(route, ())
@@ -335,9 +343,13 @@ class Dispatch(Delivery):
                 outs.append(self._resolve_target(table, route, target))
             entries.append((route, tuple(outs)))
         plan = tuple(entries)
-        if len(table.plans) >= PLAN_CACHE_LIMIT:
-            table.plans = {}
-        table.plans[address] = plan
+        if cache:
+            if len(table.plans) >= self.max_plans:
+                # Starting over is cheaper than an LRU on the hot path: the
+                # addresses still reported get their plans back on their next datapoint.
+                table.plans = {}
+                self.plan_cache_resets += 1
+            table.plans[address] = plan
         return plan
 
     def _resolve_target(self, table: RouteTable, route: Route, address: str) -> Out:

@@ -86,7 +86,10 @@ class Router(Dispatch):
             is expected back; the echo carries the writing route's path.
         queue_limit: Datapoints an outbox holds before it drops its oldest.
         delivery_timeout: Longest one send (or batch) to a target may take, s.
-        max_addresses: Addresses the data space keeps.
+        max_addresses: Addresses the data space keeps; a new one beyond
+            it evicts the least recently updated (`DataSpace`).
+        max_plans: Route plans cached (one per address that came twice);
+            past it the cache starts over (counted in ``plan_cache_resets``).
         limits: The caps and cost budget of every condition and transform
             (`ExprLimits`; default `DEFAULT_LIMITS`).
         quarantine_after: Strikes (evaluations over a cap or the budget, for
@@ -107,6 +110,7 @@ class Router(Dispatch):
         queue_limit: int = 100_000,
         delivery_timeout: float | None = 60.0,
         max_addresses: int = 100_000,
+        max_plans: int = PLAN_CACHE_LIMIT,
         limits: ExprLimits | None = None,
         quarantine_after: int = 5,
         quarantine_window: float = 60.0,
@@ -148,8 +152,14 @@ class Router(Dispatch):
         self.limits = DEFAULT_LIMITS
         self.quarantine_after = 5
         self.quarantine_window = 60.0
+        self.max_plans = PLAN_CACHE_LIMIT
+        #: Times the plan cache was full and started over.
+        self.plan_cache_resets = 0
         self.configure(
-            limits=limits, quarantine_after=quarantine_after, quarantine_window=quarantine_window
+            limits=limits,
+            quarantine_after=quarantine_after,
+            quarantine_window=quarantine_window,
+            max_plans=max_plans,
         )
         #: Called when a route or source is quarantined or let out (the service events it).
         self.on_quarantine: QuarantineCallback | None = None
@@ -165,15 +175,28 @@ class Router(Dispatch):
         limits: ExprLimits | None = None,
         quarantine_after: int | None = None,
         quarantine_window: float | None = None,
+        max_addresses: int | None = None,
+        max_plans: int | None = None,
     ) -> None:
-        """Set the expression caps and the quarantine thresholds.
+        """Set the expression caps, the quarantine thresholds and the per-address bounds.
 
         New caps apply to the routes compiled afterwards: the next
-        `load_routes` recompiles every route when they changed.
+        `load_routes` recompiles every route when they changed. A lower
+        ``max_addresses`` evicts the least recently updated addresses at once.
 
         Raises:
-            ValueError: for a threshold below 1 (count) or not above 0 (window).
+            ValueError: for a threshold or bound below 1, or a window not above 0.
         """
+        if max_addresses is not None:
+            if max_addresses < 1:
+                raise ValueError(f"max_addresses must be at least 1, got {max_addresses}")
+            self.data.max_addresses = max_addresses
+            while len(self.data) > max_addresses:
+                self.data._evict()
+        if max_plans is not None:
+            if max_plans < 1:
+                raise ValueError(f"max_plans must be at least 1, got {max_plans}")
+            self.max_plans = max_plans
         if limits is not None:
             self.limits = limits
         if quarantine_after is not None:
@@ -260,7 +283,10 @@ class Router(Dispatch):
             "quarantine_dropped": self.quarantine_dropped,
             "quarantined_sources": self.quarantined_sources,
             "addresses": len(self.data),
+            "max_addresses": self.data.max_addresses,
+            "evicted_addresses": self.data.evicted,
             "cached_plans": len(self._table.plans),
+            "plan_cache_resets": self.plan_cache_resets,
             "targets": {ep: ob.stats() for ep, ob in sorted(self._outboxes.items())},
         }
 
