@@ -57,6 +57,7 @@ from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
 from edgelink.router import Router
 from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
+from edgelink.router.targets import WriteNowait
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
@@ -229,7 +230,11 @@ class ConnectionManager(Service):
         self._deadlines = DeadlineWheel()
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._router = Router(clock=self.clock, writer=self._write_for_router)
+        self._router = Router(
+            clock=self.clock,
+            writer=self._write_for_router,
+            direct_writer=self._direct_write_for_router,
+        )
         # One bound method each for every supervisor, not one per connection:
         # each would be another object the garbage collector tracks per link.
         self._data_sink = self._on_data
@@ -636,6 +641,17 @@ class ConnectionManager(Service):
     async def _write_for_router(self, connection_id: str, tag: str, value: Any) -> None:
         """The router's writer: a connection write with the retries of execute_with_retry."""
         await self.execute_with_retry(connection_id, lambda c: c.write(tag, value))
+
+    def _direct_write_for_router(self, connection_id: str) -> WriteNowait | None:
+        """The router's direct writer: a connected async driver's ``write_nowait``, else None."""
+        sup = self._sups.get(connection_id)
+        if sup is None or sup.state is not ConnectionState.CONNECTED:
+            return None
+        driver = sup.adapter
+        if driver.is_sync:
+            return None
+        write: WriteNowait | None = getattr(driver.conn, "write_nowait", None)
+        return write
 
     def _on_spam(self, connection_id: str, info: dict[str, Any]) -> None:
         """Spam protection tripped (the router drops the data already): suspend the connection."""

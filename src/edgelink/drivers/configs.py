@@ -424,6 +424,10 @@ class MqttConfig(TlsOptions, TcpKeepalive):
         default=10.0, description="seconds a subscription has to be confirmed"
     )
     will: MqttWill | None = Field(default=None, description="the last will")
+    last_values: Annotated[Int, Field(ge=1)] = Field(
+        default=10_000,
+        description="topics whose last value read() answers from; the least recent go first",
+    )
 
     @model_validator(mode="after")
     def _check_session(self) -> Self:

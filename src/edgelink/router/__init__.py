@@ -40,7 +40,15 @@ from edgelink.router.expr import (
     parse_transform,
 )
 from edgelink.router.schema import RouteSpec, RoutingConfig, load_routing, routing_json_schema
-from edgelink.router.targets import LogTarget, MemoryTarget, SendsData, Target, Writer
+from edgelink.router.targets import (
+    DirectWriter,
+    LogTarget,
+    MemoryTarget,
+    SendsData,
+    Target,
+    WriteNowait,
+    Writer,
+)
 
 __all__ = [
     "DROP",
@@ -48,6 +56,7 @@ __all__ = [
     "DataPoint",
     "DataSpace",
     "DataSubscriber",
+    "DirectWriter",
     "EvalError",
     "ExprLimits",
     "LimitError",
@@ -65,6 +74,7 @@ __all__ = [
     "Target",
     "Template",
     "Transform",
+    "WriteNowait",
     "Writer",
     "check_routes",
     "compile_condition",

@@ -44,7 +44,7 @@ from edgelink.router.quarantine import STRIKE_SOURCES_LIMIT, Gate, QuarantineCal
 from edgelink.router.schema import RoutingConfig, load_routing
 from edgelink.router.spam import SpamCallback, SpamGuard
 from edgelink.router.table import PLAN_CACHE_LIMIT, RouteTable, RouteTableDiff, build_table
-from edgelink.router.targets import ConnectionTarget, SendsData, Writer
+from edgelink.router.targets import ConnectionTarget, DirectWriter, SendsData, Writer
 
 __all__ = [
     "ECHO_LIMIT",
@@ -80,6 +80,9 @@ class Router(Dispatch):
         clock: Time for timestamps, aggregation windows, echo and spam windows.
         writer: ``await writer(connection_id, tag, value)`` writes to a
             connection; the manager gives it one built on ``execute_with_retry``.
+        direct_writer: ``direct_writer(connection_id)`` gives a connection's
+            non-blocking ``write(tag, value)`` while it is connected (None
+            otherwise): a loop turn's writes to it then go out in one batch.
         history: Datapoints kept per address in the data space.
         max_hops: Routes one datapoint may pass in a row (the loop guard).
         echo_window: Seconds a value written to a device (or an echo target)
@@ -104,6 +107,7 @@ class Router(Dispatch):
         *,
         clock: Clock | None = None,
         writer: Writer | None = None,
+        direct_writer: DirectWriter | None = None,
         history: int = 10,
         max_hops: int = 8,
         echo_window: float = 5.0,
@@ -119,6 +123,7 @@ class Router(Dispatch):
         self._time = _fast_wall_clock(self.clock)
         self._monotonic = self.clock.monotonic
         self._writer = writer
+        self._direct_writer = direct_writer
         self.max_hops = max_hops
         self.echo_window = echo_window
         self.queue_limit = queue_limit
@@ -323,12 +328,16 @@ class Router(Dispatch):
         """Every endpoint id and its kind (``connection``, ``target``, ``log``)."""
         return {ep: ob.kind for ep, ob in sorted(self._outboxes.items())}
 
-    def set_writer(self, writer: Writer | None) -> None:
+    def set_writer(self, writer: Writer | None, direct_writer: DirectWriter | None = None) -> None:
         """Set how the router writes to connections (the manager does this)."""
         self._writer = writer
+        self._direct_writer = direct_writer
 
     def _current_writer(self) -> Writer | None:
         return self._writer
+
+    def _current_direct_writer(self) -> DirectWriter | None:
+        return self._direct_writer
 
     def register_connection(
         self,
@@ -353,7 +362,9 @@ class Router(Dispatch):
                     connection_id,
                 )
             self._connections.add(connection_id)
-            target = ConnectionTarget(connection_id, self._current_writer)
+            target = ConnectionTarget(
+                connection_id, self._current_writer, self._current_direct_writer
+            )
             self._set_outbox(
                 connection_id, Outbox(connection_id, target, "connection", self.queue_limit)
             )

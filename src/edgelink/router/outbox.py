@@ -1,4 +1,12 @@
-"""The outboxes: one queue and one delivery task per target, with delivery deadlines."""
+"""The outboxes: one queue and one delivery task per target, with delivery deadlines.
+
+A connection whose driver writes without awaiting (the mqtt driver's publish)
+takes the direct path while it is connected: what a loop turn queued for it
+is written in one callback (`Delivery._flush_direct`), no task, coroutine or
+deadline per datapoint. A connection that is down, a write that finds the
+link gone and a write that waits for an acknowledgement go on in a delivery
+task (``execute_with_retry`` through the writer, one ack wait per batch).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +16,18 @@ from typing import Any
 
 from edgelink._deadline import DeadlineWheel
 from edgelink._tasks import cancel_and_wait
-from edgelink.errors import EdgelinkError
+from edgelink.errors import ConnectError, EdgelinkError
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.quarantine import Quarantine
 from edgelink.router.table import LOG_EVERY
-from edgelink.router.targets import SendsData, Target
+from edgelink.router.targets import ConnectionTarget, SendsData, Target, WriteNowait
 
 #: One logger for the whole router (its records keep the name they always had).
 logger = logging.getLogger("edgelink.router.engine")
+
+_Item = tuple[str, DataPoint]
+#: What the direct path left: (items awaiting an acknowledgement, items for the writer).
+_Left = tuple[list[tuple[_Item, "asyncio.Future[None]"]], list[_Item]]
 
 
 class Outbox:
@@ -24,6 +36,7 @@ class Outbox:
     __slots__ = (
         "_last_log",
         "batched",
+        "direct",
         "dropped",
         "echo",
         "endpoint",
@@ -48,6 +61,8 @@ class Outbox:
         self.idle = True
         send_batch = getattr(type(target), "send_batch", None)
         self.batched = send_batch is not None and send_batch is not Target.send_batch
+        #: A connection's target: its batches go through its non-blocking write when it has one.
+        self.direct = target if isinstance(target, ConnectionTarget) else None
         self.echo = bool(getattr(target, "echo", False))
         self.limit = limit
         self.sent = 0
@@ -127,15 +142,112 @@ class Delivery(Quarantine):
         except RuntimeError:
             return  # no loop yet: drain() starts it
         ob.idle = False
-        ob.task = loop.create_task(
-            self._run_outbox(ob), name=f"edgelink.router[{ob.endpoint}].deliver"
+        if ob.direct is not None:
+            loop.call_soon(self._flush_direct, ob)
+        else:
+            self._start_task(ob, None)
+
+    def _start_task(self, ob: Outbox, left: _Left | None) -> None:
+        ob.idle = False
+        ob.task = asyncio.get_running_loop().create_task(
+            self._run_outbox(ob, left), name=f"edgelink.router[{ob.endpoint}].deliver"
         )
 
-    async def _run_outbox(self, ob: Outbox) -> None:
+    def _flush_direct(self, ob: Outbox) -> None:
+        """Write what a loop turn queued for a connection, at once (scheduled by `_start`)."""
+        if ob.task is not None:
+            return  # drain() started a task meanwhile: it delivers the queue
+        left = None
+        if ob.queue:
+            batch, ob.queue = ob.queue, []
+            left = self._write_direct(ob, batch)
+        if left is not None:
+            self._start_task(ob, left)
+        elif ob.queue:
+            self._start_task(ob, None)  # a subscriber queued more while it ran
+        else:
+            ob.idle = True
+            self._retired.discard(ob)
+
+    def _write_direct(self, ob: Outbox, batch: list[_Item]) -> _Left | None:
+        """Write ``batch`` through the connection's non-blocking write; return what is left.
+
+        None when everything is settled; else the writes awaiting an
+        acknowledgement and the items the writer must take (all of them if
+        the link is down: ``execute_with_retry`` waits for it).
+        """
+        assert ob.direct is not None
+        write: WriteNowait | None = ob.direct.direct()
+        if write is None:
+            return [], batch
+        check = ob.direct.check
+        acks: list[tuple[_Item, asyncio.Future[None]]] = []
+        sent = 0
+        for i, item in enumerate(batch):
+            tag, dp = item
+            try:
+                value = dp[1]
+                check(tag, value)
+                ack = write(tag, value)
+            except ConnectError:
+                # The link went down under us: the writer retries on the next one.
+                ob.sent += sent
+                return acks, batch[i:]
+            except Exception as exc:  # noqa: BLE001 - a failing write fails alone
+                self._delivery_failed(ob, [item], exc)
+                continue
+            if ack is None:
+                sent += 1
+            else:
+                acks.append((item, ack))
+        if sent:
+            ob.sent += sent
+            if ob.failing:
+                self._delivery_ok(ob)
+        return (acks, []) if acks else None
+
+    async def _settle(self, ob: Outbox, left: _Left) -> None:
+        """Wait for the acknowledgements of direct writes (one wait per batch), then the rest."""
+        acks, rest = left
+        if acks:
+            retry: list[_Item] = []
+            try:
+                await asyncio.wait([ack for _, ack in acks], timeout=self.delivery_timeout)
+            except asyncio.CancelledError:
+                ob.dropped += sum(1 for _, ack in acks if not ack.done()) + len(rest)
+                raise
+            ok = 0
+            for item, ack in acks:
+                if not ack.done():
+                    self._delivery_failed(ob, [item], TimeoutError("no acknowledgement in time"))
+                elif ack.cancelled():
+                    self._delivery_failed(ob, [item], ConnectError("the write was cancelled"))
+                elif (exc := ack.exception()) is None:
+                    ok += 1
+                elif isinstance(exc, ConnectError):
+                    retry.append(item)  # the link went before the ack: the writer sends again
+                else:
+                    self._delivery_failed(ob, [item], exc)
+            if ok:
+                ob.sent += ok
+                if ob.failing:
+                    self._delivery_ok(ob)
+            rest = retry + rest
+        if rest:
+            await self._deliver(ob, rest)
+
+    async def _run_outbox(self, ob: Outbox, left: _Left | None = None) -> None:
         try:
+            if left is not None:
+                await self._settle(ob, left)
             while ob.queue:
                 batch, ob.queue = ob.queue, []
-                await self._deliver(ob, batch)
+                if ob.direct is None:
+                    await self._deliver(ob, batch)
+                    continue
+                left = self._write_direct(ob, batch)
+                if left is not None:
+                    await self._settle(ob, left)
         finally:
             ob.task = None
             ob.idle = True
@@ -197,7 +309,7 @@ class Delivery(Quarantine):
                     return
                 for ob in busy:
                     if ob.task is None:
-                        self._start(ob)
+                        self._start_task(ob, None)
                 tasks = [ob.task for ob in busy if ob.task is not None]
                 await asyncio.wait(tasks)
 

@@ -20,10 +20,26 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from edgelink.lifecycle import AsyncResource
 from edgelink.router.datapoint import DataPoint
 
-__all__ = ["LogTarget", "MemoryTarget", "SendsData", "Target", "Writer"]
+__all__ = [
+    "DirectWriter",
+    "LogTarget",
+    "MemoryTarget",
+    "SendsData",
+    "Target",
+    "WriteNowait",
+    "Writer",
+]
 
 #: ``writer(connection_id, tag, value)``: how the router writes to a connection.
 Writer = Callable[[str, str, Any], Awaitable[None]]
+
+#: ``write(tag, value)``: a connection's write that awaits nothing (it queues, as
+#: the mqtt driver's `publish`); None, or the future of the peer's acknowledgement.
+WriteNowait = Callable[[str, Any], "asyncio.Future[None] | None"]
+
+#: ``direct_writer(connection_id)``: the connection's `WriteNowait` while it is
+#: connected and its driver has one, else None (the router then takes `Writer`).
+DirectWriter = Callable[[str], WriteNowait | None]
 
 
 @runtime_checkable
@@ -200,14 +216,39 @@ class ConnectionTarget(Target):
     """Writes to a connection through the writer the manager hands the router.
 
     Its deliveries come back when the device reports the new value, so it is
-    an echo target.
+    an echo target. While the connection is up and its driver writes without
+    awaiting (``write_nowait``, as the mqtt driver's publish), the router
+    hands it a whole batch in one loop turn through `direct` instead.
     """
 
     echo = True
 
-    def __init__(self, connection_id: str, writer: Callable[[], Writer | None]) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        writer: Callable[[], Writer | None],
+        direct: Callable[[], DirectWriter | None] | None = None,
+    ) -> None:
         self.connection_id = connection_id
         self._writer = writer
+        self._direct = direct
+
+    def direct(self) -> WriteNowait | None:
+        """The connection's non-blocking write while it is connected, else None."""
+        lookup = self._direct() if self._direct is not None else None
+        return None if lookup is None else lookup(self.connection_id)
+
+    def check(self, tag: str, value: Any) -> None:
+        """Refuse what is never written.
+
+        Raises:
+            ValueError: for an empty tag or a null value (a failed read).
+        """
+        if not tag:
+            raise ValueError(f"a write to connection {self.connection_id!r} needs a tag")
+        if value is None:
+            # A failed read reports null; writing "None" to a device is never meant.
+            raise ValueError(f"nothing to write to {self.connection_id}.{tag}: the value is null")
 
     async def send(self, tag: str, dp: DataPoint) -> None:
         """Write ``dp.value`` to ``tag`` of the connection.
@@ -221,11 +262,7 @@ class ConnectionTarget(Target):
             raise RuntimeError(
                 f"cannot write to {self.connection_id!r}: the router has no connection writer"
             )
-        if not tag:
-            raise ValueError(f"a write to connection {self.connection_id!r} needs a tag")
-        if dp.value is None:
-            # A failed read reports null; writing "None" to a device is never meant.
-            raise ValueError(f"nothing to write to {self.connection_id}.{tag}: the value is null")
+        self.check(tag, dp.value)
         await writer(self.connection_id, tag, dp.value)
 
     def __repr__(self) -> str:

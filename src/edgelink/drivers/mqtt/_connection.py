@@ -19,6 +19,7 @@ import asyncio
 import logging
 import secrets
 import socket
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -131,7 +132,11 @@ class MqttConnection(MqttSubscriptions):
         self._nonce = secrets.token_hex(4)
         # QoS>0 publishes and ping UNSUBSCRIBEs waiting for the broker, by packet id.
         self._waiters: dict[int, asyncio.Future[None]] = {}
-        self._last: dict[str, Any] = {}
+        #: topic -> last value received, least recently received first (at most ``last_values``).
+        self._last: OrderedDict[str, Any] = OrderedDict()
+        self.last_values = cfg.last_values
+        #: Topics forgotten to keep ``last_values``.
+        self.last_values_evicted = 0
         #: Loop time of the last health check.
         self._last_check = 0.0
 
@@ -392,12 +397,24 @@ class MqttConnection(MqttSubscriptions):
             DeviceError: for an invalid topic or a value that cannot be encoded,
                 or a publish the broker refused (MQTT 5).
         """
+        fut = self.write_nowait(tag, value)
+        if fut is not None:
+            await fut
+
+    def write_nowait(self, tag: str, value: Any) -> asyncio.Future[None] | None:
+        """`write` without awaiting: queue the publish (the router's batched write path).
+
+        Returns:
+            None for QoS 0; for QoS 1 and 2 the future of the acknowledgement (see `publish`).
+
+        Raises:
+            ConnectError: if the link is down.
+            DeviceError: for an invalid topic or a value that cannot be encoded.
+        """
         error = topic_error(tag)
         if error is not None:
             raise DeviceError(f"topic {tag!r} {error}", connection_id=self.connection_id)
-        fut = self.publish(tag, value)
-        if fut is not None:
-            await fut
+        return self.publish(tag, value)
 
     async def read(self, tag: str) -> Any:
         """Return the last value received on topic ``tag`` (no request goes to the broker).
@@ -552,7 +569,15 @@ class MqttConnection(MqttSubscriptions):
         rx[0] += 1
         rx[1] += publish_size(tlen, len(payload), message.qos)
         value = decode_payload(payload)
-        self._last[topic] = value
+        last = self._last
+        if topic in last:
+            last[topic] = value
+            last.move_to_end(topic)
+        else:
+            last[topic] = value
+            if len(last) > self.last_values:
+                last.popitem(last=False)
+                self.last_values_evicted += 1
         if self._ledger.awaiting_data:
             self._data_arrived(topic)
         self.report_data(topic, value)
