@@ -6,6 +6,7 @@ stdout (`emit`); diagnostics go to stderr.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import contextlib
@@ -17,8 +18,11 @@ import logging
 import os
 import platform
 import resource
+import select
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -461,3 +465,523 @@ def publish_topic(buf: bytearray, kind: int, start: int) -> tuple[bytes, int]:
     tlen = (buf[start] << 8) | buf[start + 1]
     topic = bytes(buf[start + 2 : start + 2 + tlen])
     return topic, start + 2 + tlen + (2 if kind & 0x06 else 0)
+
+
+# ------------------------------------------------ MQTT in -> route -> MQTT out
+# The machinery of bench/bridge.py and bench/route_topics.py: a raw-socket load
+# generator and counting subscriber, the bare paho republisher, edgelink doing
+# the same job, and the child processes that run them.
+
+
+def say(line: str) -> None:
+    """A child's answer to the orchestrator: one line on stdout."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _utf8(text: bytes) -> bytes:
+    return struct.pack("!H", len(text)) + text
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    out = bytearray([kind])
+    n = len(body)
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes(out) + body
+
+
+def _raw_connect(port: int, client_id: str) -> socket.socket:
+    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read)."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.sendall(_packet(0x10, _utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + _utf8(client_id.encode())))
+    ack = b""
+    while len(ack) < 4:
+        chunk = sock.recv(4 - len(ack))
+        if not chunk:
+            raise RuntimeError("the broker closed the load generator's connection")
+        ack += chunk
+    if ack[0] != 0x20 or ack[3] != 0:
+        raise RuntimeError(f"CONNACK refused: {ack!r}")
+    return sock
+
+
+class Receiver:
+    """Splits the subscriber's byte stream into PUBLISH frames and books each one.
+
+    A message belongs to the step whose send window holds its send time;
+    anything older is ``stale`` (a straggler of an earlier step), anything
+    else ``bad`` (a payload that is not ``scale`` times a send time).
+    """
+
+    def __init__(self, sock: socket.socket, scale: float, per_topic: bool) -> None:
+        self.sock = sock
+        self.scale = scale
+        self.count_topics = per_topic
+        self.buf = bytearray()
+        self.subscribed = False
+        self.begin(0.0, 0.0, 0.0)
+
+    def begin(self, t0: float, t_warm: float, t_end: float) -> None:
+        self.t0, self.t_warm, self.t_end = t0, t_warm, t_end
+        self.received = 0
+        self.stale = 0
+        self.bad = 0
+        self.latencies: list[float] = []
+        self.last_latency = 0.0
+        self.per_topic: dict[bytes, int] = {}
+        self.last_rx = 0.0
+
+    def pump(self) -> int:
+        """Read what the socket has (non-blocking); return the PUBLISH frames booked."""
+        try:
+            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        if not data:
+            raise RuntimeError("the broker closed the subscriber's connection")
+        now = time.monotonic()
+        buf = self.buf
+        buf += data
+        booked = 0
+        t0, t_warm, t_end = self.t0 - 1e-6, self.t_warm, self.t_end + 1e-6
+        lat = self.latencies
+        per_topic = self.per_topic if self.count_topics else None
+        scale = self.scale
+        packets, consumed = split_mqtt_packets(buf)
+        for kind, start, stop in packets:
+            if kind & 0xF0 == 0x30:
+                topic, payload = publish_topic(buf, kind, start)
+                try:
+                    ts = float(buf[payload:stop]) / scale
+                except ValueError:
+                    ts = -1.0
+                if t0 <= ts <= t_end:
+                    self.received += 1
+                    booked += 1
+                    latency = now - ts
+                    self.last_latency = latency
+                    if ts >= t_warm:
+                        lat.append(latency)
+                    if per_topic is not None:
+                        per_topic[topic] = per_topic.get(topic, 0) + 1
+                elif 0 < ts < t0:
+                    self.stale += 1
+                else:
+                    self.bad += 1
+            elif kind == 0x90:
+                self.subscribed = True
+        del buf[:consumed]
+        if booked:
+            self.last_rx = now
+        return booked
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = float(t.user + t.system)
+        except (psutil.Error, OSError):
+            out[name] = None
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return float(sum(t) - idle), float(sum(t))
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    data = sorted(values)
+    return data[max(0, min(len(data) - 1, round(q / 100 * (len(data) - 1))))]
+
+
+class LoadGen:
+    """The load generator's state: a publishing and a subscribing MQTT session.
+
+    It publishes to ``bench/in/00`` .. ``bench/in/<topics - 1>`` in turn, or
+    with ``topics=None`` to a new topic per message (``bench/in/u<9 digits>``,
+    never one twice in the generator's life); it counts what comes back on
+    ``bench/out/#`` whose payload is ``scale`` times a send time.
+    """
+
+    def __init__(self, port: int, topics: int | None = 100, scale: float = 2.0) -> None:
+        self.pub = _raw_connect(port, f"bench-load-pub-{os.getpid()}")
+        sub = _raw_connect(port, f"bench-load-sub-{os.getpid()}")
+        sub.sendall(_packet(0x82, struct.pack("!H", 1) + _utf8(b"bench/out/#") + b"\x00"))
+        sub.setblocking(False)
+        self.rx = Receiver(sub, scale, per_topic=topics is not None)
+        deadline = time.monotonic() + 10
+        while not self.rx.subscribed:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the load generator's subscription was not acknowledged")
+            select.select([sub], [], [], 0.1)
+            self.rx.pump()
+        self.n_topics = topics
+        #: Unique topics: the number of the next one (messages sent in all).
+        self.unique_next = 0
+        # bench/in/00 .. bench/in/99: one length, so one fixed header per batch.
+        self.topics = [_utf8(f"bench/in/{t:02d}".encode()) for t in range(topics or 0)]
+
+    def _frames(self, first: int, last: int, payload: bytes) -> bytes:
+        if self.n_topics is None:
+            base = self.unique_next - first
+            self.unique_next += last - first
+            remaining = 2 + len("bench/in/u000000000") + len(payload)
+            head = _packet(0x30, b"\x00" * remaining)[:-remaining] + b"\x00\x13bench/in/u"
+            return b"".join([head + b"%09d" % (base + i) + payload for i in range(first, last)])
+        remaining = len(self.topics[0]) + len(payload)
+        head = _packet(0x30, b"\x00" * remaining)[:-remaining]
+        topics, n = self.topics, self.n_topics
+        return b"".join([head + topics[i % n] + payload for i in range(first, last)])
+
+    def prime(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Send one message every 20 ms until one comes back through the measured process."""
+        t0 = time.monotonic()
+        self.rx.begin(t0, t0, t0 + timeout)
+        sent = 0
+        while self.rx.received == 0:
+            now = time.monotonic()
+            if now - t0 > timeout:
+                raise RuntimeError("nothing came back through the measured process")
+            self.pub.sendall(self._frames(sent, sent + 1, f"{now:.6f}".encode()))
+            sent += 1
+            end = now + 0.02
+            while time.monotonic() < end:
+                select.select([self.rx.sock], [], [], max(0.0, end - time.monotonic()))
+                self.rx.pump()
+        self._drain(0.3, 5.0, None)
+        return {"sent": sent, "seconds": round(time.monotonic() - t0, 3)}
+
+    def _drain(self, quiet: float, cap: float, expected: int | None) -> float:
+        t = time.monotonic()
+        last = t
+        while True:
+            now = time.monotonic()
+            if expected is not None and self.rx.received >= expected:
+                return now - t
+            if now - last > quiet or now - t > cap:
+                return now - t
+            select.select([self.rx.sock], [], [], 0.01)
+            if self.rx.pump():
+                last = time.monotonic()
+
+    def step(
+        self, rate: float, seconds: float, warmup: float, pids: dict[str, int]
+    ) -> dict[str, Any]:
+        """Publish at ``rate`` for ``seconds``; measure from ``warmup`` on; drain; report."""
+        total = int(rate * seconds)
+        t0 = time.monotonic()
+        t_warm, t_end = t0 + warmup, t0 + seconds
+        rx = self.rx
+        rx.begin(t0, t_warm, t_end)
+        sent = 0
+        warm: tuple[float, dict[str, float | None], tuple[float, float], Any] | None = None
+        aborted = None
+        # The step fails for sure once half a second of messages is owed: cut it short.
+        max_owed = rate * 0.5 + 100
+        pub, sock = self.pub, rx.sock
+        now = t0
+        while now < t_end and sent < total:
+            due = min(total, int((now - t0) * rate) + 1)
+            if due > sent:
+                pub.sendall(self._frames(sent, due, f"{now:.6f}".encode()))
+                sent = due
+            if warm is None and now >= t_warm:
+                warm = (now, cpu_of(pids), machine_busy(), os.times())
+            rx.pump()
+            if sent - rx.received > max_owed:
+                aborted = f"{sent - rx.received} messages owed after {now - t0:.2f} s"
+                break
+            now = time.monotonic()
+            wait = min(t0 + sent / rate - now, t_end - now, 0.001)
+            if wait > 0:
+                select.select([sock], [], [], wait)
+                rx.pump()
+            now = time.monotonic()
+        t_sent = time.monotonic()
+        if warm is None:
+            warm = (t0, cpu_of(pids), machine_busy(), os.times())
+        cpu1, busy1, own1 = cpu_of(pids), machine_busy(), os.times()
+        w0, cpu0, busy0, own0 = warm
+        window = max(1e-9, t_sent - w0)
+        cpu: dict[str, float | None] = {}
+        for name in pids:
+            a, b = cpu0.get(name), cpu1.get(name)
+            cpu[f"{name}_pct"] = (
+                None if a is None or b is None else round((b - a) / window * 100, 1)
+            )
+        cpu["loadgen_pct"] = round(
+            ((own1.user - own0.user) + (own1.system - own0.system)) / window * 100, 1
+        )
+        span = busy1[1] - busy0[1]
+        cpu["machine_busy_pct"] = round((busy1[0] - busy0[0]) / span * 100, 1) if span else None
+        drain = self._drain(1.0 if aborted else 0.5, 10.0, sent)
+        n = self.n_topics or 0
+        expected_per_topic = {
+            self.topics[t][2:].replace(b"/in/", b"/out/"): sent // n + (t < sent % n)
+            for t in range(n)
+        }
+        lat = rx.latencies
+        achieved = sent / (t_sent - t0) if t_sent > t0 else 0.0
+        return {
+            "rate": round(rate),
+            "sent": sent,
+            "achieved_rate": round(achieved),
+            "received": rx.received,
+            "lost": sent - rx.received,
+            "stale": rx.stale,
+            "bad": rx.bad,
+            "per_topic_ok": rx.per_topic == expected_per_topic if n else None,
+            "aborted": aborted,
+            "latency_samples": len(lat),
+            "p50_ms": _ms2(pct(lat, 50)),
+            "p99_ms": _ms2(pct(lat, 99)),
+            "max_ms": _ms2(max(lat) if lat else None),
+            "window_s": round(window, 3),
+            "drain_s": round(drain, 3),
+            "cpu": cpu,
+        }
+
+
+def _ms2(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def run_loadgen(port: int, topics: int | None = 100, scale: float = 2.0) -> int:
+    """Child process: the load generator and counting subscriber, driven by stdin lines.
+
+    ``prime`` -> JSON; ``step <rate> <seconds> <warmup> name=pid ...`` -> JSON.
+    """
+    gen = LoadGen(port, topics, scale)
+    say("ready")
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "prime":
+            say(json.dumps(gen.prime()))
+        elif cmd[0] == "step":
+            rate, seconds, warmup = (float(x) for x in cmd[1:4])
+            pids = {k: int(v) for k, v in (x.split("=") for x in cmd[4:])}
+            say(json.dumps(gen.step(rate, seconds, warmup, pids)))
+    return 0
+
+
+def run_paho(port: int, threshold: float = 0.0, factor: float = 2.0) -> int:
+    """Child process: the bare paho-mqtt republisher (the baseline).
+
+    ``bench/in/+`` -> ``bench/out/<last level>``: the JSON number if above
+    ``threshold``, times ``factor``.
+    """
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{os.getpid()}")
+    counts = {"rx": 0, "tx": 0, "filtered": 0, "errors": 0}
+    dumps, loads = json.dumps, json.loads
+
+    def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        c.subscribe("bench/in/+", 0)
+
+    def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        say("ready")
+
+    def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        counts["rx"] += 1
+        try:
+            value = loads(msg.payload)
+        except ValueError:
+            counts["errors"] += 1
+            return
+        if not (isinstance(value, int | float) and value > threshold):  # the condition
+            counts["filtered"] += 1
+            return
+        topic = msg.topic
+        c.publish("bench/out/" + topic[topic.rfind("/") + 1 :], dumps(value * factor), 0)
+        counts["tx"] += 1
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(LOOPBACK, port, 60)
+    sock = client.socket()
+    assert isinstance(sock, socket.socket)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                say(json.dumps(counts))
+        client.disconnect()
+
+    threading.Thread(target=commands, name="bench-commands", daemon=True).start()
+    client.loop_forever()
+    return 0
+
+
+def run_edgelink(port: int, route: dict[str, Any]) -> int:
+    """Child process: edgelink's manager, mqtt connection and router doing the same job.
+
+    One ``mqtt`` connection ``broker`` subscribed to ``bench/in/+`` (stock
+    settings, ``spam_max_pps: null``) and ``route`` loaded.
+    """
+    from edgelink import ConnectionManager
+
+    quiet_logging()
+
+    async def main() -> None:
+        manager = ConnectionManager()
+        manager.add_connection(
+            "broker",
+            "mqtt",
+            {"host": LOOPBACK, "port": port, "subscribe": ["bench/in/+"], "qos": 0},
+            settings={"spam_max_pps": None},
+        )
+        manager.router.load_routes({"version": "1.0", "routes": [route]})
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        stdin = sys.stdin.fileno()
+        pending = bytearray()
+
+        def on_stdin() -> None:
+            data = os.read(stdin, 4096)
+            if not data:
+                loop.remove_reader(stdin)
+                if not stop.done():
+                    stop.set_result(None)
+                return
+            pending.extend(data)
+            while b"\n" in pending:
+                line, _, rest = bytes(pending).partition(b"\n")
+                pending[:] = rest
+                if line.strip() == b"stats":
+                    conn = manager.get_connection("broker")
+                    stats = conn.stats if conn is not None else None
+                    status = manager.get_status("broker")
+                    say(
+                        json.dumps(
+                            {
+                                "rx": stats.packets_received if stats else None,
+                                "tx": stats.packets_sent if stats else None,
+                                "route": manager.router.route_stats(route["id"]),
+                                "target": manager.router.target_stats("broker"),
+                                "status": status["status"],
+                                "reconnects": status["stats"]["reconnects"],
+                                "router": {
+                                    k: v
+                                    for k, v in manager.router.stats().items()
+                                    if k != "targets"
+                                },
+                                "last_values_evicted": getattr(conn, "last_values_evicted", None),
+                            }
+                        )
+                    )
+
+        async with manager:
+            await manager.wait_for_state("broker", "connected", timeout=10)
+            loop.add_reader(stdin, on_stdin)
+            say("ready")
+            await stop
+
+    asyncio.run(main())
+    return 0
+
+
+class Child:
+    """A child process of a benchmark script that answers commands with lines on stdout."""
+
+    def __init__(self, script: str, role: str, port: int, extra: Sequence[str] = ()) -> None:
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--role", role, "--port", str(port), *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            preexec_fn=_die_with_parent,
+        )
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def readline(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.role}: no answer within {timeout:g} s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise RuntimeError(f"{self.role} exited (rc={self.proc.poll()})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def ask(self, command: str, timeout: float) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        return self.readline(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close its stdin (it exits), then SIGKILL after ``timeout``. Idempotent."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def rss_of(pid: int) -> dict[str, float | None]:
+    """RSS now and the peak (VmHWM), in MiB."""
+    out: dict[str, float | None] = {"rss_mb": None, "peak_rss_mb": None}
+    with contextlib.suppress(psutil.Error, OSError):
+        out["rss_mb"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def step_passes(step: dict[str, Any], args: argparse.Namespace) -> bool:
+    return (
+        step["aborted"] is None
+        and step["lost"] == 0
+        and step["bad"] == 0
+        and step["p99_ms"] is not None
+        and step["p99_ms"] < args.p99_ms
+        and step["achieved_rate"] >= 0.97 * step["rate"]
+    )
+
+
+def step_brief(step: dict[str, Any]) -> str:
+    return (
+        f"{step['rate']:>6} msg/s: lost {step['lost']}, p50 {step['p50_ms']} ms, "
+        f"p99 {step['p99_ms']} ms, CPU {step['cpu'].get('subject_pct')} %, "
+        f"broker {step['cpu'].get('broker_pct')} %, machine {step['cpu'].get('machine_busy_pct')} %"
+        + (f", aborted: {step['aborted']}" if step["aborted"] else "")
+    )

@@ -47,17 +47,22 @@ baseline, zero loss at the fixed rate.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import select
 import signal
-import socket
-import struct
-import subprocess
 import sys
 import time
 from typing import Any
+
+from _common import (
+    Child,
+    rss_of,
+    run_edgelink,
+    run_loadgen,
+    run_paho,
+    step_brief,
+    step_passes,
+)
 
 LOOPBACK = "127.0.0.1"
 TOPICS = 100
@@ -69,6 +74,7 @@ ROUTE = {
     "transform": "scale(2)",
 }
 SUBJECTS = ("edgelink", "paho")
+SCRIPT = os.path.abspath(__file__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,507 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def say(line: str) -> None:
-    """A child's answer to the orchestrator: one line on stdout."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-# ------------------------------------------------------ raw MQTT (loadgen)
-
-
-def _utf8(text: bytes) -> bytes:
-    return struct.pack("!H", len(text)) + text
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    out = bytearray([kind])
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes(out) + body
-
-
-def _raw_connect(port: int, client_id: str) -> socket.socket:
-    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read)."""
-    sock = socket.create_connection((LOOPBACK, port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.sendall(_packet(0x10, _utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + _utf8(client_id.encode())))
-    ack = b""
-    while len(ack) < 4:
-        chunk = sock.recv(4 - len(ack))
-        if not chunk:
-            raise RuntimeError("the broker closed the load generator's connection")
-        ack += chunk
-    if ack[0] != 0x20 or ack[3] != 0:
-        raise RuntimeError(f"CONNACK refused: {ack!r}")
-    return sock
-
-
-class Receiver:
-    """Splits the subscriber's byte stream into PUBLISH frames and books each one.
-
-    A message belongs to the step whose send window holds its send time;
-    anything older is ``stale`` (a straggler of an earlier step), anything
-    else ``bad`` (a payload that is not twice a send time).
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.subscribed = False
-        self.begin(0.0, 0.0, 0.0)
-
-    def begin(self, t0: float, t_warm: float, t_end: float) -> None:
-        self.t0, self.t_warm, self.t_end = t0, t_warm, t_end
-        self.received = 0
-        self.stale = 0
-        self.bad = 0
-        self.latencies: list[float] = []
-        self.last_latency = 0.0
-        self.per_topic: dict[bytes, int] = {}
-        self.last_rx = 0.0
-
-    def pump(self) -> int:
-        """Read what the socket has (non-blocking); return the PUBLISH frames booked."""
-        from _common import publish_topic, split_mqtt_packets
-
-        try:
-            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return 0
-        if not data:
-            raise RuntimeError("the broker closed the subscriber's connection")
-        now = time.monotonic()
-        buf = self.buf
-        buf += data
-        booked = 0
-        t0, t_warm, t_end = self.t0 - 1e-6, self.t_warm, self.t_end + 1e-6
-        lat = self.latencies
-        per_topic = self.per_topic
-        packets, consumed = split_mqtt_packets(buf)
-        for kind, start, stop in packets:
-            if kind & 0xF0 == 0x30:
-                topic, payload = publish_topic(buf, kind, start)
-                try:
-                    ts = float(buf[payload:stop]) / 2
-                except ValueError:
-                    ts = -1.0
-                if t0 <= ts <= t_end:
-                    self.received += 1
-                    booked += 1
-                    latency = now - ts
-                    self.last_latency = latency
-                    if ts >= t_warm:
-                        lat.append(latency)
-                    per_topic[topic] = per_topic.get(topic, 0) + 1
-                elif 0 < ts < t0:
-                    self.stale += 1
-                else:
-                    self.bad += 1
-            elif kind == 0x90:
-                self.subscribed = True
-        del buf[:consumed]
-        if booked:
-            self.last_rx = now
-        return booked
-
-
-def _cpu_of(pids: dict[str, int]) -> dict[str, float | None]:
-    import psutil
-
-    out: dict[str, float | None] = {}
-    for name, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = float(t.user + t.system)
-        except (psutil.Error, OSError):
-            out[name] = None
-    return out
-
-
-def _machine_busy() -> tuple[float, float]:
-    import psutil
-
-    t = psutil.cpu_times()
-    idle = t.idle + getattr(t, "iowait", 0.0)
-    return float(sum(t) - idle), float(sum(t))
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    data = sorted(values)
-    return data[max(0, min(len(data) - 1, round(q / 100 * (len(data) - 1))))]
-
-
-class LoadGen:
-    """The load generator's state: a publishing and a subscribing MQTT session."""
-
-    def __init__(self, port: int) -> None:
-        self.pub = _raw_connect(port, f"bench-load-pub-{os.getpid()}")
-        sub = _raw_connect(port, f"bench-load-sub-{os.getpid()}")
-        sub.sendall(_packet(0x82, struct.pack("!H", 1) + _utf8(b"bench/out/#") + b"\x00"))
-        sub.setblocking(False)
-        self.rx = Receiver(sub)
-        deadline = time.monotonic() + 10
-        while not self.rx.subscribed:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the load generator's subscription was not acknowledged")
-            select.select([sub], [], [], 0.1)
-            self.rx.pump()
-        # bench/in/00 .. bench/in/99: one length, so one fixed header per batch.
-        self.topics = [_utf8(f"bench/in/{t:02d}".encode()) for t in range(TOPICS)]
-
-    def _frames(self, first: int, last: int, payload: bytes) -> bytes:
-        remaining = len(self.topics[0]) + len(payload)
-        head = _packet(0x30, b"\x00" * remaining)[:-remaining]
-        topics = self.topics
-        return b"".join([head + topics[i % TOPICS] + payload for i in range(first, last)])
-
-    def prime(self, timeout: float = 15.0) -> dict[str, Any]:
-        """Send one message every 20 ms until one comes back through the measured process."""
-        t0 = time.monotonic()
-        self.rx.begin(t0, t0, t0 + timeout)
-        sent = 0
-        while self.rx.received == 0:
-            now = time.monotonic()
-            if now - t0 > timeout:
-                raise RuntimeError("nothing came back through the measured process")
-            self.pub.sendall(self._frames(sent, sent + 1, f"{now:.6f}".encode()))
-            sent += 1
-            end = now + 0.02
-            while time.monotonic() < end:
-                select.select([self.rx.sock], [], [], max(0.0, end - time.monotonic()))
-                self.rx.pump()
-        self._drain(0.3, 5.0, None)
-        return {"sent": sent, "seconds": round(time.monotonic() - t0, 3)}
-
-    def _drain(self, quiet: float, cap: float, expected: int | None) -> float:
-        t = time.monotonic()
-        last = t
-        while True:
-            now = time.monotonic()
-            if expected is not None and self.rx.received >= expected:
-                return now - t
-            if now - last > quiet or now - t > cap:
-                return now - t
-            select.select([self.rx.sock], [], [], 0.01)
-            if self.rx.pump():
-                last = time.monotonic()
-
-    def step(
-        self, rate: float, seconds: float, warmup: float, pids: dict[str, int]
-    ) -> dict[str, Any]:
-        """Publish at ``rate`` for ``seconds``; measure from ``warmup`` on; drain; report."""
-        total = int(rate * seconds)
-        t0 = time.monotonic()
-        t_warm, t_end = t0 + warmup, t0 + seconds
-        rx = self.rx
-        rx.begin(t0, t_warm, t_end)
-        sent = 0
-        warm: tuple[float, dict[str, float | None], tuple[float, float], Any] | None = None
-        aborted = None
-        # The step fails for sure once half a second of messages is owed: cut it short.
-        max_owed = rate * 0.5 + 100
-        pub, sock = self.pub, rx.sock
-        now = t0
-        while now < t_end and sent < total:
-            due = min(total, int((now - t0) * rate) + 1)
-            if due > sent:
-                pub.sendall(self._frames(sent, due, f"{now:.6f}".encode()))
-                sent = due
-            if warm is None and now >= t_warm:
-                warm = (now, _cpu_of(pids), _machine_busy(), os.times())
-            rx.pump()
-            if sent - rx.received > max_owed:
-                aborted = f"{sent - rx.received} messages owed after {now - t0:.2f} s"
-                break
-            now = time.monotonic()
-            wait = min(t0 + sent / rate - now, t_end - now, 0.001)
-            if wait > 0:
-                select.select([sock], [], [], wait)
-                rx.pump()
-            now = time.monotonic()
-        t_sent = time.monotonic()
-        if warm is None:
-            warm = (t0, _cpu_of(pids), _machine_busy(), os.times())
-        cpu1, busy1, own1 = _cpu_of(pids), _machine_busy(), os.times()
-        w0, cpu0, busy0, own0 = warm
-        window = max(1e-9, t_sent - w0)
-        cpu: dict[str, float | None] = {}
-        for name in pids:
-            a, b = cpu0.get(name), cpu1.get(name)
-            cpu[f"{name}_pct"] = (
-                None if a is None or b is None else round((b - a) / window * 100, 1)
-            )
-        cpu["loadgen_pct"] = round(
-            ((own1.user - own0.user) + (own1.system - own0.system)) / window * 100, 1
-        )
-        span = busy1[1] - busy0[1]
-        cpu["machine_busy_pct"] = round((busy1[0] - busy0[0]) / span * 100, 1) if span else None
-        drain = self._drain(1.0 if aborted else 0.5, 10.0, sent)
-        expected_per_topic = {
-            self.topics[t][2:].replace(b"/in/", b"/out/"): sent // TOPICS + (t < sent % TOPICS)
-            for t in range(TOPICS)
-        }
-        lat = rx.latencies
-        achieved = sent / (t_sent - t0) if t_sent > t0 else 0.0
-        return {
-            "rate": round(rate),
-            "sent": sent,
-            "achieved_rate": round(achieved),
-            "received": rx.received,
-            "lost": sent - rx.received,
-            "stale": rx.stale,
-            "bad": rx.bad,
-            "per_topic_ok": rx.per_topic == expected_per_topic,
-            "aborted": aborted,
-            "latency_samples": len(lat),
-            "p50_ms": _ms(_pct(lat, 50)),
-            "p99_ms": _ms(_pct(lat, 99)),
-            "max_ms": _ms(max(lat) if lat else None),
-            "window_s": round(window, 3),
-            "drain_s": round(drain, 3),
-            "cpu": cpu,
-        }
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 2)
-
-
-def run_loadgen(port: int) -> int:
-    """Child process: the load generator and counting subscriber, driven by stdin lines.
-
-    ``prime`` -> JSON; ``step <rate> <seconds> <warmup> name=pid ...`` -> JSON.
-    """
-    gen = LoadGen(port)
-    say("ready")
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd:
-            continue
-        if cmd[0] == "prime":
-            say(json.dumps(gen.prime()))
-        elif cmd[0] == "step":
-            rate, seconds, warmup = (float(x) for x in cmd[1:4])
-            pids = {k: int(v) for k, v in (x.split("=") for x in cmd[4:])}
-            say(json.dumps(gen.step(rate, seconds, warmup, pids)))
-    return 0
-
-
 # ------------------------------------------------------ measured processes
 
 
-def run_paho(port: int) -> int:
-    """Child process: the bare paho-mqtt republisher (the baseline)."""
-    import threading
-
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{os.getpid()}")
-    counts = {"rx": 0, "tx": 0, "filtered": 0, "errors": 0}
-    dumps, loads = json.dumps, json.loads
-
-    def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        c.subscribe("bench/in/+", 0)
-
-    def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        say("ready")
-
-    def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        counts["rx"] += 1
-        try:
-            value = loads(msg.payload)
-        except ValueError:
-            counts["errors"] += 1
-            return
-        if not (isinstance(value, int | float) and value > 0):  # the condition
-            counts["filtered"] += 1
-            return
-        topic = msg.topic
-        c.publish("bench/out/" + topic[topic.rfind("/") + 1 :], dumps(value * 2), 0)
-        counts["tx"] += 1
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.connect(LOOPBACK, port, 60)
-    sock = client.socket()
-    assert isinstance(sock, socket.socket)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def commands() -> None:
-        for line in sys.stdin:
-            if line.strip() == "stats":
-                say(json.dumps(counts))
-        client.disconnect()
-
-    threading.Thread(target=commands, name="bench-commands", daemon=True).start()
-    client.loop_forever()
-    return 0
-
-
-def run_edgelink(port: int) -> int:
-    """Child process: edgelink's manager, mqtt connection and router doing the same job."""
-    import asyncio
-
-    from _common import quiet_logging
-
-    from edgelink import ConnectionManager
-
-    quiet_logging()
-
-    async def main() -> None:
-        manager = ConnectionManager()
-        manager.add_connection(
-            "broker",
-            "mqtt",
-            {"host": LOOPBACK, "port": port, "subscribe": ["bench/in/+"], "qos": 0},
-            settings={"spam_max_pps": None},
-        )
-        manager.router.load_routes({"version": "1.0", "routes": [ROUTE]})
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-        stdin = sys.stdin.fileno()
-        pending = bytearray()
-
-        def on_stdin() -> None:
-            data = os.read(stdin, 4096)
-            if not data:
-                loop.remove_reader(stdin)
-                if not stop.done():
-                    stop.set_result(None)
-                return
-            pending.extend(data)
-            while b"\n" in pending:
-                line, _, rest = bytes(pending).partition(b"\n")
-                pending[:] = rest
-                if line.strip() == b"stats":
-                    conn = manager.get_connection("broker")
-                    stats = conn.stats if conn is not None else None
-                    status = manager.get_status("broker")
-                    say(
-                        json.dumps(
-                            {
-                                "rx": stats.packets_received if stats else None,
-                                "tx": stats.packets_sent if stats else None,
-                                "route": manager.router.route_stats("bench"),
-                                "target": manager.router.target_stats("broker"),
-                                "status": status["status"],
-                                "reconnects": status["stats"]["reconnects"],
-                            }
-                        )
-                    )
-
-        async with manager:
-            await manager.wait_for_state("broker", "connected", timeout=10)
-            loop.add_reader(stdin, on_stdin)
-            say("ready")
-            await stop
-
-    asyncio.run(main())
-    return 0
-
-
 # ---------------------------------------------------------- orchestrator
-
-
-class Child:
-    """A child process of this script that answers commands with lines on stdout."""
-
-    def __init__(self, role: str, port: int) -> None:
-        from _common import _die_with_parent
-
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", role, "--port", str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            preexec_fn=_die_with_parent,
-        )
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def readline(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.role}: no answer within {timeout:g} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.role} exited (rc={self.proc.poll()})")
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-    def ask(self, command: str, timeout: float) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        return self.readline(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Close its stdin (it exits), then SIGKILL after ``timeout``. Idempotent."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _rss(pid: int) -> dict[str, float | None]:
-    """RSS now and the peak (VmHWM), in MiB."""
-    import psutil
-
-    out: dict[str, float | None] = {"rss_mb": None, "peak_rss_mb": None}
-    with contextlib.suppress(psutil.Error, OSError):
-        out["rss_mb"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
-    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
-    return out
-
-
-def step_passes(step: dict[str, Any], args: argparse.Namespace) -> bool:
-    return (
-        step["aborted"] is None
-        and step["lost"] == 0
-        and step["bad"] == 0
-        and step["p99_ms"] is not None
-        and step["p99_ms"] < args.p99_ms
-        and step["achieved_rate"] >= 0.97 * step["rate"]
-    )
-
-
-def _brief(step: dict[str, Any]) -> str:
-    return (
-        f"{step['rate']:>6} msg/s: lost {step['lost']}, p50 {step['p50_ms']} ms, "
-        f"p99 {step['p99_ms']} ms, CPU {step['cpu'].get('subject_pct')} %, "
-        f"broker {step['cpu'].get('broker_pct')} %, machine {step['cpu'].get('machine_busy_pct')} %"
-        + (f", aborted: {step['aborted']}" if step["aborted"] else "")
-    )
 
 
 def session(
@@ -599,11 +108,11 @@ def session(
 ) -> dict[str, Any]:
     from _common import log
 
-    child = Child(subject, broker.port)
+    child = Child(SCRIPT, subject, broker.port)
     try:
         if child.readline(30) != "ready":
             raise RuntimeError(f"{subject} did not start")
-        idle = _rss(child.pid)
+        idle = rss_of(child.pid)
         json.loads(loadgen.ask("prime", 30))
         pids = f"subject={child.pid} broker={broker.pid}"
         fixed = json.loads(
@@ -612,8 +121,8 @@ def session(
                 args.fixed_seconds + 30,
             )
         )
-        fixed_rss = _rss(child.pid)
-        log(f"{subject} fixed {_brief(fixed)}, RSS {fixed_rss['rss_mb']} MiB")
+        fixed_rss = rss_of(child.pid)
+        log(f"{subject} fixed {step_brief(fixed)}, RSS {fixed_rss['rss_mb']} MiB")
         steps: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         limited_by = None
@@ -633,7 +142,7 @@ def session(
                     step["pass"] = ok
                     step["attempt"] = attempt
                     steps.append(step)
-                    log(f"{subject} step {_brief(step)} -> {'pass' if ok else 'fail'}")
+                    log(f"{subject} step {step_brief(step)} -> {'pass' if ok else 'fail'}")
                     if ok:
                         if best is None or step["rate"] > best["rate"]:
                             best = step
@@ -673,7 +182,7 @@ def session(
                 else:
                     hi = mid
         stats = json.loads(child.ask("stats", 10))
-        peak = _rss(child.pid)
+        peak = rss_of(child.pid)
     finally:
         child.close()
     return {
@@ -754,7 +263,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     order = [SUBJECTS[0] if i % 4 in (0, 3) else SUBJECTS[1] for i in range(args.sessions)]
     sessions: list[dict[str, Any]] = []
     with MosquittoBroker(extra_config="set_tcp_nodelay true") as broker:
-        loadgen = Child("loadgen", broker.port)
+        loadgen = Child(SCRIPT, "loadgen", broker.port)
         try:
             if loadgen.readline(30) != "ready":
                 raise RuntimeError("the load generator did not start")
@@ -837,11 +346,11 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "loadgen":
-        return run_loadgen(args.port)
+        return run_loadgen(args.port, TOPICS, 2.0)
     if args.role == "paho":
         return run_paho(args.port)
     if args.role == "edgelink":
-        return run_edgelink(args.port)
+        return run_edgelink(args.port, ROUTE)
 
     from _common import emit, install_signal_cleanup, machine_info
 

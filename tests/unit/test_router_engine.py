@@ -704,7 +704,11 @@ def test_data_space_evicts_the_least_recent_address_beyond_its_limit() -> None:
         router.route_data("plc", "hot", i)  # updated all along: never the least recent
     assert len(router.data) == 10 and router.data.evicted == 11
     assert router.data.value("plc.hot") == 19
-    assert router.data.addresses() == ["mqtt.t11", *[f"mqtt.t{i}" for i in range(12, 20)], "plc.hot"]
+    assert router.data.addresses() == [
+        "mqtt.t11",
+        *[f"mqtt.t{i}" for i in range(12, 20)],
+        "plc.hot",
+    ]
 
 
 # ---------------------------------------------------------- spam guard

@@ -51,7 +51,8 @@ class Dispatch(Delivery):
     data: DataSpace
     _rings: OrderedDict[str, deque[Record] | Record]
     _subs: Any
-    _echoes: dict[str, list[_Echo]]
+    _echoes: OrderedDict[str, list[_Echo]]
+    echo_evicted: int
     max_hops: int
     max_plans: int
     plan_cache_resets: int
@@ -317,12 +318,20 @@ class Dispatch(Delivery):
             entries.append(entry)
             if len(entries) > _ECHOES_PER_ADDRESS:
                 del entries[0]
+            # Addresses in the order of their last write, so of their expiry
+            # (the window is one for all): the front expires first.
+            echoes.move_to_end(address)
             return
+        # Expired echoes go from the front: amortized O(1) per write, however
+        # many addresses are written (an MQTT topic per message).
+        while echoes:
+            first = next(iter(echoes.values()))
+            if first[-1][_EXPIRES] >= mono:
+                break
+            echoes.popitem(last=False)
         if len(echoes) >= ECHO_LIMIT:
-            for key in [k for k, e in echoes.items() if e[-1][_EXPIRES] < mono]:
-                del echoes[key]
-            if len(echoes) >= ECHO_LIMIT:
-                del echoes[next(iter(echoes))]
+            echoes.popitem(last=False)
+            self.echo_evicted += 1
         echoes[address] = [entry]
 
     def _plan(

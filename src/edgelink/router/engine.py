@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -142,7 +143,9 @@ class Router(Dispatch):
         self._connections: set[str] = set()
         self._guards: dict[str, SpamGuard | Gate] = {}
         #: address -> recent writes: (value, path, hops, trail, expires at).
-        self._echoes: dict[str, list[_Echo]] = {}
+        self._echoes: OrderedDict[str, list[_Echo]] = OrderedDict()
+        #: Echoes forgotten before their window ended (more than ECHO_LIMIT addresses written).
+        self.echo_evicted = 0
         # An instance attribute: route_data reads it faster than a class attribute.
         self._inline_first_hop = self._INLINE_FIRST_HOP
         #: Datapoints received by route_data (and from connections).
@@ -292,6 +295,8 @@ class Router(Dispatch):
             "evicted_addresses": self.data.evicted,
             "cached_plans": len(self._table.plans),
             "plan_cache_resets": self.plan_cache_resets,
+            "echoes": len(self._echoes),
+            "echo_evicted": self.echo_evicted,
             "targets": {ep: ob.stats() for ep, ob in sorted(self._outboxes.items())},
         }
 
