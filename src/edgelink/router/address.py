@@ -230,6 +230,8 @@ class PatternIndex(Generic[V]):
     def __init__(self) -> None:
         self._root: _Node[V] = _Node()
         self._count = 0
+        #: Every literal level or segment of the patterns added (`match_shape`).
+        self.literals: set[str] = set()
 
     def __len__(self) -> int:
         return self._count
@@ -241,6 +243,7 @@ class PatternIndex(Generic[V]):
             seg = tok[0] == "."
             if kind == _LITERAL:
                 node = _literal_child(node, tok[1:], seg)
+                self.literals.add(tok[1:])
                 continue
             node.wild = True
             if kind == _HASH:

@@ -35,6 +35,8 @@ _ECHOES_PER_ADDRESS: Final = 4
 _new_datapoint = tuple.__new__
 _Echo = tuple[Any, tuple[str, ...], int, tuple[str, ...], float]
 _EMPTY: Final[tuple[()]] = ()
+#: Stands for an address's last level in `Dispatch._wild_match` (no pattern names it).
+_PLACEHOLDER: Final = "\x00"
 #: Where an echo (`_Echo`) keeps its expiry time.
 _EXPIRES: Final = 4
 
@@ -341,7 +343,7 @@ class Dispatch(Delivery):
         for route in table.exact.get(address, ()):
             hits.setdefault(route, ())
         if len(table.wild):
-            for route, caps in table.wild.match(address):
+            for route, caps in self._wild_match(table, address):
                 hits.setdefault(route, caps)
         entries = []
         for route in sorted(hits, key=lambda r: r.index):
@@ -360,6 +362,32 @@ class Dispatch(Delivery):
                 self.plan_cache_resets += 1
             table.plans[address] = plan
         return plan
+
+    def _wild_match(self, table: RouteTable, address: str) -> list[tuple[Route, tuple[str, ...]]]:
+        """The wildcard routes matching ``address``, with their captures, cached per shape.
+
+        The last level of an address that no pattern names literally (a new
+        MQTT topic per message: ``broker.in/u000123``) is matched by wildcards
+        only, so every such address under one parent matches the same routes:
+        the match is made once per parent (with a placeholder for the last
+        level) and the captures get the real level.
+        """
+        pos = max(address.rfind("/"), address.rfind("."))
+        last = address[pos + 1 :]
+        if pos < 0 or not last or last in table.wild.literals or _PLACEHOLDER in address:
+            return table.wild.match(address)
+        prefix = address[: pos + 1]
+        shape = table.shapes.get(prefix)
+        if shape is None:
+            shape = table.wild.match(prefix + _PLACEHOLDER)
+            if len(table.shapes) >= self.max_plans:
+                table.shapes = {}
+            table.shapes[prefix] = shape
+        if not shape:
+            return shape
+        return [
+            (route, tuple([c.replace(_PLACEHOLDER, last) for c in caps])) for route, caps in shape
+        ]
 
     def _resolve_target(self, table: RouteTable, route: Route, address: str) -> Out:
         endpoint, tag = resolve_endpoint(address, self._outboxes)

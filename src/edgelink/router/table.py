@@ -143,7 +143,7 @@ Plan = tuple[tuple[Route, tuple[Out, ...]], ...]
 class RouteTable:
     """An immutable route table plus its plan cache."""
 
-    __slots__ = ("by_id", "exact", "plans", "routes", "source", "warned", "wild")
+    __slots__ = ("by_id", "exact", "plans", "routes", "shapes", "source", "warned", "wild")
 
     def __init__(self, routes: list[Route], source: str | None) -> None:
         self.routes = tuple(routes)
@@ -159,6 +159,8 @@ class RouteTable:
                 else:
                     self.wild.add(pattern, route)
         self.plans: dict[str, Plan] = {}
+        #: Wildcard matches per address shape (`Dispatch._wild_match`).
+        self.shapes: dict[str, list[tuple[Route, tuple[str, ...]]]] = {}
         self.source = source
         #: (route id, address) pairs already logged as virtual.
         self.warned: set[tuple[str, str]] = set()

@@ -1,0 +1,301 @@
+"""Per-address bounds of the router (data space, plans, echoes) and its batched connection writes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from edgelink.errors import ConnectError, DeviceError
+from edgelink.router import DataPoint, Router, Target
+from edgelink.router.address import parse_pattern
+
+
+class Sink(Target):
+    """A target that keeps a count only (a memory test must not keep what it gets)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def send(self, tag: str, dp: DataPoint) -> None:
+        self.count += 1
+
+    async def send_batch(self, items: Sequence[tuple[str, DataPoint]]) -> None:
+        self.count += len(items)
+
+
+def pass_through(target: str = "out.{1}") -> dict[str, Any]:
+    return {"version": "1.0", "routes": [{"id": "p", "from": "broker.in/+", "to": target}]}
+
+
+# ---------------------------------------------------------------- data space
+
+
+def test_data_space_evicts_least_recent_and_its_tree_and_source_index() -> None:
+    """Test that an evicted address leaves the tree, its source's index and `history`."""
+    router = Router(max_addresses=3)
+    router.route_data("plc", "a.x", 1)
+    router.route_data("plc", "a.y", 2)
+    router.route_data("dev", "b", 3)
+    router.route_data("plc", "a.x", 4)  # a.x is now the most recent: a.y goes first
+    router.route_data("dev", "c", 5)
+    space = router.data
+    assert space.addresses() == ["dev.b", "dev.c", "plc.a.x"]
+    assert space.evicted == 1
+    assert space.children("plc.a") == ["plc.a.x"]
+    assert space.history("plc.a.x") == [space.history("plc.a.x")[0], space.get("plc.a.x")]
+    assert [dp.value for dp in space.history("plc.a.x")] == [1, 4]
+    router.route_data("dev", "d", 6)  # evicts dev.b
+    router.route_data("dev", "e", 7)  # evicts plc.a.x: the whole plc branch goes
+    assert space.children() == ["dev"]
+    assert space.children("plc") == [] and space.history("plc.a.x") == []
+    assert router.mark_stale("plc", "data_timeout") == 0
+    assert router.mark_stale("dev", "data_timeout") == 3
+    assert {dp.quality for dp in space.snapshot("dev").values()} == {"stale"}
+    stats = router.stats()
+    assert stats["evicted_addresses"] == 3 and stats["max_addresses"] == 3
+
+
+def test_an_address_seen_once_keeps_its_record_only() -> None:
+    """Test that no history ring is made for an address before its second datapoint."""
+    router = Router(history=3)
+    router.route_data("mq", "t", 1)
+    assert type(router._rings["mq.t"]) is tuple
+    router.mark_stale("mq", "half_open")
+    assert router.data.get("mq.t") is not None and router.data.get("mq.t").quality == "stale"  # type: ignore[union-attr]
+    for v in (2, 3, 4):
+        router.route_data("mq", "t", v)
+    assert [dp.value for dp in router.data.history("mq.t")] == [2, 3, 4]
+    assert router.data.value("mq.t") == 4
+
+
+def test_subscribers_see_new_and_updated_addresses() -> None:
+    """Test that subscriptions still get the first datapoint of an address and its changes."""
+    router = Router(max_addresses=2)
+    seen: list[tuple[str, Any]] = []
+    router.data.subscribe("mq.**", lambda dp: seen.append((dp.address, dp.value)))
+    for tag, v in (("a", 1), ("a", 1), ("a", 2), ("b", 1), ("c", 1)):
+        router.route_data("mq", tag, v)
+    assert seen == [("mq.a", 1), ("mq.a", 2), ("mq.b", 1), ("mq.c", 1)]
+    assert router.data.addresses() == ["mq.b", "mq.c"]
+
+
+def test_configure_lowers_max_addresses_at_once() -> None:
+    """Test that a lower bound evicts the surplus, and a bad one is refused."""
+    router = Router()
+    for i in range(10):
+        router.route_data("mq", f"t{i}", i)
+    router.configure(max_addresses=4)
+    assert router.data.addresses() == [f"mq.t{i}" for i in range(6, 10)]
+    with pytest.raises(ValueError, match="max_addresses"):
+        router.configure(max_addresses=0)
+
+
+# ---------------------------------------------------------------- plans
+
+
+def test_a_pass_through_caches_no_plan_for_an_address_seen_once() -> None:
+    """Test that plans are cached from an address's second datapoint and bounded by max_plans."""
+    router = Router(max_plans=5)
+    sink = Sink()
+    router.add_target("out", sink)
+    router.load_routes(pass_through())
+    for i in range(100):
+        router.route_data("broker", f"in/u{i}", i)
+    assert router.stats()["cached_plans"] == 0
+    for i in range(12):
+        router.route_data("broker", f"in/u{i}", i)
+    stats = router.stats()
+    assert stats["cached_plans"] == 2 and stats["plan_cache_resets"] == 2
+
+
+def test_shape_match_agrees_with_the_index() -> None:
+    """Test that the match cached per address shape equals a full match, captures included."""
+    patterns = [
+        "broker.in/+",
+        "broker.in/special",
+        "broker.+/+",
+        "broker.in/#",
+        "broker.**",
+        "plc.*.temp",
+        "plc.line1.*",
+        "plc.**",
+        "s.a/+/v",
+    ]
+    routes = [{"id": f"r{i}", "from": p, "to": f"log.t{i}"} for i, p in enumerate(patterns)]
+    router = Router()
+    router.load_routes({"version": "1.0", "routes": routes})
+    table = router._table
+    rng = random.Random(7)
+    words = ["in", "special", "u1", "temp", "line1", "v", "a", "x", "\x00"]
+    for _ in range(3000):
+        source = rng.choice(["broker", "plc", "s"])
+        sep = rng.choice(["/", "."])
+        tag = sep.join(rng.choice(words) for _ in range(rng.randint(1, 4)))
+        address = f"{source}.{tag}"
+        expected = sorted((r.id, caps) for r, caps in table.wild.match(address))
+        got = sorted((r.id, caps) for r, caps in router._wild_match(table, address))
+        assert got == expected, address
+    assert table.shapes  # the cache was used
+
+
+def test_memory_stays_flat_under_120k_distinct_topics() -> None:
+    """Test that data space, plans and echoes stay within their bounds (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        router = Router(max_addresses=5_000, max_plans=5_000)
+        sink = Sink()
+        router.add_target("out", sink)
+        router.load_routes(pass_through())
+        route = router.route_data
+
+        async def run(first: int, count: int) -> int:
+            for i in range(first, first + count):
+                route("broker", f"in/u{i:07d}", 20.5)
+                if i % 1000 == 0:
+                    await asyncio.sleep(0)  # deliveries run between bursts, as with a driver
+            await router.drain()
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0]
+
+        full = asyncio.run(run(0, 40_000))  # every bound reached long ago
+        after = asyncio.run(run(40_000, 80_000))
+    finally:
+        tracemalloc.stop()
+    assert sink.count == 120_000
+    assert len(router.data) == 5_000 and router.data.evicted == 115_000
+    # The old code kept a plan per topic: it grew by 29 MB here.
+    assert after - full < 500_000, (full, after)
+
+
+# ---------------------------------------------------------------- echoes
+
+
+def test_echoes_of_many_addresses_stay_bounded_and_expire_from_the_front() -> None:
+    """Test that writes to ever new addresses keep at most ECHO_LIMIT echoes, counted."""
+    from edgelink.router.engine import ECHO_LIMIT
+    from edgelink.testing import ManualClock
+
+    clock = ManualClock()
+    written: list[tuple[str, Any]] = []
+    router = Router(clock=clock, direct_writer=lambda cid: lambda t, v: written.append((t, v)))
+    router.register_connection("broker")
+    router.load_routes(
+        {"version": "1.0", "routes": [{"id": "p", "from": "src.+", "to": "broker.out/{1}"}]}
+    )
+
+    async def run() -> None:
+        for i in range(ECHO_LIMIT + 500):
+            router.route_data("src", f"t{i}", 20)
+        await router.drain()
+        assert router.stats()["echoes"] == ECHO_LIMIT
+        assert router.echo_evicted == 500
+        await clock.advance(router.echo_window + 1)
+        router.route_data("src", "late", 20)
+        await router.drain()
+        assert router.stats()["echoes"] == 1  # the expired ones went from the front
+
+    asyncio.run(run())
+    assert len(written) == ECHO_LIMIT + 501
+
+
+# ---------------------------------------------------------------- batched writes
+
+
+class Conn:
+    """Stands in for a driver's ``write_nowait``: records, or fails as told."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, Any]] = []
+        self.fail: dict[str, BaseException] = {}
+        self.acks: dict[str, asyncio.Future[None]] = {}
+        self.connected = True
+
+    def lookup(self, connection_id: str) -> Any:
+        return self.write_nowait if self.connected else None
+
+    def write_nowait(self, tag: str, value: Any) -> asyncio.Future[None] | None:
+        if tag in self.fail:
+            raise self.fail[tag]
+        self.writes.append((tag, value))
+        return self.acks.get(tag)
+
+
+def writes_router(conn: Conn, slow: list[tuple[str, str, Any]]) -> Router:
+    async def writer(cid: str, tag: str, value: Any) -> None:
+        slow.append((cid, tag, value))
+
+    router = Router(writer=writer, direct_writer=conn.lookup)
+    router.register_connection("broker")
+    router.load_routes(
+        {"version": "1.0", "routes": [{"id": "p", "from": "src.+", "to": "broker.out/{1}"}]}
+    )
+    return router
+
+
+async def test_a_loop_turn_of_writes_goes_out_in_one_callback_without_a_task() -> None:
+    """Test the direct path: one batch per loop turn, no task, failures counted alone."""
+    conn, slow = Conn(), []
+    router = writes_router(conn, slow)
+    conn.fail["out/bad"] = DeviceError("refused")
+    tasks_before = len(asyncio.all_tasks())
+    for tag in ("a", "bad", "c"):
+        router.route_data("src", tag, 1)
+    ob = router._outboxes["broker"]
+    assert ob.task is None and not ob.idle
+    assert len(asyncio.all_tasks()) == tasks_before
+    await asyncio.sleep(0)
+    assert conn.writes == [("out/a", 1), ("out/c", 1)] and slow == []
+    stats = router.target_stats("broker")
+    assert stats["sent"] == 2 and stats["errors"] == 1 and stats["pending"] == 0
+    assert ob.idle and ob.task is None
+    assert router.route_stats("p")["errors"] == 1  # the delivery error, on its route
+
+
+async def test_direct_writes_fall_back_to_the_writer_when_the_link_is_down() -> None:
+    """Test that a lost link (or no direct write) hands the rest to the writer, in order."""
+    conn, slow = Conn(), []
+    router = writes_router(conn, slow)
+    conn.fail["out/b"] = ConnectError("gone")
+    for tag in ("a", "b", "c"):
+        router.route_data("src", tag, 1)
+    await router.drain()
+    assert conn.writes == [("out/a", 1)]
+    assert slow == [("broker", "out/b", 1), ("broker", "out/c", 1)]
+    conn.connected = False
+    router.route_data("src", "d", 2)
+    await router.drain()
+    assert slow[-1] == ("broker", "out/d", 2)
+    assert router.target_stats("broker")["sent"] == 4
+
+
+async def test_direct_writes_wait_for_acknowledgements_once_per_batch() -> None:
+    """Test QoS>0 writes: sent when acknowledged; a lost ack is sent again by the writer."""
+    conn, slow = Conn(), []
+    router = writes_router(conn, slow)
+    loop = asyncio.get_running_loop()
+    conn.acks = {"out/a": loop.create_future(), "out/b": loop.create_future()}
+    router.route_data("src", "a", 1)
+    router.route_data("src", "b", 2)
+    router.route_data("src", "c", 3)
+    await asyncio.sleep(0)
+    ob = router._outboxes["broker"]
+    assert ob.task is not None and router.target_stats("broker")["sent"] == 1
+    conn.acks["out/a"].set_result(None)
+    conn.acks["out/b"].set_exception(ConnectError("lost before the ack"))
+    await router.drain()
+    assert slow == [("broker", "out/b", 2)]
+    assert router.target_stats("broker")["sent"] == 3
+
+
+def test_parse_pattern_literals_are_indexed() -> None:
+    """Test that the index knows its literal levels (what makes a shape)."""
+    router = Router()
+    router.load_routes(pass_through())
+    assert router._table.wild.literals == {"broker", "in"}
+    assert parse_pattern("broker.in/+").wildcards
