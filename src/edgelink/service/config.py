@@ -103,7 +103,7 @@ class StorageSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
-    """The router's expression caps and its quarantine of poison routes and sources."""
+    """The router's expression caps, its quarantine of poison routes and sources, its bounds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -125,6 +125,14 @@ class RouterSettings(BaseModel):
         default=5, ge=1, description="strikes within quarantine_window that quarantine"
     )
     quarantine_window: float = Field(default=60.0, gt=0, description="seconds")
+    max_addresses: int = Field(
+        default=100_000,
+        ge=1,
+        description="addresses the data space keeps; a new one evicts the least recently updated",
+    )
+    max_plans: int = Field(
+        default=200_000, ge=1, description="route plans cached; past it the cache starts over"
+    )
 
 
 class ServiceSettings(BaseModel):

@@ -998,17 +998,23 @@ def compile_routes(
     A ``webhook.<name>`` target must name a webhook of ``edgelink.json``: the
     router alone would take it for a virtual address and deliver nowhere.
 
-    The router's expression caps and quarantine thresholds are set from
-    ``edgelink.json`` first, so the table compiles under the caps it runs with.
+    The router's expression caps, quarantine thresholds and per-address bounds
+    are set from ``edgelink.json`` first, so the table compiles under the caps it runs with.
 
     Raises:
         RouteError: naming the file, the JSON path and the reason; the old table stays.
     """
     rs = settings.router
     router.configure(
-        limits=ExprLimits(**rs.model_dump(exclude={"quarantine_after", "quarantine_window"})),
+        limits=ExprLimits(
+            **rs.model_dump(
+                exclude={"quarantine_after", "quarantine_window", "max_addresses", "max_plans"}
+            )
+        ),
         quarantine_after=rs.quarantine_after,
         quarantine_window=rs.quarantine_window,
+        max_addresses=rs.max_addresses,
+        max_plans=rs.max_plans,
     )
     config, file = load_routing(source)
     declared = {f"webhook.{name}" for name in settings.webhooks}
