@@ -240,7 +240,7 @@ def writes_router(conn: Conn, slow: list[tuple[str, str, Any]]) -> Router:
 
 async def test_a_loop_turn_of_writes_goes_out_in_one_callback_without_a_task() -> None:
     """Test the direct path: one batch per loop turn, no task, failures counted alone."""
-    conn, slow = Conn(), []
+    conn, slow = Conn(), list[tuple[str, str, Any]]()
     router = writes_router(conn, slow)
     conn.fail["out/bad"] = DeviceError("refused")
     tasks_before = len(asyncio.all_tasks())
@@ -259,7 +259,7 @@ async def test_a_loop_turn_of_writes_goes_out_in_one_callback_without_a_task() -
 
 async def test_direct_writes_fall_back_to_the_writer_when_the_link_is_down() -> None:
     """Test that a lost link (or no direct write) hands the rest to the writer, in order."""
-    conn, slow = Conn(), []
+    conn, slow = Conn(), list[tuple[str, str, Any]]()
     router = writes_router(conn, slow)
     conn.fail["out/b"] = ConnectError("gone")
     for tag in ("a", "b", "c"):
@@ -276,7 +276,7 @@ async def test_direct_writes_fall_back_to_the_writer_when_the_link_is_down() -> 
 
 async def test_direct_writes_wait_for_acknowledgements_once_per_batch() -> None:
     """Test QoS>0 writes: sent when acknowledged; a lost ack is sent again by the writer."""
-    conn, slow = Conn(), []
+    conn, slow = Conn(), list[tuple[str, str, Any]]()
     router = writes_router(conn, slow)
     loop = asyncio.get_running_loop()
     conn.acks = {"out/a": loop.create_future(), "out/b": loop.create_future()}

@@ -26,7 +26,7 @@ _as_datapoint = tuple.__new__
 def _last(entry: deque[Record] | Record) -> Record:
     """The last record of an address's entry (a ring, or its only record)."""
     if entry.__class__ is deque:
-        last: Record = entry[-1]  # type: ignore[assignment]
+        last: Record = entry[-1]
         return last
     return entry  # type: ignore[return-value]
 
@@ -181,8 +181,8 @@ class DataSpace:
         rings = self._rings
         rings.move_to_end(address)
         if entry.__class__ is deque:
-            prev: Record = entry[-1]  # type: ignore[assignment]
-            entry.append(dp)  # type: ignore[union-attr]
+            prev: Record = entry[-1]
+            entry.append(dp)
         else:
             prev = entry  # type: ignore[assignment]
             if self.history_size > 1:
@@ -322,7 +322,7 @@ class DataSpace:
             metadata[QUALITY_SINCE] = since
             record: Record = (address, last[1], last[2], STALE, last[4], metadata, last[6], last[7])
             if entry.__class__ is deque:
-                entry[-1] = record  # type: ignore[index]
+                entry[-1] = record
             else:
                 # Replaced in place: a mark is no update, the address keeps its place.
                 rings[address] = record

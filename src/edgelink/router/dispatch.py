@@ -137,7 +137,7 @@ class Dispatch(Delivery):
         else:
             if entry.__class__ is deque and not self._subs:
                 rings.move_to_end(address)
-                entry.append(dp)  # type: ignore[union-attr]
+                entry.append(dp)
             else:
                 self.data.store(address, entry, dp)
             try:
