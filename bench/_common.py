@@ -678,9 +678,17 @@ class LoadGen:
                 last = time.monotonic()
 
     def step(
-        self, rate: float, seconds: float, warmup: float, pids: dict[str, int]
+        self,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        pids: dict[str, int],
+        abort: bool = True,
     ) -> dict[str, Any]:
-        """Publish at ``rate`` for ``seconds``; measure from ``warmup`` on; drain; report."""
+        """Publish at ``rate`` for ``seconds``; measure from ``warmup`` on; drain; report.
+
+        With ``abort`` the step is cut short once half a second of messages is owed.
+        """
         total = int(rate * seconds)
         t0 = time.monotonic()
         t_warm, t_end = t0 + warmup, t0 + seconds
@@ -690,7 +698,7 @@ class LoadGen:
         warm: tuple[float, dict[str, float | None], tuple[float, float], Any] | None = None
         aborted = None
         # The step fails for sure once half a second of messages is owed: cut it short.
-        max_owed = rate * 0.5 + 100
+        max_owed = rate * 0.5 + 100 if abort else float("inf")
         pub, sock = self.pub, rx.sock
         now = t0
         while now < t_end and sent < total:
@@ -762,7 +770,7 @@ def _ms2(value: float | None) -> float | None:
 def run_loadgen(port: int, topics: int | None = 100, scale: float = 2.0) -> int:
     """Child process: the load generator and counting subscriber, driven by stdin lines.
 
-    ``prime`` -> JSON; ``step <rate> <seconds> <warmup> name=pid ...`` -> JSON.
+    ``prime`` -> JSON; ``step <rate> <seconds> <warmup> name=pid ... [noabort]`` -> JSON.
     """
     gen = LoadGen(port, topics, scale)
     say("ready")
@@ -774,8 +782,9 @@ def run_loadgen(port: int, topics: int | None = 100, scale: float = 2.0) -> int:
             say(json.dumps(gen.prime()))
         elif cmd[0] == "step":
             rate, seconds, warmup = (float(x) for x in cmd[1:4])
-            pids = {k: int(v) for k, v in (x.split("=") for x in cmd[4:])}
-            say(json.dumps(gen.step(rate, seconds, warmup, pids)))
+            rest = cmd[4:]
+            pids = {k: int(v) for k, v in (x.split("=") for x in rest if x != "noabort")}
+            say(json.dumps(gen.step(rate, seconds, warmup, pids, abort="noabort" not in rest)))
     return 0
 
 

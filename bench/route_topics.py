@@ -23,7 +23,9 @@ Sessions come in adjacent pairs (edgelink paho, paho edgelink, ...), each in
 a fresh process: a priming message, then a fixed-rate step per ``--rates``
 (CPU % of one core over the step after its warm-up, loss, p50/p99), and with
 ``--topics unique`` a long step of ``--million`` messages (a new topic each)
-at ``--million-rate`` while the orchestrator samples the subject's RSS.
+at ``--million-rate`` while the orchestrator samples the subject's RSS (this
+step is never cut short: a backlog shows as latency and loss, the RSS still
+covers every topic that got through).
 Ratios are edgelink / paho per session pair, their median taken; CPU per
 message at one rate is CPU % / rate, so its ratio is the CPU ratio.
 
@@ -165,7 +167,8 @@ def session(
             with RssSampler(child.pid) as sampler:
                 step = json.loads(
                     loadgen.ask(
-                        f"step {args.million_rate} {seconds} {args.warmup} {pids}", seconds + 60
+                        f"step {args.million_rate} {seconds} {args.warmup} {pids} noabort",
+                        seconds + 60,
                     )
                 )
             step["pass"] = step_passes(step, args)
