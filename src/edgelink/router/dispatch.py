@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 from edgelink.errors import RouteError
@@ -52,6 +52,7 @@ class Dispatch(Delivery):
     _inline_first_hop: bool
     data: DataSpace
     _rings: OrderedDict[str, deque[Record] | Record]
+    _touch: Callable[[str], None]
     _subs: Any
     _echoes: OrderedDict[str, list[_Echo]]
     echo_evicted: int
@@ -125,9 +126,9 @@ class Dispatch(Delivery):
         # Captured before the data space runs subscribers: one of them may load
         # new routes, and this datapoint must see one table only.
         table = self._table
-        rings = self._rings
-        entry = rings.get(address)
-        if entry is None:
+        try:
+            entry = self._rings[address]
+        except KeyError:
             # A new address (an MQTT topic per message may never come again):
             # its plan is computed but cached only from its second datapoint.
             self.data.store_new(dp)
@@ -135,11 +136,11 @@ class Dispatch(Delivery):
             if plan is None:
                 plan = self._plan(table, address, source_id, tag, cache=False)
         else:
-            if entry.__class__ is deque and not self._subs:
-                rings.move_to_end(address)
-                entry.append(dp)
-            else:
+            if self._subs or entry.__class__ is not deque:
                 self.data.store(address, entry, dp)
+            else:
+                self._touch(address)  # the least recently updated address goes first
+                entry.append(dp)
             try:
                 plan = table.plans[address]
             except KeyError:
