@@ -248,6 +248,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     top = f"{max(rates):.0f}"
     el_top = [s["steps"][top] for s in sessions if s["subject"] == "edgelink"]
     targets[f"lost_at_{top}_is_zero"] = check(sum(s["lost"] for s in el_top), "==", 0)
+    # A step cut short (half a second of messages owed) did not keep up, whatever it lost.
+    targets[f"kept_up_at_{top}"] = check(sum(s["aborted"] is not None for s in el_top), "==", 0)
     targets[f"p99_at_{top}_below_{args.p99_ms:g}_ms"] = check(
         max((s["p99_ms"] or 1e9) for s in el_top), "<", args.p99_ms
     )

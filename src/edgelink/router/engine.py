@@ -66,6 +66,12 @@ def _fast_wall_clock(clock: Clock) -> Callable[[], float]:
     return time.time if type(clock) is SystemClock else clock.time
 
 
+def _fast_monotonic(clock: Clock) -> Callable[[], float]:
+    # SystemClock.monotonic is the loop's time, which is time.monotonic (asyncio's
+    # default loop): the echo of every connection write reads it.
+    return time.monotonic if type(clock) is SystemClock else clock.monotonic
+
+
 class Router(Dispatch):
     """Routes datapoints to targets by a declarative route table.
 
@@ -122,7 +128,7 @@ class Router(Dispatch):
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self._time = _fast_wall_clock(self.clock)
-        self._monotonic = self.clock.monotonic
+        self._monotonic = _fast_monotonic(self.clock)
         self._writer = writer
         self._direct_writer = direct_writer
         self.max_hops = max_hops
