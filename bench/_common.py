@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: limits, machine info, simulator subprocesses, output.
+"""Shared helpers of the benchmarks: limits, machine info, subprocesses, MQTT load, output.
 
 Not a benchmark itself. Every benchmark prints exactly one JSON object to
 stdout (`emit`); diagnostics go to stderr.

@@ -9,8 +9,8 @@ datapoint it:
 3. looks up the *plan* of its address: the matching routes (exact ``from``
    addresses by dict lookup, wildcards through a `PatternIndex`) with their
    targets already rendered and resolved. Plans are built on the first
-   datapoint of an address and cached with the route table, so after that a
-   lookup is one dict probe whatever the number of routes;
+   datapoint of an address and cached with the route table from its second,
+   so after that a lookup is one dict probe whatever the number of routes;
 4. per route: the loop guard, the compiled condition, the compiled transform;
 5. makes one `DataPoint` for a route that passes and appends it to each
    target's outbox; virtual addresses are then routed at once, as a new
@@ -18,7 +18,13 @@ datapoint it:
 
 One delivery task per target drains its outbox in batches, so a datapoint
 costs an append, never a task; a slow or failing target delays only its
-own outbox. ``await router.drain()`` waits until every outbox is empty.
+own outbox. A connection whose driver writes without awaiting takes what a
+loop turn queued for it in one callback (`edgelink.router.outbox`).
+``await router.drain()`` waits until every outbox is empty.
+
+Everything kept per address is bounded: the data space by ``max_addresses``
+(least recently updated first), plans by ``max_plans``, echoes by
+``ECHO_LIMIT`` (see the router docs, "Bounds per address").
 
 A new route table is built and compiled completely before it replaces the
 old one in a single assignment; a datapoint captures the table when it
