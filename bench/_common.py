@@ -17,8 +17,11 @@ import logging
 import os
 import platform
 import resource
+import select
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -461,3 +464,167 @@ def publish_topic(buf: bytearray, kind: int, start: int) -> tuple[bytes, int]:
     tlen = (buf[start] << 8) | buf[start + 1]
     topic = bytes(buf[start + 2 : start + 2 + tlen])
     return topic, start + 2 + tlen + (2 if kind & 0x06 else 0)
+
+
+# ------------------------------------------------ raw MQTT and child roles
+
+
+def mqtt_utf8(text: bytes) -> bytes:
+    """An MQTT length-prefixed string."""
+    return struct.pack("!H", len(text)) + text
+
+
+def mqtt_packet(kind: int, body: bytes) -> bytes:
+    """One MQTT packet: first byte, remaining length (varint), body."""
+    out = bytearray([kind])
+    n = len(body)
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes(out) + body
+
+
+def raw_mqtt_connect(port: int, client_id: str, host: str = LOOPBACK) -> socket.socket:
+    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read), big buffers."""
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    hello = mqtt_utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + mqtt_utf8(client_id.encode())
+    sock.sendall(mqtt_packet(0x10, hello))
+    ack = b""
+    while len(ack) < 4:
+        chunk = sock.recv(4 - len(ack))
+        if not chunk:
+            raise RuntimeError(f"the broker closed {client_id}'s connection")
+        ack += chunk
+    if ack[0] != 0x20 or ack[3] != 0:
+        raise RuntimeError(f"CONNACK refused: {ack!r}")
+    return sock
+
+
+class ChildProcess:
+    """``python <script> --role <role> <args>``: a child that answers stdin commands with lines."""
+
+    def __init__(self, script: str, role: str, *args: str) -> None:
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(script), "--role", role, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            preexec_fn=_die_with_parent,
+        )
+        _CHILDREN.add(self.proc)
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def readline(self, timeout: float) -> str:
+        """The child's next line on stdout.
+
+        Raises:
+            TimeoutError: if none comes within ``timeout``; RuntimeError if it exited.
+        """
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.role}: no answer within {timeout:g} s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise RuntimeError(f"{self.role} exited (rc={self.proc.poll()})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def ask(self, command: str, timeout: float) -> str:
+        """Send one command line, return the answer line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        return self.readline(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close its stdin (it exits), then SIGKILL after ``timeout``. Idempotent."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        _CHILDREN.discard(self.proc)
+
+
+def peak_rss(pid: int) -> dict[str, float | None]:
+    """RSS now and the peak (VmHWM) of a process, in MiB."""
+    out: dict[str, float | None] = {"rss_mb": None, "peak_rss_mb": None}
+    with contextlib.suppress(psutil.Error, OSError):
+        out["rss_mb"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def slope_per_min(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(seconds, value)`` samples, per minute; None under 2 samples."""
+    if len(samples) < 2:
+        return None
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mv = sum(v for _, v in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var == 0:
+        return None
+    return 60 * sum((t - mt) * (v - mv) for t, v in samples) / var
+
+
+async def start_modbus_sims(devices: int, per_process: int) -> tuple[list[SimProcess], list[int]]:
+    """Start ``edgelink.sim modbus`` children serving ``devices`` in all; return them and the ports.
+
+    Each child serves at most ``per_process`` devices on kernel-chosen ports
+    (asked of the kernel once it listens).
+    """
+    sims: list[SimProcess] = []
+    ports: list[int] = []
+    left = devices
+    try:
+        while left > 0:
+            count = min(per_process, left)
+            sim = SimProcess(count, 0, kind="modbus")
+            sims.append(sim)
+            await sim.start()
+            assert sim.pid is not None
+            mine = sorted(
+                c.laddr.port
+                for c in psutil.Process(sim.pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            )
+            if len(mine) != count:
+                raise RuntimeError(f"a simulator listens on {len(mine)} ports, not {count}")
+            ports.extend(mine)
+            left -= count
+    except BaseException:
+        await stop_sims(sims)
+        raise
+    return sims, ports
+
+
+async def stop_sims(sims: Sequence[SimProcess]) -> None:
+    """Stop simulator children and release their files."""
+    for sim in sims:
+        await sim.stop()
+        sim.close()

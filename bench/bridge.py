@@ -47,17 +47,17 @@ baseline, zero loss at the fixed rate.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from typing import Any
+
+from _common import ChildProcess, mqtt_packet, mqtt_utf8, peak_rss, raw_mqtt_connect
 
 LOOPBACK = "127.0.0.1"
 TOPICS = 100
@@ -98,39 +98,6 @@ def say(line: str) -> None:
 
 
 # ------------------------------------------------------ raw MQTT (loadgen)
-
-
-def _utf8(text: bytes) -> bytes:
-    return struct.pack("!H", len(text)) + text
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    out = bytearray([kind])
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes(out) + body
-
-
-def _raw_connect(port: int, client_id: str) -> socket.socket:
-    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read)."""
-    sock = socket.create_connection((LOOPBACK, port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.sendall(_packet(0x10, _utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + _utf8(client_id.encode())))
-    ack = b""
-    while len(ack) < 4:
-        chunk = sock.recv(4 - len(ack))
-        if not chunk:
-            raise RuntimeError("the broker closed the load generator's connection")
-        ack += chunk
-    if ack[0] != 0x20 or ack[3] != 0:
-        raise RuntimeError(f"CONNACK refused: {ack!r}")
-    return sock
 
 
 class Receiver:
@@ -234,9 +201,9 @@ class LoadGen:
     """The load generator's state: a publishing and a subscribing MQTT session."""
 
     def __init__(self, port: int) -> None:
-        self.pub = _raw_connect(port, f"bench-load-pub-{os.getpid()}")
-        sub = _raw_connect(port, f"bench-load-sub-{os.getpid()}")
-        sub.sendall(_packet(0x82, struct.pack("!H", 1) + _utf8(b"bench/out/#") + b"\x00"))
+        self.pub = raw_mqtt_connect(port, f"bench-load-pub-{os.getpid()}")
+        sub = raw_mqtt_connect(port, f"bench-load-sub-{os.getpid()}")
+        sub.sendall(mqtt_packet(0x82, struct.pack("!H", 1) + mqtt_utf8(b"bench/out/#") + b"\x00"))
         sub.setblocking(False)
         self.rx = Receiver(sub)
         deadline = time.monotonic() + 10
@@ -246,11 +213,11 @@ class LoadGen:
             select.select([sub], [], [], 0.1)
             self.rx.pump()
         # bench/in/00 .. bench/in/99: one length, so one fixed header per batch.
-        self.topics = [_utf8(f"bench/in/{t:02d}".encode()) for t in range(TOPICS)]
+        self.topics = [mqtt_utf8(f"bench/in/{t:02d}".encode()) for t in range(TOPICS)]
 
     def _frames(self, first: int, last: int, payload: bytes) -> bytes:
         remaining = len(self.topics[0]) + len(payload)
-        head = _packet(0x30, b"\x00" * remaining)[:-remaining]
+        head = mqtt_packet(0x30, b"\x00" * remaining)[:-remaining]
         topics = self.topics
         return b"".join([head + topics[i % TOPICS] + payload for i in range(first, last)])
 
@@ -504,76 +471,6 @@ def run_edgelink(port: int) -> int:
 # ---------------------------------------------------------- orchestrator
 
 
-class Child:
-    """A child process of this script that answers commands with lines on stdout."""
-
-    def __init__(self, role: str, port: int) -> None:
-        from _common import _die_with_parent
-
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", role, "--port", str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            preexec_fn=_die_with_parent,
-        )
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def readline(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.role}: no answer within {timeout:g} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.role} exited (rc={self.proc.poll()})")
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-    def ask(self, command: str, timeout: float) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        return self.readline(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Close its stdin (it exits), then SIGKILL after ``timeout``. Idempotent."""
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _rss(pid: int) -> dict[str, float | None]:
-    """RSS now and the peak (VmHWM), in MiB."""
-    import psutil
-
-    out: dict[str, float | None] = {"rss_mb": None, "peak_rss_mb": None}
-    with contextlib.suppress(psutil.Error, OSError):
-        out["rss_mb"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
-    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
-    return out
-
-
 def step_passes(step: dict[str, Any], args: argparse.Namespace) -> bool:
     return (
         step["aborted"] is None
@@ -595,15 +492,15 @@ def _brief(step: dict[str, Any]) -> str:
 
 
 def session(
-    subject: str, broker: Any, loadgen: Child, args: argparse.Namespace, deadline: float
+    subject: str, broker: Any, loadgen: ChildProcess, args: argparse.Namespace, deadline: float
 ) -> dict[str, Any]:
     from _common import log
 
-    child = Child(subject, broker.port)
+    child = ChildProcess(__file__, subject, "--port", str(broker.port))
     try:
         if child.readline(30) != "ready":
             raise RuntimeError(f"{subject} did not start")
-        idle = _rss(child.pid)
+        idle = peak_rss(child.pid)
         json.loads(loadgen.ask("prime", 30))
         pids = f"subject={child.pid} broker={broker.pid}"
         fixed = json.loads(
@@ -612,7 +509,7 @@ def session(
                 args.fixed_seconds + 30,
             )
         )
-        fixed_rss = _rss(child.pid)
+        fixed_rss = peak_rss(child.pid)
         log(f"{subject} fixed {_brief(fixed)}, RSS {fixed_rss['rss_mb']} MiB")
         steps: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
@@ -673,7 +570,7 @@ def session(
                 else:
                     hi = mid
         stats = json.loads(child.ask("stats", 10))
-        peak = _rss(child.pid)
+        peak = peak_rss(child.pid)
     finally:
         child.close()
     return {
@@ -754,7 +651,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     order = [SUBJECTS[0] if i % 4 in (0, 3) else SUBJECTS[1] for i in range(args.sessions)]
     sessions: list[dict[str, Any]] = []
     with MosquittoBroker(extra_config="set_tcp_nodelay true") as broker:
-        loadgen = Child("loadgen", broker.port)
+        loadgen = ChildProcess(__file__, "loadgen", "--port", str(broker.port))
         try:
             if loadgen.readline(30) != "ready":
                 raise RuntimeError("the load generator did not start")
