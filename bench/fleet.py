@@ -48,7 +48,9 @@ import logging
 import math
 import os
 import select
+import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +81,8 @@ BASE = "fleet"
 SIDES = ("baseline", "edgelink")
 #: Registers the simulator serves per device (ir:0 .. ir:99).
 MAX_REGISTERS = 100
+#: py-spy, for ``--profile``: beside this Python, else on PATH.
+PY_SPY = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cores", type=float, default=1.5, help="search: CPU limit, cores")
     p.add_argument("--max-devices", type=int, default=4000, help="search: most devices")
     p.add_argument("--max-runtime", type=float, default=3600.0, help="hard time limit, s")
+    p.add_argument(
+        "--profile", metavar="FILE", help="py-spy the edgelink side's window into FILE (raw)"
+    )
     p.add_argument("--role", choices=("counter", *SIDES), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -339,6 +346,17 @@ def measure(
         rss: list[tuple[float, float]] = []
         cpu0, got0, polled0 = cpu_seconds(ps), counter.count(child), st["points"]
         polled0 = json.loads(child.ask("stats", 30))["points"]
+        spy = None
+        if args.profile and side == "edgelink":
+            spy = subprocess.Popen(
+                [
+                    *(PY_SPY, "record", "--pid", str(child.pid)),
+                    *("--duration", str(int(args.duration)), "--rate", "200", "--nonblocking"),
+                    *("--format", "raw", "--output", args.profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         w0 = time.monotonic()
         end = w0 + args.duration
         while (now := time.monotonic()) < end:
@@ -349,6 +367,8 @@ def measure(
         last = json.loads(child.ask("stats", 30))
         rss.append((wall, ps.memory_info().rss / 2**20))
         lag = json.loads(child.ask("lag", 30))
+        if spy is not None:
+            spy.wait(timeout=60)
     finally:
         child.close()
     cpu = cpu1 - cpu0

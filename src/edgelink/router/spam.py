@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +15,22 @@ SpamCallback = Callable[[str, dict[str, Any]], None]
 
 
 class SpamGuard:
-    """A sliding window over the last ``budget`` datapoints of one connection."""
+    """A sliding window over the last ``budget`` datapoints of one connection.
+
+    The window is a ring of the last ``budget`` arrival times as C doubles
+    (8 bytes each, allocated whole on the first datapoint), not a deque of
+    float objects (32 bytes each, growing with every datapoint until the
+    window is full): at the default 500/s that is 4 KB per reporting link
+    instead of 16 KB, and no growth after the first datapoint.
+    """
 
     __slots__ = (
         "budget",
         "limit",
         "monotonic",
+        "next",
         "on_exceeded",
+        "seen",
         "source",
         "stamps",
         "tripped",
@@ -42,10 +51,13 @@ class SpamGuard:
             self.budget, self.window = int(max_pps), 1.0
         else:
             self.budget, self.window = 1, 1.0 / max_pps
-        # Made on the first datapoint: an empty deque is 600 bytes and one more
-        # object for the garbage collector, per connection, also for the many
-        # that never report data (health-checked links).
-        self.stamps: deque[float] | None = None
+        # Made on the first datapoint: most links of a health-checked fleet
+        # never report data.
+        self.stamps: array[float] | None = None
+        #: Where the next arrival time goes (the oldest one is there).
+        self.next = 0
+        #: Arrivals recorded, up to ``budget``.
+        self.seen = 0
         self.monotonic = monotonic
         self.on_exceeded = on_exceeded
         self.tripped = False
@@ -57,22 +69,37 @@ class SpamGuard:
         now = self.monotonic()
         stamps = self.stamps
         if stamps is None:
-            stamps = self.stamps = deque(maxlen=self.budget)
-        if len(stamps) == self.budget and now - stamps[0] < self.window:
-            self.tripped = True
-            elapsed = now - stamps[0]
-            info = {
-                "limit_pps": self.limit,
-                "count": self.budget + 1,
-                "seconds": round(elapsed, 6),
-                "window": self.window,
-            }
-            logger.debug("%s: spam protection tripped (%s)", self.source, info)
-            if self.on_exceeded is not None:
-                try:
-                    self.on_exceeded(self.source, info)
-                except Exception:
-                    logger.exception("%s: spam callback failed", self.source)
-            return False
-        stamps.append(now)
+            stamps = self.stamps = array("d", bytes(8 * self.budget))
+        i = self.next
+        if self.seen == self.budget:
+            elapsed = now - stamps[i]
+            if elapsed < self.window:
+                self._trip(elapsed)
+                return False
+        else:
+            self.seen += 1
+        stamps[i] = now
+        i += 1
+        self.next = 0 if i == self.budget else i
         return True
+
+    def reset(self) -> None:
+        """Lift a trip and forget the window (a person said the source is fine)."""
+        self.tripped = False
+        self.stamps = None
+        self.next = self.seen = 0
+
+    def _trip(self, elapsed: float) -> None:
+        self.tripped = True
+        info = {
+            "limit_pps": self.limit,
+            "count": self.budget + 1,
+            "seconds": round(elapsed, 6),
+            "window": self.window,
+        }
+        logger.debug("%s: spam protection tripped (%s)", self.source, info)
+        if self.on_exceeded is not None:
+            try:
+                self.on_exceeded(self.source, info)
+            except Exception:
+                logger.exception("%s: spam callback failed", self.source)
