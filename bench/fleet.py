@@ -384,6 +384,9 @@ def measure(
         "rss_start_mb": r(rss[0][1], 1),
         "rss_end_mb": r(rss[-1][1], 1),
         "rss_slope_mb_per_min": r(slope_per_min(rss), 3),
+        "rss_slope_second_half_mb_per_min": r(
+            slope_per_min([x for x in rss if x[0] >= wall / 2]), 3
+        ),
         "loop_lag": lag,
     }
     if "bridge" in last:

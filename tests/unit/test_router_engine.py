@@ -743,12 +743,11 @@ async def test_spam_guard_sliding_window() -> None:
     assert all(router.route_data("dev", "x", i) for i in range(100))
 
 
-def test_spam_guard_memory_is_allocated_once_not_per_datapoint() -> None:
-    """Test that a guard's window costs 8 bytes a slot, allocated at the first datapoint.
+def test_spam_guard_window_costs_8_bytes_a_slot() -> None:
+    """Test that a guard's window is C doubles, at most ``budget`` of them.
 
-    A link polled below its budget filled a deque of float objects (32 bytes a
-    datapoint) for ``budget`` datapoints: 16 KB per link at the default 500/s,
-    an RSS slope for the first minutes of every fleet.
+    It was a deque of float objects (32 bytes a datapoint): 16 KB per link at
+    the default 500/s, an RSS slope over a fleet's first minute.
     """
     now = [0.0]
     guard = SpamGuard("dev", 500, lambda: now[0], None)
@@ -762,14 +761,18 @@ def test_spam_guard_memory_is_allocated_once_not_per_datapoint() -> None:
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert grown < 1024
-    assert guard.stamps is not None and guard.stamps.itemsize * len(guard.stamps) == 8 * 500
+    assert grown < 6_000  # 4,000 bytes of slots and the array's spare room
+    assert guard.stamps is not None and len(guard.stamps) == 500
     # Still exact: 501 in under a second trips it.
     now[0] += 1.0
     assert all(guard.admit() for _ in range(500)) and not guard.admit()
     assert guard.tripped
     guard.reset()
     assert guard.admit() and not guard.tripped
+    # A huge limit costs what arrives, not what it allows.
+    big = SpamGuard("feed", 1e9, lambda: now[0], None)
+    assert all(big.admit() for _ in range(10))
+    assert big.stamps is not None and len(big.stamps) == 10
 
 
 def test_spam_guard_below_one_per_second() -> None:

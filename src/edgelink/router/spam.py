@@ -18,10 +18,9 @@ class SpamGuard:
     """A sliding window over the last ``budget`` datapoints of one connection.
 
     The window is a ring of the last ``budget`` arrival times as C doubles
-    (8 bytes each, allocated whole on the first datapoint), not a deque of
-    float objects (32 bytes each, growing with every datapoint until the
-    window is full): at the default 500/s that is 4 KB per reporting link
-    instead of 16 KB, and no growth after the first datapoint.
+    (8 bytes each; it grows to ``budget`` slots, then the oldest is
+    overwritten), not a deque of float objects (32 bytes each): at the
+    default 500/s a full window is 4 KB per reporting link instead of 16 KB.
     """
 
     __slots__ = (
@@ -30,7 +29,6 @@ class SpamGuard:
         "monotonic",
         "next",
         "on_exceeded",
-        "seen",
         "source",
         "stamps",
         "tripped",
@@ -54,10 +52,8 @@ class SpamGuard:
         # Made on the first datapoint: most links of a health-checked fleet
         # never report data.
         self.stamps: array[float] | None = None
-        #: Where the next arrival time goes (the oldest one is there).
+        #: Once the ring is full: where the next arrival time goes (the oldest is there).
         self.next = 0
-        #: Arrivals recorded, up to ``budget``.
-        self.seen = 0
         self.monotonic = monotonic
         self.on_exceeded = on_exceeded
         self.tripped = False
@@ -69,25 +65,27 @@ class SpamGuard:
         now = self.monotonic()
         stamps = self.stamps
         if stamps is None:
-            stamps = self.stamps = array("d", bytes(8 * self.budget))
+            stamps = self.stamps = array("d")
+        n = len(stamps)
+        if n < self.budget:
+            # Filling: a datapoint costs one slot until the window holds ``budget``.
+            stamps.append(now)
+            return True
         i = self.next
-        if self.seen == self.budget:
-            elapsed = now - stamps[i]
-            if elapsed < self.window:
-                self._trip(elapsed)
-                return False
-        else:
-            self.seen += 1
+        elapsed = now - stamps[i]
+        if elapsed < self.window:
+            self._trip(elapsed)
+            return False
         stamps[i] = now
         i += 1
-        self.next = 0 if i == self.budget else i
+        self.next = 0 if i == n else i
         return True
 
     def reset(self) -> None:
         """Lift a trip and forget the window (a person said the source is fine)."""
         self.tripped = False
         self.stamps = None
-        self.next = self.seen = 0
+        self.next = 0
 
     def _trip(self, elapsed: float) -> None:
         self.tripped = True
