@@ -344,7 +344,7 @@ def measure(
         time.sleep(args.warmup)
         child.ask("lag", 30)
         rss: list[tuple[float, float]] = []
-        cpu0, got0, polled0 = cpu_seconds(ps), counter.count(child), st["points"]
+        cpu0, got0 = cpu_seconds(ps), counter.count(child)
         polled0 = json.loads(child.ask("stats", 30))["points"]
         spy = None
         if args.profile and side == "edgelink":
