@@ -479,11 +479,13 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _utf8(text: bytes) -> bytes:
+def mqtt_utf8(text: bytes) -> bytes:
+    """An MQTT length-prefixed string."""
     return struct.pack("!H", len(text)) + text
 
 
-def _packet(kind: int, body: bytes) -> bytes:
+def mqtt_packet(kind: int, body: bytes) -> bytes:
+    """One MQTT packet: first byte, remaining length (varint), body."""
     out = bytearray([kind])
     n = len(body)
     while True:
@@ -494,18 +496,19 @@ def _packet(kind: int, body: bytes) -> bytes:
     return bytes(out) + body
 
 
-def _raw_connect(port: int, client_id: str) -> socket.socket:
-    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read)."""
-    sock = socket.create_connection((LOOPBACK, port), timeout=10)
+def raw_mqtt_connect(port: int, client_id: str, host: str = LOOPBACK) -> socket.socket:
+    """A connected MQTT 3.1.1 session on a blocking socket (CONNACK read), big buffers."""
+    sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.sendall(_packet(0x10, _utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + _utf8(client_id.encode())))
+    hello = mqtt_utf8(b"MQTT") + bytes([4, 0x02, 0, 0]) + mqtt_utf8(client_id.encode())
+    sock.sendall(mqtt_packet(0x10, hello))
     ack = b""
     while len(ack) < 4:
         chunk = sock.recv(4 - len(ack))
         if not chunk:
-            raise RuntimeError("the broker closed the load generator's connection")
+            raise RuntimeError(f"the broker closed {client_id}'s connection")
         ack += chunk
     if ack[0] != 0x20 or ack[3] != 0:
         raise RuntimeError(f"CONNACK refused: {ack!r}")
@@ -617,9 +620,9 @@ class LoadGen:
     """
 
     def __init__(self, port: int, topics: int | None = 100, scale: float = 2.0) -> None:
-        self.pub = _raw_connect(port, f"bench-load-pub-{os.getpid()}")
-        sub = _raw_connect(port, f"bench-load-sub-{os.getpid()}")
-        sub.sendall(_packet(0x82, struct.pack("!H", 1) + _utf8(b"bench/out/#") + b"\x00"))
+        self.pub = raw_mqtt_connect(port, f"bench-load-pub-{os.getpid()}")
+        sub = raw_mqtt_connect(port, f"bench-load-sub-{os.getpid()}")
+        sub.sendall(mqtt_packet(0x82, struct.pack("!H", 1) + mqtt_utf8(b"bench/out/#") + b"\x00"))
         sub.setblocking(False)
         self.rx = Receiver(sub, scale, per_topic=topics is not None)
         deadline = time.monotonic() + 10
@@ -632,17 +635,17 @@ class LoadGen:
         #: Unique topics: the number of the next one (messages sent in all).
         self.unique_next = 0
         # bench/in/00 .. bench/in/99: one length, so one fixed header per batch.
-        self.topics = [_utf8(f"bench/in/{t:02d}".encode()) for t in range(topics or 0)]
+        self.topics = [mqtt_utf8(f"bench/in/{t:02d}".encode()) for t in range(topics or 0)]
 
     def _frames(self, first: int, last: int, payload: bytes) -> bytes:
         if self.n_topics is None:
             base = self.unique_next - first
             self.unique_next += last - first
             remaining = 2 + len("bench/in/u000000000") + len(payload)
-            head = _packet(0x30, b"\x00" * remaining)[:-remaining] + b"\x00\x13bench/in/u"
+            head = mqtt_packet(0x30, b"\x00" * remaining)[:-remaining] + b"\x00\x13bench/in/u"
             return b"".join([head + b"%09d" % (base + i) + payload for i in range(first, last)])
         remaining = len(self.topics[0]) + len(payload)
-        head = _packet(0x30, b"\x00" * remaining)[:-remaining]
+        head = mqtt_packet(0x30, b"\x00" * remaining)[:-remaining]
         topics, n = self.topics, self.n_topics
         return b"".join([head + topics[i % n] + payload for i in range(first, last)])
 
@@ -910,18 +913,19 @@ def run_edgelink(port: int, route: dict[str, Any]) -> int:
     return 0
 
 
-class Child:
-    """A child process of a benchmark script that answers commands with lines on stdout."""
+class ChildProcess:
+    """``python <script> --role <role> <args>``: a child that answers stdin commands with lines."""
 
-    def __init__(self, script: str, role: str, port: int, extra: Sequence[str] = ()) -> None:
+    def __init__(self, script: str, role: str, *args: str) -> None:
         self.role = role
         self.proc = subprocess.Popen(
-            [sys.executable, script, "--role", role, "--port", str(port), *extra],
+            [sys.executable, os.path.abspath(script), "--role", role, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
             preexec_fn=_die_with_parent,
         )
+        _CHILDREN.add(self.proc)
         self._buf = b""
 
     @property
@@ -929,6 +933,11 @@ class Child:
         return self.proc.pid
 
     def readline(self, timeout: float) -> str:
+        """The child's next line on stdout.
+
+        Raises:
+            TimeoutError: if none comes within ``timeout``; RuntimeError if it exited.
+        """
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
@@ -946,6 +955,7 @@ class Child:
         return line.decode()
 
     def ask(self, command: str, timeout: float) -> str:
+        """Send one command line, return the answer line."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(command.encode() + b"\n")
         return self.readline(timeout)
@@ -962,10 +972,11 @@ class Child:
             self.proc.wait(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        _CHILDREN.discard(self.proc)
 
 
-def rss_of(pid: int) -> dict[str, float | None]:
-    """RSS now and the peak (VmHWM), in MiB."""
+def peak_rss(pid: int) -> dict[str, float | None]:
+    """RSS now and the peak (VmHWM) of a process, in MiB."""
     out: dict[str, float | None] = {"rss_mb": None, "peak_rss_mb": None}
     with contextlib.suppress(psutil.Error, OSError):
         out["rss_mb"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
@@ -994,3 +1005,54 @@ def step_brief(step: dict[str, Any]) -> str:
         f"broker {step['cpu'].get('broker_pct')} %, machine {step['cpu'].get('machine_busy_pct')} %"
         + (f", aborted: {step['aborted']}" if step["aborted"] else "")
     )
+
+
+def slope_per_min(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(seconds, value)`` samples, per minute; None under 2 samples."""
+    if len(samples) < 2:
+        return None
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mv = sum(v for _, v in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var == 0:
+        return None
+    return 60 * sum((t - mt) * (v - mv) for t, v in samples) / var
+
+
+async def start_modbus_sims(devices: int, per_process: int) -> tuple[list[SimProcess], list[int]]:
+    """Start ``edgelink.sim modbus`` children serving ``devices`` in all; return them and the ports.
+
+    Each child serves at most ``per_process`` devices on kernel-chosen ports
+    (asked of the kernel once it listens).
+    """
+    sims: list[SimProcess] = []
+    ports: list[int] = []
+    left = devices
+    try:
+        while left > 0:
+            count = min(per_process, left)
+            sim = SimProcess(count, 0, kind="modbus")
+            sims.append(sim)
+            await sim.start()
+            assert sim.pid is not None
+            mine = sorted(
+                c.laddr.port
+                for c in psutil.Process(sim.pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            )
+            if len(mine) != count:
+                raise RuntimeError(f"a simulator listens on {len(mine)} ports, not {count}")
+            ports.extend(mine)
+            left -= count
+    except BaseException:
+        await stop_sims(sims)
+        raise
+    return sims, ports
+
+
+async def stop_sims(sims: Sequence[SimProcess]) -> None:
+    """Stop simulator children and release their files."""
+    for sim in sims:
+        await sim.stop()
+        sim.close()

@@ -55,8 +55,8 @@ import time
 from typing import Any
 
 from _common import (
-    Child,
-    rss_of,
+    ChildProcess,
+    peak_rss,
     run_edgelink,
     run_loadgen,
     run_paho,
@@ -104,15 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def session(
-    subject: str, broker: Any, loadgen: Child, args: argparse.Namespace, deadline: float
+    subject: str, broker: Any, loadgen: ChildProcess, args: argparse.Namespace, deadline: float
 ) -> dict[str, Any]:
     from _common import log
 
-    child = Child(SCRIPT, subject, broker.port)
+    child = ChildProcess(SCRIPT, subject, "--port", str(broker.port))
     try:
         if child.readline(30) != "ready":
             raise RuntimeError(f"{subject} did not start")
-        idle = rss_of(child.pid)
+        idle = peak_rss(child.pid)
         json.loads(loadgen.ask("prime", 30))
         pids = f"subject={child.pid} broker={broker.pid}"
         fixed = json.loads(
@@ -121,7 +121,7 @@ def session(
                 args.fixed_seconds + 30,
             )
         )
-        fixed_rss = rss_of(child.pid)
+        fixed_rss = peak_rss(child.pid)
         log(f"{subject} fixed {step_brief(fixed)}, RSS {fixed_rss['rss_mb']} MiB")
         steps: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
@@ -182,7 +182,7 @@ def session(
                 else:
                     hi = mid
         stats = json.loads(child.ask("stats", 10))
-        peak = rss_of(child.pid)
+        peak = peak_rss(child.pid)
     finally:
         child.close()
     return {
@@ -263,7 +263,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     order = [SUBJECTS[0] if i % 4 in (0, 3) else SUBJECTS[1] for i in range(args.sessions)]
     sessions: list[dict[str, Any]] = []
     with MosquittoBroker(extra_config="set_tcp_nodelay true") as broker:
-        loadgen = Child(SCRIPT, "loadgen", broker.port)
+        loadgen = ChildProcess(SCRIPT, "loadgen", "--port", str(broker.port))
         try:
             if loadgen.readline(30) != "ready":
                 raise RuntimeError("the load generator did not start")

@@ -47,6 +47,8 @@ import psutil
 from _common import (
     LOOPBACK,
     log,
+    mqtt_packet,
+    mqtt_utf8,
     publish_topic,
     r,
     run_benchmark,
@@ -77,21 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------ the counter
 
 
-def _utf8(text: bytes) -> bytes:
-    return struct.pack("!H", len(text)) + text
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    out = bytearray([kind])
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes(out) + body
-
-
 def run_counter(port: int) -> int:
     """Child process: subscribe to bench/# and count PUBLISH frames per phase.
 
@@ -102,8 +89,8 @@ def run_counter(port: int) -> int:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     cid = f"counter-{os.getpid()}".encode()
-    sock.sendall(_packet(0x10, _utf8(b"MQTT") + bytes([4, 0x02, 0, 60]) + _utf8(cid)))
-    sock.sendall(_packet(0x82, struct.pack("!H", 1) + _utf8(b"bench/#") + b"\x00"))
+    sock.sendall(mqtt_packet(0x10, mqtt_utf8(b"MQTT") + bytes([4, 0x02, 0, 60]) + mqtt_utf8(cid)))
+    sock.sendall(mqtt_packet(0x82, struct.pack("!H", 1) + mqtt_utf8(b"bench/#") + b"\x00"))
     counts: dict[bytes, list[float]] = {}
     buf = bytearray()
     subscribed = False

@@ -50,14 +50,14 @@ import time
 from typing import Any
 
 from _common import (
-    Child,
+    ChildProcess,
     check,
     emit,
     install_signal_cleanup,
     log,
     machine_info,
+    peak_rss,
     r,
-    rss_of,
     run_edgelink,
     run_loadgen,
     run_paho,
@@ -121,7 +121,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = rss_of(self.pid)["rss_mb"]
+            rss = peak_rss(self.pid)["rss_mb"]
             if rss is not None:
                 self.samples.append((time.monotonic() - self._t0, rss))
 
@@ -144,13 +144,13 @@ def rss_curve(samples: list[tuple[float, float]], rate: float, total: int) -> di
 
 
 def session(
-    subject: str, broker: Any, loadgen: Child, args: argparse.Namespace, rates: list[float]
+    subject: str, broker: Any, loadgen: ChildProcess, args: argparse.Namespace, rates: list[float]
 ) -> dict[str, Any]:
-    child = Child(SCRIPT, subject, broker.port)
+    child = ChildProcess(SCRIPT, subject, "--port", str(broker.port))
     try:
         if child.readline(30) != "ready":
             raise RuntimeError(f"{subject} did not start")
-        idle = rss_of(child.pid)
+        idle = peak_rss(child.pid)
         json.loads(loadgen.ask("prime", 30))
         pids = f"subject={child.pid} broker={broker.pid}"
         steps: dict[str, dict[str, Any]] = {}
@@ -179,7 +179,7 @@ def session(
             }
             log(f"{subject} million {step_brief(step)}, RSS {million['rss']}")
         stats = json.loads(child.ask("stats", 10))
-        end = rss_of(child.pid)
+        end = peak_rss(child.pid)
     finally:
         child.close()
     return {
@@ -201,7 +201,9 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     order = [SUBJECTS[0] if i % 4 in (0, 3) else SUBJECTS[1] for i in range(args.sessions)]
     sessions: list[dict[str, Any]] = []
     with MosquittoBroker(extra_config="set_tcp_nodelay true") as broker:
-        loadgen = Child(SCRIPT, "loadgen", broker.port, ["--topics", args.topics])
+        loadgen = ChildProcess(
+            SCRIPT, "loadgen", "--port", str(broker.port), "--topics", args.topics
+        )
         try:
             if loadgen.readline(30) != "ready":
                 raise RuntimeError("the load generator did not start")

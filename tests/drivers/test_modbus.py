@@ -398,6 +398,37 @@ async def test_refused_tag_in_poll_group_is_bad_and_link_stays(
     assert "exception 2" in errors[0].data["error"]
 
 
+async def test_poll_round_values_share_one_timestamp_in_tag_order(
+    make_manager: Make, server: ModbusServer
+) -> None:
+    """Test that the good values of one poll round carry one timestamp, in the group's order.
+
+    They came in one answer; a tag refused between them keeps its place.
+    """
+    m = make_manager(health_check_interval=60)
+    got: list[tuple[str, str, float]] = []
+    m.on_data(lambda cid, tag, value, quality, ts: got.append((tag, quality, ts)))
+    m.add_connection(
+        "dev",
+        "modbus_tcp",
+        mb(server.port),
+        poll=[{"tags": ["hr:0", "hr:299:uint32", "hr:1", "hr:2"], "interval": 60}],
+    )
+    async with m:
+        await m.wait_for_state("dev", "connected", timeout=5)
+        async with asyncio.timeout(5):
+            while len(got) < 4:
+                await asyncio.sleep(0.01)
+    assert [(tag, quality) for tag, quality, _ in got] == [
+        ("hr:0", "good"),
+        ("hr:299:uint32", "bad"),
+        ("hr:1", "good"),
+        ("hr:2", "good"),
+    ]
+    assert got[2][2] == got[3][2]  # one answer, one timestamp
+    assert m.get_status("dev")["stats"]["packets_sent"] >= 3  # the block, then the lone tag
+
+
 async def test_execute_with_retry_reads_and_writes(
     make_manager: Make, server: ModbusServer, device: ModbusDevice
 ) -> None:

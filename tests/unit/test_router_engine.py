@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from edgelink import DataPoint, MemoryTarget, RouteError, Router, Target
 from edgelink.router import LogTarget, routing_json_schema
+from edgelink.router.spam import SpamGuard
 from edgelink.testing import ManualClock
 
 
@@ -747,6 +749,38 @@ async def test_spam_guard_sliding_window() -> None:
     assert all(router.route_data("calc", "x", i) for i in range(1000))
     router.set_spam_limit("dev", None)
     assert all(router.route_data("dev", "x", i) for i in range(100))
+
+
+def test_spam_guard_window_costs_8_bytes_a_slot() -> None:
+    """Test that a guard's window is C doubles, at most ``budget`` of them.
+
+    It was a deque of float objects (32 bytes a datapoint): 16 KB per link at
+    the default 500/s, an RSS slope over a fleet's first minute.
+    """
+    now = [0.0]
+    guard = SpamGuard("dev", 500, lambda: now[0], None)
+    assert guard.admit()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2_000):  # 10/s: far below the budget, the window full after 500
+            now[0] += 0.1
+            assert guard.admit()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 6_000  # 4,000 bytes of slots and the array's spare room
+    assert guard.stamps is not None and len(guard.stamps) == 500
+    # Still exact: 501 in under a second trips it.
+    now[0] += 1.0
+    assert all(guard.admit() for _ in range(500)) and not guard.admit()
+    assert guard.tripped
+    guard.reset()
+    assert guard.admit() and not guard.tripped
+    # A huge limit costs what arrives, not what it allows.
+    big = SpamGuard("feed", 1e9, lambda: now[0], None)
+    assert all(big.admit() for _ in range(10))
+    assert big.stamps is not None and len(big.stamps) == 10
 
 
 def test_spam_guard_below_one_per_second() -> None:

@@ -152,6 +152,9 @@ class BusMember(Protocol):
     def update_stats(self, **deltas: int) -> None:
         """Count traffic."""
 
+    def count_exchange(self, bytes_sent: int, packets_received: int, bytes_received: int) -> None:
+        """Count one request and its answer."""
+
     def connection_lost(self, exc: BaseException | None = None) -> None:
         """The link is gone."""
 
@@ -731,12 +734,7 @@ class ModbusBus:
 def _count(member: BusMember, flight: _Flight) -> None:
     """Book one request's traffic on the member that sent it (one stats update)."""
     if flight.bytes_sent:
-        member.update_stats(
-            packets_sent=1,
-            bytes_sent=flight.bytes_sent,
-            packets_received=flight.packets_received,
-            bytes_received=flight.bytes_received,
-        )
+        member.count_exchange(flight.bytes_sent, flight.packets_received, flight.bytes_received)
 
 
 #: The buses of each event loop, by key.

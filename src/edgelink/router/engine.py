@@ -414,8 +414,7 @@ class Router(Dispatch):
         """Let a source that tripped spam protection send again (with a fresh window)."""
         guard = self._spam_guard(source_id)
         if guard is not None:
-            guard.tripped = False
-            guard.stamps = None
+            guard.reset()
 
     def is_spam_blocked(self, source_id: str) -> bool:
         """Return True while spam protection drops ``source_id``'s datapoints."""

@@ -339,6 +339,32 @@ class SupervisorBase:
                 logger.exception("%s: data sink failed for %s", self.connection_id, tag)
         return True
 
+    def _handle_good(self, values: list[tuple[str, Any]]) -> None:
+        """Pass on the good values of one read (a poll batch), stamped alike.
+
+        What `_handle_data` does for each ``(tag, value)`` with quality good,
+        with the clock read once for the batch: the values came in one answer.
+        """
+        now = self._clock.time()
+        self._last_data_at = now
+        self._last_data_mono = self._clock.monotonic()
+        bad_tags = self._bad_tags
+        watch = self._watch
+        sink = self._data_sink
+        cid = self.connection_id
+        for tag, value in values:
+            if bad_tags:
+                bad_tags.discard(tag)
+            if watch:
+                rule = watch.get(tag)
+                if rule is not None:
+                    self._check_watch(rule, value)
+            if sink is not None:
+                try:
+                    sink(cid, tag, value, "good", now, None)
+                except Exception:
+                    logger.exception("%s: data sink failed for %s", cid, tag)
+
     def on_activity(self) -> None:
         """The link showed life. Thread-safe."""
         self._last_data_mono = self._clock.monotonic()

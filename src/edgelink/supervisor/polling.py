@@ -99,16 +99,25 @@ class SupervisorPolling(SupervisorFlapping):
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
             return self._poll_failed(tags, exc)
+        good: list[tuple[str, Any]] = []
+        strikes = self._strikes
         for tag in tags:
             if tag not in results:
                 continue
             value = results[tag]
             if isinstance(value, BaseException):
+                if good:
+                    # In tag order: what came before the failure goes first.
+                    self._handle_good(good)
+                    good = []
                 if not self._poll_failed((tag,), value, per_tag=True):
                     return False
                 continue
-            self._strikes.pop(tag, None)
-            self._handle_data(tag, value, "good", None)
+            if strikes:
+                strikes.pop(tag, None)
+            good.append((tag, value))
+        if good:
+            self._handle_good(good)
         return True
 
     def _poll_failed(
