@@ -976,7 +976,7 @@ async def test_memory_queue_overflow_is_counted_and_evented_exactly(
     async with live_gateway(tmp_path, broker, "smarthome/calc/#", api=True) as (
         gateway,
         bridge,
-        first,
+        _,
     ):
         counts: list[int] = []
         gateway.manager.on_event("bridge_dropped", lambda e: counts.append(e.data["count"]))

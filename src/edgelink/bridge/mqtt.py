@@ -30,10 +30,11 @@ the link is up. Only what the broker does not take (the link is down, or it
 takes less than arrives) goes to the SQLite `UplinkBuffer` (bounded by count
 and age, oldest dropped first and counted); when the link is back it is
 drained, oldest first, while newer datapoints wait in memory, and the live
-path resumes once it is empty, so per-topic order holds. With QoS 1 or 2 a message counts as delivered only
-when the broker acknowledged it: messages in flight when the link died go
-back into the buffer ahead of newer ones (at-least-once: a message may arrive
-twice, never out of order, never not at all). With QoS 0 what sat in the
+path resumes once it is empty, so per-topic order holds. With QoS 1 or 2 a
+message counts as delivered only when the broker acknowledged it: messages
+in flight when the link died go back into the buffer ahead of newer ones
+(at-least-once: a message may arrive twice, never out of order, never not at
+all). With QoS 0 what sat in the
 socket when the link died is lost, as QoS 0 allows.
 
 A message the client or the broker refuses (a topic over MQTT's limit, an
@@ -231,7 +232,7 @@ class MqttBridge(Service):
 
     @property
     def queued(self) -> int:
-        """Messages in memory: queued, in flight, and waiting to go back (at most `memory_items`)."""
+        """Messages in memory: queued, in flight, waiting to go back (at most `memory_items`)."""
         return len(self._queue) + len(self._inflight) + len(self._front)
 
     @property
@@ -691,7 +692,7 @@ class MqttBridge(Service):
             raise
 
     async def _spill(self, count: int) -> None:
-        """Move up to ``count`` messages from the head of memory to SQLite, `SPILL` a transaction."""
+        """Move up to ``count`` messages from the head of memory to SQLite, `SPILL` per write."""
         queue = self._queue
         while count > 0 and queue:
             batch = [queue.popleft() for _ in range(min(count, SPILL, len(queue)))]
@@ -787,8 +788,9 @@ class MqttBridge(Service):
                     continue
                 sent.append((msg, attempt, self._sent(msg.topic), fut))
             waiting = [fut for *_, fut in sent if fut is not None]
-            while not waiting and sent and driver.backlog() > BACKLOG:
-                await asyncio.sleep(0.005)  # QoS 0: no answers to wait for, only the socket
+            # QoS 0: no answers to wait for, only the socket (paho signals no room: polled).
+            while not waiting and sent and driver.backlog() > BACKLOG:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
             answers = iter(await asyncio.gather(*waiting, return_exceptions=True))
             todo = []
             for msg, attempt, seq, fut in sent:

@@ -435,7 +435,7 @@ class MqttConnection(MqttSubscriptions):
         client = self._client
         if client is None:
             return 0
-        return len(client._out_packet)  # noqa: SLF001 - paho has no public size of it
+        return len(client._out_packet)  # paho has no public size of it
 
     async def write(self, tag: str, value: Any) -> None:
         """Publish ``value`` to topic ``tag`` with the configured QoS and retain flag.
