@@ -52,6 +52,10 @@ __all__ = [
 READ_BATCH: Final = 64
 #: How often paho's keepalive bookkeeping runs (it sends PINGREQ when idle).
 MISC_INTERVAL: Final = 1.0
+#: Bytes of queued packets joined into one ``send`` (paho sends each packet alone).
+WRITE_CHUNK: Final = 65536
+_PUBLISH: Final = int(paho.PUBLISH)
+_DISCONNECT: Final = int(paho.DISCONNECT)
 
 SUCCESS: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -139,6 +143,59 @@ class PahoClient(paho.Client):
         if sock is None:
             raise OSError("edgelink: reconnecting is the supervisor's job, not paho's")
         return sock
+
+    def _packet_write(self) -> MQTTErrorCode:
+        """Write the queued packets, up to `WRITE_CHUNK` bytes per ``send`` call.
+
+        paho writes each packet with its own ``send`` (one system call per
+        message: a quarter of the bridge's CPU at 5,000 messages/s). Here
+        consecutive packets go out joined. A QoS 0 PUBLISH is marked published
+        without an ``on_publish`` call (edgelink's ``on_publish`` only settles
+        acknowledgements); a DISCONNECT goes through paho's own path.
+        """
+        out = self._out_packet
+        while out:
+            first = out[0]
+            if first["command"] & 0xF0 == _DISCONNECT:
+                return super()._packet_write()
+            parts: list[Any] = []
+            packets: list[Any] = []
+            size = 0
+            for packet in out:
+                if packet["command"] & 0xF0 == _DISCONNECT:
+                    break
+                pos = packet["pos"]
+                data = packet["packet"]
+                parts.append(memoryview(data)[pos:] if pos else data)
+                packets.append(packet)
+                size += packet["to_process"]
+                if size >= WRITE_CHUNK:
+                    break
+            try:
+                sent = self._sock_send(b"".join(parts) if len(parts) > 1 else parts[0])
+            except (AttributeError, ValueError):
+                return SUCCESS
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            with self._msgtime_mutex:
+                self._last_msg_out = paho.time_func()
+            for packet in packets:
+                left = packet["to_process"]
+                if sent < left:
+                    packet["to_process"] = left - sent
+                    packet["pos"] += sent
+                    return MQTTErrorCode.MQTT_ERR_AGAIN  # the socket took no more
+                sent -= left
+                out.popleft()
+                packet["to_process"] = 0
+                packet["pos"] += left
+                if packet["command"] & 0xF0 == _PUBLISH and packet["qos"] == 0:
+                    info = packet["info"]
+                    if info is not None:
+                        info._set_as_published()
+        return SUCCESS
 
 
 async def open_socket(
