@@ -134,7 +134,14 @@ def run_paho(port: int, rate: int, topics: int, warmup: float, seconds: float, q
 
 
 def run_edgelink(
-    port: int, rate: int, topics: int, warmup: float, seconds: float, qos: int, outage: bool
+    port: int,
+    rate: int,
+    topics: int,
+    warmup: float,
+    seconds: float,
+    qos: int,
+    outage: bool,
+    max_inflight: int,
 ) -> None:
     from edgelink import ConnectionManager
     from edgelink.bridge.mqtt import MqttBridge
@@ -148,7 +155,7 @@ def run_edgelink(
         manager.add_connection(
             "broker",
             "mqtt",
-            {"host": LOOPBACK, "port": port, "qos": qos},
+            {"host": LOOPBACK, "port": port, "qos": qos, "max_inflight": max_inflight},
             settings={"spam_max_pps": None, "reconnect_initial_delay": 0.05},
         )
         settings = BridgeSettings(connection="broker", base_topic="up/el", qos=qos)
@@ -263,6 +270,8 @@ def child(role: str, port: int, args: argparse.Namespace, rate: int, **extra: An
         str(args.seconds),
         "--qos",
         str(extra.get("qos", args.qos)),
+        "--max-inflight",
+        str(args.max_inflight),
     ]
     if extra.get("outage"):
         cmd.append("--outage-child")
@@ -323,6 +332,9 @@ def main() -> int:
     parser.add_argument("--topics", type=int, default=5000)
     parser.add_argument("--qos", type=int, default=0)
     parser.add_argument("--outage", type=float, default=5.0, help="0 = no outage run")
+    parser.add_argument(
+        "--max-inflight", type=int, default=20, help="the broker connection's max_inflight"
+    )
     parser.add_argument("--role", default="parent", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
@@ -343,19 +355,25 @@ def main() -> int:
             args.seconds,
             args.qos,
             args.outage_child,
+            args.max_inflight,
         )
         return 0
 
     from edgelink.testing.mosquitto import MosquittoBroker
 
-    result: dict[str, Any] = {"benchmark": "bridge_uplink", "qos": args.qos, "runs": []}
+    result: dict[str, Any] = {
+        "benchmark": "bridge_uplink",
+        "qos": args.qos,
+        "max_inflight": args.max_inflight,
+        "runs": [],
+    }
     targets: dict[str, Any] = {}
     extra = "max_queued_messages 0\nset_tcp_nodelay true"
     with MosquittoBroker(persistence=True, extra_config=extra) as broker:
         counter = Counter(broker.port)
         try:
             time.sleep(0.5)
-            for rate in args.rates:
+            for rate in args.rates if args.seconds > 0 else []:
                 paho = measure("paho", "paho", broker.port, args, rate, counter)
                 edge = measure("edgelink", "el", broker.port, args, rate, counter)
                 ratio = (
