@@ -457,8 +457,11 @@ class MqttBridge(Service):
             self._link_down()
             return
         if self._link != (driver, driver.link_id):
-            # A new link: what went on the old one was lost with it.
-            self._requeue_inflight()
+            if self._inflight:
+                # A new link, and what went on the old one was lost with it
+                # unnoticed: it goes back through SQLite, ahead of the queue.
+                self._link_down()
+                return
             self._link = (driver, driver.link_id)
             driver.ack_listener = self._on_ack
         if self.qos == 0:
