@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,20 @@ from edgelink.bridge.topics import decode_address
 from edgelink.service.gateway import Gateway
 from edgelink.sim.http import HttpSimulator
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
+from edgelink.store import UplinkBuffer
 from edgelink.testing.mosquitto import MosquittoBroker
+
+
+def api_client(gateway: Gateway) -> httpx.AsyncClient:
+    """A client of the gateway's admin API with the test token."""
+    assert gateway.api_address is not None
+    host, port = gateway.api_address
+    return httpx.AsyncClient(
+        base_url=f"http://{host}:{port}",
+        headers={"Authorization": "Bearer bridge-test-token-0123456789"},
+        timeout=5,
+    )
+
 
 FAST = {
     "connect_timeout": 1.0,
@@ -294,7 +308,8 @@ async def test_reported_json_pointer_tag_flows_through_buffer_and_set_decodes(
             assert bridge is not None
             await gateway.manager.wait_for_state("broker", "connected", timeout=10)
             await asyncio.to_thread(broker.stop)
-            await eventually(lambda: bridge.depth >= 3)  # the tag's datapoints are buffered
+            # The tag's datapoints are buffered (in SQLite once the outage lasts).
+            await eventually(lambda: bridge.depth >= 3 and not bridge.stats()["queued"])
             gateway.manager.router.route_data("calc", "after", 1)
             await asyncio.to_thread(broker.start)
             sub = Subscriber(broker, "smarthome/#")
@@ -446,6 +461,9 @@ async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
             await asyncio.to_thread(broker.start)
             await eventually(lambda: bridge.stats()["live"])
             await eventually(lambda: ("smarthome/calc/also", 29) in _values(sub))
+            # What waited in memory may go live (nothing was in SQLite): its answers
+            # can come after the subscriber saw the last message.
+            await eventually(lambda: not bridge.stats()["in_flight"])
             values = _values(sub)
             for tag in ("ok", "also"):
                 seen = [v for t, v in values if t == f"smarthome/calc/{tag}"]
@@ -459,13 +477,7 @@ async def test_acl_refused_topic_is_dead_lettered_and_the_rest_flows(
             assert stats["depth"] == 0 and stats["dropped"] == 0
             assert stats["published"] == 90 - refused
 
-            assert gateway.api_address is not None
-            host, port = gateway.api_address
-            async with httpx.AsyncClient(
-                base_url=f"http://{host}:{port}",
-                headers={"Authorization": "Bearer bridge-test-token-0123456789"},
-                timeout=5,
-            ) as api:
+            async with api_client(gateway) as api:
                 shown = (await api.get("/api/bridge")).json()
                 assert shown["errors"] == refused and shown["dead_letters"] == refused
                 letters = (await api.get("/api/bridge/dead-letters?limit=1000")).json()
@@ -512,7 +524,7 @@ async def test_depth_never_exceeds_max_items_and_drops_are_counted_exactly(
             assert bridge.depth == min(n + 1, 50)
             if n % 7 == 0:
                 await asyncio.sleep(0)  # let the uplink task store some
-        await asyncio.sleep(0.3)
+        await eventually(lambda: not bridge.stats()["queued"])  # all in SQLite
         assert bridge.depth == 50
         assert bridge.dropped == 150
         await asyncio.to_thread(broker.start)
@@ -827,3 +839,174 @@ async def test_lost_device_is_published_stale_once_retained_and_good_when_back(
             sub.close()
             if late is not None:
                 late.close()
+
+
+# ------------------------------------------- the uplink pipeline: live is the normal path
+
+
+def _first_deliveries_in_order(sub: Subscriber) -> dict[str, list[Any]]:
+    """Per topic, the values in the order they first arrived; asserts that order is ascending."""
+    received: dict[str, list[Any]] = {}
+    for topic, value in _values(sub):
+        received.setdefault(topic, []).append(value)
+    for topic, values in received.items():
+        first = list(dict.fromkeys(values))
+        assert first == sorted(first), f"{topic} out of order"
+    return received
+
+
+@pytest.mark.timeout(90)
+async def test_goes_live_while_datapoints_arrive_faster_than_sqlite_stores_them(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test a producer of 25,000 datapoints/s against a SQLite store far slower than that.
+
+    The old uplink stored everything to SQLite before its first flush, so it
+    never went live while the producer ran and its memory list grew without
+    bound. Now the bridge goes live at once (nothing is buffered) and every
+    datapoint reaches the broker or is counted as dropped, with the memory
+    queue within its bound at every moment.
+    """
+    real_put = UplinkBuffer._put
+
+    def slow_put(self: UplinkBuffer, *args: Any) -> tuple[int, int]:
+        time.sleep(0.05)  # in the database thread: a store far slower than the producer
+        return real_put(self, *args)
+
+    monkeypatch.setattr(UplinkBuffer, "_put", slow_put)
+    bound = 20_000
+    buffer = {"max_items": 100_000, "max_age_s": 3600, "memory_items": bound}
+    write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1, buffer=buffer)
+    sub = Subscriber(broker, "smarthome/calc/#")
+    gateway = Gateway(tmp_path, watch=False)
+    await gateway.start()
+    try:
+        await asyncio.to_thread(sub.subscribed.wait, 5)
+        bridge = gateway.bridge
+        assert bridge is not None
+        router = gateway.manager.router
+        loop = asyncio.get_running_loop()
+        topics, n, live_at, peak = 100, 0, None, 0
+        tick = loop.time()
+        end = tick + 2.0
+        while loop.time() < end:
+            for _ in range(250):  # 25,000 datapoints/s: 250 every 10 ms
+                router.route_data("calc", f"t{n % topics}", n)
+                n += 1
+            stats = bridge.stats()
+            peak = max(peak, stats["queued"])
+            if live_at is None and stats["live"]:
+                live_at = n
+            tick += 0.01
+            await asyncio.sleep(max(0.0, tick - loop.time()))
+        assert live_at is not None, (
+            f"never went live while datapoints kept coming {bridge.stats()} {n}"
+        )
+        assert n >= 20_000
+        assert peak <= bound
+
+        def delivered() -> int:
+            return len(set(sub.snapshot()))  # a payload carries its value: distinct per datapoint
+
+        await eventually(lambda: delivered() + bridge.dropped >= n, timeout=40)
+        assert delivered() + bridge.dropped == n
+        _first_deliveries_in_order(sub)
+        await eventually(lambda: bridge.stats()["live"] and bridge.depth == 0)
+    finally:
+        await gateway.stop()
+        sub.close()
+
+
+@pytest.mark.timeout(90)
+async def test_outage_drains_in_order_at_twice_the_live_rate_then_goes_live(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test broker away, 20,000 datapoints buffered, broker back while 2,000/s keep coming.
+
+    The buffered ones drain first, in order, while the new ones queue behind
+    (bounded); the drain runs at least twice the live rate; then live, nothing
+    lost, per-topic order kept.
+    """
+    bound = 5000
+    buffer = {"max_items": 100_000, "max_age_s": 3600, "memory_items": bound}
+    write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1, buffer=buffer)
+    async with live_gateway(tmp_path, broker, "smarthome/calc/#", session="edgelink-drain") as (
+        gateway,
+        bridge,
+        sub,
+    ):
+        router = gateway.manager.router
+        await asyncio.to_thread(broker.stop)
+        await eventually(lambda: not bridge.stats()["live"])
+        topics, n = 100, 0
+        for _ in range(20_000):
+            router.route_data("calc", f"t{n % topics}", n)
+            n += 1
+            if n % 200 == 0:
+                await asyncio.sleep(0.005)
+        await eventually(lambda: bridge.stats()["queued"] == 0)
+        assert bridge.depth == 20_000 and bridge.dropped == 0
+        await asyncio.to_thread(broker.start)
+        await gateway.manager.wait_for_state("broker", "connected", timeout=10)
+        loop = asyncio.get_running_loop()
+        flushed0, t0, peak = bridge.flushed, loop.time(), 0
+        live_rate = 2000.0
+        while not bridge.stats()["live"]:
+            for _ in range(20):  # 2,000/s: 20 every 10 ms
+                router.route_data("calc", f"t{n % topics}", n)
+                n += 1
+            peak = max(peak, bridge.stats()["queued"])
+            await asyncio.sleep(0.01)
+            assert loop.time() - t0 < 30, "the drain never ended"
+        drain_rate = (bridge.flushed - flushed0) / (loop.time() - t0)
+        assert drain_rate >= 2 * live_rate, drain_rate
+        assert peak <= bound
+        for _ in range(20):
+            router.route_data("calc", f"t{n % topics}", n)
+            n += 1
+            await asyncio.sleep(0.01)
+        await eventually(lambda: len({(t, v) for t, v in _values(sub)}) >= n, timeout=30)
+        received = _first_deliveries_in_order(sub)
+        assert sum(len(set(v)) for v in received.values()) == n
+        assert bridge.dropped == 0 and bridge.depth == 0
+
+
+async def test_memory_queue_overflow_is_counted_and_evented_exactly(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Test ``bridge.buffer.memory_items``: past it the oldest queued message goes, counted.
+
+    Broker away, 1,000 datapoints in one loop turn (the store cannot run in
+    between) with a memory bound of 100: exactly 900 dropped, in ``dropped``,
+    ``/metrics`` and the ``bridge_dropped`` events; the newest 100 reach the
+    broker when it is back.
+    """
+    buffer = {"max_items": 100_000, "max_age_s": 3600, "memory_items": 100}
+    write_folder(tmp_path, {"broker": broker_connection(broker)}, [], qos=1, buffer=buffer)
+    async with live_gateway(tmp_path, broker, "smarthome/calc/#", api=True) as (
+        gateway,
+        bridge,
+        _,
+    ):
+        counts: list[int] = []
+        gateway.manager.on_event("bridge_dropped", lambda e: counts.append(e.data["count"]))
+        router = gateway.manager.router
+        await asyncio.to_thread(broker.stop)
+        await eventually(lambda: not bridge.stats()["live"])
+        for n in range(1000):
+            router.route_data("calc", f"t{n}", n)
+            assert bridge.stats()["queued"] <= 100
+        assert bridge.dropped == 900 and bridge.depth == 100
+        await eventually(lambda: sum(counts) == 900)
+        async with api_client(gateway) as api:
+            assert (await api.get("/api/bridge")).json()["dropped"] == 900
+            assert "edgelink_bridge_dropped_total 900.0" in (await api.get("/metrics")).text
+        await asyncio.to_thread(broker.start)
+        sub = Subscriber(broker, "smarthome/calc/#")
+        try:
+            await eventually(lambda: bridge.stats()["live"])
+            await eventually(lambda: len({t for t, _ in sub.snapshot()}) >= 100)
+            assert {v for _, v in _values(sub)} == set(range(900, 1000))
+            assert sum(counts) == 900 and bridge.dropped == 900
+        finally:
+            sub.close()

@@ -96,3 +96,23 @@ async def test_messages_being_written_count_in_the_depth_and_may_be_dropped(
         assert [m.payload for m in await buf.peek()] == [b"3", b"4"]
     finally:
         await db.close()
+
+
+async def test_put_front_goes_ahead_of_every_queued_message(tmp_path: Path) -> None:
+    """Test ``put(front=True)``: unanswered messages go back ahead of the rows queued after them."""
+    db = Database(tmp_path / "f.db")
+    buf = UplinkBuffer(db, max_items=10)
+    await buf.open()
+    try:
+        await buf.put(msgs(3, 4))
+        await buf.put(msgs(1, 2), front=True)
+        await buf.put(msgs(5))
+        assert [m.payload for m in await buf.peek()] == [b"1", b"2", b"3", b"4", b"5"]
+        assert len(buf) == 5
+        empty = UplinkBuffer(Database(":memory:"))
+        await empty.open()
+        await empty.put(msgs(7), front=True)  # nothing queued: an ordinary put
+        assert [m.payload for m in await empty.peek()] == [b"7"]
+        await empty.db.close()
+    finally:
+        await db.close()

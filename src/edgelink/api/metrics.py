@@ -80,6 +80,11 @@ class _GatewayCollector(Collector):
                 value=stats["depth"],
             )
             yield GaugeMetricFamily(
+                "edgelink_bridge_queued",
+                "Messages in memory on the way to the broker (queued, in flight)",
+                value=stats["queued"],
+            )
+            yield GaugeMetricFamily(
                 "edgelink_bridge_live",
                 "1 while the bridge publishes live",
                 value=float(stats["live"]),
@@ -87,7 +92,7 @@ class _GatewayCollector(Collector):
             for name, key, text in (
                 ("edgelink_bridge_published", "published", "Messages published"),
                 ("edgelink_bridge_buffered", "buffered", "Messages that went to the buffer"),
-                ("edgelink_bridge_dropped", "dropped", "Messages the full buffer dropped"),
+                ("edgelink_bridge_dropped", "dropped", "Messages a full queue dropped"),
                 ("edgelink_bridge_errors", "errors", "Messages refused or failed"),
                 ("edgelink_bridge_dead_letters", "dead_letters", "Messages dead-lettered"),
                 (

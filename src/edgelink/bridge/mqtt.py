@@ -23,13 +23,18 @@ is supervised like any other (reconnect, health, status):
   (MQTT discovery: a retained sensor config under ``homeassistant/sensor/``)
   on every connect.
 
-While the broker is away, datapoints go to the SQLite `UplinkBuffer` (bounded
-by count and age, oldest dropped first and counted) and are flushed in order
-when it is back; the live path resumes only once the buffer is empty, so
-per-topic order holds. With QoS 1 or 2 a message counts as delivered only
-when the broker acknowledged it: messages in flight when the link died go
-back into the buffer ahead of newer ones (at-least-once: a message may arrive
-twice, never out of order, never not at all). With QoS 0 what sat in the
+The uplink is one ordered pipeline (see `MqttBridge`): datapoints join a
+bounded memory queue (``bridge.buffer.memory_items``; past it the oldest go,
+counted and evented) that goes to the broker in one batch per loop turn while
+the link is up. Only what the broker does not take (the link is down, or it
+takes less than arrives) goes to the SQLite `UplinkBuffer` (bounded by count
+and age, oldest dropped first and counted); when the link is back it is
+drained, oldest first, while newer datapoints wait in memory, and the live
+path resumes once it is empty, so per-topic order holds. With QoS 1 or 2 a
+message counts as delivered only when the broker acknowledged it: messages
+in flight when the link died go back into the buffer ahead of newer ones
+(at-least-once: a message may arrive twice, never out of order, never not at
+all). With QoS 0 what sat in the
 socket when the link died is lost, as QoS 0 allows.
 
 A message the client or the broker refuses (a topic over MQTT's limit, an
@@ -74,8 +79,21 @@ logger = logging.getLogger(__name__)
 #: ``/set`` topics are subscribed for tags up to this many levels deep
 #: (MQTT's ``#`` must end a filter, so ``{base}/+/.../set`` is one filter per depth).
 MAX_SET_DEPTH = 10
-#: Messages written to SQLite, or flushed from it, per transaction.
+#: Messages drained from SQLite per transaction (and the memory queue's wake-up mark).
 BATCH = 500
+#: Messages moved from memory to SQLite per transaction.
+SPILL = 2000
+#: Live QoS 1/2 messages unanswered at most (the rest wait in memory).
+WINDOW = 1000
+#: QoS 0: packets paho may hold unwritten before the bridge waits for the socket.
+BACKLOG = 2000
+#: While the link is down, memory keeps what arrives this long before SQLite
+#: takes it (a start or a short blip never touches SQLite), s; past half the
+#: memory bound SQLite takes it at once.
+SPILL_AFTER = 1.0
+#: Topics remembered per address (the topic cache) and per topic (the last
+#: sequence number, for retries); past it the memory starts over.
+TOPIC_CACHE = 65536
 #: Publishes of one message the broker refused for a passing reason (the first included).
 ATTEMPTS = 3
 #: MQTT 5 PUBACK reasons that may pass: unspecified error, packet identifier in
@@ -106,14 +124,15 @@ def bridge_will(base_topic: str) -> dict[str, Any]:
 
 
 class _InFlight:
-    __slots__ = ("attempt", "done", "payload", "seq", "topic")
+    """A live QoS 1/2 message the broker has not answered yet."""
+
+    __slots__ = ("attempt", "payload", "seq", "topic")
 
     def __init__(self, topic: str, payload: bytes, seq: int, attempt: int) -> None:
         self.topic = topic
         self.payload = payload
         self.seq = seq
         self.attempt = attempt
-        self.done = False
 
 
 def _queue_full(exc: DeviceError) -> bool:
@@ -128,6 +147,16 @@ def _reason(exc: BaseException) -> str:
 
 class MqttBridge(Service):
     """Mirrors the data space to MQTT and takes ``/set`` commands back.
+
+    The uplink is one ordered pipeline: a datapoint becomes a message
+    (`_message`), joins the bounded memory queue (`_enqueue`) and, while the
+    bridge is live, goes to the broker in one batch per loop turn (`_pump`).
+    SQLite holds only what the broker has not taken: the uplink task
+    (`_run_uplink`) moves the memory queue there while the link is down or the
+    broker cannot keep up, and drains it, oldest first, when the link is up,
+    while newer messages wait behind in memory; live again once it is empty.
+    Everything in SQLite is older than everything in memory, so per-topic
+    order holds (a retained value is never overwritten by an older one).
 
     Args:
         manager: The connection manager (owns the broker connection and the router).
@@ -154,6 +183,8 @@ class MqttBridge(Service):
         self.base = settings.base_topic.rstrip("/")
         self.qos = settings.qos
         self.retain = settings.retain
+        #: Messages in memory (queued, in flight, waiting to go back) at most.
+        self.memory_items = settings.buffer.memory_items
         self._manager = manager
         self._router = router
         self._buffer = buffer
@@ -163,10 +194,20 @@ class MqttBridge(Service):
         self._discovery = tuple(settings.discovery)
         self._discovery_prefix = settings.discovery_prefix.rstrip("/")
         self._encoder = WireEncoder("bridge")
+        self._topics: dict[str, str] = {}
         self._live = False
         self._paused = False
-        self._pending: list[tuple[str, bytes]] = []
-        self._inflight: deque[_InFlight] = deque()
+        # The pipeline: memory queue -> broker (live) or SQLite (not taken).
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._inflight: dict[int, _InFlight] = {}  # by packet id, in the order sent
+        self._front: list[tuple[str, bytes]] = []  # unanswered, older than SQLite's rows
+        self._window = max(1, min(WINDOW, self.memory_items // 2))
+        self._high = max(1, self.memory_items // 2)  # live, over this: the broker lags
+        self._link: tuple[Any, int] = (None, 0)  # (driver, link id) the in-flight went on
+        self._pump_due = False
+        self._up = False
+        self._down_since = time.monotonic()  # the link is not up yet
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -186,12 +227,17 @@ class MqttBridge(Service):
 
     @property
     def depth(self) -> int:
-        """Messages waiting: in SQLite plus not yet written there."""
-        return len(self._buffer) + len(self._pending)
+        """Messages waiting: in SQLite plus in memory (in flight not counted)."""
+        return len(self._buffer) + len(self._queue) + len(self._front)
+
+    @property
+    def queued(self) -> int:
+        """Messages in memory: queued, in flight, waiting to go back (at most `memory_items`)."""
+        return len(self._queue) + len(self._inflight) + len(self._front)
 
     @property
     def dropped(self) -> int:
-        """Messages the bounded buffer dropped (oldest first), ever."""
+        """Messages dropped by a full queue (memory or SQLite, oldest first), ever."""
         return self._buffer.dropped
 
     def stats(self) -> dict[str, Any]:
@@ -204,6 +250,8 @@ class MqttBridge(Service):
             "buffered": self.buffered,
             "flushed": self.flushed,
             "depth": self.depth,
+            "queued": self.queued,
+            "memory_items": self.memory_items,
             "dropped": self.dropped,
             "in_flight": len(self._inflight),
             "set_commands": self.set_commands,
@@ -269,7 +317,7 @@ class MqttBridge(Service):
 
     def _driver(self) -> Any:
         driver = self._manager.get_connection(self.connection_id)
-        if driver is None or not hasattr(driver, "publish") or not hasattr(driver, "subscribe"):
+        if driver is None or not hasattr(driver, "send") or not hasattr(driver, "subscribe"):
             raise ValueError(f"bridge.connection {self.connection_id!r} is not an mqtt connection")
         return driver
 
@@ -286,10 +334,11 @@ class MqttBridge(Service):
         driver = self._driver()
         for depth in range(1, MAX_SET_DEPTH + 1):
             driver.subscribe(f"{self.base}/+/{'+/' * depth}set", qos=1)
+        self._loop = asyncio.get_running_loop()
         self._offs.append(self._router.data.subscribe("**", self._on_datapoint, changes_only=False))
         self._offs.append(self._manager.on_event("connected", self._on_link_event))
         self._offs.append(self._manager.on_event("disconnected", self._on_link_event))
-        self._task = asyncio.get_running_loop().create_task(
+        self._task = self._loop.create_task(
             self._run_uplink(), name=f"edgelink[{self.connection_id}].bridge"
         )
         self._arm_leak_warning()
@@ -314,9 +363,14 @@ class MqttBridge(Service):
             write.cancel()
         await asyncio.gather(*self._writes, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._store_pending()
+            await self._store_front()
+            await self._spill(len(self._queue))
         with contextlib.suppress(Exception):
             await self._store_dead()
+        with contextlib.suppress(ValueError):
+            driver = self._driver()
+            if driver.ack_listener == self._on_ack:
+                driver.ack_listener = None
 
     def pause(self) -> None:
         """Stop mirroring (panic): datapoints are neither published nor buffered."""
@@ -325,6 +379,8 @@ class MqttBridge(Service):
     def resume(self) -> None:
         """Mirror again after `pause`."""
         self._paused = False
+
+    # ------------------------------------------------------------ the hot path
 
     def _on_datapoint(self, dp: DataPoint) -> None:
         if dp.address.startswith(self._echo_prefix):
@@ -336,44 +392,151 @@ class MqttBridge(Service):
             return
         if self._paused:
             return
-        body = {"value": dp.value, "ts": dp.ts, "quality": dp.quality}
-        if dp.quality != "good":
-            body.update(quality_detail(dp.metadata))
-        payload = self._encoder.encode(body, dp.address).encode()
-        try:
-            topic = self.topic_for(dp)
-        except TopicError as exc:
-            shown = f"{self.base}/{dp.source}/{dp.tag}"
-            self._dead_letter(shown[:1000], payload, self.qos, self.retain, str(exc))
-            return
-        self._send(topic, payload)
+        message = self._message(dp)
+        if message is not None:
+            self._enqueue(message[0], message[1])
 
-    def _send(self, topic: str, payload: bytes, attempt: int = 1) -> None:
-        if self._live:
+    def _message(self, dp: DataPoint) -> tuple[str, bytes] | None:
+        """Return the ``(topic, payload)`` of a datapoint (one message per datapoint).
+
+        A payload mode (one message per poll group, a deadband, a rate limit)
+        replaces this step: it may return None and `_enqueue` messages later.
+        A datapoint without a valid topic is dead-lettered here (None).
+        """
+        address = dp.address
+        topic = self._topics.get(address)
+        if dp.quality == "good":
+            payload = self._encoder.encode_point(dp.value, dp.ts, "good", address).encode()
+        else:
+            body = {"value": dp.value, "ts": dp.ts, "quality": dp.quality}
+            body.update(quality_detail(dp.metadata))
+            payload = self._encoder.encode(body, address).encode()
+        if topic is None:
             try:
-                fut = self._driver().publish(topic, payload, qos=self.qos, retain=self.retain)
-            except DeviceError as exc:
-                if not _queue_full(exc):
-                    self._dead_letter(topic, payload, self.qos, self.retain, _reason(exc))
-                    return
-                # Back-pressure, not a refusal: buffer; the flush resumes when paho has room.
-                self._live = False
-                self._event("bridge_buffering", depth=self.depth, reason=str(exc))
-            except (ConnectError, ValueError):
-                self._link_down()
-            else:
-                self.published += 1
-                seq = self._sent(topic)
-                if fut is not None:
-                    entry = _InFlight(topic, payload, seq, attempt)
-                    self._inflight.append(entry)
-                    fut.add_done_callback(lambda f, e=entry: self._acked(e, f))
-                return
-        self._pending.append((topic, payload))
-        self.buffered += 1
-        self._enforce_cap()
-        if len(self._pending) >= BATCH:
+                topic = encode_topic(self.base, dp.source, dp.tag)
+            except TopicError as exc:
+                shown = f"{self.base}/{dp.source}/{dp.tag}"
+                self._dead_letter(shown[:1000], payload, self.qos, self.retain, str(exc))
+                return None
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            self._topics[address] = topic
+        return topic, payload
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        """Put a message at the end of the pipeline (bounded: the oldest in memory go first)."""
+        queue = self._queue
+        queue.append((topic, payload))
+        size = len(queue) + len(self._inflight) + len(self._front)
+        if size > self.memory_items:
+            queue.popleft()
+            self._buffer.count_dropped(1)
+            self._drops_to_report += 1
             self._wake.set()
+        elif not self._live or size > self._buffer.max_items:
+            self._enforce_cap()
+        if self._live:
+            if size > self._high:
+                self._lagging()
+            elif not self._pump_due:
+                self._pump_due = True
+                assert self._loop is not None
+                self._loop.call_soon(self._pump)
+        elif size > self._high:
+            self._wake.set()
+
+    def _pump(self) -> None:
+        """Hand the memory queue to the broker, as far as it takes it (once per loop turn)."""
+        self._pump_due = False
+        queue = self._queue
+        if not self._live or not queue:
+            return
+        try:
+            driver = self._driver()
+        except ValueError:
+            self._link_down()
+            return
+        if self._link != (driver, driver.link_id):
+            if self._inflight:
+                # A new link, and what went on the old one was lost with it
+                # unnoticed: it goes back through SQLite, ahead of the queue.
+                self._link_down()
+                return
+            self._link = (driver, driver.link_id)
+            driver.ack_listener = self._on_ack
+        if self.qos == 0:
+            room = BACKLOG - driver.backlog()
+        else:
+            room = self._window - len(self._inflight)
+            if len(self._topic_seq) >= TOPIC_CACHE:
+                self._topic_seq.clear()
+        send = driver.send
+        qos, retain, inflight, topic_seq = self.qos, self.retain, self._inflight, self._topic_seq
+        seq = self._seq
+        sent = 0
+        try:
+            while queue and sent < room:
+                topic, payload = queue[0]
+                try:
+                    mid = send(topic, payload, qos, retain)
+                except DeviceError as exc:
+                    if _queue_full(exc):
+                        break  # back-pressure: the rest waits in memory
+                    queue.popleft()
+                    self._dead_letter(topic, payload, qos, retain, _reason(exc))
+                    continue
+                queue.popleft()
+                sent += 1
+                if qos:
+                    seq += 1
+                    topic_seq[topic] = seq
+                    inflight[mid] = _InFlight(topic, payload, seq, 1)
+        except ConnectError:
+            self._link_down()
+        finally:
+            self._seq = seq
+            self.published += sent
+        if queue and self._live and qos == 0 and not self._pump_due:
+            # paho's backlog is full: try again when the socket had time to drain.
+            self._pump_due = True
+            assert self._loop is not None
+            self._loop.call_later(0.005, self._pump)
+
+    def _on_ack(self, mid: int, error: BaseException | None) -> None:
+        """The driver's answer for a live message (see `MqttConnection.send`)."""
+        if mid == 0:
+            self._link_down()  # the link ended with messages unanswered
+            return
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        if error is None:
+            if self._queue and self._live and not self._pump_due:
+                self._pump_due = True  # the window has room again
+                assert self._loop is not None
+                self._loop.call_soon(self._pump)
+            return
+        # The broker refused it (MQTT 5 PUBACK reason >= 0x80); the link is fine.
+        self.published -= 1
+        if not self._may_retry(error, entry.topic, entry.seq, entry.attempt):
+            self._dead_letter(entry.topic, entry.payload, self.qos, self.retain, _reason(error))
+            return
+        self.retried += 1
+        if not self._live:
+            self._queue.appendleft((entry.topic, entry.payload))
+            return
+        try:
+            mid = self._driver().send(entry.topic, entry.payload, self.qos, self.retain)
+        except (ConnectError, ValueError):
+            self._queue.appendleft((entry.topic, entry.payload))
+            self._link_down()
+        except DeviceError as exc:
+            self._dead_letter(entry.topic, entry.payload, self.qos, self.retain, _reason(exc))
+        else:
+            self.published += 1
+            self._inflight[mid] = _InFlight(
+                entry.topic, entry.payload, self._sent(entry.topic), entry.attempt + 1
+            )
 
     def _sent(self, topic: str) -> int:
         """Note a publish to ``topic``; return its sequence number."""
@@ -381,43 +544,24 @@ class MqttBridge(Service):
         self._topic_seq[topic] = self._seq
         return self._seq
 
-    def _enforce_cap(self) -> None:
-        """Keep SQLite plus memory within ``max_items``: the oldest go first, counted now.
+    def _lagging(self) -> None:
+        """Live, but the broker takes less than arrives: SQLite takes the excess."""
+        self._live = False
+        logger.warning("bridge: broker %s lags, buffering", self.connection_id)
+        self._event("bridge_buffering", depth=self.depth, reason="the broker lags")
+        self._wake.set()
 
-        Messages wait in memory until the uplink task writes them (up to 0.2 s or
-        `BATCH`); bounding only the SQLite rows let ``depth`` overshoot by what sat
-        in memory and count those drops late. The bound holds for the sum, always.
-        """
-        excess = len(self._buffer) + len(self._pending) - self._buffer.max_items
+    def _enforce_cap(self) -> None:
+        """Keep SQLite plus memory within ``max_items``: the oldest go first, counted now."""
+        excess = len(self._buffer) + len(self._queue) + len(self._front) - self._buffer.max_items
         if excess <= 0:
             return
         # The oldest are in SQLite (except those being flushed), then at the head of memory.
-        from_memory = excess - self._buffer.drop_oldest(excess)
-        if from_memory:
-            del self._pending[:from_memory]
-            self._buffer.count_dropped(from_memory)
+        from_memory = min(excess - self._buffer.drop_oldest(excess), len(self._queue))
+        for _ in range(from_memory):
+            self._queue.popleft()
+        self._buffer.count_dropped(from_memory)
         self._drops_to_report += excess
-
-    def _acked(self, entry: _InFlight, fut: asyncio.Future[None]) -> None:
-        if entry.done:
-            return
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or (exc is not None and not isinstance(exc, DeviceError)):
-            # The link went down with this message unacknowledged.
-            self._link_down()
-            return
-        entry.done = True
-        inflight = self._inflight
-        while inflight and inflight[0].done:
-            inflight.popleft()
-        if exc is not None:
-            # The broker refused it (MQTT 5 PUBACK reason >= 0x80); the link is fine.
-            self.published -= 1
-            if self._may_retry(exc, entry.topic, entry.seq, entry.attempt):
-                self.retried += 1  # live: published again now; else it joins the buffer
-                self._send(entry.topic, entry.payload, entry.attempt + 1)
-            else:
-                self._dead_letter(entry.topic, entry.payload, self.qos, self.retain, _reason(exc))
 
     def _may_retry(self, exc: BaseException, topic: str, seq: int, attempt: int) -> bool:
         """Whether a refused message is published again (see `TRANSIENT_REASONS`)."""
@@ -448,15 +592,14 @@ class MqttBridge(Service):
         self._wake.set()
 
     def _requeue_inflight(self) -> None:
-        """Put unacknowledged messages back, ahead of everything newer."""
-        back = [(e.topic, e.payload) for e in self._inflight if not e.done]
-        for entry in self._inflight:
-            entry.done = True
+        """Put unacknowledged live messages back, ahead of everything newer."""
+        if not self._inflight:
+            return
+        # They go to SQLite ahead of everything, and the drain sends them: it
+        # knows a message the broker answers by dropping the link (`LINK_LOSSES`).
+        self._front.extend((e.topic, e.payload) for e in self._inflight.values())
+        self.buffered += len(self._inflight)
         self._inflight.clear()
-        if back:
-            self._pending[:0] = back
-            self.buffered += len(back)
-            self._enforce_cap()
 
     async def _on_link_event(self, event: Event) -> None:
         if event.connection_id != self.connection_id:
@@ -467,15 +610,28 @@ class MqttBridge(Service):
             self._link_down()
 
     def _link_up(self) -> None:
-        with contextlib.suppress(EdgelinkError):
+        self._up = True
+        with contextlib.suppress(EdgelinkError, ValueError):
             driver = self._driver()
             driver.publish(f"{self.base}/status", "online", qos=1, retain=True)
             for topic, config in self.discovery_messages():
                 driver.publish(topic, json.dumps(config), qos=1, retain=True)
-        # Live again only once the buffer is flushed (the uplink task decides).
+            if not self._live and not len(self._buffer) and not self._front:
+                self._go_live()  # nothing buffered: live at once
         self._wake.set()
 
+    def _go_live(self) -> None:
+        self._live = True
+        logger.info("bridge: broker %s up, live", self.connection_id)
+        if self._queue and not self._pump_due:
+            self._pump_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._pump)
+
     def _link_down(self) -> None:
+        if self._up:
+            self._up = False
+            self._down_since = time.monotonic()
         if self._live:
             self._live = False
             logger.warning("bridge: broker %s away, buffering", self.connection_id)
@@ -487,18 +643,27 @@ class MqttBridge(Service):
         if self._on_event is not None:
             self._on_event(kind, **data)
 
+    # ------------------------------------------------------------ the uplink task
+
     async def _run_uplink(self) -> None:
-        """Write pending messages to SQLite; flush SQLite when the link is up; go live."""
+        """Move what the broker does not take to SQLite; drain SQLite when the link is up."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self._store_pending()
                 await self._store_dead()
-                if not self._live and self._link_is_up():
-                    await self._flush()
+                if not self._live:
+                    await self._store_front()
+                    if self._link_is_up():
+                        await self._drain()
+                    elif (
+                        len(self._queue) > self._high
+                        or time.monotonic() - self._down_since >= SPILL_AFTER
+                    ):
+                        await self._spill(len(self._queue))
+                self._report_drops()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -511,17 +676,41 @@ class MqttBridge(Service):
             self._driver().is_connected()
         )
 
-    async def _store_pending(self) -> None:
-        while self._pending:
-            batch = self._pending[:BATCH]
-            del self._pending[: len(batch)]
-            self._drops_to_report += await self._buffer.put(
-                (t, p, self.qos, self.retain) for t, p in batch
-            )
-        await self._buffer.settle()
+    def _report_drops(self) -> None:
         if self._drops_to_report:
             count, self._drops_to_report = self._drops_to_report, 0
             self._event("bridge_dropped", count=count, total=self._buffer.dropped)
+
+    async def _store_front(self) -> None:
+        """Put unanswered messages back into SQLite, ahead of its rows."""
+        front, self._front = self._front, []
+        if not front:
+            return
+        try:
+            self._drops_to_report += await self._buffer.put(
+                ((t, p, self.qos, self.retain) for t, p in front), front=True
+            )
+        except Exception:
+            self._front[:0] = front
+            raise
+
+    async def _spill(self, count: int) -> None:
+        """Move up to ``count`` messages from the head of memory to SQLite, `SPILL` per write."""
+        queue = self._queue
+        while count > 0 and queue:
+            batch = [queue.popleft() for _ in range(min(count, SPILL, len(queue)))]
+            count -= len(batch)
+            self.buffered += len(batch)
+            try:
+                self._drops_to_report += await self._buffer.put(
+                    (t, p, self.qos, self.retain) for t, p in batch
+                )
+            except Exception:
+                # Not written (the transaction rolled back): back to the head of memory.
+                queue.extendleft(reversed(batch))
+                self.buffered -= len(batch)
+                raise
+        await self._buffer.settle()
 
     async def store_dead_letters(self) -> None:
         """Write the refused messages noted so far to the dead-letter table."""
@@ -536,16 +725,23 @@ class MqttBridge(Service):
                 self._dead[:0] = rows
                 raise
 
-    async def _flush(self) -> None:
+    async def _drain(self) -> None:
+        """Publish SQLite's messages, oldest first; live once it is empty.
+
+        New messages wait in memory meanwhile; past half the memory bound, the
+        oldest of them follow the others into SQLite (behind them, in order).
+        """
         driver = self._driver()
         while True:
+            if len(self._queue) > self._high:
+                await self._spill(len(self._queue) - self._high // 2)
             batch = await self._buffer.peek(BATCH)
             if not batch:
-                if self._pending:
-                    await self._store_pending()
+                if self._front:
+                    await self._store_front()
                     continue
-                self._live = True
-                logger.info("bridge: broker %s back, live", self.connection_id)
+                if self._link_is_up():
+                    self._go_live()
                 return
             if self._head_losses[0] == batch[0].id:
                 # Suspected: sent alone, so that its own answer (or none) decides.
@@ -553,7 +749,7 @@ class MqttBridge(Service):
             done, stop = await self._flush_batch(driver, batch)
             if done:
                 await self._buffer.ack(done[-1].id)
-            await self._store_pending()
+            self._report_drops()
             if stop:
                 return  # link down or paho's queue full: the next wake goes on from here
 
@@ -595,6 +791,9 @@ class MqttBridge(Service):
                     continue
                 sent.append((msg, attempt, self._sent(msg.topic), fut))
             waiting = [fut for *_, fut in sent if fut is not None]
+            # QoS 0: no answers to wait for, only the socket (paho signals no room: polled).
+            while not waiting and sent and driver.backlog() > BACKLOG:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
             answers = iter(await asyncio.gather(*waiting, return_exceptions=True))
             todo = []
             for msg, attempt, seq, fut in sent:

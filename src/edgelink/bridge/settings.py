@@ -12,12 +12,17 @@ __all__ = ["BridgeSettings", "BufferSettings", "DiscoveryEntry"]
 
 
 class BufferSettings(BaseModel):
-    """Bounds of the bridge's SQLite buffer while the broker is away."""
+    """Bounds of the bridge's queues: memory on the way to the broker, SQLite while it is away."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_items: int = Field(default=100_000, ge=1)
+    max_items: int = Field(default=100_000, ge=1, description="SQLite plus memory, at most")
     max_age_s: float = Field(default=86400.0, gt=0)
+    memory_items: int = Field(
+        default=10_000,
+        ge=1,
+        description="messages in memory (queued and in flight) at most; past it the oldest go",
+    )
 
 
 class DiscoveryEntry(BaseModel):

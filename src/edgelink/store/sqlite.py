@@ -563,8 +563,16 @@ class UplinkBuffer:
         self._size = rows - self._owed
         return result
 
-    async def put(self, messages: Iterable[tuple[str, bytes, int, bool]]) -> int:
-        """Append ``(topic, payload, qos, retain)`` messages; return how many were dropped."""
+    async def put(
+        self, messages: Iterable[tuple[str, bytes, int, bool]], *, front: bool = False
+    ) -> int:
+        """Append ``(topic, payload, qos, retain)`` messages; return how many were dropped.
+
+        With ``front`` they go ahead of every message queued, in their order
+        (messages sent and left unanswered, which are older than the rest).
+        Call it only between a `peek` and the next one with nothing held
+        (after `ack`), or the ack could take them.
+        """
         now = self._clock()
         rows = [(now, topic, payload, qos, int(retain)) for topic, payload, qos, retain in messages]
         if not rows:
@@ -573,21 +581,35 @@ class UplinkBuffer:
         # are then deleted in the next transaction, oldest first).
         self._incoming = len(rows)
         try:
-            dropped = await self._run_owed(lambda owed, unsaved: self._put(rows, owed, unsaved))
+            dropped = await self._run_owed(
+                lambda owed, unsaved: self._put(rows, owed, unsaved, front)
+            )
         finally:
             self._incoming = 0
         self.dropped += dropped
         return dropped
 
-    def _put(self, rows: Sequence[tuple[Any, ...]], owed: int, unsaved: int) -> tuple[int, int]:
+    def _put(
+        self, rows: Sequence[tuple[Any, ...]], owed: int, unsaved: int, front: bool
+    ) -> tuple[int, int]:
         cutoff = self._clock() - self.max_age_s
         floor = self._floor
 
         def statements(conn: sqlite3.Connection) -> tuple[int, int]:
             self._settle(conn, owed, unsaved, floor)
-            conn.executemany(
-                "INSERT INTO uplink (ts, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)", rows
-            )
+            lowest = conn.execute("SELECT MIN(id) FROM uplink").fetchone()[0] if front else None
+            if lowest is not None:
+                first = int(lowest) - len(rows)
+                conn.executemany(
+                    "INSERT INTO uplink (id, ts, topic, payload, qos, retain)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(first + n, *row) for n, row in enumerate(rows)],
+                )
+            else:
+                conn.executemany(
+                    "INSERT INTO uplink (ts, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
             dropped = conn.execute("DELETE FROM uplink WHERE ts < ?", (cutoff,)).rowcount
             size = int(conn.execute("SELECT COUNT(*) FROM uplink").fetchone()[0])
             if size > self.max_items:

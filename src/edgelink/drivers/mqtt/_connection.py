@@ -20,7 +20,7 @@ import logging
 import secrets
 import socket
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 import paho.mqtt.client as paho
@@ -132,6 +132,11 @@ class MqttConnection(MqttSubscriptions):
         self._nonce = secrets.token_hex(4)
         # QoS>0 publishes and ping UNSUBSCRIBEs waiting for the broker, by packet id.
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        #: ``ack_listener(mid, error)`` hears of every message queued with `send`
+        #: (see there); one callback for all of them, no future per message.
+        self.ack_listener: Callable[[int, BaseException | None], None] | None = None
+        #: Counts the links this driver opened (a packet id names a message on one link only).
+        self.link_id = 0
         #: topic -> last value received, least recently received first (at most ``last_values``).
         self._last: OrderedDict[str, Any] = OrderedDict()
         self.last_values = cfg.last_values
@@ -139,6 +144,8 @@ class MqttConnection(MqttSubscriptions):
         self.last_values_evicted = 0
         #: Loop time of the last health check.
         self._last_check = 0.0
+        #: Messages queued with `send` on this link (whether the listener hears of a loss).
+        self._tracked = 0
 
     def _parse_will(self, will: MqttWill | None) -> tuple[str, bytes, int, bool] | None:
         if will is None:
@@ -238,6 +245,7 @@ class MqttConnection(MqttSubscriptions):
         finally:
             self._connack = None
         self._connected = True
+        self.link_id += 1
         self._misc_task = loop.create_task(
             self._run_misc(client), name=f"edgelink[{self.connection_id}].mqtt"
         )
@@ -359,21 +367,9 @@ class MqttConnection(MqttSubscriptions):
             ConnectError: if the link is down.
             DeviceError: for an invalid topic, QoS or payload (the link stays).
         """
-        client = self._client
-        if client is None or not self._connected:
-            raise ConnectError(
-                "not connected", connection_id=self.connection_id, cause=self._lost_error
-            )
         data = encode_payload(payload)
         q = self.qos if qos is None else qos
-        try:
-            info = client.publish(topic, data, q, self.retain if retain is None else retain)
-        except (ValueError, TypeError) as exc:
-            raise DeviceError(
-                f"cannot publish to {topic!r}: {exc}", connection_id=self.connection_id
-            ) from exc
-        if info.rc != SUCCESS:
-            self._check_rc(info.rc, f"publish to {topic!r}")
+        client, info = self._queue(topic, data, q, self.retain if retain is None else retain)
         tlen = len(topic) if topic.isascii() else len(topic.encode())
         tx = self._pending_tx
         tx[0] += 1
@@ -386,6 +382,65 @@ class MqttConnection(MqttSubscriptions):
         fut: asyncio.Future[None] = self._loop.create_future()
         self._waiters[info.mid] = fut
         return fut
+
+    def send(self, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        """Queue one message (bytes, QoS 1 or 2) whose outcome goes to `ack_listener`.
+
+        The MQTT bridge's hot path: no future per message. The listener is
+        called ``(mid, None)`` when the broker acknowledged the message,
+        ``(mid, DeviceError)`` when it refused it (MQTT 5), and once ``(0,
+        ConnectError)`` when the link ends with messages unanswered (packet id
+        0 is never a message's: every message sent on that link is then
+        unanswered or answered before).
+
+        Returns:
+            The message's packet id on this link (`link_id`).
+
+        Raises:
+            ConnectError: if the link is down.
+            DeviceError: for an invalid topic, or a full paho queue (back-pressure).
+        """
+        client, info = self._queue(topic, payload, qos, retain)
+        tx = self._pending_tx
+        tx[0] += 1
+        tx[1] += publish_size(
+            len(topic) if topic.isascii() else len(topic.encode()), len(payload), qos
+        )
+        if client.on_publish is None:
+            client.on_publish = self._on_publish
+        self._tracked += 1
+        return int(info.mid)
+
+    def _queue(
+        self, topic: str, data: bytes, qos: int, retain: bool
+    ) -> tuple[PahoClient, paho.MQTTMessageInfo]:
+        """Hand one message to paho (`publish` and `send`); the link must be up.
+
+        Raises:
+            ConnectError: if the link is down.
+            DeviceError: for an invalid topic, QoS or payload, or a full paho queue.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            raise ConnectError(
+                "not connected", connection_id=self.connection_id, cause=self._lost_error
+            )
+        try:
+            info = client.publish(topic, data, qos, retain)
+        except (ValueError, TypeError) as exc:
+            raise DeviceError(
+                f"cannot publish to {topic!r}: {exc}", connection_id=self.connection_id
+            ) from exc
+        if info.rc != SUCCESS:
+            self._check_rc(info.rc, f"publish to {topic!r}")
+        return client, info
+
+    def backlog(self) -> int:
+        """Return the packets paho holds that are not written to the socket yet."""
+        client = self._client
+        if client is None:
+            return 0
+        return len(client._out_packet)  # paho has no public size of it
 
     async def write(self, tag: str, value: Any) -> None:
         """Publish ``value`` to topic ``tag`` with the configured QoS and retain flag.
@@ -457,6 +512,9 @@ class MqttConnection(MqttSubscriptions):
         waiters, self._waiters = self._waiters, {}
         probe, self._probe = self._probe, None
         futures = list(waiters.values())
+        listener, tracked, self._tracked = self.ack_listener, self._tracked, 0
+        if listener is not None and tracked:
+            listener(0, error)
         if probe is not None:
             futures.append(probe[1])
         connack = self._connack
@@ -603,7 +661,21 @@ class MqttConnection(MqttSubscriptions):
         properties: Any,
     ) -> None:
         fut = self._waiters.pop(mid, None)
-        if fut is None or fut.done():
+        if fut is None:
+            listener = self.ack_listener
+            if listener is not None and self._tracked:
+                listener(
+                    mid,
+                    DeviceError(
+                        f"the broker refused the publish: {reason.getName()}",
+                        code=int(reason.value),
+                        connection_id=self.connection_id,
+                    )
+                    if reason.is_failure
+                    else None,
+                )
+            return
+        if fut.done():
             return
         if reason.is_failure:
             fut.set_exception(
