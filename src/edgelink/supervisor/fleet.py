@@ -1,0 +1,331 @@
+"""Fleet-aware recovery: a link that comes back cuts its siblings' backoff short.
+
+When a switch, a gateway or a whole site goes away, every connection behind
+it fails together and backs off on its own schedule; after the outage each
+would wait out its own (by then seconds-long) delay. Here connections are put
+in *recovery groups* (the rules are in ``docs/recovery.md`` and
+`recovery_group_key`); when one member reaches ``connected`` after at least
+one failed attempt, the siblings that are waiting out a backoff (or a
+suspension's cooldown) are woken to try now, spread over a window so that the
+herd stays bounded:
+
+- the woken siblings are shuffled and given one slot each of ``window / k``
+  (``window = max(fleet_wake_window, k / fleet_wake_rate)``), a uniform
+  random point inside their slot: at most ``rate x 0.1 s + 1`` attempts start
+  per 100 ms, and every attempt still passes the manager's connect admission;
+- a connection is woken at most once per ``fleet_wake_holdoff``: a member
+  that is still down costs the group one extra attempt per holdoff, however
+  many siblings come back;
+- a woken attempt is an ordinary attempt: a failure counts once and the next
+  backoff follows from the attempt counter as before; only a success resets it
+  (after ``stable_after``, as always).
+
+Hold-downs of flapping links and the probes of sleeping devices are not cut
+short: they are about that one device, not about the path to it.
+
+`FleetRecovery` is the `edgelink.supervisor.specs.LinkObserver` the manager
+gives every supervisor; it knows nothing of the manager and is driven by the
+supervisors' hooks and the injectable clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from edgelink.clock import Clock, TimerHandle
+from edgelink.supervisor.policy import WaitKind
+from edgelink.supervisor.specs import WakeableLink
+
+__all__ = [
+    "WAKEABLE",
+    "FleetRecovery",
+    "recovery_endpoint",
+    "recovery_group_key",
+]
+
+#: The waits a sibling's recovery cuts short.
+WAKEABLE: Final = frozenset({WaitKind.BACKOFF, WaitKind.COOLDOWN})
+#: IPv6 addresses are grouped by this prefix in ``subnet`` scope (one site's LAN).
+IPV6_SUBNET_PREFIX: Final = 64
+#: Groups listed by `FleetRecovery.snapshot`, the largest first.
+SNAPSHOT_GROUPS: Final = 20
+
+
+def _host_key(host: str, *, scope: str, prefix: int) -> str:
+    text = host.strip().strip("[]").lower()
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        # A name: grouped by the name (resolving it would be I/O at config time,
+        # and names behind one load balancer are one path anyway).
+        return f"host:{text}"
+    if scope == "subnet":
+        bits = prefix if address.version == 4 else IPV6_SUBNET_PREFIX
+        return f"subnet:{ipaddress.ip_network(f'{address}/{bits}', strict=False)}"
+    return f"host:{address}"
+
+
+def recovery_endpoint(cfg: Any, config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Return where a driver's link goes, as ``(kind, address)``, or None if nowhere.
+
+    ``cfg`` is the driver's validated config model (None for a driver that
+    reads its dict itself), ``config`` the raw dict. A ``host`` is a network
+    peer (``("host", host)``); an ``http`` driver's ``base_url`` gives its
+    host; a ``port`` that is a path (serial, Modbus RTU) is a line
+    (``("line", path)``). Anything else (a simulated or in-process driver) has
+    no endpoint and is in no group.
+    """
+
+    def field(name: str) -> Any:
+        return getattr(cfg, name, None) if cfg is not None else config.get(name)
+
+    host = field("host")
+    if isinstance(host, str) and host.strip():
+        return ("host", host)
+    url = field("base_url")
+    if isinstance(url, str):
+        try:
+            name = urlsplit(url).hostname
+        except ValueError:
+            name = None
+        if name:
+            return ("host", name)
+    port = field("port")
+    if isinstance(port, str) and port.strip():
+        return ("line", port)
+    return None
+
+
+def recovery_group_key(
+    endpoint: tuple[str, str] | None,
+    *,
+    enabled: bool = True,
+    group: str | None = None,
+    scope: str = "host",
+    subnet_prefix: int = 24,
+) -> str | None:
+    """Return the recovery group of a connection, or None for none.
+
+    Example:
+        >>> recovery_group_key(("host", "10.0.0.7"), scope="subnet")
+        'subnet:10.0.0.0/24'
+        >>> recovery_group_key(("host", "10.0.0.7"))
+        'host:10.0.0.7'
+        >>> recovery_group_key(None, group="hall-3")
+        'group:hall-3'
+
+    Args:
+        endpoint: What `recovery_endpoint` found.
+        enabled: ``fleet_recovery``; False: in no group.
+        group: ``recovery_group``: a name that overrides the endpoint.
+        scope: ``recovery_scope``: ``host`` or ``subnet``.
+        subnet_prefix: ``recovery_subnet_prefix``, for IPv4 in ``subnet`` scope.
+    """
+    if not enabled:
+        return None
+    if group:
+        return f"group:{group}"
+    if endpoint is None:
+        return None
+    kind, address = endpoint
+    if kind == "host":
+        return _host_key(address, scope=scope, prefix=subnet_prefix)
+    return f"{kind}:{address}"
+
+
+class _Group:
+    """One recovery group: who is in it, who waits now, who is about to be woken."""
+
+    __slots__ = ("key", "last_wake_at", "members", "pending", "waiting", "wakes")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.members = 0
+        #: connection id -> the link, while it waits a wakeable wait.
+        self.waiting: dict[str, WakeableLink] = {}
+        #: connection id -> its wake-up timer, between a wake and its slot.
+        self.pending: dict[str, TimerHandle] = {}
+        self.wakes = 0
+        self.last_wake_at: float | None = None
+
+
+class FleetRecovery:
+    """Wakes the waiting siblings of a link that came back (see the module docstring).
+
+    Example:
+        fleet = FleetRecovery(clock, on_wake=print)
+        fleet.join("plc_1", "host:10.0.0.7")
+        supervisor = Supervisor(..., observer=fleet)
+
+    Args:
+        clock: The clock the wake-up slots are timed on.
+        rate: Woken attempts per second at most (``fleet_wake_rate``).
+        window: The shortest window a wake is spread over, s (``fleet_wake_window``).
+        holdoff: A connection is woken at most once per this, s (``fleet_wake_holdoff``).
+        on_wake: Called once per wake with its record (the manager emits ``fleet_wake``).
+        rng: The random source (injectable for exact tests).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        rate: float = 1000.0,
+        window: float = 0.2,
+        holdoff: float = 5.0,
+        on_wake: Callable[[dict[str, Any]], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self.configure(rate=rate, window=window, holdoff=holdoff)
+        self._on_wake = on_wake
+        self._rng = rng or random.Random()
+        self._groups: dict[str, _Group] = {}
+        self._group_of: dict[str, _Group] = {}
+        #: connection id -> monotonic time it was last woken (bounded by the members).
+        self._woken_at: dict[str, float] = {}
+        #: Wakes (one per recovery that woke anyone), siblings woken, and wake-ups
+        #: held back by the holdoff.
+        self.wakes = 0
+        self.woken = 0
+        self.held_back = 0
+
+    def configure(self, *, rate: float, window: float, holdoff: float) -> None:
+        """Set the spread and the holdoff (from the manager's settings; a reload too)."""
+        if rate <= 0 or window < 0 or holdoff < 0:
+            raise ValueError(f"bad fleet wake settings: rate={rate} window={window} {holdoff=}")
+        self.rate = rate
+        self.window = window
+        self.holdoff = holdoff
+
+    def __repr__(self) -> str:
+        return f"<FleetRecovery groups={len(self._groups)} wakes={self.wakes} woken={self.woken}>"
+
+    def join(self, connection_id: str, key: str | None) -> None:
+        """Put a connection in group ``key`` (None: in none). A second join moves it."""
+        self.leave(connection_id)
+        if key is None:
+            return
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(key)
+        group.members += 1
+        self._group_of[connection_id] = group
+
+    def leave(self, connection_id: str) -> None:
+        """Take a connection out of its group (removed or reconfigured)."""
+        group = self._group_of.pop(connection_id, None)
+        self._woken_at.pop(connection_id, None)
+        if group is None:
+            return
+        self._forget_wait(group, connection_id)
+        group.members -= 1
+        if group.members <= 0:
+            del self._groups[group.key]
+
+    def group_of(self, connection_id: str) -> str | None:
+        """Return the recovery group of a connection, or None."""
+        group = self._group_of.get(connection_id)
+        return group.key if group is not None else None
+
+    # -- LinkObserver -------------------------------------------------------
+
+    def on_wait(self, link: WakeableLink, kind: WaitKind, delay: float) -> None:
+        """Note a link waiting before its next attempt (only wakeable waits count)."""
+        if kind not in WAKEABLE:
+            return
+        group = self._group_of.get(link.connection_id)
+        if group is not None:
+            group.waiting[link.connection_id] = link
+
+    def on_wait_end(self, link: WakeableLink) -> None:
+        """Forget the wait (and a wake-up still to come for it)."""
+        group = self._group_of.get(link.connection_id)
+        if group is not None:
+            self._forget_wait(group, link.connection_id)
+
+    def on_link_up(self, link: WakeableLink, failed_attempts: int) -> None:
+        """A member is back after failing: wake its waiting siblings, spread out."""
+        if failed_attempts < 1:
+            return
+        cid = link.connection_id
+        group = self._group_of.get(cid)
+        if group is None or not group.waiting:
+            return
+        now = self._clock.monotonic()
+        woken_at = self._woken_at
+        holdoff = self.holdoff
+        candidates: list[str] = []
+        held = 0
+        for sibling in group.waiting:
+            if sibling == cid or sibling in group.pending:
+                continue
+            last = woken_at.get(sibling)
+            if last is not None and now - last < holdoff:
+                held += 1
+                continue
+            candidates.append(sibling)
+        self.held_back += held
+        if not candidates:
+            return
+        rng = self._rng
+        rng.shuffle(candidates)
+        count = len(candidates)
+        window = max(self.window, count / self.rate)
+        slot = window / count
+        for i, sibling in enumerate(candidates):
+            woken_at[sibling] = now
+            group.pending[sibling] = self._clock.call_later(
+                (i + rng.random()) * slot, functools.partial(self._wake_one, group, sibling)
+            )
+        self.wakes += 1
+        group.wakes += 1
+        group.last_wake_at = self._clock.time()
+        if self._on_wake is not None:
+            self._on_wake(
+                {
+                    "group": group.key,
+                    "count": count,
+                    "trigger": cid,
+                    "window": round(window, 4),
+                    "held_back": held,
+                }
+            )
+
+    def _wake_one(self, group: _Group, connection_id: str) -> None:
+        group.pending.pop(connection_id, None)
+        link = group.waiting.get(connection_id)
+        if link is not None and link.wake():
+            self.woken += 1
+
+    @staticmethod
+    def _forget_wait(group: _Group, connection_id: str) -> None:
+        group.waiting.pop(connection_id, None)
+        timer = group.pending.pop(connection_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counters and the largest groups, for the status."""
+        largest = sorted(self._groups.values(), key=lambda g: (-g.members, g.key))
+        return {
+            "groups": len(self._groups),
+            "wakes": self.wakes,
+            "woken": self.woken,
+            "held_back": self.held_back,
+            "largest": [
+                {
+                    "group": g.key,
+                    "members": g.members,
+                    "waiting": len(g.waiting),
+                    "wakes": g.wakes,
+                    "last_wake_at": g.last_wake_at,
+                }
+                for g in largest[:SNAPSHOT_GROUPS]
+            ],
+        }
