@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -128,6 +129,36 @@ def log(message: str) -> None:
 def r(value: float | None, digits: int = 3) -> float | None:
     """Round for the report, keeping None."""
     return None if value is None else round(value, digits)
+
+
+class ReconnectRecorder:
+    """Keeps (type, id, ts, delay) of the reconnect events; cheap async callback.
+
+    ``reconnect_start`` carries the delay; ``reconnect_ok`` and
+    ``reconnect_failed`` are the finished attempts (`peak_per_bin`).
+    """
+
+    TYPES = ("reconnect_start", "reconnect_ok", "reconnect_failed", "disconnected")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float, float | None]] = []
+
+    async def __call__(self, ev: Any) -> None:
+        self.events.append((ev.type, ev.connection_id or "", ev.ts, ev.data.get("delay")))
+
+    def attempts_after(self, since: float) -> list[float]:
+        """Return when each connect attempt finished, from ``since`` on (wall time)."""
+        return [
+            ts
+            for typ, _cid, ts, _delay in self.events
+            if ts >= since and typ in ("reconnect_ok", "reconnect_failed")
+        ]
+
+
+def peak_per_bin(times: Sequence[float], start: float, width: float = 0.1) -> int:
+    """Return the most of ``times`` (from ``start`` on) within one ``width``-second bin."""
+    bins = collections.Counter(int((t - start) // width) for t in times if t >= start)
+    return max(bins.values()) if bins else 0
 
 
 # ------------------------------------------------------------- subprocesses

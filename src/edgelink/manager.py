@@ -228,6 +228,7 @@ class ConnectionManager(Service):
             rate=self.settings.fleet_wake_rate,
             window=self.settings.fleet_wake_window,
             holdoff=self.settings.fleet_wake_holdoff,
+            probe_interval=self.settings.fleet_probe_interval,
             on_wake=self._on_fleet_wake,
         )
         self._executor: ThreadPoolExecutor | None = None
@@ -873,6 +874,7 @@ class ConnectionManager(Service):
             rate=config.settings.fleet_wake_rate,
             window=config.settings.fleet_wake_window,
             holdoff=config.settings.fleet_wake_holdoff,
+            probe_interval=config.settings.fleet_probe_interval,
         )
         for cid in diff.removed:
             await self.remove_connection(cid)

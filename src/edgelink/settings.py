@@ -203,6 +203,12 @@ class ManagerSettings(ConnectionSettings):
     fleet_wake_holdoff: float = Field(
         default=5.0, ge=0, description="a connection is woken by a sibling at most once per this, s"
     )
+    fleet_probe_interval: float | None = Field(
+        default=0.25,
+        gt=0,
+        description="while a whole recovery group is down, one member tries at most this "
+        "often, s; null = never",
+    )
     loop_lag_interval: float = Field(
         default=0.25, gt=0, description="how often the event-loop lag is sampled, s"
     )

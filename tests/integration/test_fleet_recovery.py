@@ -66,13 +66,20 @@ async def outage(
     *,
     extra: dict[str, dict[str, Any]] | None = None,
     stay_down: PingPongPeer | None = None,
+    probe: float | None = None,
 ) -> tuple[ConnectionManager, Recorder]:
     """Connect the lead and the siblings, take the peer away and back off to 3.2 s.
 
     Returns with the peer listening again and every link still waiting;
-    ``stay_down`` goes away with the peer and stays away.
+    ``stay_down`` goes away with the peer and stays away. The group's probe
+    (``fleet_probe_interval``) is off unless ``probe`` is given.
     """
-    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, reconnect_max_attempts=None)
+    m = make_manager(
+        clock=clock,
+        watchdog_interval=NO_WATCHDOG,
+        reconnect_max_attempts=None,
+        fleet_probe_interval=probe,
+    )
     m.add_connection("lead", "tcp", tcp(peer.port), settings={"reconnect_max_delay": 0.4})
     for cid in SIBLINGS:
         m.add_connection(cid, "tcp", tcp(peer.port), settings=sibling_settings)
@@ -170,3 +177,42 @@ async def test_a_woken_sibling_that_fails_counts_once_and_keeps_its_backoff(
     starts = [e for e in await rec.of("reconnect_start") if e.connection_id == "dead"]
     assert starts[-1].data["delay"] == 6.4
     assert len(await rec.of("fleet_wake")) == 1
+
+
+async def test_a_group_all_down_probes_and_comes_back_within_the_probe_interval(
+    make_manager: Make, clock: ManualClock, peer: PingPongPeer
+) -> None:
+    """Test that with no lead the group's probe finds the peer back long before any backoff ends."""
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, reconnect_max_attempts=None)
+    for cid in SIBLINGS:
+        m.add_connection(cid, "tcp", tcp(peer.port))
+    rec = Recorder(m)
+    await m.start()
+    await until(lambda: all(s is S.CONNECTED for s in states(m, SIBLINGS)))
+    await peer.stop()
+
+    def all_waiting() -> bool:
+        return all(m.get_status(cid)["next_retry_at"] is not None for cid in SIBLINGS)
+
+    # 3.5 s of outage in 50 ms steps, each step's attempts (and probes) in real time.
+    for _ in range(70):
+        await until(all_waiting)
+        await clock.advance(0.05)
+    await until(all_waiting)
+    probes = m.fleet.snapshot()["probes"]
+    # One per 0.25 s, or per longest backoff / 8 members once that is longer.
+    assert 4 <= probes <= 15
+    # On their own most would not try for 2 s more (0.1 + 0.2 + ... + 3.2 = 6.3 s).
+    due = sorted(m.get_status(cid)["next_retry_at"] - clock.time() for cid in SIBLINGS)
+    assert due[N // 2] > 2.0
+    pace = 6.4 / N  # at most: no backoff is longer than 6.4 s yet
+    await peer.start()
+    back_from = clock.monotonic()
+    while not all(s is S.CONNECTED for s in states(m, SIBLINGS)):
+        assert clock.monotonic() - back_from < pace + 0.3 + 1e-6
+        await clock.advance(0.05)
+        await asyncio.sleep(0.01)
+    wakes = await rec.of("fleet_wake")
+    assert len(wakes) == 1 and wakes[0].data["count"] == N - 1
+    await until(lambda: peer.connections == N)
+    assert links_to(peer.port) == N

@@ -474,6 +474,8 @@ class SupervisorBase:
         the next link can only come after it, so it is never marked stale.
         """
         self._bad_tags.clear()  # the next link reports its bad tags once again
+        if self._observer is not None:
+            self._observer.on_link_down(self, reason)
         if self._on_link_down is not None:
             try:
                 self._on_link_down(self.connection_id, reason)

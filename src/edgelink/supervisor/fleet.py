@@ -20,6 +20,12 @@ herd stays bounded:
   backoff follows from the attempt counter as before; only a success resets it
   (after ``stable_after``, as always).
 
+While no member of a group is up, one member in backoff is woken every
+``fleet_probe_interval`` (or, for a small group, every longest backoff /
+members: never more often than the members would try on their own), so the
+group notices within about an interval that its path is back, whatever point
+of their backoff the members have reached.
+
 Hold-downs of flapping links and the probes of sleeping devices are not cut
 short: they are about that one device, not about the path to it.
 
@@ -139,19 +145,37 @@ def recovery_group_key(
 
 
 class _Group:
-    """One recovery group: who is in it, who waits now, who is about to be woken."""
+    """One recovery group: who is in it, who is up, who waits, who is about to be woken."""
 
-    __slots__ = ("key", "last_wake_at", "members", "pending", "waiting", "wakes")
+    __slots__ = (
+        "key",
+        "last_wake_at",
+        "longest_wait",
+        "members",
+        "pending",
+        "probe",
+        "probes",
+        "up",
+        "waiting",
+        "wakes",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.members = 0
-        #: connection id -> the link, while it waits a wakeable wait.
-        self.waiting: dict[str, WakeableLink] = {}
+        #: Members whose link is up.
+        self.up: set[str] = set()
+        #: connection id -> the link and its wait, while it waits a wakeable wait.
+        self.waiting: dict[str, tuple[WakeableLink, WaitKind]] = {}
         #: connection id -> its wake-up timer, between a wake and its slot.
         self.pending: dict[str, TimerHandle] = {}
         self.wakes = 0
         self.last_wake_at: float | None = None
+        #: The probe timer, while the whole group is down.
+        self.probe: TimerHandle | None = None
+        self.probes = 0
+        #: The longest backoff seen since a member was last up (paces the probes).
+        self.longest_wait = 0.0
 
 
 class FleetRecovery:
@@ -167,6 +191,8 @@ class FleetRecovery:
         rate: Woken attempts per second at most (``fleet_wake_rate``).
         window: The shortest window a wake is spread over, s (``fleet_wake_window``).
         holdoff: A connection is woken at most once per this, s (``fleet_wake_holdoff``).
+        probe_interval: While no member is up, one member in backoff is woken
+            at most this often, s (``fleet_probe_interval``); None: no probes.
         on_wake: Called once per wake with its record (the manager emits ``fleet_wake``).
         rng: The random source (injectable for exact tests).
     """
@@ -178,11 +204,12 @@ class FleetRecovery:
         rate: float = 1000.0,
         window: float = 0.2,
         holdoff: float = 5.0,
+        probe_interval: float | None = 0.25,
         on_wake: Callable[[dict[str, Any]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._clock = clock
-        self.configure(rate=rate, window=window, holdoff=holdoff)
+        self.configure(rate=rate, window=window, holdoff=holdoff, probe_interval=probe_interval)
         self._on_wake = on_wake
         self._rng = rng or random.Random()
         self._groups: dict[str, _Group] = {}
@@ -194,14 +221,21 @@ class FleetRecovery:
         self.wakes = 0
         self.woken = 0
         self.held_back = 0
+        #: Members woken as a down group's probe.
+        self.probes = 0
 
-    def configure(self, *, rate: float, window: float, holdoff: float) -> None:
-        """Set the spread and the holdoff (from the manager's settings; a reload too)."""
-        if rate <= 0 or window < 0 or holdoff < 0:
-            raise ValueError(f"bad fleet wake settings: rate={rate} window={window} {holdoff=}")
+    def configure(
+        self, *, rate: float, window: float, holdoff: float, probe_interval: float | None
+    ) -> None:
+        """Set the spread, the holdoff and the probe pace (the manager's settings; a reload too)."""
+        if rate <= 0 or window < 0 or holdoff < 0 or (probe_interval or 1) <= 0:
+            raise ValueError(
+                f"bad fleet wake settings: rate={rate} window={window} {holdoff=} {probe_interval=}"
+            )
         self.rate = rate
         self.window = window
         self.holdoff = holdoff
+        self.probe_interval = probe_interval
 
     def __repr__(self) -> str:
         return f"<FleetRecovery groups={len(self._groups)} wakes={self.wakes} woken={self.woken}>"
@@ -224,8 +258,11 @@ class FleetRecovery:
         if group is None:
             return
         self._forget_wait(group, connection_id)
+        group.up.discard(connection_id)
         group.members -= 1
         if group.members <= 0:
+            if group.probe is not None:
+                group.probe.cancel()
             del self._groups[group.key]
 
     def group_of(self, connection_id: str) -> str | None:
@@ -240,8 +277,23 @@ class FleetRecovery:
         if kind not in WAKEABLE:
             return
         group = self._group_of.get(link.connection_id)
-        if group is not None:
-            group.waiting[link.connection_id] = link
+        if group is None:
+            return
+        group.waiting[link.connection_id] = (link, kind)
+        if kind is WaitKind.BACKOFF and delay > group.longest_wait:
+            group.longest_wait = delay
+        if (
+            group.probe is None
+            and not group.up
+            and group.members > 1
+            and self.probe_interval is not None
+        ):
+            # No member is up: one of them is tried every so often, so that the
+            # group learns within about an interval that its path is back,
+            # whatever point of their backoff the members are at. No more often
+            # than the members would try in total at their longest backoff.
+            pace = max(self.probe_interval, group.longest_wait / group.members)
+            group.probe = self._clock.call_later(pace, functools.partial(self._probe, group))
 
     def on_wait_end(self, link: WakeableLink) -> None:
         """Forget the wait (and a wake-up still to come for it)."""
@@ -249,13 +301,21 @@ class FleetRecovery:
         if group is not None:
             self._forget_wait(group, link.connection_id)
 
+    def on_link_down(self, link: WakeableLink, reason: str) -> None:
+        """A member's link is gone (lost, stopped or suspended)."""
+        group = self._group_of.get(link.connection_id)
+        if group is not None:
+            group.up.discard(link.connection_id)
+
     def on_link_up(self, link: WakeableLink, failed_attempts: int) -> None:
         """A member is back after failing: wake its waiting siblings, spread out."""
-        if failed_attempts < 1:
-            return
         cid = link.connection_id
         group = self._group_of.get(cid)
-        if group is None or not group.waiting:
+        if group is None:
+            return
+        group.up.add(cid)
+        group.longest_wait = 0.0
+        if failed_attempts < 1 or not group.waiting:
             return
         now = self._clock.monotonic()
         woken_at = self._woken_at
@@ -299,9 +359,23 @@ class FleetRecovery:
 
     def _wake_one(self, group: _Group, connection_id: str) -> None:
         group.pending.pop(connection_id, None)
-        link = group.waiting.get(connection_id)
-        if link is not None and link.wake():
+        entry = group.waiting.get(connection_id)
+        if entry is not None and entry[0].wake():
             self.woken += 1
+
+    def _probe(self, group: _Group) -> None:
+        """Wake one member in backoff of a group that is all down (re-armed by the next wait)."""
+        group.probe = None
+        if group.up:
+            return
+        candidates = [
+            link
+            for cid, (link, kind) in group.waiting.items()
+            if kind is WaitKind.BACKOFF and cid not in group.pending
+        ]
+        if candidates and self._rng.choice(candidates).wake():
+            self.probes += 1
+            group.probes += 1
 
     @staticmethod
     def _forget_wait(group: _Group, connection_id: str) -> None:
@@ -318,11 +392,14 @@ class FleetRecovery:
             "wakes": self.wakes,
             "woken": self.woken,
             "held_back": self.held_back,
+            "probes": self.probes,
             "largest": [
                 {
                     "group": g.key,
                     "members": g.members,
+                    "up": len(g.up),
                     "waiting": len(g.waiting),
+                    "probes": g.probes,
                     "wakes": g.wakes,
                     "last_wake_at": g.last_wake_at,
                 }

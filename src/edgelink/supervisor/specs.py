@@ -61,6 +61,9 @@ class LinkObserver(Protocol):
     def on_link_up(self, link: WakeableLink, failed_attempts: int) -> None:
         """The link is connected after ``failed_attempts`` failed attempts (0: first try)."""
 
+    def on_link_down(self, link: WakeableLink, reason: str) -> None:
+        """The link that was up is gone (lost, stopped, suspended), for ``reason``."""
+
 
 #: ``on_link_down(connection_id, reason)``: the link of a connection that was up is gone.
 LinkDownListener = Callable[[str, str], None]

@@ -105,6 +105,7 @@ def group_of(
     links = [Link(fleet, f"d{i}") for i in range(n)]
     for link in links:
         fleet.join(link.connection_id, key)
+    for link in links:
         link.waiting = True
         fleet.on_wait(link, kind, 6.4)
     return links
@@ -115,7 +116,12 @@ async def test_wake_is_spread_at_the_rate_and_once_per_recovery() -> None:
     clock = ManualClock()
     records: list[dict[str, Any]] = []
     fleet = FleetRecovery(
-        clock, rate=1000, window=0.2, on_wake=records.append, rng=random.Random(7)
+        clock,
+        rate=1000,
+        window=0.2,
+        probe_interval=None,
+        on_wake=records.append,
+        rng=random.Random(7),
     )
     links = group_of(fleet, 500)
     lead = links[0]
@@ -137,7 +143,7 @@ async def test_wake_is_spread_at_the_rate_and_once_per_recovery() -> None:
 async def test_small_group_uses_the_minimum_window() -> None:
     """Test that a few siblings are spread over fleet_wake_window, not squeezed into 3 ms."""
     clock = ManualClock()
-    fleet = FleetRecovery(clock, rate=1000, window=0.2)
+    fleet = FleetRecovery(clock, rate=1000, window=0.2, probe_interval=None)
     links = group_of(fleet, 4)
     fleet.on_link_up(links[0], failed_attempts=1)
     assert len(clock.pending()) == 3
@@ -148,7 +154,7 @@ async def test_small_group_uses_the_minimum_window() -> None:
 async def test_no_wake_without_a_failure_or_for_other_waits() -> None:
     """Test that a first-try success wakes nobody, nor are hold-downs and sleep probes cut."""
     clock = ManualClock()
-    fleet = FleetRecovery(clock)
+    fleet = FleetRecovery(clock, probe_interval=None)
     links = group_of(fleet, 3)
     fleet.on_link_up(links[0], failed_attempts=0)
     assert clock.pending() == []
@@ -166,7 +172,7 @@ async def test_no_wake_without_a_failure_or_for_other_waits() -> None:
 async def test_holdoff_bounds_rewakes_of_a_dead_sibling() -> None:
     """Test that a sibling is woken at most once per holdoff, however many come back."""
     clock = ManualClock()
-    fleet = FleetRecovery(clock, holdoff=5.0)
+    fleet = FleetRecovery(clock, holdoff=5.0, probe_interval=None)
     a, b, c, dead = group_of(fleet, 4)
     fleet.on_link_up(a, failed_attempts=2)
     await clock.advance(0.3)
@@ -187,7 +193,7 @@ async def test_holdoff_bounds_rewakes_of_a_dead_sibling() -> None:
 async def test_a_wait_that_ends_or_a_member_that_leaves_cancels_its_wake() -> None:
     """Test that a wake-up slot is cancelled when its wait ends first or the member leaves."""
     clock = ManualClock()
-    fleet = FleetRecovery(clock, window=1.0)
+    fleet = FleetRecovery(clock, window=1.0, probe_interval=None)
     lead, early, gone, stays = group_of(fleet, 4)
     fleet.on_link_up(lead, failed_attempts=1)
     assert len(clock.pending()) == 3
@@ -200,3 +206,36 @@ async def test_a_wait_that_ends_or_a_member_that_leaves_cancels_its_wake() -> No
     assert fleet.group_of(gone.connection_id) is None
     snap = fleet.snapshot()
     assert snap["groups"] == 1 and snap["largest"][0]["members"] == 3
+
+
+async def test_a_group_all_down_probes_one_member_per_interval() -> None:
+    """Test that while no member is up one member in backoff is woken per probe interval."""
+    clock = ManualClock()
+    fleet = FleetRecovery(clock, probe_interval=0.25, rng=random.Random(3))
+    links = group_of(fleet, 40)  # each waits 6.4 s: 40 / 6.4 s is more than 4 per s
+    assert clock.pending() == [0.25]
+    await clock.advance(0.25)
+    assert sum(link.woken for link in links) == 1 and fleet.probes == 1
+    # Re-armed by the next wait (the probed member failed and waits again).
+    probed = next(link for link in links if link.woken)
+    probed.waiting = True
+    fleet.on_wait(probed, WaitKind.BACKOFF, 6.4)
+    assert clock.pending() == [0.25]
+    # A member is up: no probe; and a small group probes no faster than its members.
+    fleet.on_link_up(links[0], failed_attempts=0)
+    await clock.advance(0.25)
+    assert fleet.probes == 1
+    pair = group_of(fleet, 2, key="host:10.0.0.9")
+    assert clock.pending()[-1] == 3.2  # 6.4 s / 2 members
+    assert pair[0].woken == 0
+
+
+async def test_probes_skip_cooldowns_and_need_a_group() -> None:
+    """Test that suspended members in cooldown are not probed, nor a group of one."""
+    clock = ManualClock()
+    fleet = FleetRecovery(clock, probe_interval=0.25)
+    cooling = group_of(fleet, 5, kind=WaitKind.COOLDOWN)
+    alone = group_of(fleet, 1, key="host:10.0.0.8")
+    await clock.advance(10)
+    assert [link.woken for link in (*cooling, *alone)] == [0] * 6
+    assert fleet.probes == 0

@@ -1,0 +1,266 @@
+"""Benchmark: a Modbus fleet back from an outage: resume time, connections, herd.
+
+``--devices`` simulated inverters (``python -m edgelink.sim modbus``, split
+over ``--procs`` processes, consecutive loopback ports), each polled by one
+``modbus_tcp`` connection (``--registers`` input registers every
+``--interval`` s). All simulators are killed (SIGKILL: every link closes,
+every port refuses) and listen again ``--outage`` seconds later (each is
+spawned early by the start-up time it took the first time). Three runs in one
+process, same scenario:
+
+- ``fleet``: the defaults (fleet recovery on, proportional jitter 0.2);
+- ``no_jitter``: ``reconnect_jitter=0`` and ``fleet_recovery=false``: the
+  herd baseline (every device retries at the same instant);
+- ``fleet_off``: the defaults with ``fleet_recovery=false``: recovery as it
+  was before fleet recovery.
+
+Figures per run (``T_j`` = when simulator process j said ``listening:``):
+
+- ``resume_s``: per device, its first good poll after the outage minus the
+  ``T_j`` of its process; median, p90, max;
+- ``connections_per_device``: this process's established TCP links per device
+  port once all are back (psutil); ``not_one`` counts ports with 0 or 2+;
+- ``peak_attempts_per_100ms``: the most connect attempts (``reconnect_ok`` +
+  ``reconnect_failed``) finishing within one 100 ms bin after the first ``T_j``.
+
+Targets (fleet run): resume median < 1 s and max < 2 s, exactly one connection
+per device, peak at most 40 % of the no-jitter run's.
+
+    .venv/bin/python bench/recovery.py --devices 500 --outage 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import math
+import sys
+import time
+from typing import Any
+
+import psutil
+from _common import (
+    LOOPBACK,
+    ReconnectRecorder,
+    SimProcess,
+    busy_ports,
+    check,
+    log,
+    median,
+    peak_per_bin,
+    percentile,
+    poll_until,
+    r,
+    raise_nofile,
+    run_benchmark,
+)
+
+from edgelink import ConnectionManager, ConnectionState
+
+BIN = 0.1
+RUNS: dict[str, dict[str, Any]] = {
+    "fleet": {},
+    "no_jitter": {"reconnect_jitter": 0.0, "fleet_recovery": False},
+    "fleet_off": {"fleet_recovery": False},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=500, help="devices (default 500)")
+    p.add_argument("--outage", type=float, default=10.0, help="seconds the fleet is away")
+    p.add_argument("--procs", type=int, default=0, help="simulator processes (default: 1 per 125)")
+    p.add_argument("--registers", type=int, default=10, help="registers polled per device")
+    p.add_argument("--interval", type=float, default=1.0, help="poll interval, s")
+    p.add_argument("--base-port", type=int, default=23000, help="first device port")
+    p.add_argument(
+        "--runs", default=",".join(RUNS), help=f"which runs, comma-separated (default {list(RUNS)})"
+    )
+    p.add_argument("--back-limit", type=float, default=40.0, help="give up waiting after, s")
+    p.add_argument("--max-runtime", type=float, default=900.0, help="hard time limit, s")
+    args = p.parse_args(argv)
+    if args.devices < 1 or args.outage < 0 or args.registers < 1 or args.interval <= 0:
+        p.error("--devices, --registers and --interval must be positive, --outage not negative")
+    args.procs = args.procs or math.ceil(args.devices / 125)
+    args.runs = [name.strip() for name in args.runs.split(",") if name.strip()]
+    if unknown := set(args.runs) - set(RUNS):
+        p.error(f"unknown runs {sorted(unknown)}; choose from {list(RUNS)}")
+    return args
+
+
+def simulators(args: argparse.Namespace) -> list[tuple[SimProcess, range]]:
+    """The simulator processes and the device indexes each serves."""
+    per = math.ceil(args.devices / args.procs)
+    out = []
+    for first in range(0, args.devices, per):
+        count = min(per, args.devices - first)
+        out.append(
+            (
+                SimProcess(count, args.base_port + first, kind="modbus"),
+                range(first, first + count),
+            )
+        )
+    return out
+
+
+def links_per_port(ports: range) -> collections.Counter[int]:
+    """Count this process's established TCP links to each of ``ports``."""
+    counts: collections.Counter[int] = collections.Counter()
+    for c in psutil.Process().net_connections(kind="tcp"):
+        if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED:
+            counts[c.raddr.port] += 1
+    return counts
+
+
+async def one_run(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    n = args.devices
+    ids = [f"inv{i:04d}" for i in range(n)]
+    ports = range(args.base_port, args.base_port + n)
+    sims = simulators(args)
+    manager = ConnectionManager(**RUNS[name])
+    rec = ReconnectRecorder()
+    for t in ReconnectRecorder.TYPES:
+        manager.on_event(t, rec)
+    tags = [f"ir:{i}" for i in range(args.registers)]
+    #: After the kill: connection id -> wall time of its first good datapoint.
+    first_good: dict[str, float] = {}
+    armed = False
+
+    def on_data(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
+        if armed and quality == "good" and cid not in first_good:
+            first_good[cid] = time.time()
+
+    manager.on_data(on_data)
+    for i, cid in enumerate(ids):
+        manager.add_connection(
+            cid,
+            "modbus_tcp",
+            {"host": LOOPBACK, "port": args.base_port + i},
+            poll=[{"tags": tags, "interval": args.interval}],
+        )
+    sups = [manager.get_supervisor(cid) for cid in ids]
+    connected = ConnectionState.CONNECTED
+
+    def n_up() -> int:
+        return sum(1 for s in sups if s.state is connected)
+
+    try:
+        await asyncio.gather(*(sim.start() for sim, _ in sims))
+        startup = [(sim.listening_at or 0.0) - (sim.spawned_at or 0.0) for sim, _ in sims]
+        async with manager:
+            if not await poll_until(lambda: n_up() == n, 60):
+                raise RuntimeError(f"{name}: only {n_up()}/{n} connected before the outage")
+            await asyncio.sleep(2.0)
+            t_kill = time.time()
+            armed = True
+            await asyncio.gather(*(sim.kill() for sim, _ in sims))
+            log(f"{name}: {len(sims)} simulators killed; away for {args.outage} s")
+            down_ok = await poll_until(lambda: n_up() == 0, 10)
+
+            async def respawn(sim: SimProcess, lead: float) -> None:
+                await asyncio.sleep(max(0.0, t_kill + args.outage - lead - time.time()))
+                await sim.start()
+
+            await asyncio.gather(
+                *(respawn(sim, lead) for (sim, _), lead in zip(sims, startup, strict=True))
+            )
+            listen = {i: sim.listening_at or 0.0 for sim, devices in sims for i in devices}
+            t_listen = min(listen.values())
+            log(
+                f"{name}: simulators back {t_listen - t_kill:.2f}-"
+                f"{max(listen.values()) - t_kill:.2f} s after the kill"
+            )
+            await poll_until(lambda: len(first_good) == n, args.back_limit)
+            await asyncio.sleep(1.0)
+            await manager.events.drain(timeout=10)
+            links = links_per_port(ports)
+            up_end = n_up()
+            fleet = manager.fleet.snapshot()
+    finally:
+        await asyncio.gather(*(sim.stop() for sim, _ in sims))
+        for sim, _ in sims:
+            sim.close()
+    resume = [first_good[cid] - listen[i] for i, cid in enumerate(ids) if cid in first_good]
+    per_device = [links.get(port, 0) for port in ports]
+    return {
+        "run": name,
+        "settings": RUNS[name],
+        "resume_s": {
+            "median": r(median(resume)),
+            "p90": r(percentile(resume, 90)),
+            "max": r(max(resume) if resume else None),
+            "min": r(min(resume) if resume else None),
+        },
+        "resumed": len(resume),
+        "missing": n - len(resume),
+        "connections_per_device": {
+            "max": max(per_device),
+            "not_one": sum(1 for c in per_device if c != 1),
+        },
+        "peak_attempts_per_100ms": peak_per_bin(rec.attempts_after(t_listen), t_listen, BIN),
+        "attempts_after_listen": len(rec.attempts_after(t_listen)),
+        "attempts_total": len(rec.attempts_after(t_kill)),
+        "fleet_wakes": fleet["wakes"],
+        "fleet_woken": fleet["woken"],
+        "all_lost_seen": down_ok,
+        "connected_at_end": up_end,
+        "outage_s": r(t_listen - t_kill),
+        "listen_spread_s": r(max(listen.values()) - t_listen),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    nofile = raise_nofile()
+    if nofile["soft"] < 3 * args.devices + 256:
+        raise RuntimeError(f"RLIMIT_NOFILE {nofile} too low")
+    if busy := busy_ports(args.base_port, args.devices):
+        raise RuntimeError(f"ports already in use in the device range: {busy[:10]}")
+    runs = {name: await one_run(args, name) for name in args.runs}
+    result: dict[str, Any] = {
+        "benchmark": "recovery",
+        "params": {
+            "devices": args.devices,
+            "outage_s": args.outage,
+            "procs": args.procs,
+            "registers": args.registers,
+            "interval_s": args.interval,
+            "base_port": args.base_port,
+        },
+        "runs": runs,
+    }
+    targets: dict[str, Any] = {}
+    fleet = runs.get("fleet")
+    if fleet is not None:
+        targets["resume_median_under_1s"] = check(fleet["resume_s"]["median"], "<", 1.0)
+        targets["resume_max_under_2s"] = check(fleet["resume_s"]["max"], "<", 2.0)
+        targets["one_connection_per_device"] = check(
+            fleet["connections_per_device"]["not_one"], "==", 0
+        )
+        targets["all_resumed"] = check(fleet["missing"], "==", 0)
+        base = runs.get("no_jitter")
+        if base is not None and base["peak_attempts_per_100ms"]:
+            ratio = fleet["peak_attempts_per_100ms"] / base["peak_attempts_per_100ms"]
+            result["peak_ratio_fleet_vs_no_jitter"] = r(ratio)
+            targets["peak_ratio_at_most_0.40"] = check(r(ratio), "<=", 0.40)
+        off = runs.get("fleet_off")
+        if off is not None and off["resume_s"]["median"] and fleet["resume_s"]["median"]:
+            result["resume_median_ratio_fleet_vs_off"] = r(
+                fleet["resume_s"]["median"] / off["resume_s"]["median"]
+            )
+            if off["peak_attempts_per_100ms"]:
+                result["peak_ratio_fleet_vs_off"] = r(
+                    fleet["peak_attempts_per_100ms"] / off["peak_attempts_per_100ms"]
+                )
+    result["targets"] = targets
+    result["pass"] = all(t["pass"] for t in targets.values())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_benchmark("recovery", lambda: run(args), max_runtime=args.max_runtime)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
