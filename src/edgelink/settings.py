@@ -193,15 +193,15 @@ class ManagerSettings(ConnectionSettings):
         default=32, ge=1, description="threads for blocking (SyncConnection) drivers"
     )
     fleet_wake_rate: float = Field(
-        default=1000.0,
+        default=400.0,
         gt=0,
         description="woken siblings' connect attempts per second at most (fleet recovery)",
     )
     fleet_wake_window: float = Field(
-        default=0.2, ge=0, description="the shortest window a fleet wake is spread over, s"
+        default=0.3, ge=0, description="the shortest window a fleet wake is spread over, s"
     )
     fleet_wake_holdoff: float = Field(
-        default=5.0, ge=0, description="a connection is woken by a sibling at most once per this, s"
+        default=1.0, ge=0, description="a connection is woken by a sibling at most once per this, s"
     )
     fleet_probe_interval: float | None = Field(
         default=0.25,

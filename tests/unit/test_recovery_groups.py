@@ -216,26 +216,34 @@ async def test_a_group_all_down_probes_one_member_per_interval() -> None:
     assert clock.pending() == [0.25]
     await clock.advance(0.25)
     assert sum(link.woken for link in links) == 1 and fleet.probes == 1
-    # Re-armed by the next wait (the probed member failed and waits again).
+    # The probed member failed and waits again; one more probe per 0.25 s.
     probed = next(link for link in links if link.woken)
     probed.waiting = True
     fleet.on_wait(probed, WaitKind.BACKOFF, 6.4)
-    assert clock.pending() == [0.25]
-    # A member is up: no probe; and a small group probes no faster than its members.
-    fleet.on_link_up(links[0], failed_attempts=0)
-    await clock.advance(0.25)
-    assert fleet.probes == 1
-    pair = group_of(fleet, 2, key="host:10.0.0.9")
-    assert clock.pending()[-1] == 3.2  # 6.4 s / 2 members
-    assert pair[0].woken == 0
+    await clock.advance(1.0)
+    assert fleet.probes == 5
 
 
-async def test_probes_skip_cooldowns_and_need_a_group() -> None:
-    """Test that suspended members in cooldown are not probed, nor a group of one."""
+async def test_a_small_group_probes_no_faster_than_its_members_would() -> None:
+    """Test that two members waiting 6.4 s are probed once per 3.2 s, not per 0.25 s."""
+    clock = ManualClock()
+    fleet = FleetRecovery(clock, probe_interval=0.25)
+    pair = group_of(fleet, 2)
+    await clock.advance(3.1)
+    assert fleet.probes == 0
+    await clock.advance(0.2)
+    assert fleet.probes == 1 and sum(link.woken for link in pair) == 1
+
+
+async def test_probes_skip_cooldowns_and_a_lone_member() -> None:
+    """Test that suspended members in cooldown are not probed, nor one member alone in backoff."""
     clock = ManualClock()
     fleet = FleetRecovery(clock, probe_interval=0.25)
     cooling = group_of(fleet, 5, kind=WaitKind.COOLDOWN)
     alone = group_of(fleet, 1, key="host:10.0.0.8")
+    up, down = group_of(fleet, 2, key="host:10.0.0.7")
+    fleet.on_wait_end(up)  # it tried, got through and is up: one member left in backoff
+    fleet.on_link_up(up, failed_attempts=0)
     await clock.advance(10)
-    assert [link.woken for link in (*cooling, *alone)] == [0] * 6
+    assert [link.woken for link in (*cooling, *alone, down)] == [0] * 7
     assert fleet.probes == 0

@@ -20,11 +20,11 @@ herd stays bounded:
   backoff follows from the attempt counter as before; only a success resets it
   (after ``stable_after``, as always).
 
-While no member of a group is up, one member in backoff is woken every
-``fleet_probe_interval`` (or, for a small group, every longest backoff /
-members: never more often than the members would try on their own), so the
-group notices within about an interval that its path is back, whatever point
-of their backoff the members have reached.
+While two or more members of a group wait out a backoff, one of them is
+woken every ``fleet_probe_interval`` (or every longest backoff / members
+waiting, if that is longer: never more often than those members would try at
+their longest backoff), so the group notices within about an interval that
+its path is back, whatever point of their backoff the members have reached.
 
 Hold-downs of flapping links and the probes of sleeping devices are not cut
 short: they are about that one device, not about the path to it.
@@ -148,12 +148,13 @@ class _Group:
     """One recovery group: who is in it, who is up, who waits, who is about to be woken."""
 
     __slots__ = (
+        "in_backoff",
         "key",
         "last_wake_at",
-        "longest_wait",
         "members",
         "pending",
         "probe",
+        "probe_since",
         "probes",
         "up",
         "waiting",
@@ -165,17 +166,19 @@ class _Group:
         self.members = 0
         #: Members whose link is up.
         self.up: set[str] = set()
-        #: connection id -> the link and its wait, while it waits a wakeable wait.
-        self.waiting: dict[str, tuple[WakeableLink, WaitKind]] = {}
+        #: connection id -> the link, its wait and how long, while it waits a wakeable wait.
+        self.waiting: dict[str, tuple[WakeableLink, WaitKind, float]] = {}
+        #: How many of them wait out a backoff (the probe's candidates).
+        self.in_backoff = 0
         #: connection id -> its wake-up timer, between a wake and its slot.
         self.pending: dict[str, TimerHandle] = {}
         self.wakes = 0
         self.last_wake_at: float | None = None
-        #: The probe timer, while the whole group is down.
+        #: The probe timer, while members wait out a backoff.
         self.probe: TimerHandle | None = None
+        #: Monotonic time of the last probe (or since members back off together).
+        self.probe_since: float | None = None
         self.probes = 0
-        #: The longest backoff seen since a member was last up (paces the probes).
-        self.longest_wait = 0.0
 
 
 class FleetRecovery:
@@ -201,9 +204,9 @@ class FleetRecovery:
         self,
         clock: Clock,
         *,
-        rate: float = 1000.0,
-        window: float = 0.2,
-        holdoff: float = 5.0,
+        rate: float = 400.0,
+        window: float = 0.3,
+        holdoff: float = 1.0,
         probe_interval: float | None = 0.25,
         on_wake: Callable[[dict[str, Any]], None] | None = None,
         rng: random.Random | None = None,
@@ -263,6 +266,7 @@ class FleetRecovery:
         if group.members <= 0:
             if group.probe is not None:
                 group.probe.cancel()
+                group.probe = None
             del self._groups[group.key]
 
     def group_of(self, connection_id: str) -> str | None:
@@ -276,24 +280,19 @@ class FleetRecovery:
         """Note a link waiting before its next attempt (only wakeable waits count)."""
         if kind not in WAKEABLE:
             return
-        group = self._group_of.get(link.connection_id)
+        cid = link.connection_id
+        group = self._group_of.get(cid)
         if group is None:
             return
-        group.waiting[link.connection_id] = (link, kind)
-        if kind is WaitKind.BACKOFF and delay > group.longest_wait:
-            group.longest_wait = delay
-        if (
-            group.probe is None
-            and not group.up
-            and group.members > 1
-            and self.probe_interval is not None
-        ):
-            # No member is up: one of them is tried every so often, so that the
-            # group learns within about an interval that its path is back,
-            # whatever point of their backoff the members are at. No more often
-            # than the members would try in total at their longest backoff.
-            pace = max(self.probe_interval, group.longest_wait / group.members)
-            group.probe = self._clock.call_later(pace, functools.partial(self._probe, group))
+        self._forget_wait(group, cid)
+        group.waiting[cid] = (link, kind, delay)
+        if kind is not WaitKind.BACKOFF:
+            return
+        group.in_backoff += 1
+        if group.probe is None and group.in_backoff > 1 and self.probe_interval is not None:
+            if group.probe_since is None:
+                group.probe_since = self._clock.monotonic()
+            self._arm_probe(group, self.probe_interval)
 
     def on_wait_end(self, link: WakeableLink) -> None:
         """Forget the wait (and a wake-up still to come for it)."""
@@ -314,7 +313,6 @@ class FleetRecovery:
         if group is None:
             return
         group.up.add(cid)
-        group.longest_wait = 0.0
         if failed_attempts < 1 or not group.waiting:
             return
         now = self._clock.monotonic()
@@ -363,23 +361,46 @@ class FleetRecovery:
         if entry is not None and entry[0].wake():
             self.woken += 1
 
+    def _arm_probe(self, group: _Group, delay: float) -> None:
+        group.probe = self._clock.call_later(delay, functools.partial(self._probe, group))
+
     def _probe(self, group: _Group) -> None:
-        """Wake one member in backoff of a group that is all down (re-armed by the next wait)."""
+        """Wake one member of those in backoff, if it is time; then look again later.
+
+        Members back off together: one of them is tried every so often, so that
+        the group learns within about an interval that its path is back,
+        whatever point of their backoff the members are at; never more often
+        than those members would try at their longest backoff.
+        """
         group.probe = None
-        if group.up:
+        interval = self.probe_interval
+        if group.in_backoff < 2 or interval is None or group.probe_since is None:
+            group.probe_since = None  # the next wait in backoff starts again
             return
-        candidates = [
-            link
-            for cid, (link, kind) in group.waiting.items()
-            if kind is WaitKind.BACKOFF and cid not in group.pending
-        ]
+        candidates: list[WakeableLink] = []
+        longest = 0.0
+        for cid, (link, kind, delay) in group.waiting.items():
+            if kind is WaitKind.BACKOFF:
+                longest = max(longest, delay)
+                if cid not in group.pending:
+                    candidates.append(link)
+        pace = max(interval, longest / group.in_backoff)
+        now = self._clock.monotonic()
+        due = group.probe_since + pace
+        if now < due:
+            self._arm_probe(group, min(interval, due - now))
+            return
+        group.probe_since = now
         if candidates and self._rng.choice(candidates).wake():
             self.probes += 1
             group.probes += 1
+        self._arm_probe(group, interval)
 
     @staticmethod
     def _forget_wait(group: _Group, connection_id: str) -> None:
-        group.waiting.pop(connection_id, None)
+        entry = group.waiting.pop(connection_id, None)
+        if entry is not None and entry[1] is WaitKind.BACKOFF:
+            group.in_backoff -= 1
         timer = group.pending.pop(connection_id, None)
         if timer is not None:
             timer.cancel()
