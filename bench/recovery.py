@@ -20,6 +20,11 @@ Figures per run (``T_j`` = when simulator process j said ``listening:``):
   ``T_j`` of its process; median, p90, max;
 - ``connections_per_device``: this process's established TCP links per device
   port once all are back (psutil); ``not_one`` counts ports with 0 or 2+;
+- ``peak_attempts_wanted_per_100ms``: the most connect attempts *wanted*
+  (a supervisor's wait before an attempt ended: its backoff ran out, or a
+  wake or probe cut it short) within one 100 ms bin after the first ``T_j``:
+  the herd before the manager's admission control and this process's CPU
+  shape it (the target uses this one);
 - ``peak_connects_started_per_100ms``: the most TCP connects to device ports
   *started* within one 100 ms bin after the first ``T_j`` (the herd as the
   devices see it; the bench wraps the loop's ``create_connection`` to see
@@ -29,7 +34,9 @@ Figures per run (``T_j`` = when simulator process j said ``listening:``):
   ``T_j`` (bounded by how fast this process gets through them).
 
 Targets (fleet run): resume median < 1 s and max < 2 s, exactly one connection
-per device, peak of started connects at most 40 % of the no-jitter run's.
+per device, peak of wanted attempts at most 40 % of the no-jitter run's. The
+ratios of started and finished attempts are reported too: on a small machine
+admission control and the CPU cap the no-jitter herd, so they understate it.
 
     .venv/bin/python bench/recovery.py --devices 500 --outage 10
 """
@@ -141,6 +148,26 @@ class ConnectStarts:
             self._loop = None
 
 
+def record_wait_ends(manager: ConnectionManager) -> list[float]:
+    """Record when each supervisor's wait before an attempt ends: the attempts wanted.
+
+    That is the herd before admission control (``max_concurrent_connects``)
+    and this process's CPU shape it. Bench-only: it wraps the observer hook
+    every supervisor calls (`FleetRecovery.on_wait_end`, called whether or not
+    the connection is in a recovery group).
+    """
+    fleet = manager.fleet
+    inner = fleet.on_wait_end
+    times: list[float] = []
+
+    def on_wait_end(link: Any) -> None:
+        times.append(time.time())
+        inner(link)
+
+    fleet.on_wait_end = on_wait_end  # type: ignore[method-assign]
+    return times
+
+
 def links_per_port(ports: range) -> collections.Counter[int]:
     """Count this process's established TCP links to each of ``ports``."""
     counts: collections.Counter[int] = collections.Counter()
@@ -161,6 +188,7 @@ async def one_run(args: argparse.Namespace, name: str) -> dict[str, Any]:
         manager.on_event(t, rec)
     tags = [f"ir:{i}" for i in range(args.registers)]
     starts = ConnectStarts(ports)
+    wanted = record_wait_ends(manager)
     #: After every link is down: connection id -> wall time of its first good datapoint.
     first_good: dict[str, float] = {}
     armed = False
@@ -245,6 +273,7 @@ async def one_run(args: argparse.Namespace, name: str) -> dict[str, Any]:
             "max": max(per_device),
             "not_one": sum(1 for c in per_device if c != 1),
         },
+        "peak_attempts_wanted_per_100ms": peak_per_bin(wanted, t_listen, BIN),
         "peak_connects_started_per_100ms": peak_per_bin(starts.times, t_listen, BIN),
         "peak_attempts_per_100ms": peak_per_bin(rec.attempts_after(t_listen), t_listen, BIN),
         "connects_started_after_listen": sum(1 for t in starts.times if t >= t_listen),
@@ -294,20 +323,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         targets["all_resumed"] = check(fleet["missing"], "==", 0)
         base = runs.get("no_jitter")
-        if base is not None and base["peak_connects_started_per_100ms"]:
-            ratio = ratio_of(fleet, base, "peak_connects_started_per_100ms")
-            result["peak_ratio_fleet_vs_no_jitter"] = ratio
-            result["peak_finished_ratio_fleet_vs_no_jitter"] = ratio_of(
-                fleet, base, "peak_attempts_per_100ms"
-            )
-            targets["peak_ratio_at_most_0.40"] = check(ratio, "<=", 0.40)
+        if base is not None:
+            ratios = {
+                kind: ratio_of(fleet, base, f"peak_{kind}_per_100ms")
+                for kind in ("attempts_wanted", "connects_started", "attempts")
+            }
+            result["peak_ratio_fleet_vs_no_jitter"] = {
+                "wanted": ratios["attempts_wanted"],
+                "started": ratios["connects_started"],
+                "finished": ratios["attempts"],
+            }
+            targets["peak_ratio_at_most_0.40"] = check(ratios["attempts_wanted"], "<=", 0.40)
         off = runs.get("fleet_off")
         if off is not None and off["resume_s"]["median"] and fleet["resume_s"]["median"]:
             result["resume_median_ratio_fleet_vs_off"] = r(
                 fleet["resume_s"]["median"] / off["resume_s"]["median"]
             )
-            result["peak_ratio_fleet_vs_off"] = ratio_of(
-                fleet, off, "peak_connects_started_per_100ms"
+            result["peak_wanted_ratio_fleet_vs_off"] = ratio_of(
+                fleet, off, "peak_attempts_wanted_per_100ms"
             )
     result["targets"] = targets
     result["pass"] = all(t["pass"] for t in targets.values())

@@ -102,7 +102,7 @@ class Link:
 def group_of(
     fleet: FleetRecovery, n: int, key: str = "host:10.0.0.1", kind: WaitKind = WaitKind.BACKOFF
 ) -> list[Link]:
-    links = [Link(fleet, f"d{i}") for i in range(n)]
+    links = [Link(fleet, f"{key.rsplit('.', 1)[-1]}-d{i}") for i in range(n)]
     for link in links:
         fleet.join(link.connection_id, key)
     for link in links:
@@ -133,7 +133,14 @@ async def test_wake_is_spread_at_the_rate_and_once_per_recovery() -> None:
     per_bin = collections.Counter(int(d // 0.1) for d in delays)
     assert max(per_bin.values()) <= 101
     assert records == [
-        {"group": "host:10.0.0.1", "count": 499, "trigger": "d0", "window": 0.499, "held_back": 0}
+        {
+            "group": "host:10.0.0.1",
+            "count": 499,
+            "trigger": "1-d0",
+            "window": 0.499,
+            "delay": 0.0,
+            "held_back": 0,
+        }
     ]
     await clock.advance(0.5)
     assert sum(link.woken for link in links) == 499
@@ -247,3 +254,21 @@ async def test_probes_skip_cooldowns_and_a_lone_member() -> None:
     await clock.advance(10)
     assert [link.woken for link in (*cooling, *alone, down)] == [0] * 7
     assert fleet.probes == 0
+
+
+async def test_overlapping_wakes_share_the_rate() -> None:
+    """Test that a second group's wake starts after the first one's slots: one rate for all."""
+    clock = ManualClock()
+    records: list[dict[str, Any]] = []
+    fleet = FleetRecovery(clock, rate=100, window=0.1, probe_interval=None, on_wake=records.append)
+    first = group_of(fleet, 21, key="host:10.0.0.1")
+    second = group_of(fleet, 11, key="host:10.0.0.2")
+    fleet.on_link_up(first[0], failed_attempts=1)
+    await clock.advance(0.05)
+    fleet.on_link_up(second[0], failed_attempts=1)
+    assert records[1]["delay"] == pytest.approx(0.15)  # 20 slots of 10 ms from 0, now 0.05
+    starts = [0.05 + d for d in clock.pending()]
+    per_bin = collections.Counter(int(t // 0.1) for t in starts)
+    assert max(per_bin.values()) <= 100 * 0.1 + 1
+    await clock.advance(1.0)
+    assert sum(link.woken for link in (*first, *second)) == 30

@@ -12,7 +12,9 @@ herd stays bounded:
 - the woken siblings are shuffled and given one slot each of ``window / k``
   (``window = max(fleet_wake_window, k / fleet_wake_rate)``), a uniform
   random point inside their slot: at most ``rate x 0.1 s + 1`` attempts start
-  per 100 ms, and every attempt still passes the manager's connect admission;
+  per 100 ms; the rate is manager-wide (a wake while an earlier one still has
+  slots to go starts after it), and every attempt still passes the manager's
+  connect admission;
 - a connection is woken at most once per ``fleet_wake_holdoff``: a member
   that is still down costs the group one extra attempt per holdoff, however
   many siblings come back;
@@ -219,6 +221,8 @@ class FleetRecovery:
         self._group_of: dict[str, _Group] = {}
         #: connection id -> monotonic time it was last woken (bounded by the members).
         self._woken_at: dict[str, float] = {}
+        #: Monotonic time the wake-up slots handed out so far use up the rate.
+        self._slots_end = float("-inf")
         #: Wakes (one per recovery that woke anyone), siblings woken, and wake-ups
         #: held back by the holdoff.
         self.wakes = 0
@@ -334,12 +338,18 @@ class FleetRecovery:
         rng = self._rng
         rng.shuffle(candidates)
         count = len(candidates)
+        # The rate is manager-wide: a wake that comes while earlier ones still
+        # have slots to go (another group back, or this one back in parts)
+        # starts after them, so wakes that overlap never exceed it together.
+        start = max(0.0, self._slots_end - now)
+        self._slots_end = now + start + count / self.rate
         window = max(self.window, count / self.rate)
         slot = window / count
         for i, sibling in enumerate(candidates):
             woken_at[sibling] = now
             group.pending[sibling] = self._clock.call_later(
-                (i + rng.random()) * slot, functools.partial(self._wake_one, group, sibling)
+                start + (i + rng.random()) * slot,
+                functools.partial(self._wake_one, group, sibling),
             )
         self.wakes += 1
         group.wakes += 1
@@ -351,6 +361,7 @@ class FleetRecovery:
                     "count": count,
                     "trigger": cid,
                     "window": round(window, 4),
+                    "delay": round(start, 4),
                     "held_back": held,
                 }
             )
