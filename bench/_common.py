@@ -246,7 +246,7 @@ class SimProcess:
             "--host",
             self.host,
             *self.extra,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if "--control" in self.extra else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             preexec_fn=_die_with_parent,
@@ -272,6 +272,26 @@ class SimProcess:
             raise RuntimeError(
                 f"simulator did not listen within {timeout} s: {self.stderr_text()}"
             ) from None
+
+    async def command(self, line: str, expect: str, timeout: float = 30.0) -> float:
+        """Send a control line (``--control`` in ``extra``); return when ``expect`` came back.
+
+        Returns:
+            The wall-clock time the answer starting with ``expect`` was read.
+        """
+        proc = self.proc
+        assert proc is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(f"{line}\n".encode())
+        await proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            while True:
+                answer = await proc.stdout.readline()
+                if not answer:
+                    raise RuntimeError(f"simulator exited: {self.stderr_text()}")
+                if answer.decode(errors="replace").startswith(expect):
+                    return time.time()
 
     def stderr_text(self) -> str:
         """What the child wrote to stderr (last 2 kB)."""

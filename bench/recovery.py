@@ -3,10 +3,10 @@
 ``--devices`` simulated inverters (``python -m edgelink.sim modbus``, split
 over ``--procs`` processes, consecutive loopback ports), each polled by one
 ``modbus_tcp`` connection (``--registers`` input registers every
-``--interval`` s). All simulators are killed (SIGKILL: every link closes,
-every port refuses) and listen again ``--outage`` seconds later (each is
-spawned early by the start-up time it took the first time). Three runs in one
-process, same scenario:
+``--interval`` s). Every device stops listening at once (the simulators'
+``--control`` ``down``: every link closes, every port refuses) and listens
+again ``--outage`` seconds later (``up``). Three runs in one process, same
+scenario:
 
 - ``fleet``: the defaults (fleet recovery on, proportional jitter 0.2);
 - ``no_jitter``: ``reconnect_jitter=0`` and ``fleet_recovery=false``: the
@@ -14,7 +14,8 @@ process, same scenario:
 - ``fleet_off``: the defaults with ``fleet_recovery=false``: recovery as it
   was before fleet recovery.
 
-Figures per run (``T_j`` = when simulator process j said ``listening:``):
+Figures per run (``T_j`` = when simulator process j said ``listening:`` again,
+all its devices listening):
 
 - ``resume_s``: per device, its first good poll after the outage minus the
   ``T_j`` of its process; median, p90, max;
@@ -95,8 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.devices < 1 or args.outage < 0 or args.registers < 1 or args.interval <= 0:
         p.error("--devices, --registers and --interval must be positive, --outage not negative")
     args.procs = args.procs or math.ceil(args.devices / 64)
-    #: Respawn start-up times seen so far (the lead of the next respawn).
-    args.startup = []
     args.runs = [name.strip() for name in args.runs.split(",") if name.strip()]
     if unknown := set(args.runs) - set(RUNS):
         p.error(f"unknown runs {sorted(unknown)}; choose from {list(RUNS)}")
@@ -111,7 +110,7 @@ def simulators(args: argparse.Namespace) -> list[tuple[SimProcess, range]]:
         count = min(per, args.devices - first)
         out.append(
             (
-                SimProcess(count, args.base_port + first, kind="modbus"),
+                SimProcess(count, args.base_port + first, kind="modbus", extra=["--control"]),
                 range(first, first + count),
             )
         )
@@ -214,36 +213,23 @@ async def one_run(args: argparse.Namespace, name: str) -> dict[str, Any]:
     starts.install()
     try:
         await asyncio.gather(*(sim.start() for sim, _ in sims))
-        startup = [(sim.listening_at or 0.0) - (sim.spawned_at or 0.0) for sim, _ in sims]
-        if args.startup:
-            # What a respawn took in the runs before: closer than a first start.
-            startup = [median(args.startup) or 0.0] * len(sims)
         async with manager:
             if not await poll_until(lambda: n_up() == n, 60):
                 raise RuntimeError(f"{name}: only {n_up()}/{n} connected before the outage")
             await asyncio.sleep(2.0)
             t_kill = time.time()
-            await asyncio.gather(*(sim.kill() for sim, _ in sims))
-            log(f"{name}: {len(sims)} simulators killed; away for {args.outage} s")
+            await asyncio.gather(*(sim.command("down", "down:") for sim, _ in sims))
+            log(f"{name}: {n} devices stopped listening; away for {args.outage} s")
             down_ok = await poll_until(lambda: n_up() == 0, 10)
-            # Only now: a poll answered just before the kill is not a resumption.
+            # Only now: a poll answered just before the outage is not a resumption.
             armed = True
-
-            async def respawn(sim: SimProcess, lead: float) -> None:
-                await asyncio.sleep(max(0.0, t_kill + args.outage - lead - time.time()))
-                await sim.start()
-
-            await asyncio.gather(
-                *(respawn(sim, lead) for (sim, _), lead in zip(sims, startup, strict=True))
-            )
-            args.startup.extend(
-                (sim.listening_at or 0.0) - (sim.spawned_at or 0.0) for sim, _ in sims
-            )
-            listen = {i: sim.listening_at or 0.0 for sim, devices in sims for i in devices}
+            await asyncio.sleep(max(0.0, t_kill + args.outage - time.time()))
+            back = await asyncio.gather(*(sim.command("up", "listening:") for sim, _ in sims))
+            listen = {i: at for (_, devices), at in zip(sims, back, strict=True) for i in devices}
             t_listen = min(listen.values())
             log(
-                f"{name}: simulators back {t_listen - t_kill:.2f}-"
-                f"{max(listen.values()) - t_kill:.2f} s after the kill"
+                f"{name}: devices listen again {t_listen - t_kill:.2f}-"
+                f"{max(listen.values()) - t_kill:.2f} s after they stopped"
             )
             await poll_until(lambda: len(first_good) == n, args.back_limit)
             await asyncio.sleep(1.0)
