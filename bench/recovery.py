@@ -167,6 +167,16 @@ def record_wait_ends(manager: ConnectionManager) -> list[float]:
     return times
 
 
+def bins_after(times: list[float], start: float, count: int) -> list[int]:
+    """Return how many of ``times`` fall in each of the ``count`` 100 ms bins from ``start``."""
+    bins = [0] * count
+    for t in times:
+        k = int((t - start) // BIN)
+        if 0 <= k < count:
+            bins[k] += 1
+    return bins
+
+
 def links_per_port(ports: range) -> collections.Counter[int]:
     """Count this process's established TCP links to each of ``ports``."""
     counts: collections.Counter[int] = collections.Counter()
@@ -260,6 +270,7 @@ async def one_run(args: argparse.Namespace, name: str) -> dict[str, Any]:
             "not_one": sum(1 for c in per_device if c != 1),
         },
         "peak_attempts_wanted_per_100ms": peak_per_bin(wanted, t_listen, BIN),
+        "attempts_wanted_per_100ms": bins_after(wanted, t_listen, 30),
         "peak_connects_started_per_100ms": peak_per_bin(starts.times, t_listen, BIN),
         "peak_attempts_per_100ms": peak_per_bin(rec.attempts_after(t_listen), t_listen, BIN),
         "connects_started_after_listen": sum(1 for t in starts.times if t >= t_listen),

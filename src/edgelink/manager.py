@@ -490,6 +490,7 @@ class ConnectionManager(Service):
         await asyncio.gather(*(sup.stop(reason=Reason.SHUTDOWN) for sup in self._sups.values()))
         if self._pool is not None:
             await self._pool.aclose()
+        self._fleet.close()
         await self._bus.aclose()
         if self._executor is not None:
             executor, self._executor = self._executor, None

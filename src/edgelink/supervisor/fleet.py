@@ -9,12 +9,13 @@ one failed attempt, the siblings that are waiting out a backoff (or a
 suspension's cooldown) are woken to try now, spread over a window so that the
 herd stays bounded:
 
-- the woken siblings are shuffled and given one slot each of ``window / k``
-  (``window = max(fleet_wake_window, k / fleet_wake_rate)``), a uniform
-  random point inside their slot: at most ``rate x 0.1 s + 1`` attempts start
-  per 100 ms; the rate is manager-wide (a wake while an earlier one still has
-  slots to go starts after it), and every attempt still passes the manager's
-  connect admission;
+- the woken siblings are shuffled into one manager-wide queue, and one pacer
+  wakes them one per slot of ``window / k`` (``window = max(fleet_wake_window,
+  k / fleet_wake_rate)``), at a random point of the slot: at most ``rate x 0.1
+  s + 1`` attempts start per 100 ms, also when wakes overlap (another group
+  back, or this one back in parts: they queue) and when the loop runs late
+  (the pacer does not catch up in a burst); every attempt still passes the
+  manager's connect admission;
 - a connection is woken at most once per ``fleet_wake_holdoff``: a member
   that is still down costs the group one extra attempt per holdoff, however
   many siblings come back;
@@ -38,6 +39,7 @@ supervisors' hooks and the injectable clock.
 
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
 import random
@@ -172,8 +174,8 @@ class _Group:
         self.waiting: dict[str, tuple[WakeableLink, WaitKind, float]] = {}
         #: How many of them wait out a backoff (the probe's candidates).
         self.in_backoff = 0
-        #: connection id -> its wake-up timer, between a wake and its slot.
-        self.pending: dict[str, TimerHandle] = {}
+        #: connection id -> the ticket of its place in the wake-up queue.
+        self.pending: dict[str, int] = {}
         self.wakes = 0
         self.last_wake_at: float | None = None
         #: The probe timer, while members wait out a backoff.
@@ -221,7 +223,13 @@ class FleetRecovery:
         self._group_of: dict[str, _Group] = {}
         #: connection id -> monotonic time it was last woken (bounded by the members).
         self._woken_at: dict[str, float] = {}
-        #: Monotonic time the wake-up slots handed out so far use up the rate.
+        #: Siblings to wake, in order: (group, connection id, ticket, gap after it).
+        self._queue: collections.deque[tuple[_Group, str, int, float]] = collections.deque()
+        self._tickets = 0
+        self._pacer: TimerHandle | None = None
+        #: Monotonic start of the pacer's current slot.
+        self._beat = 0.0
+        #: Monotonic time the queue is expected to be through (the ``delay`` of a wake).
         self._slots_end = float("-inf")
         #: Wakes (one per recovery that woke anyone), siblings woken, and wake-ups
         #: held back by the holdoff.
@@ -243,6 +251,11 @@ class FleetRecovery:
         self.window = window
         self.holdoff = holdoff
         self.probe_interval = probe_interval
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the wake-ups and probes are timed on."""
+        return self._clock
 
     def __repr__(self) -> str:
         return f"<FleetRecovery groups={len(self._groups)} wakes={self.wakes} woken={self.woken}>"
@@ -338,19 +351,22 @@ class FleetRecovery:
         rng = self._rng
         rng.shuffle(candidates)
         count = len(candidates)
-        # The rate is manager-wide: a wake that comes while earlier ones still
-        # have slots to go (another group back, or this one back in parts)
-        # starts after them, so wakes that overlap never exceed it together.
-        start = max(0.0, self._slots_end - now)
-        self._slots_end = now + start + count / self.rate
         window = max(self.window, count / self.rate)
-        slot = window / count
-        for i, sibling in enumerate(candidates):
+        gap = window / count
+        # One queue and one pacer for the manager: a wake that comes while
+        # earlier ones still queue (another group back, or this one back in
+        # parts) goes after them, so wakes that overlap never exceed the rate.
+        start = max(0.0, self._slots_end - now)
+        self._slots_end = now + start + window
+        queue = self._queue
+        for sibling in candidates:
             woken_at[sibling] = now
-            group.pending[sibling] = self._clock.call_later(
-                start + (i + rng.random()) * slot,
-                functools.partial(self._wake_one, group, sibling),
-            )
+            ticket = self._tickets = self._tickets + 1
+            group.pending[sibling] = ticket
+            queue.append((group, sibling, ticket, gap))
+        if self._pacer is None:
+            self._beat = now
+            self._pacer = self._clock.call_later(gap * rng.random(), self._run_pacer)
         self.wakes += 1
         group.wakes += 1
         group.last_wake_at = self._clock.time()
@@ -366,11 +382,43 @@ class FleetRecovery:
                 }
             )
 
-    def _wake_one(self, group: _Group, connection_id: str) -> None:
-        group.pending.pop(connection_id, None)
-        entry = group.waiting.get(connection_id)
-        if entry is not None and entry[0].wake():
-            self.woken += 1
+    def _run_pacer(self) -> None:
+        """Wake the next sibling in the queue; come back at a random point of the next slot.
+
+        Slots are one gap long, back to back, one wake-up each: at most
+        ``rate x 0.1 s + 1`` per 100 ms. A loop that ran past the next slot
+        starts the slots again from now rather than catching up in a burst.
+        """
+        self._pacer = None
+        queue = self._queue
+        gap = 0.0
+        while queue:
+            group, cid, ticket, gap = queue.popleft()
+            if group.pending.get(cid) != ticket:
+                continue  # its wait ended already, or it left the group
+            del group.pending[cid]
+            entry = group.waiting.get(cid)
+            if entry is not None and entry[0].wake():
+                self.woken += 1
+            break
+        if queue:
+            now = self._clock.monotonic()
+            self._beat = max(self._beat + gap, now)
+            delay = self._beat - now + gap * self._rng.random()
+            self._pacer = self._clock.call_later(delay, self._run_pacer)
+
+    def close(self) -> None:
+        """Cancel every timer (the manager stops); the counters stay."""
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        self._queue.clear()
+        for group in self._groups.values():
+            group.pending.clear()
+            if group.probe is not None:
+                group.probe.cancel()
+                group.probe = None
+            group.probe_since = None
 
     def _arm_probe(self, group: _Group, delay: float) -> None:
         group.probe = self._clock.call_later(delay, functools.partial(self._probe, group))
@@ -412,9 +460,8 @@ class FleetRecovery:
         entry = group.waiting.pop(connection_id, None)
         if entry is not None and entry[1] is WaitKind.BACKOFF:
             group.in_backoff -= 1
-        timer = group.pending.pop(connection_id, None)
-        if timer is not None:
-            timer.cancel()
+        # Its place in the wake-up queue is skipped by the pacer.
+        group.pending.pop(connection_id, None)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the counters and the largest groups, for the status."""
