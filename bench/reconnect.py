@@ -152,7 +152,11 @@ async def one_run(args: argparse.Namespace, jitter: float, mode: str) -> dict[st
     ids = [f"r{i}" for i in range(n)]
     sim = SimProcess(n, args.base_port)
     # The baseline is proportional with jitter 0: full mode ignores reconnect_jitter.
-    manager = ConnectionManager(reconnect_jitter=jitter, reconnect_jitter_mode=mode)
+    # Fleet recovery off: this measures each link's own backoff schedule, which
+    # a sibling's wake cuts short on purpose (bench/recovery.py measures that).
+    manager = ConnectionManager(
+        reconnect_jitter=jitter, reconnect_jitter_mode=mode, fleet_recovery=False
+    )
     rec = ReconnectRecorder()
     for t in ReconnectRecorder.TYPES:
         manager.on_event(t, rec)
