@@ -216,3 +216,25 @@ async def test_a_group_all_down_probes_and_comes_back_within_the_probe_interval(
     assert len(wakes) == 1 and wakes[0].data["count"] == N - 1
     await until(lambda: peer.connections == N)
     assert links_to(peer.port) == N
+
+
+async def test_a_suspended_sibling_in_cooldown_is_woken_too(
+    make_manager: Make, clock: ManualClock, peer: PingPongPeer
+) -> None:
+    """Test that a sibling suspended after max attempts comes back with the lead, not in 300 s."""
+    m = make_manager(clock=clock, watchdog_interval=NO_WATCHDOG, fleet_probe_interval=None)
+    m.add_connection("lead", "tcp", tcp(peer.port), settings={"reconnect_max_delay": 0.4})
+    m.add_connection("sus", "tcp", tcp(peer.port), settings={"reconnect_max_attempts": 1})
+    await m.start()
+    await until(lambda: m.get_state("lead") is S.CONNECTED and m.get_state("sus") is S.CONNECTED)
+    await peer.stop()
+    await until(lambda: m.get_status("sus")["next_retry_at"] is not None)
+    await step(clock)  # both try once after 0.1 s: sus is suspended, cooling down 300 s
+    await until(lambda: m.get_state("sus") is S.SUSPENDED)
+    await until(lambda: m.get_status("lead")["next_retry_at"] is not None)
+    assert any(abs(d - 300.0) < 1e-3 for d in clock.pending())  # its cooldown
+    await peer.start()
+    await lead_back(m, clock)
+    await clock.advance(0.3)
+    await until(lambda: m.get_state("sus") is S.CONNECTED)
+    assert links_to(peer.port) == 2
