@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -134,6 +135,36 @@ def r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+class ReconnectRecorder:
+    """Keeps (type, id, ts, delay) of the reconnect events; cheap async callback.
+
+    ``reconnect_start`` carries the delay; ``reconnect_ok`` and
+    ``reconnect_failed`` are the finished attempts (`peak_per_bin`).
+    """
+
+    TYPES = ("reconnect_start", "reconnect_ok", "reconnect_failed", "disconnected")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float, float | None]] = []
+
+    async def __call__(self, ev: Any) -> None:
+        self.events.append((ev.type, ev.connection_id or "", ev.ts, ev.data.get("delay")))
+
+    def attempts_after(self, since: float) -> list[float]:
+        """Return when each connect attempt finished, from ``since`` on (wall time)."""
+        return [
+            ts
+            for typ, _cid, ts, _delay in self.events
+            if ts >= since and typ in ("reconnect_ok", "reconnect_failed")
+        ]
+
+
+def peak_per_bin(times: Sequence[float], start: float, width: float = 0.1) -> int:
+    """Return the most of ``times`` (from ``start`` on) within one ``width``-second bin."""
+    bins = collections.Counter(int((t - start) // width) for t in times if t >= start)
+    return max(bins.values()) if bins else 0
+
+
 # ------------------------------------------------------------- subprocesses
 
 
@@ -219,7 +250,7 @@ class SimProcess:
             "--host",
             self.host,
             *self.extra,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if "--control" in self.extra else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             preexec_fn=_die_with_parent,
@@ -245,6 +276,26 @@ class SimProcess:
             raise RuntimeError(
                 f"simulator did not listen within {timeout} s: {self.stderr_text()}"
             ) from None
+
+    async def command(self, line: str, expect: str, timeout: float = 30.0) -> float:
+        """Send a control line (``--control`` in ``extra``); return when ``expect`` came back.
+
+        Returns:
+            The wall-clock time the answer starting with ``expect`` was read.
+        """
+        proc = self.proc
+        assert proc is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(f"{line}\n".encode())
+        await proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            while True:
+                answer = await proc.stdout.readline()
+                if not answer:
+                    raise RuntimeError(f"simulator exited: {self.stderr_text()}")
+                if answer.decode(errors="replace").startswith(expect):
+                    return time.time()
 
     def stderr_text(self) -> str:
         """What the child wrote to stderr (last 2 kB)."""

@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import sys
 import time
 from typing import Any
 
 from _common import (
     LOOPBACK,
+    ReconnectRecorder,
     SimProcess,
     busy_ports,
     check,
     log,
     median,
+    peak_per_bin,
     percentile,
     poll_until,
     r,
@@ -50,7 +51,6 @@ from _common import (
 )
 
 from edgelink import ConnectionManager, ConnectionState
-from edgelink.events import Event
 
 BIN = 0.1
 MAX_DELAY = 10.0  # the default reconnect_max_delay, stated for the target
@@ -76,18 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n < 1 or args.outage < 0 or args.rounds < 1:
         p.error("--n and --rounds must be positive, --outage not negative")
     return args
-
-
-class Recorder:
-    """Keeps (type, id, ts, delay) of the reconnect events; cheap async callback."""
-
-    TYPES = ("reconnect_start", "reconnect_ok", "reconnect_failed", "disconnected")
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, float, float | None]] = []
-
-    async def __call__(self, ev: Event) -> None:
-        self.events.append((ev.type, ev.connection_id or "", ev.ts, ev.data.get("delay")))
 
 
 def analyse(
@@ -133,8 +121,7 @@ def analyse(
         back.append(ok_at - t_listen)
 
     def peak(times: list[float]) -> int:
-        bins = collections.Counter(int((t - t_listen) // BIN) for t in times if t >= t_listen)
-        return max(bins.values()) if bins else 0
+        return peak_per_bin(times, t_listen, BIN)
 
     ms = 1000.0
     return {
@@ -165,9 +152,13 @@ async def one_run(args: argparse.Namespace, jitter: float, mode: str) -> dict[st
     ids = [f"r{i}" for i in range(n)]
     sim = SimProcess(n, args.base_port)
     # The baseline is proportional with jitter 0: full mode ignores reconnect_jitter.
-    manager = ConnectionManager(reconnect_jitter=jitter, reconnect_jitter_mode=mode)
-    rec = Recorder()
-    for t in Recorder.TYPES:
+    # Fleet recovery off: this measures each link's own backoff schedule, which
+    # a sibling's wake cuts short on purpose (bench/recovery.py measures that).
+    manager = ConnectionManager(
+        reconnect_jitter=jitter, reconnect_jitter_mode=mode, fleet_recovery=False
+    )
+    rec = ReconnectRecorder()
+    for t in ReconnectRecorder.TYPES:
         manager.on_event(t, rec)
     for i, cid in enumerate(ids):
         manager.add_connection(cid, "tcp", {"host": LOOPBACK, "port": args.base_port + i})

@@ -71,6 +71,8 @@ class EventType(enum.StrEnum):
     FLAP_CLEARED = "flap_cleared"
     POLL_QUARANTINED = "poll_quarantined"
     QUARANTINE_RELEASED = "quarantine_released"
+    # The manager: a link came back and woke its recovery group (connection_id None).
+    FLEET_WAKE = "fleet_wake"
     # The service (edgelink run): manager-wide, connection_id None.
     PANIC = "panic"
     RECOVERED = "recovered"
@@ -117,6 +119,7 @@ _LEVELS: dict[str, int] = {
     EventType.FLAP_CLEARED: logging.INFO,
     EventType.POLL_QUARANTINED: logging.ERROR,
     EventType.QUARANTINE_RELEASED: logging.INFO,
+    EventType.FLEET_WAKE: logging.INFO,
     EventType.PANIC: logging.CRITICAL,
     EventType.RECOVERED: logging.WARNING,
     EventType.CONFIG_RELOADED: logging.INFO,

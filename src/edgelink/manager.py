@@ -61,6 +61,7 @@ from edgelink.router.targets import WriteNowait
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
+from edgelink.supervisor.fleet import FleetRecovery, recovery_endpoint, recovery_group_key
 
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
@@ -221,6 +222,16 @@ class ConnectionManager(Service):
         self._health_listeners: list[HealthCheckListener] = []
         self._health_monitor = HealthMonitor(self)
         self._admission = asyncio.Semaphore(self.settings.max_concurrent_connects)
+        # Fleet-aware recovery (docs/recovery.md): a link that comes back wakes
+        # the siblings of its recovery group that wait out a backoff.
+        self._fleet = FleetRecovery(
+            self.clock,
+            rate=self.settings.fleet_wake_rate,
+            window=self.settings.fleet_wake_window,
+            holdoff=self.settings.fleet_wake_holdoff,
+            probe_interval=self.settings.fleet_probe_interval,
+            on_wake=self._on_fleet_wake,
+        )
         self._executor: ThreadPoolExecutor | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._restart_tasks: set[asyncio.Task[None]] = set()
@@ -371,6 +382,18 @@ class ConnectionManager(Service):
             on_health_checked=self._health_checked_cb,
             deadlines=self._deadlines,
             on_link_down=self._link_down_cb,
+            observer=self._fleet,
+        )
+        settings = spec.settings
+        self._fleet.join(
+            cid,
+            recovery_group_key(
+                recovery_endpoint(driver.cfg, driver.config),
+                enabled=settings.fleet_recovery,
+                group=settings.recovery_group,
+                scope=settings.recovery_scope,
+                subnet_prefix=settings.recovery_subnet_prefix,
+            ),
         )
         self._sups[cid] = sup
         self._specs[cid] = spec
@@ -427,6 +450,7 @@ class ConnectionManager(Service):
         sup.connection.attach(None)
         self._sups.pop(connection_id, None)
         self._specs.pop(connection_id, None)
+        self._fleet.leave(connection_id)
         self._router.unregister_connection(connection_id)
 
     async def start(self) -> None:
@@ -471,6 +495,7 @@ class ConnectionManager(Service):
         await asyncio.gather(*(sup.stop(reason=Reason.SHUTDOWN) for sup in self._sups.values()))
         if self._pool is not None:
             await self._pool.aclose()
+        self._fleet.close()
         await self._bus.aclose()
         if self._executor is not None:
             executor, self._executor = self._executor, None
@@ -862,6 +887,12 @@ class ConnectionManager(Service):
                 path="settings.max_connections",
             )
         self.settings = config.settings
+        self._fleet.configure(
+            rate=config.settings.fleet_wake_rate,
+            window=config.settings.fleet_wake_window,
+            holdoff=config.settings.fleet_wake_holdoff,
+            probe_interval=config.settings.fleet_probe_interval,
+        )
         for cid in diff.removed:
             await self.remove_connection(cid)
         for cid in diff.changed:
@@ -883,11 +914,20 @@ class ConnectionManager(Service):
         return self._lag
 
     def runtime_status(self) -> dict[str, Any]:
-        """The process as the manager sees it: loop lag and the garbage-collection policy."""
+        """The process as the manager sees it: loop lag, GC policy, fleet recovery."""
         return {
             "loop_lag": self._lag.snapshot(),
             "gc": self._gc.snapshot() if self._gc is not None else None,
+            "fleet_recovery": self._fleet.snapshot(),
         }
+
+    @property
+    def fleet(self) -> FleetRecovery:
+        """The recovery groups and what their wakes did (docs/recovery.md)."""
+        return self._fleet
+
+    def _on_fleet_wake(self, record: dict[str, Any]) -> None:
+        self._bus.emit(make_event(EventType.FLEET_WAKE, None, self.clock.time(), **record))
 
     def _on_loop_stall(self, lag: float) -> None:
         # One event per quiet period: a loop that stalls every second must not

@@ -8,7 +8,7 @@ a connection's own ``settings`` override them (`ConnectionSettings.merged`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -106,6 +106,23 @@ class ConnectionSettings(BaseModel):
         "null = never",
     )
 
+    fleet_recovery: bool = Field(
+        default=True,
+        description="a sibling that comes back cuts this connection's backoff short "
+        "(docs/recovery.md)",
+    )
+    recovery_group: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the recovery group by name, instead of the one the endpoint gives",
+    )
+    recovery_scope: Literal["host", "subnet"] = Field(
+        default="host", description="group network peers by host, or by subnet"
+    )
+    recovery_subnet_prefix: int = Field(
+        default=24, ge=8, le=32, description="IPv4 prefix length of a subnet group"
+    )
+
     @model_validator(mode="after")
     def _check_delays(self) -> Self:
         if self.reconnect_max_delay < self.reconnect_initial_delay:
@@ -174,6 +191,23 @@ class ManagerSettings(ConnectionSettings):
     )
     sync_workers: int = Field(
         default=32, ge=1, description="threads for blocking (SyncConnection) drivers"
+    )
+    fleet_wake_rate: float = Field(
+        default=400.0,
+        gt=0,
+        description="woken siblings' connect attempts per second at most (fleet recovery)",
+    )
+    fleet_wake_window: float = Field(
+        default=0.3, ge=0, description="the shortest window a fleet wake is spread over, s"
+    )
+    fleet_wake_holdoff: float = Field(
+        default=1.0, ge=0, description="a connection is woken by a sibling at most once per this, s"
+    )
+    fleet_probe_interval: float | None = Field(
+        default=0.25,
+        gt=0,
+        description="while a whole recovery group is down, one member tries at most this "
+        "often, s; null = never",
     )
     loop_lag_interval: float = Field(
         default=0.25, gt=0, description="how often the event-loop lag is sampled, s"

@@ -302,3 +302,44 @@ async def test_modbus_simulator_unplugs_and_replugs_a_device() -> None:
         )
         await close((reader, writer))
         assert modbus_sim.requests == 1
+
+
+async def test_modbus_sim_control_takes_every_device_down_and_up() -> None:
+    """Test that --control's 'down' makes every port refuse and 'up' serves them again."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgelink.sim",
+        "modbus",
+        "--count",
+        "3",
+        "--control",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 10)
+        match = re.fullmatch(rb"listening: 3 devices on 127\.0\.0\.1:(\d+)-(\d+)\n", line)
+        assert match, line
+        first, last = int(match.group(1)), int(match.group(2))
+        held = await connect(first)
+        process.stdin.write(b"down\n")
+        assert await asyncio.wait_for(process.stdout.readline(), 10) == b"down: 3 devices\n"
+        assert await sees_close(held[0])
+        await close(held)
+        with pytest.raises(ConnectionRefusedError):
+            await connect(last)
+        process.stdin.write(b"up\n")
+        assert await asyncio.wait_for(process.stdout.readline(), 10) == line
+        link = await connect(last)
+        await close(link)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -104,6 +104,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     modbus.add_argument(
         "--units", type=_count, default=1, help="unit ids per device, 1..N (default 1)"
     )
+    modbus.add_argument(
+        "--control",
+        action="store_true",
+        help="read 'down' / 'up' lines from stdin: every device stops / starts listening",
+    )
     http = kinds.add_parser(
         "http",
         help="an HTTP device with a JSON API (needs uvicorn)",
@@ -164,7 +169,9 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
             return 2
         return asyncio.run(
             _run_until_signal(
-                run_modbus_simulator(args.count, args.base_port, args.host, args.units)
+                run_modbus_simulator(
+                    args.count, args.base_port, args.host, args.units, control=args.control
+                )
             )
         )
     if args.sim_kind == "http":

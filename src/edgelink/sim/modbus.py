@@ -44,6 +44,7 @@ import asyncio
 import logging
 import random
 import struct
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -527,19 +528,51 @@ class ModbusSimulator(Service):
 
 
 async def run_modbus_simulator(
-    count: int, base_port: int, host: str = "127.0.0.1", units: int = 1
+    count: int,
+    base_port: int,
+    host: str = "127.0.0.1",
+    units: int = 1,
+    *,
+    control: bool = False,
 ) -> None:
     """Run a `ModbusSimulator` until cancelled.
 
     Prints ``listening: <count> devices on <host>:<first>-<last>`` once every
     device listens. Quiets pymodbus's own per-connection log lines.
+
+    Args:
+        count: Devices, on consecutive ports from ``base_port``.
+        base_port: The first port (0: ephemeral ones).
+        host: The listen address.
+        units: Unit ids per device.
+        control: Read commands from stdin, one a line: ``down`` stops every
+            device (its port refuses, its links close) and prints ``down:``;
+            ``up`` starts them again on the same ports and prints the
+            ``listening:`` line again. A fleet outage on cue (``bench/recovery.py``).
     """
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     simulator = ModbusSimulator(count, base_port, host=host, units=units)
     await simulator.start()
     try:
         ports = simulator.ports
-        print(f"listening: {count} devices on {host}:{ports[0]}-{ports[-1]}", flush=True)
-        await asyncio.Event().wait()
+        listening = f"listening: {count} devices on {host}:{ports[0]}-{ports[-1]}"
+        print(listening, flush=True)
+        if not control:
+            await asyncio.Event().wait()
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            command = line.decode(errors="replace").strip()
+            if command == "down":
+                await asyncio.gather(*(simulator.stop_device(i) for i in range(count)))
+                print(f"down: {count} devices", flush=True)
+            elif command == "up":
+                for i in range(count):
+                    await simulator.start_device(i)
+                print(listening, flush=True)
+            elif command:
+                print(f"unknown command {command!r}: down or up", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()  # stdin closed: run on until cancelled
     finally:
         await simulator.stop()

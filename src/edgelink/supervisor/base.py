@@ -32,7 +32,14 @@ from edgelink.supervisor.policy import (
     COALESCED_WHILE_FLAPPING,
     Lost,
 )
-from edgelink.supervisor.specs import DataSink, HealthCheck, LinkDownListener, PollSpec, WatchRule
+from edgelink.supervisor.specs import (
+    DataSink,
+    HealthCheck,
+    LinkDownListener,
+    LinkObserver,
+    PollSpec,
+    WatchRule,
+)
 
 logger = logging.getLogger("edgelink.supervisor")
 
@@ -87,6 +94,7 @@ class SupervisorBase:
         "_loop",
         "_lost",
         "_next_retry_at",
+        "_observer",
         "_on_health_change",
         "_on_health_checked",
         "_on_link_down",
@@ -147,6 +155,7 @@ class SupervisorBase:
         on_health_checked: Callable[[str, float, bool], None] | None = None,
         deadlines: DeadlineWheel | None = None,
         on_link_down: LinkDownListener | None = None,
+        observer: LinkObserver | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
         #: The user's driver object (a `Connection` or `SyncConnection`).
@@ -170,6 +179,8 @@ class SupervisorBase:
         self._on_health_change = on_health_change
         self._on_health_checked = on_health_checked
         self._on_link_down = on_link_down
+        #: Told of backoff waits and returns (the manager's fleet recovery).
+        self._observer = observer
         #: Tags whose last report was bad with a reason: the next one is not repeated.
         self._bad_tags: set[str] = set()
         self._backoff: Backoff = settings.backoff()
@@ -407,6 +418,21 @@ class SupervisorBase:
         elif self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
+    def wake(self) -> bool:
+        """Cut the wait before the next connect attempt short; never drops a link.
+
+        What a sibling's recovery calls (`edgelink.supervisor.fleet`): the
+        attempt that follows is an ordinary one, counted once if it fails.
+
+        Returns:
+            True if a wait was running and is now cut short.
+        """
+        fut = self._wake
+        if fut is None or fut.done():
+            return False
+        fut.set_result(None)
+        return True
+
     def _lose(self, lost: Lost) -> None:
         fut = self._lost
         if fut is not None and not fut.done():
@@ -474,6 +500,8 @@ class SupervisorBase:
         the next link can only come after it, so it is never marked stale.
         """
         self._bad_tags.clear()  # the next link reports its bad tags once again
+        if self._observer is not None:
+            self._observer.on_link_down(self, reason)
         if self._on_link_down is not None:
             try:
                 self._on_link_down(self.connection_id, reason)

@@ -253,7 +253,15 @@ class SupervisorLifecycle(SupervisorChildren):
                     delay=round(wait.delay, 4),
                     next_attempt=wait.attempt,
                 )
-            await self._wait(wait.delay)
+            observer = self._observer
+            if observer is None:
+                await self._wait(wait.delay)
+            else:
+                observer.on_wait(self, wait.kind, wait.delay)
+                try:
+                    await self._wait(wait.delay)
+                finally:
+                    observer.on_wait_end(self)
             if wait.kind is WaitKind.COOLDOWN:
                 self._cooldown = min(wait.delay * 2, s.suspend_cooldown_max)
         self._next_retry_at = None
@@ -420,6 +428,8 @@ class SupervisorLifecycle(SupervisorChildren):
         self._emit(EventType.CONNECTED, reconnect=was_reconnect)
         if was_reconnect:
             self._emit(EventType.RECONNECT_OK, attempts=attempt)
+        if self._observer is not None:
+            self._observer.on_link_up(self, attempt)
 
         self._child_crashes = None
         if s.health_check_interval is not None:

@@ -1,4 +1,4 @@
-"""What a supervisor is given: poll groups, vital-sign watches, the data sink's shape."""
+"""What a supervisor is given: poll groups, vital-sign watches, the shapes of its listeners."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["DataSink", "HealthCheck", "LinkDownListener", "PollSpec", "WatchRule"]
+from edgelink.supervisor.policy import WaitKind
+
+__all__ = [
+    "DataSink",
+    "HealthCheck",
+    "LinkDownListener",
+    "LinkObserver",
+    "PollSpec",
+    "WakeableLink",
+    "WatchRule",
+]
 
 
 class DataSink(Protocol):
@@ -22,6 +32,37 @@ class DataSink(Protocol):
         reason: str | None = None,
     ) -> None:
         """Take one datapoint; ``reason`` says why it is not good, if the source said."""
+
+
+class WakeableLink(Protocol):
+    """A supervised link as an observer sees it."""
+
+    @property
+    def connection_id(self) -> str:
+        """The connection's id."""
+
+    def wake(self) -> bool:
+        """Cut the wait before the next attempt short; return False if none was running."""
+
+
+class LinkObserver(Protocol):
+    """Told where one supervisor's reconnect stands (fleet recovery; failover later).
+
+    Called on the event loop, synchronously, from the supervisor's main task;
+    an observer must not block or raise.
+    """
+
+    def on_wait(self, link: WakeableLink, kind: WaitKind, delay: float) -> None:
+        """The link waits ``delay`` seconds (of ``kind``) before its next attempt."""
+
+    def on_wait_end(self, link: WakeableLink) -> None:
+        """That wait is over (elapsed, cut short, or cancelled)."""
+
+    def on_link_up(self, link: WakeableLink, failed_attempts: int) -> None:
+        """The link is connected after ``failed_attempts`` failed attempts (0: first try)."""
+
+    def on_link_down(self, link: WakeableLink, reason: str) -> None:
+        """The link that was up is gone (lost, stopped, suspended), for ``reason``."""
 
 
 #: ``on_link_down(connection_id, reason)``: the link of a connection that was up is gone.
