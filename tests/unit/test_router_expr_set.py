@@ -178,7 +178,11 @@ def test_bad_literal_or_set_names_the_position(text: str, position: int, fragmen
 
 def test_set_and_delete_never_change_the_input() -> None:
     """Test that the value the step gets stays as it was; only the path is copied."""
-    payload: dict[str, Any] = {"a": {"b": {"c": 1}, "side": {"x": [1, 2]}}, "l": [{"k": 1}, {"k": 2}], "n": 1}
+    payload: dict[str, Any] = {
+        "a": {"b": {"c": 1}, "side": {"x": [1, 2]}},
+        "l": [{"k": 1}, {"k": 2}],
+        "n": 1,
+    }
     before = copy.deepcopy(payload)
     out = xf('set("a.b.c", 2)', payload)
     assert payload == before
