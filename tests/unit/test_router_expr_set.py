@@ -370,3 +370,32 @@ async def test_a_bad_set_is_refused_and_the_old_table_stays() -> None:
     await router.drain()
     assert mem.values == [1]
     assert [r["id"] for r in router.routes] == ["a"]
+
+
+class _Sub(dict[Any, Any]):
+    """A dict subclass: not the exact-class fast path."""
+
+
+@pytest.mark.parametrize(
+    "key", ['"a"', '"1"', "1", "1.0", "2.5", '"2.5"', "true", "0", "-1", '"x"', "[1]"]
+)
+@pytest.mark.parametrize(
+    "value",
+    [{"a": 1, "1": "one"}, {1: "int", 2.5: "f"}, _Sub(a=2), [10, 20], "ab", None, {(1,): "t"}],
+    ids=repr,
+)
+def test_constant_key_lookup_matches_the_general_index(key: str, value: Any) -> None:
+    """Test that value[k] and (value)[k] of a constant k (the dict fast path) agree with _index."""
+    from edgelink.router.expr.semantics import _index
+
+    k = compile_transform(f"expr({key})")(0, dp())
+    try:
+        expected: Any = ("ok", _index(value, k))
+    except EvalError as exc:
+        expected = ("error", str(exc))
+    for text in (f"expr(value[{key}])", f"expr([value][0][{key}])"):
+        try:
+            got: Any = ("ok", xf(text, value))
+        except EvalError as exc:
+            got = ("error", str(exc))
+        assert got == expected, text

@@ -329,8 +329,7 @@ class _Compiler:
             return self.fold(node, lambda: _index(o, k))
         of = _fn(obj)
         if isinstance(key, _Const):
-            kv = key.value
-            return lambda v, dp: _index(of(v, dp), kv)
+            return _index_const(of, key.value)
         kf = key
         return lambda v, dp: _index(of(v, dp), kf(v, dp))
 
@@ -363,6 +362,40 @@ class _Compiler:
 _FLAT_CALLS: Final = frozenset(_FUNCTIONS)
 #: Names whose value may be a list or an object.
 _NESTED_NAMES: Final = frozenset({"value", "metadata"})
+
+
+def _index_const(of: _Fn, k: Any) -> _Fn:
+    """``x[k]`` of a constant key: a plain lookup when ``x`` is a dict that has ``k``.
+
+    Anything else (a list, a missing key, ``"1"`` for ``1``) takes `_index`,
+    which tries the plain lookup first too, so the result is the same.
+    """
+    try:
+        hash(k)
+    except TypeError:
+        return lambda v, dp: _index(of(v, dp), k)
+    if of is _VALUE_FN:
+
+        def value_key(v: Any, dp: Any) -> Any:
+            if v.__class__ is dict:
+                try:
+                    return v[k]
+                except KeyError:
+                    pass
+            return _index(v, k)
+
+        return value_key
+
+    def key_of(v: Any, dp: Any) -> Any:
+        x = of(v, dp)
+        if x.__class__ is dict:
+            try:
+                return x[k]
+            except KeyError:
+                pass
+        return _index(x, k)
+
+    return key_of
 
 
 def _flat(node: Node) -> bool:

@@ -108,15 +108,29 @@ class LimitError(RouteError, EvalError):
 class _Meter:
     """The evaluation under way: its caps, route and cost spent (one at a time)."""
 
-    __slots__ = ("bits", "budget", "digits", "items", "nesting", "route_id", "string", "used")
+    __slots__ = (
+        "bits",
+        "budget",
+        "digits",
+        "items",
+        "limits",
+        "nesting",
+        "route_id",
+        "string",
+        "used",
+    )
 
     def __init__(self) -> None:
+        self.limits: ExprLimits | None = None
         self.set(DEFAULT_LIMITS, None)
 
     def set(self, limits: ExprLimits, route_id: str | None) -> None:
+        self.used = 0
+        if limits is self.limits and route_id is self.route_id:
+            return  # the same route again (the usual case): only the spending starts over
+        self.limits = limits
         self.bits = limits.max_int_bits
         self.digits = limits.max_int_digits
-        self.used = 0
         self.budget = limits.budget
         self.string = limits.max_string_length
         self.items = limits.max_items
