@@ -122,6 +122,7 @@ class _Meter:
 
     def __init__(self) -> None:
         self.limits: ExprLimits | None = None
+        self.route_id: str | None = None
         self.set(DEFAULT_LIMITS, None)
 
     def set(self, limits: ExprLimits, route_id: str | None) -> None:
