@@ -399,3 +399,28 @@ def test_constant_key_lookup_matches_the_general_index(key: str, value: Any) -> 
         except EvalError as exc:
             got = ("error", str(exc))
         assert got == expected, text
+
+
+#: One call of each function the language has.
+CALLS = {
+    "abs": "abs(value)",
+    "bool": "bool(value)",
+    "float": "float(value)",
+    "int": "int(value)",
+    "len": "len([value])",
+    "max": "max([value, 1])",
+    "min": "min(value, 1)",
+    "num": "num(value)",
+    "round": "round(value)",
+    "str": "str([value])",
+}
+
+
+def test_every_function_returns_a_flat_value() -> None:
+    """Test what lets literals skip the size walk for calls: no function returns a container."""
+    from edgelink.router.expr.compiler import _FLAT_CALLS
+    from edgelink.router.expr.semantics import _FUNCTIONS
+
+    assert set(CALLS) == set(_FUNCTIONS) == _FLAT_CALLS
+    for call in CALLS.values():
+        assert not isinstance(xf(f"expr({call})", 2), list | tuple | dict), call

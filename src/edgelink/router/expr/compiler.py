@@ -358,7 +358,8 @@ class _Compiler:
         return lambda v, dp: fn(*[f(v, dp) for f in fns])
 
 
-#: Functions whose result is never a list or an object (all of them today).
+#: Functions whose result is never a list or an object: all of them today (a
+#: function that returns one must be left out here, or its results go unchecked).
 _FLAT_CALLS: Final = frozenset(_FUNCTIONS)
 #: Names whose value may be a list or an object.
 _NESTED_NAMES: Final = frozenset({"value", "metadata"})
