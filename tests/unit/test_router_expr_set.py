@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgelink import DataPoint, MemoryTarget, RouteError, Router
 from edgelink.router import EvalError, ExprLimits, LimitError, compile_transform
@@ -22,6 +25,7 @@ def xf(text: str, value: Any, limits: ExprLimits | None = None) -> Any:
     return compile_transform(text, route_id="r", limits=limits)(value, dp(value))
 
 
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PAYLOAD: dict[str, Any] = {"value": 12345, "unit": "W", "meta": {"site": "a", "tags": [1, 2]}}
 
 
@@ -320,28 +324,37 @@ async def test_node_red_change_example_end_to_end() -> None:
     assert counted == [4, 1, 1, 2]
 
 
-async def test_a_set_over_the_cap_is_a_counted_limit_error() -> None:
-    """Test that a set that builds too much fails that datapoint, counted as a limit error."""
+async def test_a_set_over_the_cap_counts_and_quarantines_the_route() -> None:
+    """Test that a set building too much fails that datapoint as a limit error of the route.
+
+    Repeated, it quarantines the route (not the source: the payload was
+    within the caps); another route of the same source flows on.
+    """
     mem = MemoryTarget()
-    router = Router(clock=ManualClock(), limits=ExprLimits(max_items=10))
-    router.add_target("mem", mem)
-    router.load_routes(
-        routes(
-            {
-                "id": "dup",
-                "from": "plc.x",
-                "to": "mem.y",
-                "transform": 'set("a", value) | set("b", value)',
-            }
-        )
+    router = Router(
+        clock=ManualClock(),
+        limits=ExprLimits(max_items=10),
+        quarantine_after=2,
+        quarantine_window=10,
     )
+    router.add_target("mem", mem)
+    dup = {"id": "dup", "from": "plc.x", "to": "mem.y"}
+    dup["transform"] = 'set("a", value) | set("b", value)'
+    router.load_routes(routes(dup, {"id": "copy", "from": "plc.x", "to": "mem.z"}))
     router.route_data("plc", "x", {"k": 1})
-    router.route_data("plc", "x", {f"k{i}": i for i in range(4)})
+    four = {f"k{i}": i for i in range(4)}
+    router.route_data("plc", "x", four)
     await router.drain()
-    assert mem.values == [{"k": 1, "a": {"k": 1}, "b": {"k": 1, "a": {"k": 1}}}]
+    assert mem.values[0] == {"k": 1, "a": {"k": 1}, "b": {"k": 1, "a": {"k": 1}}}
     stats = router.route_stats("dup")
-    assert (stats["errors"], stats["limit_errors"]) == (1, 1)
+    assert (stats["errors"], stats["limit_errors"], stats["state"]) == (1, 1, "enabled")
     assert "max_items=10" in stats["last_error"]
+    router.route_data("plc", "x", four)
+    await router.drain()
+    assert router.route_stats("dup")["state"] == "quarantined"
+    assert router.quarantined_routes() == ["dup"]
+    assert not router.stats()["quarantined_sources"]
+    assert [tag for tag, _ in mem.items].count("z") == 3
 
 
 async def test_a_bad_set_is_refused_and_the_old_table_stays() -> None:
@@ -424,3 +437,71 @@ def test_every_function_returns_a_flat_value() -> None:
     assert set(CALLS) == set(_FUNCTIONS) == _FLAT_CALLS
     for call in CALLS.values():
         assert not isinstance(xf(f"expr({call})", 2), list | tuple | dict), call
+
+
+# ------------------------------------------------------------- property
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_JSON = st.recursive(
+    st.integers(-5, 5) | st.none() | st.text("xy", max_size=2),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+_PATHS = st.lists(_KEYS | st.integers(-2, 2), min_size=1, max_size=4)
+
+
+def _reference_set(payload: Any, path: list[Any], x: Any) -> Any:
+    """set() by the rules in docs/router.md, on a deep copy; None if it must fail."""
+    out = copy.deepcopy(payload)
+    holder: Any = [out]
+    node_key: Any = 0
+    for i, key in enumerate(path):
+        node = holder[node_key]
+        if isinstance(key, int):
+            if not isinstance(node, list) or not -len(node) <= key < len(node):
+                return None
+        elif not isinstance(node, dict):
+            return None
+        if i == len(path) - 1:
+            node[key] = x
+        elif isinstance(key, str) and key not in node:
+            if isinstance(path[i + 1], int):
+                return None
+            node[key] = {}
+        holder, node_key = node, key
+    return out
+
+
+@PROPERTY
+@given(payload=_JSON, path=_PATHS)
+def test_set_follows_the_rules_and_never_mutates(payload: Any, path: list[Any]) -> None:
+    """Test set against a deep-copying reference: same result or both fail; input unchanged."""
+    before = copy.deepcopy(payload)
+    fn = compile_transform(f"set({json.dumps(path)}, 42)")
+    expected = _reference_set(payload, path, 42)
+    if expected is None:
+        with pytest.raises(EvalError):
+            fn(payload, dp())
+    else:
+        assert fn(payload, dp()) == expected
+    assert payload == before
+    deleted = compile_transform(f"delete({json.dumps(path)})")(payload, dp())
+    assert payload == before
+    assert deleted == _reference_delete(payload, path)
+
+
+def _reference_delete(payload: Any, path: list[Any]) -> Any:
+    """delete() by the rules: without the field if the whole path is there, else unchanged."""
+    out = copy.deepcopy(payload)
+    node = out
+    for i, key in enumerate(path):
+        if isinstance(key, int):
+            if not isinstance(node, list) or not -len(node) <= key < len(node):
+                return payload
+        elif not isinstance(node, dict) or key not in node:
+            return payload
+        if i == len(path) - 1:
+            del node[key]
+        else:
+            node = node[key]
+    return out
