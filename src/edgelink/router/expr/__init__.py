@@ -14,7 +14,8 @@ Conditions are expressions over ``value, quality, source, tag, ts`` (and
 
 with ``and or not == != < <= > >= + - * / % in``, ``not in``, chained
 comparisons (``0 < value < 10``), indexing (``value["temp"]``), literals
-(numbers, strings, ``true/false/null``, lists, objects), durations (``500ms``,
+(numbers, strings, ``true/false/null``, lists, objects with constant keys and
+computed values), durations (``500ms``,
 ``60s``, ``5m``, ``1h``, ``1d``: seconds) and the functions ``abs min max round
 int float str bool len num``.
 
@@ -24,6 +25,7 @@ Transforms chain steps with ``|``::
     map({0: "off", 1: "on"})
     expr(value * 9 / 5 + 32) | deadband(0.5)
     avg(60s) | throttle(60s)
+    set("value", value["value"] * 0.001) | delete("raw")
 
 Text protocols report numbers as text, so arithmetic and comparisons between
 a number and a numeric string use the string's number (``"21.5" > 20`` is

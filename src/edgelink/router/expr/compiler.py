@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from edgelink.errors import RouteError
 from edgelink.router.expr.base import Condition, EvalError, _Compiled, _Const, _Fn, _fn
 from edgelink.router.expr.fastpaths import _VALUE_FN, _binary_const, _compare_pair, _tag_of
 from edgelink.router.expr.lexer import _Source
-from edgelink.router.expr.limits import _METER, DEFAULT_LIMITS, ExprLimits, _metered
+from edgelink.router.expr.limits import (
+    _CONTAINERS,
+    _FLAT_TYPES,
+    _METER,
+    DEFAULT_LIMITS,
+    ExprLimits,
+    _check_built,
+    _check_walk,
+    _metered,
+)
 from edgelink.router.expr.parser import Node, _const_text, parse_expression
 from edgelink.router.expr.semantics import (
     _BINARY,
@@ -82,24 +91,108 @@ class _Compiler:
     def c_list(self, node: Node) -> _Compiled:
         items = [self.compile(a) for a in node.args]
         if all(isinstance(i, _Const) for i in items):
-            return _Const(tuple(i.value for i in items))  # type: ignore[union-attr]
-        fns = [_fn(i) for i in items]
-        return lambda v, dp: [f(v, dp) for f in fns]
+            values = tuple(i.value for i in items)  # type: ignore[union-attr]
+            return self.fold(node, lambda: _sized(values))
+        self.static_size(node, items)
+        fns = tuple(_fn(i) for i in items)
+        nested = tuple(
+            j
+            for j, (a, i) in enumerate(zip(node.args, items, strict=True))
+            if not isinstance(i, _Const) and not _flat(a)
+        )
+        if not nested:
+            if len(fns) == 1:
+                f1 = fns[0]
+                return lambda v, dp: [f1(v, dp)]
+            return lambda v, dp: [f(v, dp) for f in fns]
+        self.metered = True
+
+        def build_list(v: Any, dp: Any) -> list[Any]:
+            out = [f(v, dp) for f in fns]
+            for j in nested:
+                x = out[j]
+                if x.__class__ not in _FLAT_TYPES and isinstance(x, _CONTAINERS):
+                    _check_built(out, out)
+                    break
+            return out
+
+        return build_list
 
     def c_dict(self, node: Node) -> _Compiled:
-        keys = [self.compile(a) for a in node.args[::2]]
-        values = [self.compile(a) for a in node.args[1::2]]
-        if all(isinstance(k, _Const) for k in keys) and all(isinstance(x, _Const) for x in values):
-            out: dict[Any, Any] = {}
-            for knode, k, x in zip(node.args[::2], keys, values, strict=True):
-                key = k.value  # type: ignore[union-attr]
-                if key is not None and not isinstance(key, str | int | float):
-                    raise self.fail("object keys must be strings, numbers, booleans or null", knode)
-                if key in out:
-                    raise self.fail(f"duplicate key {_const_text(key)}", knode)
-                out[key] = x.value  # type: ignore[union-attr]
-            return _Const(out)
-        raise self.fail("object literals must be constant", node)
+        key_nodes, value_nodes = node.args[::2], node.args[1::2]
+        fixed: dict[Any, Any] = {}  # the constant entries, in the order written
+        for knode in key_nodes:
+            key = self.compile(knode)
+            if not isinstance(key, _Const):
+                raise self.fail("object keys must be constants (the values may be computed)", knode)
+            k = key.value
+            if k is not None and not isinstance(k, str | int | float):
+                raise self.fail("object keys must be strings, numbers, booleans or null", knode)
+            if k in fixed:
+                raise self.fail(f"duplicate key {_const_text(k)}", knode)
+            fixed[k] = None
+        keys = tuple(fixed)
+        values = [self.compile(a) for a in value_nodes]
+        if all(isinstance(x, _Const) for x in values):
+            out = {k: x.value for k, x in zip(keys, values, strict=True)}  # type: ignore[union-attr]
+            return self.fold(node, lambda: _sized(out))
+        self.static_size(node, values)
+        for k, x in zip(keys, values, strict=True):
+            fixed[k] = x.value if isinstance(x, _Const) else None
+        # Every computed entry is set on a copy of the constant ones (which keeps
+        # the written order): a dict copy and one store per computed value.
+        flat = tuple(
+            (k, x)
+            for k, x, n in zip(keys, values, value_nodes, strict=True)
+            if not isinstance(x, _Const) and _flat(n)
+        )
+        nested = tuple(
+            (k, x)
+            for k, x, n in zip(keys, values, value_nodes, strict=True)
+            if not isinstance(x, _Const) and not _flat(n)
+        )
+        template = fixed
+        if not nested:
+            if len(flat) == 1:
+                ((k1, f1),) = flat
+                if len(template) == 1:
+                    return lambda v, dp: {k1: f1(v, dp)}
+
+                def build_one(v: Any, dp: Any) -> dict[Any, Any]:
+                    out = template.copy()
+                    out[k1] = f1(v, dp)
+                    return out
+
+                return build_one
+
+            def build_flat(v: Any, dp: Any) -> dict[Any, Any]:
+                out = template.copy()
+                for k, f in flat:
+                    out[k] = f(v, dp)
+                return out
+
+            return build_flat
+        self.metered = True
+
+        def build_dict(v: Any, dp: Any) -> dict[Any, Any]:
+            out = template.copy()
+            for k, f in flat:
+                out[k] = f(v, dp)
+            grown = False
+            for k, f in nested:
+                x = out[k] = f(v, dp)
+                if x.__class__ not in _FLAT_TYPES and isinstance(x, _CONTAINERS):
+                    grown = True
+            if grown:
+                _check_built(out, out.values())
+            return out
+
+        return build_dict
+
+    def static_size(self, node: Node, parts: list[_Compiled]) -> None:
+        """Refuse at load a computed literal whose own items and constants are over the caps."""
+        known = [p.value if isinstance(p, _Const) else None for p in parts]
+        self.fold(node, lambda: _check_walk(known, entry=False))
 
     # -- operators
 
@@ -236,8 +329,7 @@ class _Compiler:
             return self.fold(node, lambda: _index(o, k))
         of = _fn(obj)
         if isinstance(key, _Const):
-            kv = key.value
-            return lambda v, dp: _index(of(v, dp), kv)
+            return _index_const(of, key.value)
         kf = key
         return lambda v, dp: _index(of(v, dp), kf(v, dp))
 
@@ -264,6 +356,74 @@ class _Compiler:
             f1 = fns[0]
             return lambda v, dp: fn(f1(v, dp))
         return lambda v, dp: fn(*[f(v, dp) for f in fns])
+
+
+#: Functions whose result is never a list or an object: all of them today (a
+#: function that returns one must be left out here, or its results go unchecked).
+_FLAT_CALLS: Final = frozenset(_FUNCTIONS)
+#: Names whose value may be a list or an object.
+_NESTED_NAMES: Final = frozenset({"value", "metadata"})
+
+
+def _index_const(of: _Fn, k: Any) -> _Fn:
+    """``x[k]`` of a constant key: a plain lookup when ``x`` is a dict that has ``k``.
+
+    Anything else (a list, a missing key, ``"1"`` for ``1``) takes `_index`,
+    which tries the plain lookup first too, so the result is the same.
+    """
+    try:
+        hash(k)
+    except TypeError:
+        return lambda v, dp: _index(of(v, dp), k)
+    if of is _VALUE_FN:
+
+        def value_key(v: Any, dp: Any) -> Any:
+            if v.__class__ is dict:
+                try:
+                    return v[k]
+                except KeyError:
+                    pass
+            return _index(v, k)
+
+        return value_key
+
+    def key_of(v: Any, dp: Any) -> Any:
+        x = of(v, dp)
+        if x.__class__ is dict:
+            try:
+                return x[k]
+            except KeyError:
+                pass
+        return _index(x, k)
+
+    return key_of
+
+
+def _flat(node: Node) -> bool:
+    """True if ``node`` never evaluates to a list or an object (numbers, text, flags, null).
+
+    What may hold a list or an object (``value``, ``metadata``, indexing,
+    ``and``/``or`` of such, a list or object literal) is checked at run time
+    when it is put into a list or object the expression builds.
+    """
+    kind = node.kind
+    if kind == "const":
+        return not isinstance(node.value, tuple | dict)
+    if kind in ("binary", "unary", "compare"):
+        return True
+    if kind == "call":
+        return node.value in _FLAT_CALLS
+    if kind == "name":
+        return node.value not in _NESTED_NAMES
+    if kind == "bool":
+        return all(_flat(a) for a in node.args)
+    return False
+
+
+def _sized(value: Any) -> Any:
+    """A constant list or object, within ``max_items`` and ``max_nesting`` (at load)."""
+    _check_walk(value, entry=False)
+    return value
 
 
 def _fold_and(values: list[Any]) -> Any:

@@ -13,7 +13,7 @@ evaluation's budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -108,15 +108,30 @@ class LimitError(RouteError, EvalError):
 class _Meter:
     """The evaluation under way: its caps, route and cost spent (one at a time)."""
 
-    __slots__ = ("bits", "budget", "digits", "items", "nesting", "route_id", "string", "used")
+    __slots__ = (
+        "bits",
+        "budget",
+        "digits",
+        "items",
+        "limits",
+        "nesting",
+        "route_id",
+        "string",
+        "used",
+    )
 
     def __init__(self) -> None:
+        self.limits: ExprLimits | None = None
+        self.route_id: str | None = None
         self.set(DEFAULT_LIMITS, None)
 
     def set(self, limits: ExprLimits, route_id: str | None) -> None:
+        self.used = 0
+        if limits is self.limits and route_id is self.route_id:
+            return  # the same route again (the usual case): only the spending starts over
+        self.limits = limits
         self.bits = limits.max_int_bits
         self.digits = limits.max_int_digits
-        self.used = 0
         self.budget = limits.budget
         self.string = limits.max_string_length
         self.items = limits.max_items
@@ -158,8 +173,12 @@ def _check_text(a: Any, b: Any) -> None:
     _charge(n)
 
 
-def _check_walk(value: Any) -> None:
-    """A list or object about to be walked: within the item and nesting caps, charged."""
+def _check_walk(value: Any, *, entry: bool = True) -> None:
+    """A list or object about to be walked: within the item and nesting caps, charged.
+
+    ``entry``: the value came in (a cap it goes over is the source's doing);
+    false for one the expression built.
+    """
     m = _METER
     items, nesting = m.items, m.nesting
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -167,11 +186,11 @@ def _check_walk(value: Any) -> None:
     while stack:
         x, depth = stack.pop()
         if depth > nesting:
-            raise _over(f"nesting of {depth} levels", "max_nesting", nesting, entry=True)
+            raise _over(f"nesting of {depth} levels", "max_nesting", nesting, entry=entry)
         children = x.values() if isinstance(x, Mapping) else x
         seen += len(x)
         if seen > items:
-            raise _over(f"more than {items} items", "max_items", items, entry=True)
+            raise _over(f"more than {items} items", "max_items", items, entry=entry)
         for child in children:
             if isinstance(child, list | tuple | Mapping):
                 stack.append((child, depth + 1))
@@ -180,6 +199,30 @@ def _check_walk(value: Any) -> None:
                     f"string of {len(child)} characters", "max_string_length", m.string, entry=True
                 )
     _charge(seen)
+
+
+#: Types of values that are never a list or an object (checked by class, no isinstance).
+_FLAT_TYPES: Final = frozenset({int, float, str, bool, type(None), bytes})
+#: What `_check_walk` walks into.
+_CONTAINERS: Final = (list, tuple, Mapping)
+
+
+def _check_built(value: Any, parts: Iterable[Any]) -> None:
+    """A list or object an evaluation built from ``parts``, some of them lists or objects.
+
+    It is walked whole (shared parts count each time they appear, as a
+    serializer would write them), within ``max_items`` and ``max_nesting``,
+    and charged. Over a cap, it is the route's doing unless one of the parts
+    was already over it on its own.
+    """
+    try:
+        _check_walk(value, entry=False)
+    except LimitError as exc:
+        if exc.cap in ("max_items", "max_nesting"):
+            for part in parts:
+                if isinstance(part, list | tuple | Mapping):
+                    _check_walk(part)
+        raise
 
 
 def _check_int(x: int, *, entry: bool = False) -> int:

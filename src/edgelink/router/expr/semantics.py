@@ -43,6 +43,8 @@ TRANSFORM_STEPS: Final = {
     "deadband": "deadband(d): pass only when it moved by d or more since the last pass",
     "throttle": "throttle(period): pass at most one value per period",
     "expr": "expr(expression): any expression of the condition language",
+    "set": 'set(path, expression): a copy of the object value with one field set ("a.b", ["a", 0])',
+    "delete": "delete(path): a copy of the object value without one field",
     "avg": "avg(window): mean over the last window (e.g. 60s)",
     "min": "min(window): least value over the last window",
     "max": "max(window): greatest value over the last window",

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from edgelink.clock import Clock, SystemClock
-from edgelink.router.expr.base import DROP, EvalError, Transform, _Fn
-from edgelink.router.expr.compiler import _Compiler, _finish
+from edgelink.router.expr.base import DROP, EvalError, Transform, _Const, _Fn
+from edgelink.router.expr.compiler import _Compiler, _finish, _flat
 from edgelink.router.expr.fastpaths import _VALUE_FN, _binary_const
 from edgelink.router.expr.lexer import _Source
 from edgelink.router.expr.limits import (
@@ -20,6 +20,7 @@ from edgelink.router.expr.limits import (
     _metered,
 )
 from edgelink.router.expr.parser import Node, _parse_steps, _Step
+from edgelink.router.expr.paths import Path, deleter, parse_path, setter
 from edgelink.router.expr.semantics import (
     _BOOL_TEXT,
     _fn_round,
@@ -189,6 +190,34 @@ class _StepCompiler(_Compiler):
     def s_expr(self, step: _Step) -> _Fn:
         self.arity(step, 1, 1)
         return _finish(self.compile(step.args[0]))
+
+    def path(self, node: Node, step: str) -> Path:
+        raw = self.constant(node, f"{step}() path")
+        try:
+            return parse_path(raw, self.limits.max_nesting)
+        except ValueError as exc:
+            raise self.fail(f"{step}() {exc}", node) from None
+
+    def s_set(self, step: _Step) -> _Fn:
+        self.arity(step, 2, 2)
+        path = self.path(step.args[0], "set")
+        node = step.args[1]
+        compiled = self.compile(node)
+        if isinstance(compiled, _Const):
+            k = compiled.value
+            fn: _Fn = lambda v, dp: k  # noqa: E731
+            nested = False  # a constant is within the caps (checked at load)
+        else:
+            fn = compiled
+            nested = not _flat(node)
+        if nested:
+            self.metered = True
+        return setter(path, fn, nested, self.limits.max_items, self.src.route_id)
+
+    def s_delete(self, step: _Step) -> _Fn:
+        self.arity(step, 1, 1)
+        path = self.path(step.args[0], "delete")
+        return deleter(path, self.limits.max_items, self.src.route_id)
 
 
 _MISSING: Final = object()
