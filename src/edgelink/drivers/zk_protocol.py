@@ -305,7 +305,7 @@ def decode_timehex(raw: bytes) -> datetime:
 
 
 def option_value(data: bytes) -> str:
-    """Return the value of a ``CMD_OPTIONS_RRQ`` answer (``~SerialNumber=ABC\\0`` -> ``ABC``)."""
+    """Return the value of a ``CMD_OPTIONS_RRQ`` answer (``~SerialNumber=ABC`` -> ``ABC``)."""
     text = data.split(b"\0", 1)[0]
     return text.split(b"=", 1)[-1].decode("utf-8", "replace")
 

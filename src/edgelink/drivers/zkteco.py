@@ -17,7 +17,7 @@ and, when the device asks for it, ``CMD_AUTH`` with the scrambled comm key.
 A refused key is an `AuthError` (state ``error``, no retries); an answer that
 is no ZK framing, or one for another session, is a `ProtocolError` (the link
 is rebuilt); a device that does not answer within ``timeout`` is a
-`ConnectTimeout` (the link is rebuilt on the fast path). The device says no
+`ConnectTimeout` (the health check fails, the link is rebuilt). The device says no
 (``CMD_ACK_ERROR``, an unknown command) with a `DeviceError`: the link stays.
 
 Operations: `device_info`, `get_time` / `set_time`, `get_sizes`,
@@ -305,7 +305,7 @@ class ZktecoConnection(Connection):
         self._check(await self._command(Command.SET_TIME, struct.pack("<I", encode_time(when))))
 
     async def get_option(self, name: str) -> str:
-        """Return a device option (``~SerialNumber``, ``~Platform``, ``~DeviceName``, ``MAC``...)."""
+        """Return a device option by name (``~SerialNumber``, ``~Platform``, ``MAC``...)."""
         reply = self._check(await self._command(Command.OPTIONS_RRQ, name.encode() + b"\0"))
         return option_value(reply.data)
 
@@ -374,7 +374,9 @@ class ZktecoConnection(Connection):
         return await self._collect(self.iter_attendance(), limit)
 
     async def request(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Run an operation by name: ``device_info``, ``time``, ``set_time``, ``sizes``,
+        """Run an operation by name, with its arguments.
+
+        The operations: ``device_info``, ``time``, ``set_time``, ``sizes``,
         ``users``, ``attendance``, ``enable``, ``disable``, or a read tag.
 
         Raises:
@@ -405,7 +407,7 @@ class ZktecoConnection(Connection):
                 f"unknown zkteco tag {tag!r}; known: {', '.join(sorted(READ_TAGS))}", path="tags"
             )
 
-    async def read(self, tag: str) -> Any:  # noqa: PLR0911 - one answer per tag
+    async def read(self, tag: str) -> Any:
         """Read a tag (JSON-friendly values: times in ISO 8601, rows as dicts).
 
         Raises:
@@ -569,8 +571,8 @@ class ZktecoConnection(Connection):
                     finally:
                         self._waiter = None
         except TimeoutError as exc:
-            if self._open:
-                self.mark_tx_drop()  # the link is suspect: rebuild it on the fast path
+            # A late answer is told apart by its reply id, so the link may stay;
+            # whoever called decides (the supervisor rebuilds it on a failed check).
             raise ConnectTimeout(
                 f"no answer to {what} within {timeout:g} s", connection_id=self.connection_id
             ) from exc
@@ -609,9 +611,7 @@ class ZktecoConnection(Connection):
             return
         if self._session and packet.session_id != self._session:
             self._fail_link(
-                self._garbage(
-                    f"answer for session {packet.session_id}, ours is {self._session}"
-                )
+                self._garbage(f"answer for session {packet.session_id}, ours is {self._session}")
             )
             return
         if len(self._inbox) >= INBOX_LIMIT:

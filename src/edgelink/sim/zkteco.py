@@ -1,4 +1,4 @@
-"""A ZKTeco attendance terminal on TCP: the peer of the ``zkteco`` driver's tests, and ``edgelink sim zkteco``.
+"""A ZKTeco attendance terminal on TCP: the ``zkteco`` driver's test peer, ``edgelink sim zkteco``.
 
 It speaks the ZK protocol of `edgelink.drivers.zk_protocol` as the devices
 do: sessions opened by ``CMD_CONNECT`` (``CMD_ACK_UNAUTH`` and a
@@ -156,7 +156,9 @@ class ZkDevice:
         if command == Command.USERTEMP_RRQ and fct == FCT_USER:
             body = b"".join(pack_user(u, self.user_record_size) for u in self.users)
         elif command == Command.ATTLOG_RRQ:
-            body = b"".join(pack_attendance(a, self.attendance_record_size) for a in self.attendance)
+            body = b"".join(
+                pack_attendance(a, self.attendance_record_size) for a in self.attendance
+            )
         else:
             return None
         return struct.pack("<I", len(body)) + body
@@ -204,7 +206,9 @@ class _Session(asyncio.Protocol):
                 return
             self._handle(decode_packet(raw))
 
-    def send(self, command: int, reply_id: int, data: bytes = b"", session: int | None = None) -> None:
+    def send(
+        self, command: int, reply_id: int, data: bytes = b"", session: int | None = None
+    ) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -247,7 +251,7 @@ class _Session(asyncio.Protocol):
             return
         self._command(packet.command, rid, packet.data)
 
-    def _command(self, cmd: int, rid: int, data: bytes) -> None:  # noqa: C901, PLR0912
+    def _command(self, cmd: int, rid: int, data: bytes) -> None:
         sim = self._sim
         device = sim.device
         ok = Command.ACK_OK
@@ -449,7 +453,7 @@ async def run_zk_simulator(
     """Run one simulated terminal until cancelled; punch every ``event_interval`` s if > 0."""
     device = ZkDevice(comm_key=comm_key, user_count=users, record_count=records)
     async with ZkSimulator(device=device, host=host, port=port) as sim:
-        print(f"zkteco simulator on {host}:{sim.port}", flush=True)  # noqa: T201
+        print(f"zkteco simulator on {host}:{sim.port}", flush=True)
         n = 0
         while True:
             if event_interval > 0:
