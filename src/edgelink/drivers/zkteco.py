@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from edgelink.connection import Connection
-from edgelink.drivers._socket import tune_tcp_socket
+from edgelink.drivers._socket import close_transport, open_tcp_link
 from edgelink.drivers.configs import ZktecoConfig
 from edgelink.drivers.zk_protocol import (
     ATTENDANCE_RECORD_SIZES,
@@ -152,12 +152,6 @@ class ZktecoConnection(Connection):
         cfg = self.cfg
         self.host: str = cfg.host
         self.port: int = cfg.port
-        self._tune = {
-            "keepalive_idle": cfg.keepalive_idle,
-            "keepalive_interval": cfg.keepalive_interval,
-            "keepalive_count": cfg.keepalive_count,
-            "user_timeout": cfg.tcp_user_timeout,
-        }
         self._transport: asyncio.Transport | None = None
         self._protocol: _ZkProtocol | None = None
         self._session = 0
@@ -199,20 +193,13 @@ class ZktecoConnection(Connection):
             ProtocolError: the device answered something that is no ZK session.
         """
         await self.disconnect()
-        loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await loop.create_connection(
-                lambda: _ZkProtocol(self), self.host, self.port
-            )
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            tune_tcp_socket(sock, **self._tune)  # type: ignore[arg-type]
+        transport, protocol = await open_tcp_link(
+            lambda: _ZkProtocol(self),
+            self.host,
+            self.port,
+            self.cfg,
+            connection_id=self.connection_id,
+        )
         self._transport, self._protocol = transport, protocol
         self._closed_error = None
         self._session = 0
@@ -255,13 +242,7 @@ class ZktecoConnection(Connection):
         if was_open and not transport.is_closing():
             # The device frees the session at once instead of at its own timeout.
             transport.write(frame_tcp(encode_packet(Command.EXIT, self._session, self._next_id())))
-        if transport.get_write_buffer_size() > 4096:
-            transport.abort()
-        else:
-            transport.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await protocol.closed
+        await close_transport(transport, protocol.closed, unsent_ok=64)
 
     def is_connected(self) -> bool:
         """Return True while the session is open."""

@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edgelink.drivers.framing import LENGTH_PREFIXES, Framing
@@ -38,32 +38,22 @@ __all__ = [
 ]
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """Return an argparse type: an integer ``low..high``, else an error saying ``what``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {value}")
-    return value
-
-
-def _amount(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"must be 0..1000000, got {value}")
-    return value
-
-
-def _key(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"must be a number 0..4294967295, got {value}")
-    return value
+_count = _int_in(1, sys.maxsize, "at least 1")
+_port = _int_in(0, 65535, "a port 0..65535")
+_amount = _int_in(0, 1_000_000, "0..1000000")
+_key = _int_in(0, 0xFFFFFFFF, "a number 0..4294967295")
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
