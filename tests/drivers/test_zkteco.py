@@ -14,6 +14,7 @@ from edgelink import (
     ConfigError,
     ConnectError,
     ConnectionManager,
+    ConnectTimeout,
     DeviceError,
     ProtocolError,
 )
@@ -258,3 +259,41 @@ async def test_refused_silent_and_garbage_peers() -> None:
         server.close()
         await server.wait_closed()
     assert port
+
+
+async def test_late_answer_is_dropped_by_reply_id(sim: ZkSimulator) -> None:
+    """Test that an answer arriving after its request timed out is not taken for the next one."""
+    conn = ZktecoConnection("door", zk(sim.port))
+    await conn.connect()
+    try:
+        sim.reply_delay = 0.3
+        with pytest.raises(ConnectTimeout, match="no answer to CMD_GET_FREE_SIZES"):
+            await conn.get_sizes()
+        sim.reply_delay = 0.0
+        await wait_until(lambda: conn.stale_packets == 1)
+        # Had the late sizes answer been taken, this would fail to decode as a time.
+        assert isinstance(await conn.get_time(), datetime)
+        assert conn.is_connected()
+    finally:
+        await conn.disconnect()
+
+
+async def test_concurrent_requests_share_one_link(sim: ZkSimulator) -> None:
+    """Test that requests and table reads from many tasks are serialized and all answered."""
+    conn = ZktecoConnection("door", zk(sim.port, max_chunk=2048))
+    await conn.connect()
+    try:
+        results = await asyncio.gather(
+            conn.get_attendance(),
+            conn.get_users(),
+            conn.get_attendance(),
+            *(conn.get_time() for _ in range(10)),
+            conn.read("serial_number"),
+        )
+    finally:
+        await conn.disconnect()
+    assert len(results[0]) == len(results[2]) == 3000
+    assert len(results[1]) == 300
+    assert all(isinstance(t, datetime) for t in results[3:13])
+    assert results[13] == "SIM0000000001"
+    assert sim.count(Command.FREE_DATA) == 3

@@ -529,6 +529,8 @@ class ZktecoConnection(Connection):
         rid = self._next_id()
         self._expect = rid
         self._answering = False
+        # Answers the last request did not read (it failed half-way) are stale.
+        self.stale_packets += len(self._inbox)
         self._inbox.clear()
         frame = frame_tcp(encode_packet(command, self._session, rid, data))
         transport.write(frame)
@@ -552,11 +554,16 @@ class ZktecoConnection(Connection):
                     finally:
                         self._waiter = None
         except TimeoutError as exc:
-            # A late answer is told apart by its reply id, so the link may stay;
-            # whoever called decides (the supervisor rebuilds it on a failed check).
+            # The request is abandoned: its late answers are stale. They are told
+            # apart by the reply id, so the link may stay; whoever called decides
+            # (the supervisor rebuilds it after a failed health check).
+            self._expect = None
             raise ConnectTimeout(
                 f"no answer to {what} within {timeout:g} s", connection_id=self.connection_id
             ) from exc
+        except BaseException:
+            self._expect = None
+            raise
         return self._inbox.popleft()
 
     async def _command(self, command: int, data: bytes = b"") -> Packet:

@@ -11,7 +11,8 @@ registered for them, enable/disable, and ``CMD_EXIT``.
 Faults (`ZkFault`), set on `ZkSimulator.fault`: ``REFUSE`` closes every new
 link at once, ``SILENCE`` reads and never answers, ``DROP_MID_REPLY`` cuts the
 next table chunk half-way and resets the link (then clears itself), and
-``WRONG_SESSION`` answers with another session id.
+``WRONG_SESSION`` answers with another session id; `ZkSimulator.reply_delay`
+makes a slow terminal.
 
 Example:
     async with ZkSimulator(device=ZkDevice(comm_key=1234, user_count=50)) as sim:
@@ -215,7 +216,17 @@ class _Session(asyncio.Protocol):
         sid = self.session_id if session is None else session
         if self._sim.fault is ZkFault.WRONG_SESSION:
             sid = (sid + 1) & 0xFFFF
-        transport.write(frame_tcp(encode_packet(command, sid, reply_id, data)))
+        frame = frame_tcp(encode_packet(command, sid, reply_id, data))
+        delay = self._sim.reply_delay
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._write_late, frame)
+        else:
+            transport.write(frame)
+
+    def _write_late(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
 
     def _handle(self, packet: Packet) -> None:
         sim = self._sim
@@ -350,6 +361,8 @@ class ZkSimulator(Service):
         self._sessions: set[_Session] = set()
         #: What the device does wrong (None: nothing).
         self.fault: ZkFault | None = None
+        #: Seconds every answer is held back (a slow or busy terminal).
+        self.reply_delay = 0.0
         self.accepted = 0
         self.sessions_opened = 0
         self.auth_failures = 0
