@@ -128,6 +128,7 @@ class ZkDevice:
         ]
         self.enabled = True
         self._clock_offset = timedelta()
+        self._tables: dict[int, tuple[int, bytes]] = {}
 
     @property
     def serial_number(self) -> str:
@@ -153,16 +154,29 @@ class ZkDevice:
         )
 
     def table(self, command: int, fct: int) -> bytes | None:
-        """The device buffer of a table: its size in bytes, then the records; None if unknown."""
+        """The device buffer of a table: its size in bytes, then the records; None if unknown.
+
+        Kept until the table's length changes (a device holds its tables as
+        bytes too), so a benchmark of the reader does not measure the packing.
+        """
+        rows: list[User] | list[Attendance]
         if command == Command.USERTEMP_RRQ and fct == FCT_USER:
-            body = b"".join(pack_user(u, self.user_record_size) for u in self.users)
+            rows = self.users
         elif command == Command.ATTLOG_RRQ:
-            body = b"".join(
-                pack_attendance(a, self.attendance_record_size) for a in self.attendance
-            )
+            rows = self.attendance
         else:
             return None
-        return struct.pack("<I", len(body)) + body
+        cached = self._tables.get(command)
+        if cached is not None and cached[0] == len(rows):
+            return cached[1]
+        if command == Command.ATTLOG_RRQ:
+            size = self.attendance_record_size
+            body = b"".join(pack_attendance(a, size) for a in self.attendance)
+        else:
+            body = b"".join(pack_user(u, self.user_record_size) for u in self.users)
+        table = struct.pack("<I", len(body)) + body
+        self._tables[command] = (len(rows), table)
+        return table
 
 
 class _Session(asyncio.Protocol):
