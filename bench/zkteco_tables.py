@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pyzk_client(port: int) -> Any:
     """A connected pyzk client, or None if pyzk cannot be imported."""
     try:
-        from zk import ZK  # type: ignore[import-not-found]  # noqa: PLC0415
+        from zk import ZK  # type: ignore[import-not-found]
     except ImportError:
         return None
     return ZK("127.0.0.1", port=port, timeout=10, password=KEY, ommit_ping=True).connect()

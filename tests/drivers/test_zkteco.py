@@ -147,7 +147,7 @@ async def test_password_is_a_secret_and_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="password"):
         ZktecoConnection("door", {"host": "10.0.0.9", "password": "123456"})
     with pytest.raises(ConfigError, match="transport"):
-        ZktecoConnection("door", {"host": "10.0.0.9", "transport": "udp"})
+        ZktecoConnection("door", {"host": "10.0.0.9", "transport": "serial"})
     with pytest.raises(ConfigError, match="unknown zkteco tag"):
         conn.check_tag("temperature")
 
@@ -297,3 +297,37 @@ async def test_concurrent_requests_share_one_link(sim: ZkSimulator) -> None:
     assert all(isinstance(t, datetime) for t in results[3:13])
     assert results[13] == "SIM0000000001"
     assert sim.count(Command.FREE_DATA) == 3
+
+
+async def test_udp_session_tables_events_and_refusals(sim: ZkSimulator, make_manager: Make) -> None:
+    """Test the same session over UDP: 1 KiB data datagrams, events, a refused key, no listener."""
+    conn = ZktecoConnection("door", zk(sim.port, transport="udp"))
+    await conn.connect()
+    try:
+        assert sim.connections == 1
+        assert (await conn.device_info())["serial_number"] == "SIM0000000001"
+        records = await conn.get_attendance()
+        assert [r.user_id for r in records] == [a.user_id for a in sim.device.attendance]
+        assert len(await conn.get_users()) == 300
+        # 120,004 bytes in chunks of at most 16 KiB.
+        assert sim.count(Command.DATA_RDY) == 8 + 2
+    finally:
+        await conn.disconnect()
+    await wait_until(lambda: sim.connections == 0)  # CMD_EXIT ends the UDP session
+    with pytest.raises(AuthError):
+        await ZktecoConnection("door", zk(sim.port, transport="udp", password=9)).connect()
+
+    got: list[Any] = []
+    m = make_manager(watchdog_interval=NO_WATCHDOG)
+    m.add_connection("door", "zkteco", zk(sim.port, transport="udp"))
+    m.on_data(lambda cid, tag, value, quality, ts: got.append(value))
+    async with m:
+        await m.wait_for_state("door", "connected", timeout=5)
+        sim.push_attendance("12")
+        await wait_until(lambda: bool(got))
+        assert got[0]["user_id"] == "12"
+
+    port = sim.port
+    await sim.stop()
+    with pytest.raises(ConnectError):
+        await ZktecoConnection("door", zk(port, transport="udp")).connect()

@@ -110,7 +110,10 @@ async def open_tcp_link(
 
 
 async def close_transport(
-    transport: asyncio.Transport, closed: asyncio.Future[None], *, unsent_ok: int = 0
+    transport: asyncio.Transport | asyncio.DatagramTransport,
+    closed: asyncio.Future[None],
+    *,
+    unsent_ok: int = 0,
 ) -> None:
     """Close ``transport`` and wait (1 s at most) until its protocol saw the socket go.
 
@@ -121,7 +124,8 @@ async def close_transport(
             packet); with more, the link is aborted, since a peer that stopped
             reading would hold a polite close forever.
     """
-    if transport.get_write_buffer_size() > unsent_ok:
+    unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0
+    if unsent > unsent_ok:
         transport.abort()
     else:
         transport.close()

@@ -534,7 +534,7 @@ class ZktecoConfig(TcpKeepalive):
         default=0, description="the comm key (the device password, a number); 0: none"
     )
     timeout: Seconds = Field(default=5.0, description="seconds the device has to answer a packet")
-    transport: Literal["tcp"] = Field(default="tcp", description="tcp (udp is not supported yet)")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="tcp or udp")
     realtime: Bool = Field(
         default=True, description="register for attendance events and report them as data"
     )

@@ -1,4 +1,4 @@
-"""The ``zkteco`` driver: ZKTeco attendance terminals over the ZK protocol (TCP, port 4370).
+"""The ``zkteco`` driver: ZKTeco attendance terminals over the ZK protocol (port 4370, TCP or UDP).
 
 Config keys (the model `edgelink.drivers.configs.ZktecoConfig`; unknown keys are refused):
 
@@ -6,6 +6,7 @@ Config keys (the model `edgelink.drivers.configs.ZktecoConfig`; unknown keys are
 - ``password``: the comm key, a number (0: none); a secret, redacted in
   status, events and logs
 - ``timeout`` (5 s): how long the device has for each answer packet
+- ``transport`` (tcp): ``tcp``, or ``udp`` (a packet per datagram, no wrapper)
 - ``realtime`` (true): register for attendance events; each punch is reported
   as the datapoint ``attendance_event``
 - ``max_chunk`` (65472): bytes per chunk when a table is read
@@ -43,7 +44,7 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from edgelink.connection import Connection
 from edgelink.drivers._socket import close_transport, open_tcp_link
@@ -110,6 +111,8 @@ READ_TAGS: Final = frozenset(
 WRITE_TAGS: Final = frozenset({"time", "enabled"})
 #: Answer packets of one request held at most (a chunk is one PREPARE, a few DATA, one ACK).
 INBOX_LIMIT: Final = 64
+#: The largest chunk asked for over UDP.
+UDP_MAX_CHUNK: Final = 16 * 1024
 #: A table the device announces as larger than this is refused as garbage.
 MAX_TABLE: Final = 256 * 1024 * 1024
 
@@ -152,8 +155,11 @@ class ZktecoConnection(Connection):
         cfg = self.cfg
         self.host: str = cfg.host
         self.port: int = cfg.port
-        self._transport: asyncio.Transport | None = None
-        self._protocol: _ZkProtocol | None = None
+        self._udp = cfg.transport == "udp"
+        # Over UDP a chunk comes as CMD_DATA datagrams of 1 KiB: 16 KiB per chunk.
+        self._max_chunk = min(cfg.max_chunk, UDP_MAX_CHUNK) if self._udp else cfg.max_chunk
+        self._transport: asyncio.Transport | asyncio.DatagramTransport | None = None
+        self._protocol: _ZkProtocol | _ZkDatagram | None = None
         self._session = 0
         self._reply_id = USHRT_MAX - 1
         self._open = False
@@ -193,13 +199,18 @@ class ZktecoConnection(Connection):
             ProtocolError: the device answered something that is no ZK session.
         """
         await self.disconnect()
-        transport, protocol = await open_tcp_link(
-            lambda: _ZkProtocol(self),
-            self.host,
-            self.port,
-            self.cfg,
-            connection_id=self.connection_id,
-        )
+        transport: asyncio.Transport | asyncio.DatagramTransport
+        protocol: _ZkProtocol | _ZkDatagram
+        if self._udp:
+            transport, protocol = await self._open_udp()
+        else:
+            transport, protocol = await open_tcp_link(
+                lambda: _ZkProtocol(self),
+                self.host,
+                self.port,
+                self.cfg,
+                connection_id=self.connection_id,
+            )
         self._transport, self._protocol = transport, protocol
         self._closed_error = None
         self._session = 0
@@ -209,6 +220,35 @@ class ZktecoConnection(Connection):
         except BaseException:
             await self.disconnect()
             raise
+
+    async def _open_udp(self) -> tuple[asyncio.DatagramTransport, _ZkDatagram]:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _ZkDatagram(self), remote_addr=(self.host, self.port)
+            )
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot open UDP to {self.host}:{self.port}: {exc.strerror or exc}",
+                connection_id=self.connection_id,
+                cause=exc,
+            ) from exc
+        return transport, protocol
+
+    def _emit(self, packet: bytes) -> int:
+        """Send one packet as the transport carries it; return the bytes sent."""
+        transport = self._transport
+        if transport is None:
+            return 0
+        if self._udp:
+            cast(asyncio.DatagramTransport, transport).sendto(packet)
+            sent = len(packet)
+        else:
+            frame = frame_tcp(packet)
+            cast(asyncio.Transport, transport).write(frame)
+            sent = len(frame)
+        self._stats.count_sent(sent)
+        return sent
 
     async def _open_session(self) -> None:
         reply = await self._command(Command.CONNECT)
@@ -241,7 +281,9 @@ class ZktecoConnection(Connection):
         protocol.detach()
         if was_open and not transport.is_closing():
             # The device frees the session at once instead of at its own timeout.
-            transport.write(frame_tcp(encode_packet(Command.EXIT, self._session, self._next_id())))
+            self._transport = transport  # for _emit, this once
+            self._emit(encode_packet(Command.EXIT, self._session, self._next_id()))
+            self._transport = None
         await close_transport(transport, protocol.closed, unsent_ok=64)
 
     def is_connected(self) -> bool:
@@ -468,7 +510,7 @@ class ZktecoConnection(Connection):
             try:
                 start = 0
                 while start < size:
-                    length = min(self.cfg.max_chunk, size - start)
+                    length = min(self._max_chunk, size - start)
                     chunk = await self._read_chunk(start, length)
                     start += length
                     for raw in self._split(splitter, chunk):
@@ -532,9 +574,7 @@ class ZktecoConnection(Connection):
         # Answers the last request did not read (it failed half-way) are stale.
         self.stale_packets += len(self._inbox)
         self._inbox.clear()
-        frame = frame_tcp(encode_packet(command, self._session, rid, data))
-        transport.write(frame)
-        self._stats.count_sent(len(frame))
+        self._emit(encode_packet(command, self._session, rid, data))
 
     async def _receive(self, what: str) -> Packet:
         timeout = self.cfg.timeout
@@ -613,9 +653,7 @@ class ZktecoConnection(Connection):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             # Acknowledged as the device expects, or it sends the event again.
-            ack = frame_tcp(encode_packet(Command.ACK_OK, self._session, packet.reply_id))
-            transport.write(ack)
-            self._stats.count_sent(len(ack))
+            self._emit(encode_packet(Command.ACK_OK, self._session, packet.reply_id))
         self.events_received += 1
         if len(packet.data) not in (12, 36):
             self.events_ignored += 1  # another kind of event (finger, door, alarm...)
@@ -707,3 +745,43 @@ class _ZkProtocol(asyncio.Protocol):
         else:
             error = ConnectError("the device closed the link", connection_id=conn.connection_id)
         conn._on_closed(error)
+
+
+class _ZkDatagram(asyncio.DatagramProtocol):
+    """The UDP side of `ZktecoConnection`: one packet per datagram, no wrapper."""
+
+    def __init__(self, conn: ZktecoConnection) -> None:
+        self._conn: ZktecoConnection | None = conn
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def detach(self) -> None:
+        """Stop reporting to the driver (it closes the link itself)."""
+        self._conn = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        conn._stats.count_received(len(data))
+        conn.record_activity()
+        try:
+            packet = decode_packet(data)
+        except FrameError as exc:
+            conn._fail_link(ProtocolError(str(exc), connection_id=conn.connection_id))
+            return
+        conn._on_packet(packet)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable: nothing listens on the device's UDP port.
+        conn = self._conn
+        if conn is not None:
+            conn._fail_link(
+                ConnectError(f"UDP error: {exc}", connection_id=conn.connection_id, cause=exc)
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn, self._conn = self._conn, None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if conn is not None:
+            conn._on_closed(ConnectError("UDP endpoint closed", connection_id=conn.connection_id))

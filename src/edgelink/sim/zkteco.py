@@ -1,4 +1,4 @@
-"""A ZKTeco attendance terminal on TCP: the ``zkteco`` driver's test peer, ``edgelink sim zkteco``.
+"""A ZKTeco attendance terminal on TCP and UDP: the ``zkteco`` driver's test peer, and the sim.
 
 It speaks the ZK protocol of `edgelink.drivers.zk_protocol` as the devices
 do: sessions opened by ``CMD_CONNECT`` (``CMD_ACK_UNAUTH`` and a
@@ -30,7 +30,7 @@ import secrets
 import struct
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final, cast
 
 from edgelink.drivers.zk_protocol import (
     EF_ATTLOG,
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 #: A table buffer at most this long is sent at once as CMD_DATA (no chunks, no free).
 DIRECT_LIMIT: Final = 1024
+#: Bytes of table data per CMD_DATA packet over UDP (one datagram each).
+UDP_DATA: Final = 1024
 #: The first attendance record's time in generated data.
 FIRST_PUNCH: Final = datetime(2026, 1, 5, 8, 0, 0)
 
@@ -179,68 +181,58 @@ class ZkDevice:
         return table
 
 
-class _Session(asyncio.Protocol):
-    """One client link to the simulated device."""
+class _Session:
+    """One client's session with the simulated device; its link is TCP or UDP (subclasses)."""
 
     def __init__(self, sim: ZkSimulator) -> None:
         self._sim = sim
-        self._deframer = TcpDeframer()
-        self._transport: asyncio.Transport | None = None
         self.session_id = 0
         self.authenticated = False
         self.events = 0
         self._buffer: bytes | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sim = self._sim
-        sim.accepted += 1
-        if sim.fault is ZkFault.REFUSE:
-            transport.abort()
-            return
-        sim._sessions.add(self)
+    def is_open(self) -> bool:
+        """True while packets can be sent to the client."""
+        raise NotImplementedError
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._sim._sessions.discard(self)
-        self._transport = None
+    def emit(self, packet: bytes) -> None:
+        """Send one packet as the link carries it."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        """End the link (a TCP reset; a UDP client is forgotten)."""
+        raise NotImplementedError
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            packets = self._deframer.feed(data)
-        except FrameError as exc:
-            logger.debug("zk sim: %s; closing the link", exc)
-            self.close()
-            return
-        for raw in packets:
-            if self._transport is None:
-                return
-            self._handle(decode_packet(raw))
+    def emit_broken(self, packet: bytes) -> None:
+        """Send part of ``packet`` and end the link (the drop-mid-reply fault)."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """End the session politely (after ``CMD_EXIT``): what was sent still arrives."""
+        self.close()
 
     def send(
         self, command: int, reply_id: int, data: bytes = b"", session: int | None = None
     ) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        if not self.is_open():
             return
         sid = self.session_id if session is None else session
         if self._sim.fault is ZkFault.WRONG_SESSION:
             sid = (sid + 1) & 0xFFFF
-        frame = frame_tcp(encode_packet(command, sid, reply_id, data))
+        packet = encode_packet(command, sid, reply_id, data)
         delay = self._sim.reply_delay
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self._write_late, frame)
+            asyncio.get_running_loop().call_later(delay, self._emit_late, packet)
         else:
-            transport.write(frame)
+            self.emit(packet)
 
-    def _write_late(self, frame: bytes) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frame)
+    def _emit_late(self, packet: bytes) -> None:
+        if self.is_open():
+            self.emit(packet)
+
+    def send_data(self, reply_id: int, chunk: bytes) -> None:
+        """Send a chunk as CMD_DATA (one packet over TCP)."""
+        self.send(Command.DATA, reply_id, chunk)
 
     def _handle(self, packet: Packet) -> None:
         sim = self._sim
@@ -282,8 +274,7 @@ class _Session(asyncio.Protocol):
         ok = Command.ACK_OK
         if cmd == Command.EXIT:
             self.send(ok, rid)
-            if self._transport is not None:
-                self._transport.close()
+            self.end()
         elif cmd in (Command.ENABLEDEVICE, Command.DISABLEDEVICE):
             device.enabled = cmd == Command.ENABLEDEVICE
             self.send(ok, rid)
@@ -346,18 +337,150 @@ class _Session(asyncio.Protocol):
         chunk = buffer[start : start + size]
         self.send(Command.PREPARE_DATA, rid, struct.pack("<II", len(chunk), 0))
         sim = self._sim
-        if sim.fault is ZkFault.DROP_MID_REPLY and self._transport is not None:
+        if sim.fault is ZkFault.DROP_MID_REPLY:
             sim.fault = None
-            frame = frame_tcp(encode_packet(Command.DATA, self.session_id, rid, chunk))
-            self._transport.write(frame[: len(frame) // 2])
-            self._transport.abort()
+            self.emit_broken(encode_packet(Command.DATA, self.session_id, rid, chunk))
             return
-        self.send(Command.DATA, rid, chunk)
+        self.send_data(rid, chunk)
         self.send(Command.ACK_OK, rid)
 
 
+class _TcpSession(_Session, asyncio.Protocol):
+    """A session over one TCP link (each packet wrapped in the TCP header)."""
+
+    def __init__(self, sim: ZkSimulator) -> None:
+        super().__init__(sim)
+        self._deframer = TcpDeframer()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sim = self._sim
+        sim.accepted += 1
+        if sim.fault is ZkFault.REFUSE:
+            transport.abort()
+            return
+        sim._sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sim._sessions.discard(self)
+        self._transport = None
+
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def emit(self, packet: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(frame_tcp(packet))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def end(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def emit_broken(self, packet: bytes) -> None:
+        frame = frame_tcp(packet)
+        if self._transport is not None:
+            self._transport.write(frame[: len(frame) // 2])
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self._deframer.feed(data)
+        except FrameError as exc:
+            logger.debug("zk sim: %s; closing the link", exc)
+            self.close()
+            return
+        for raw in packets:
+            if self._transport is None:
+                return
+            self._handle(decode_packet(raw))
+
+
+class _UdpSession(_Session):
+    """A session with one UDP client address (one packet per datagram, no wrapper)."""
+
+    def __init__(self, sim: ZkSimulator, endpoint: _UdpEndpoint, addr: Any) -> None:
+        super().__init__(sim)
+        self._endpoint = endpoint
+        self.addr = addr
+
+    def is_open(self) -> bool:
+        return self._endpoint.sessions.get(self.addr) is self and self._endpoint.is_open()
+
+    def emit(self, packet: bytes) -> None:
+        self._endpoint.sendto(packet, self.addr)
+
+    def close(self) -> None:
+        if self._endpoint.sessions.get(self.addr) is self:
+            del self._endpoint.sessions[self.addr]
+        self._sim._sessions.discard(self)
+
+    def emit_broken(self, packet: bytes) -> None:
+        self.close()  # the datagram is lost, and the device forgets the client
+
+    def send_data(self, reply_id: int, chunk: bytes) -> None:
+        """Send a chunk as CMD_DATA packets of at most `UDP_DATA` bytes."""
+        for start in range(0, len(chunk), UDP_DATA):
+            self.send(Command.DATA, reply_id, chunk[start : start + UDP_DATA])
+
+
+class _UdpEndpoint(asyncio.DatagramProtocol):
+    """The device's UDP port: a session per client address."""
+
+    def __init__(self, sim: ZkSimulator) -> None:
+        self._sim = sim
+        self._transport: asyncio.DatagramTransport | None = None
+        self.sessions: dict[Any, _UdpSession] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport is no DatagramTransport subclass.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        for session in list(self.sessions.values()):
+            session.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def sendto(self, packet: bytes, addr: Any) -> None:
+        if self._transport is not None:
+            self._transport.sendto(packet, addr)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        sim = self._sim
+        try:
+            packet = decode_packet(data)
+        except FrameError:
+            return
+        session = self.sessions.get(addr)
+        if session is None or packet.command == Command.CONNECT:
+            if sim.fault is ZkFault.REFUSE:
+                return
+            if session is not None:
+                session.close()
+            session = _UdpSession(sim, self, addr)
+            self.sessions[addr] = session
+            sim._sessions.add(session)
+            sim.accepted += 1
+        session._handle(packet)
+
+
 class ZkSimulator(Service):
-    """A ZKTeco terminal listening on TCP (4370 on a real one; any port here).
+    """A ZKTeco terminal listening on TCP and UDP (4370 on a real one; any port here).
 
     Args:
         device: The device's state (a default `ZkDevice` if None).
@@ -372,6 +495,7 @@ class ZkSimulator(Service):
         self.host = host
         self._port = port
         self._server: asyncio.Server | None = None
+        self._udp: _UdpEndpoint | None = None
         self._sessions: set[_Session] = set()
         #: What the device does wrong (None: nothing).
         self.fault: ZkFault | None = None
@@ -403,7 +527,7 @@ class ZkSimulator(Service):
 
     @property
     def connections(self) -> int:
-        """Client links open now."""
+        """Client links open now (TCP links and UDP clients with a session)."""
         return len(self._sessions)
 
     def count(self, command: Command) -> int:
@@ -416,17 +540,28 @@ class ZkSimulator(Service):
             return
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _Session(self), self.host, self._port, reuse_address=True
+            lambda: _TcpSession(self), self.host, self._port, reuse_address=True
         )
-        self._server = server
         self._port = server.sockets[0].getsockname()[1]
+        try:
+            # A terminal answers on UDP at the same port number.
+            _, endpoint = await loop.create_datagram_endpoint(
+                lambda: _UdpEndpoint(self), local_addr=(self.host, self._port)
+            )
+        except OSError:
+            server.close()
+            raise
+        self._server, self._udp = server, endpoint
         self._arm_leak_warning()
 
     async def stop(self) -> None:
         """Stop listening and reset every client link. Idempotent."""
         server, self._server = self._server, None
+        udp, self._udp = self._udp, None
         if server is not None:
             server.close()
+        if udp is not None:
+            udp.close()
         for session in list(self._sessions):
             session.close()
         for _ in range(3):
@@ -435,6 +570,8 @@ class ZkSimulator(Service):
             await asyncio.sleep(0)
         if server is not None:
             await server.wait_closed()
+        if udp is not None:
+            await udp.closed
         self._disarm_leak_warning()
 
     async def restart(self) -> None:
