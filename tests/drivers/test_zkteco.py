@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -331,3 +334,38 @@ async def test_udp_session_tables_events_and_refusals(sim: ZkSimulator, make_man
     await sim.stop()
     with pytest.raises(ConnectError):
         await ZktecoConnection("door", zk(port, transport="udp")).connect()
+
+
+async def test_edgelink_sim_zkteco_serves_the_driver_and_stops_on_sigterm() -> None:
+    """Test that `edgelink sim zkteco` prints its port, serves a session with the key, ends on TERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgelink.cli",
+        "sim",
+        "zkteco",
+        "--port",
+        "0",
+        "--password",
+        "77",
+        "--records",
+        "50",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        match = re.fullmatch(r"zkteco simulator on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, line
+        conn = ZktecoConnection("door", zk(int(match.group(1)), password=77, timeout=2))
+        await conn.connect()
+        try:
+            assert await conn.read("record_count") == 50
+        finally:
+            await conn.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -235,9 +235,13 @@ class ZktecoConnection(Connection):
             ) from exc
         return transport, protocol
 
-    def _emit(self, packet: bytes) -> int:
-        """Send one packet as the transport carries it; return the bytes sent."""
-        transport = self._transport
+    def _emit(
+        self,
+        packet: bytes,
+        transport: asyncio.Transport | asyncio.DatagramTransport | None = None,
+    ) -> int:
+        """Send one packet as the transport carries it (ours by default); return the bytes sent."""
+        transport = transport or self._transport
         if transport is None:
             return 0
         if self._udp:
@@ -281,9 +285,7 @@ class ZktecoConnection(Connection):
         protocol.detach()
         if was_open and not transport.is_closing():
             # The device frees the session at once instead of at its own timeout.
-            self._transport = transport  # for _emit, this once
-            self._emit(encode_packet(Command.EXIT, self._session, self._next_id()))
-            self._transport = None
+            self._emit(encode_packet(Command.EXIT, self._session, self._next_id()), transport)
         await close_transport(transport, protocol.closed, unsent_ok=64)
 
     def is_connected(self) -> bool:
