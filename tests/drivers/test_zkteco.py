@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -369,3 +370,38 @@ async def test_edgelink_sim_zkteco_serves_the_driver_and_stops_on_sigterm() -> N
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_event_in_the_middle_of_a_table_read_is_taken_apart(sim: ZkSimulator) -> None:
+    """Test that a punch pushed between chunks is an event, and the table still comes whole."""
+    conn = ZktecoConnection("door", zk(sim.port, max_chunk=256))
+    await conn.connect()
+    try:
+        reading = asyncio.create_task(conn.get_attendance())
+        await wait_until(lambda: sim.count(Command.DATA_RDY) >= 5)
+        assert sim.push_attendance("99") == 1
+        records = await reading
+        assert len(records) == 3000  # the buffer was prepared before the punch
+        await wait_until(lambda: conn.events_received == 1)
+        assert conn.stale_packets == 0
+        assert len(await conn.get_attendance()) == 3001
+    finally:
+        await conn.disconnect()
+
+
+async def test_reconnect_cycles_leave_no_descriptors_or_tasks(sim: ZkSimulator) -> None:
+    """Test that 30 sessions opened and closed leave file descriptors and tasks as they were."""
+    conn = ZktecoConnection("door", zk(sim.port))
+    await conn.connect()
+    await conn.disconnect()
+    await wait_until(lambda: sim.connections == 0)
+    fds = len(os.listdir("/proc/self/fd"))
+    tasks = len(asyncio.all_tasks())
+    for _ in range(30):
+        await conn.connect()
+        await conn.get_time()
+        await conn.disconnect()
+    await wait_until(lambda: sim.connections == 0)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert len(asyncio.all_tasks()) == tasks
+    assert sim.count(Command.EXIT) == 31
