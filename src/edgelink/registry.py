@@ -35,6 +35,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
     "mqtt": "edgelink.drivers.mqtt:MqttConnection",
     "http": "edgelink.drivers.http:HttpConnection",
+    "zkteco": "edgelink.drivers.zkteco:ZktecoConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

@@ -1,4 +1,4 @@
-"""The runnable examples of docs/drivers/mqtt.md and http.md run and print what the docs show."""
+"""The runnable examples of docs/drivers/mqtt.md, http.md and zkteco.md print what they show."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def try_it(name: str) -> tuple[str, list[str]]:
     return code.group(1), output.group(1).strip().splitlines()
 
 
-@pytest.mark.parametrize("name", ["mqtt.md", "http.md"])
+@pytest.mark.parametrize("name", ["mqtt.md", "http.md", "zkteco.md"])
 def test_try_it_example_runs(name: str, tmp_path: Path) -> None:
     """Test that the doc's example exits 0 without warnings and prints every line it shows."""
     code, expected = try_it(name)

@@ -29,6 +29,7 @@ GOOD: dict[str, dict[str, Any]] = {
         "protocol": 5,
     },
     "ads": {"ams_net_id": "192.168.2.162.1.1", "notifications": ["MAIN.x", {"tag": "MAIN.y"}]},
+    "zkteco": {"host": "192.168.1.201", "password": 1234, "timeout": 2, "max_chunk": 4096},
 }
 
 #: A key each type uses for a port-like number, and one for a keepalive-like number.
@@ -40,6 +41,7 @@ PORT_KEY = {
     "http": "keepalive_idle",
     "mqtt": "port",
     "ads": "ams_port",
+    "zkteco": "port",
 }
 KEEPALIVE_KEY = {
     "tcp": "keepalive_idle",
@@ -49,6 +51,7 @@ KEEPALIVE_KEY = {
     "http": "keepalive_count",
     "mqtt": "keepalive",
     "ads": "timeout",
+    "zkteco": "keepalive_idle",
 }
 TYPES = sorted(GOOD)
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["tcp_socket_options", "tune_tcp_socket"]
+from edgelink.drivers.configs import TcpKeepalive
+from edgelink.errors import ConnectError
+
+__all__ = ["open_tcp_link", "tcp_socket_options", "tune_tcp_socket"]
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 def tcp_socket_options(
@@ -63,3 +71,66 @@ def tune_tcp_socket(
     for level, opt, value in opts:
         with contextlib.suppress(OSError):
             sock.setsockopt(level, opt, value)
+
+
+async def open_tcp_link(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    keepalive: TcpKeepalive,
+    *,
+    connection_id: str,
+) -> tuple[asyncio.Transport, P]:
+    """Open a TCP connection served by the protocol ``factory`` makes, tuned by ``keepalive``.
+
+    Raises:
+        ConnectError: if the connection cannot be opened (refused, no route,
+            unknown host), naming the address; the `OSError` is its cause.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.create_connection(factory, host, port)
+    except OSError as exc:
+        raise ConnectError(
+            f"cannot connect to {host}:{port}: {exc.strerror or exc}",
+            connection_id=connection_id,
+            cause=exc,
+        ) from exc
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        tune_tcp_socket(
+            sock,
+            keepalive_idle=keepalive.keepalive_idle,
+            keepalive_interval=keepalive.keepalive_interval,
+            keepalive_count=keepalive.keepalive_count,
+            user_timeout=keepalive.tcp_user_timeout,
+        )
+    assert isinstance(transport, asyncio.Transport)
+    return transport, protocol
+
+
+async def close_transport(
+    transport: asyncio.Transport | asyncio.DatagramTransport,
+    closed: asyncio.Future[None],
+    *,
+    unsent_ok: int = 0,
+) -> None:
+    """Close ``transport`` and wait (1 s at most) until its protocol saw the socket go.
+
+    Args:
+        transport: The link to close.
+        closed: Done when the protocol's ``connection_lost`` ran.
+        unsent_ok: Bytes still unsent that a polite close may flush (a goodbye
+            packet); with more, the link is aborted, since a peer that stopped
+            reading would hold a polite close forever.
+    """
+    unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0
+    if unsent > unsent_ok:
+        transport.abort()
+    else:
+        transport.close()
+    # The socket is closed in a callback the loop runs next; waiting for it
+    # means the descriptor is gone when the caller's disconnect() returns.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await closed

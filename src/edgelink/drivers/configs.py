@@ -68,6 +68,7 @@ __all__ = [
     "TcpKeepalive",
     "Text",
     "TlsOptions",
+    "ZktecoConfig",
 ]
 
 #: An integer, never a string or a float ("5", 5.0 and true are refused).
@@ -528,6 +529,33 @@ def notification_times_error(item: AdsNotification, timeout: float) -> str | Non
     )
 
 
+class ZktecoConfig(TcpKeepalive):
+    """``zkteco``: a ZKTeco attendance terminal (the ZK protocol over TCP)."""
+
+    host: Host = Field(description="the terminal's host name or IP address")
+    port: Port = Field(default=4370, description="the ZK protocol port")
+    password: Annotated[Int, Field(ge=0, le=0xFFFFFFFF)] = Field(
+        default=0, description="the comm key (the device password, a number); 0: none"
+    )
+    timeout: Seconds = Field(default=5.0, description="seconds the device has to answer a packet")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="tcp or udp")
+    realtime: Bool = Field(
+        default=True, description="register for attendance events and report them as data"
+    )
+    max_chunk: Annotated[Int, Field(ge=64, le=0xFFC0)] = Field(
+        default=0xFFC0, description="bytes per chunk when reading a table"
+    )
+    max_records: Annotated[Int, Field(ge=1)] = Field(
+        default=200_000, description="rows a users or attendance list may hold"
+    )
+    encoding: Text = Field(default="utf-8", description="text encoding of names")
+
+    @model_validator(mode="after")
+    def _check_encoding(self) -> Self:
+        _check_encoding(self.encoding)
+        return self
+
+
 #: The config model of each built-in connection type (for ``edgelink schema``).
 BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
     "tcp": TcpConfig,
@@ -537,6 +565,7 @@ BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
     "http": HttpConfig,
     "mqtt": MqttConfig,
     "ads": AdsConfig,
+    "zkteco": ZktecoConfig,
 }
 
 #: The former names (before 0.2), kept for one release.

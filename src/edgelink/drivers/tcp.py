@@ -25,7 +25,6 @@ the next health check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from typing import Any
 
 from edgelink.connection import Connection
 from edgelink.drivers._futures import fail_all
-from edgelink.drivers._socket import tune_tcp_socket
+from edgelink.drivers._socket import close_transport, open_tcp_link
 from edgelink.drivers.configs import TcpConfig
 from edgelink.errors import ConnectError, DeviceError, ProtocolError
 
@@ -75,12 +74,6 @@ class TcpConnection(Connection):
         self.identity_request = _line(ident) if ident else None
         self.encoding: str = cfg.encoding
         self.max_line: int = cfg.max_line
-        self._tune = {
-            "keepalive_idle": cfg.keepalive_idle,
-            "keepalive_interval": cfg.keepalive_interval,
-            "keepalive_count": cfg.keepalive_count,
-            "user_timeout": cfg.tcp_user_timeout,
-        }
         self._transport: asyncio.Transport | None = None
         self._protocol: _LineProtocol | None = None
         self._pending: deque[asyncio.Future[bytes]] = deque()
@@ -93,20 +86,13 @@ class TcpConnection(Connection):
     async def connect(self) -> None:
         """Open the TCP connection."""
         await self.disconnect()
-        loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await loop.create_connection(
-                lambda: _LineProtocol(self), self.host, self.port
-            )
-        except OSError as exc:
-            raise ConnectError(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            tune_tcp_socket(sock, **self._tune)  # type: ignore[arg-type]
+        transport, protocol = await open_tcp_link(
+            lambda: _LineProtocol(self),
+            self.host,
+            self.port,
+            self.cfg,
+            connection_id=self.connection_id,
+        )
         self._transport, self._protocol = transport, protocol
         self._closed_error = None
 
@@ -118,16 +104,7 @@ class TcpConnection(Connection):
         if transport is None or protocol is None:
             return
         protocol.detach()
-        if transport.get_write_buffer_size():
-            # A peer that stopped reading would hold a polite close forever.
-            transport.abort()
-        else:
-            transport.close()
-        # The socket is closed in a callback the loop runs next; wait for it,
-        # so the descriptor is gone when disconnect() returns.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await protocol.closed
+        await close_transport(transport, protocol.closed)
 
     def is_connected(self) -> bool:
         """Return True while the socket is open."""

@@ -1,6 +1,7 @@
 """Device simulators for ``edgelink demo``, tests and benchmarks, and their command line.
 
-``python -m edgelink.sim tcp|modbus --count N --base-port P`` or ``... http --port P``
+``python -m edgelink.sim tcp|modbus --count N --base-port P``, ``... http --port P``
+or ``... zkteco --port P --password KEY``
 (and ``edgelink sim``, which reuses `add_sim_arguments` and `run_sim_from_args`)
 runs simulators until SIGTERM or SIGINT; ``... sim serial --link PATH`` runs a
 serial device behind a new socat pty pair whose driver end is PATH.
@@ -12,38 +13,47 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edgelink.drivers.framing import LENGTH_PREFIXES, Framing
 from edgelink.sim.http import HttpDevice, HttpSimulator, run_http_simulator
 from edgelink.sim.serial import run_serial_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
+from edgelink.sim.zkteco import ZkDevice, ZkFault, ZkSimulator, run_zk_simulator
 
 __all__ = [
     "HttpDevice",
     "HttpSimulator",
     "TcpSimulator",
+    "ZkDevice",
+    "ZkFault",
+    "ZkSimulator",
     "add_sim_arguments",
     "run_http_simulator",
     "run_serial_simulator",
     "run_sim_from_args",
     "run_tcp_simulator",
+    "run_zk_simulator",
 ]
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """Return an argparse type: an integer ``low..high``, else an error saying ``what``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {value}")
-    return value
+_count = _int_in(1, sys.maxsize, "at least 1")
+_port = _int_in(0, 65535, "a port 0..65535")
+_amount = _int_in(0, 1_000_000, "0..1000000")
+_key = _int_in(0, 0xFFFFFFFF, "a number 0..4294967295")
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +132,25 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="require this key (X-API-Key or Bearer); default none"
     )
     http.add_argument("--no-animate", action="store_true", help="keep the power figures still")
+    zk = kinds.add_parser(
+        "zkteco",
+        help="a ZKTeco attendance terminal (the ZK protocol over TCP)",
+        description="Run one simulated ZKTeco terminal with generated users and attendance "
+        "records; --event-interval makes someone punch in every so many seconds.",
+    )
+    zk.add_argument("--port", type=_port, default=4370, help="listen port (default 4370)")
+    zk.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    zk.add_argument(
+        "--password", type=_key, default=0, help="the comm key, a number (default 0: none)"
+    )
+    zk.add_argument("--users", type=_amount, default=10, help="users (default 10)")
+    zk.add_argument("--records", type=_amount, default=100, help="attendance records (default 100)")
+    zk.add_argument(
+        "--event-interval",
+        type=float,
+        default=0.0,
+        help="seconds between real-time attendance events (default 0: none)",
+    )
 
 
 def run_sim_from_args(args: argparse.Namespace) -> int:
@@ -186,6 +215,19 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # uvicorn missing, or the server did not come up
             print(f"edgelink sim: {exc}", file=sys.stderr)
             return 1
+    if args.sim_kind == "zkteco":
+        return asyncio.run(
+            _run_until_signal(
+                run_zk_simulator(
+                    args.port,
+                    args.host,
+                    comm_key=args.password,
+                    users=args.users,
+                    records=args.records,
+                    event_interval=args.event_interval,
+                )
+            )
+        )
     print(f"edgelink sim: unknown simulator {args.sim_kind!r}", file=sys.stderr)
     return 2
 

@@ -2,11 +2,21 @@
 
 For edgelink's own tests and for yours::
 
-    from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer
+    from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer, ZkSimulator
 """
 
+from edgelink.sim.zkteco import ZkDevice, ZkFault, ZkSimulator
 from edgelink.testing.clock import ManualClock
 from edgelink.testing.fault_proxy import Direction, FaultMode, FaultProxy
 from edgelink.testing.peers import PingPongPeer
 
-__all__ = ["Direction", "FaultMode", "FaultProxy", "ManualClock", "PingPongPeer"]
+__all__ = [
+    "Direction",
+    "FaultMode",
+    "FaultProxy",
+    "ManualClock",
+    "PingPongPeer",
+    "ZkDevice",
+    "ZkFault",
+    "ZkSimulator",
+]
