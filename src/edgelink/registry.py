@@ -35,6 +35,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "modbus_rtu": "edgelink.drivers.modbus:ModbusRtuConnection",
     "mqtt": "edgelink.drivers.mqtt:MqttConnection",
     "http": "edgelink.drivers.http:HttpConnection",
+    "bms": "edgelink.drivers.bms:BmsConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]
