@@ -18,6 +18,7 @@ from edgelink.errors import DeviceError, ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
+    "GARBAGE_REPORT",
     "BmsParser",
     "Decoded",
     "DeviceMatch",
@@ -28,6 +29,9 @@ __all__ = [
 #: Bytes a parser buffers while waiting for the rest of a frame (the longest
 #: frame any supported protocol sends is well under 1 KiB).
 DEFAULT_MAX_BUFFER: Final = 4096
+#: Unreported garbage that is reported at the end of a feed without waiting
+#: for a frame (a shorter run waits: its frame may be on its way).
+GARBAGE_REPORT: Final = 32
 
 #: What `BmsParser.feed` yields for a frame that is not valid.
 FrameError = ProtocolError | DeviceError
@@ -70,36 +74,51 @@ class FrameBuffer:
     """The bytes received and not yet a frame, bounded by ``max_buffer``.
 
     Counts what it throws away: ``garbage_bytes`` skipped while looking for a
-    frame start, ``overflows`` when the buffer was cleared for being full.
+    frame start (``pending_garbage`` of them not reported yet), ``overflows``
+    when the buffer was cleared for being full.
     """
 
     max_buffer: int = DEFAULT_MAX_BUFFER
     data: bytearray = field(default_factory=bytearray)
     garbage_bytes: int = 0
+    pending_garbage: int = 0
     overflows: int = 0
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def skip_to(self, start: bytes, skipped: list[int]) -> bool:
-        """Drop bytes before the next ``start``; return whether one is in the buffer.
+    def drop(self, count: int) -> None:
+        """Throw away ``count`` bytes from the front as garbage."""
+        del self.data[:count]
+        self.garbage_bytes += count
+        self.pending_garbage += count
 
-        The number dropped is appended to ``skipped`` when it is not zero.
-        """
+    def skip_to(self, start: bytes) -> bool:
+        """Drop the bytes before the next ``start`` as garbage; return whether one is buffered."""
         at = self.data.find(start)
         drop = len(self.data) if at < 0 else at
-        if drop:
+        if at < 0 and len(start) > 1:
             # Keep a trailing partial start marker (a two-byte marker cut in half).
-            if at < 0 and len(start) > 1:
-                for keep in range(len(start) - 1, 0, -1):
-                    if self.data.endswith(start[:keep]):
-                        drop -= keep
-                        break
-            if drop:
-                del self.data[:drop]
-                self.garbage_bytes += drop
-                skipped.append(drop)
+            for keep in range(len(start) - 1, 0, -1):
+                if self.data.endswith(start[:keep]):
+                    drop -= keep
+                    break
+        if drop:
+            self.drop(drop)
         return at >= 0
+
+    def report_garbage(self, protocol: str, *, at_least: int = 1) -> list[FrameError]:
+        """Return a `ProtocolError` for the unreported garbage if it is ``at_least`` bytes long.
+
+        A parser reports it before the next frame, so a run of noise is one
+        error however it was fed, and at the end of a feed once it is long
+        (``GARBAGE_REPORT`` bytes), so a device that sends only noise is noticed.
+        """
+        count = self.pending_garbage
+        if not count or count < at_least:
+            return []
+        self.pending_garbage = 0
+        return [ProtocolError(f"{count} bytes of garbage before a {protocol} frame")]
 
 
 class BmsParser(abc.ABC):
@@ -146,6 +165,7 @@ class BmsParser(abc.ABC):
     def reset(self) -> None:
         """Forget buffered bytes (after a reconnect); keep the counters and the state."""
         self.buffer.data.clear()
+        self.buffer.pending_garbage = 0
 
     def feed(self, data: bytes) -> list[Decoded | FrameError]:
         """Take received bytes; return each complete frame decoded, or why it is not valid.
@@ -191,13 +211,3 @@ class BmsParser(abc.ABC):
                 data id, a length that does not fit it, a cell number over 32).
             DeviceError: if the BMS answered with an error status.
         """
-
-
-def garbage_error(skipped: list[int], protocol: str) -> list[FrameError]:
-    """Turn the bytes skipped since the last frame into one `ProtocolError`; clear ``skipped``.
-
-    Resynchronising byte by byte yields many small runs; they are one piece of garbage.
-    """
-    total = sum(skipped)
-    skipped.clear()
-    return [ProtocolError(f"{total} bytes of garbage before a {protocol} frame")] if total else []

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import BmsParser, Decoded, DeviceMatch, FrameError, garbage_error
+from edgelink.bms.base import GARBAGE_REPORT, BmsParser, Decoded, DeviceMatch, FrameError
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES, BmsReading
 from edgelink.errors import ProtocolError
 
@@ -161,21 +161,24 @@ class DalyParser(BmsParser):
     def _split(self) -> list[bytes | FrameError]:
         buf = self.buffer
         out: list[bytes | FrameError] = []
-        skipped: list[int] = []
-        while buf.skip_to(b"\xa5", skipped) and len(buf.data) >= 4:
+        while buf.skip_to(b"\xa5") and len(buf.data) >= 4:
             if buf.data[3] != DATA_SIZE:
                 # Not a frame start after all: resynchronise on the next 0xA5.
-                del buf.data[:1]
-                buf.garbage_bytes += 1
-                skipped.append(1)
+                buf.drop(1)
                 continue
             if len(buf.data) < FRAME_SIZE:
                 break
-            frame = bytes(buf.data[:FRAME_SIZE])
-            del buf.data[:FRAME_SIZE]
-            out.extend(garbage_error(skipped, "Daly"))
-            expected = daly_checksum(frame[:-1])
-            if frame[-1] != expected:
+            expected = daly_checksum(buf.data[: FRAME_SIZE - 1])
+            if buf.data[FRAME_SIZE - 1] != expected:
+                restart = _next_header(buf.data)
+                if restart is not None:
+                    # A frame cut short, the next one right behind it: the
+                    # cut bytes are garbage and the next frame is intact.
+                    buf.drop(restart)
+                    continue
+                frame = bytes(buf.data[:FRAME_SIZE])
+                del buf.data[:FRAME_SIZE]
+                out.extend(buf.report_garbage("Daly"))
                 out.append(
                     ProtocolError(
                         f"Daly frame 0x{frame[2]:02X}: checksum 0x{frame[-1]:02X}, "
@@ -183,8 +186,10 @@ class DalyParser(BmsParser):
                     )
                 )
                 continue
-            out.append(frame)
-        out.extend(garbage_error(skipped, "Daly"))
+            out.extend(buf.report_garbage("Daly"))
+            out.append(bytes(buf.data[:FRAME_SIZE]))
+            del buf.data[:FRAME_SIZE]
+        out.extend(buf.report_garbage("Daly", at_least=GARBAGE_REPORT))
         return out
 
     def decode(self, frame: bytes) -> Decoded:
@@ -279,3 +284,13 @@ class DalyParser(BmsParser):
             sensor = (number - 1) * 7 + i + 1
             if sensor <= self.sensor_count:
                 r.temperatures[sensor] = d[1 + i] - TEMPERATURE_OFFSET
+
+
+def _next_header(data: bytearray) -> int | None:
+    """Return where a plausible frame header starts inside the first frame's bytes, if anywhere."""
+    at = data.find(b"\xa5", 1, FRAME_SIZE)
+    while at >= 0:
+        if at + 3 < len(data) and data[at + 3] == DATA_SIZE:
+            return at
+        at = data.find(b"\xa5", at + 1, FRAME_SIZE)
+    return None

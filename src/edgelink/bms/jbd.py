@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import BmsParser, Decoded, DeviceMatch, FrameError, garbage_error
+from edgelink.bms.base import GARBAGE_REPORT, BmsParser, Decoded, DeviceMatch, FrameError
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES, BmsReading
 from edgelink.errors import DeviceError, ProtocolError
 
@@ -99,23 +99,18 @@ class JbdParser(BmsParser):
     def _split(self) -> list[bytes | FrameError]:
         buf = self.buffer
         out: list[bytes | FrameError] = []
-        skipped: list[int] = []
-        while buf.skip_to(b"\xdd", skipped) and len(buf.data) >= 4:
-            size = 4 + buf.data[3] + 3
-            if buf.data[1] == READ:
-                # Our own request echoed back (an RS485 adapter that hears
-                # itself): a four-byte body, not a frame of the BMS.
-                size = 7
+        while buf.skip_to(b"\xdd") and len(buf.data) >= 4:
+            # Our own request heard back (an RS485 adapter that hears itself)
+            # is seven bytes whatever its third byte says.
+            size = 7 if buf.data[1] == READ else 4 + buf.data[3] + 3
             if len(buf.data) < size:
                 break
             if buf.data[size - 1] != END:
-                del buf.data[:1]
-                skipped.append(1)
-                buf.garbage_bytes += 1
+                buf.drop(1)
                 continue
             frame = bytes(buf.data[:size])
             del buf.data[:size]
-            out.extend(garbage_error(skipped, "JBD"))
+            out.extend(buf.report_garbage("JBD"))
             if frame[1] == READ:
                 continue
             got = int.from_bytes(frame[-3:-1])
@@ -129,7 +124,7 @@ class JbdParser(BmsParser):
                 )
                 continue
             out.append(frame)
-        out.extend(garbage_error(skipped, "JBD"))
+        out.extend(buf.report_garbage("JBD", at_least=GARBAGE_REPORT))
         return out
 
     def decode(self, frame: bytes) -> Decoded:
