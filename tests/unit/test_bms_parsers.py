@@ -234,7 +234,8 @@ def test_daly_resyncs_after_a_cut_frame_and_noise() -> None:
     p = DalyParser()
     items = p.feed(good[:6] + b"\xa5\x00\xa5" + good)
     assert [r.voltage for r in decoded(items)] == [52.3]
-    assert errors(items) == ["9 bytes of garbage before a Daly frame"]
+    # The noise after the cut is inside the cut frame's 13 bytes: one bad frame.
+    assert errors(items) == ["Daly frame 0x90 cut short after 9 bytes"]
 
 
 def test_buffer_is_bounded() -> None:

@@ -29,6 +29,7 @@ GOOD: dict[str, dict[str, Any]] = {
         "protocol": 5,
     },
     "ads": {"ams_net_id": "192.168.2.162.1.1", "notifications": ["MAIN.x", {"tag": "MAIN.y"}]},
+    "bms": {"parser": "daly", "port": "/dev/ttyUSB2", "interval": 5, "parity": "n"},
 }
 
 #: A key each type uses for a port-like number, and one for a keepalive-like number.
@@ -40,6 +41,7 @@ PORT_KEY = {
     "http": "keepalive_idle",
     "mqtt": "port",
     "ads": "ams_port",
+    "bms": "bytesize",
 }
 KEEPALIVE_KEY = {
     "tcp": "keepalive_idle",
@@ -49,6 +51,7 @@ KEEPALIVE_KEY = {
     "http": "keepalive_count",
     "mqtt": "keepalive",
     "ads": "timeout",
+    "bms": "interval",
 }
 TYPES = sorted(GOOD)
 

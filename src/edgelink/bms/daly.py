@@ -172,9 +172,14 @@ class DalyParser(BmsParser):
             if buf.data[FRAME_SIZE - 1] != expected:
                 restart = _next_header(buf.data)
                 if restart is not None:
-                    # A frame cut short, the next one right behind it: the
-                    # cut bytes are garbage and the next frame is intact.
-                    buf.drop(restart)
+                    # A frame cut short, the next one right behind it: one
+                    # bad frame, and the next one is intact.
+                    data_id = buf.data[2]
+                    del buf.data[:restart]
+                    out.extend(buf.report_garbage("Daly"))
+                    out.append(
+                        ProtocolError(f"Daly frame 0x{data_id:02X} cut short after {restart} bytes")
+                    )
                     continue
                 frame = bytes(buf.data[:FRAME_SIZE])
                 del buf.data[:FRAME_SIZE]
