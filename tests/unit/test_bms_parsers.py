@@ -1,4 +1,4 @@
-"""The BMS parsers on bytes: test vectors from the published protocol descriptions.
+r"""The BMS parsers on bytes: test vectors from the published protocol descriptions.
 
 Sources (read for the frame layouts, nothing copied):
 
@@ -14,7 +14,7 @@ Sources (read for the frame layouts, nothing copied):
   the 0x03 / 0x04 answers are used verbatim below.
 - Victron: "VE.Direct Protocol" whitepaper and the VE.Direct FAQ with its
   frame handler (victronenergy.com/live/vedirect_protocol:faq): text blocks of
-  ``\\r\\n<label>\\t<value>`` ending in ``Checksum\\t<byte>``, the byte sum of
+  ``\r\n<label>\t<value>`` ending in ``Checksum\t<byte>``, the byte sum of
   a block 0 modulo 256, ``:`` HEX messages outside the checksum; the ``AR``
   alarm reason bits.
 """
@@ -35,8 +35,15 @@ from edgelink.bms import (
 from edgelink.bms.daly import ALARM_BITS, daly_frame
 from edgelink.bms.jbd import PROTECTION_BITS, jbd_request, jbd_response
 from edgelink.bms.victron import ALARM_REASON_BITS, vedirect_block
+from edgelink.bms.victron_ble import decode_instant_readout, decrypt_record
 from edgelink.errors import DeviceError, ProtocolError
-from edgelink.sim.bms import BmsModel, daly_answers, jbd_answer, victron_blocks
+from edgelink.sim.bms import (
+    BmsModel,
+    daly_answers,
+    jbd_answer,
+    victron_advertisement,
+    victron_blocks,
+)
 
 #: The JBD protocol document's own example answers (register 0x03, 0x04).
 JBD_BASIC = bytes.fromhex(
@@ -371,3 +378,91 @@ def test_get_parser_and_identify() -> None:
     assert identify(None, manufacturer_ids=[0x02E1]) == ["victron"]
     assert identify("DL-40D63C2101") == ["daly"]
     assert identify("Unknown") == []
+
+
+# -- Victron instant readout (BLE advertisements) -----------------------------
+#
+# Layout from Victron's "Extra Manufacturer Data" document (2022-12-14, posted
+# with "Victron Bluetooth Advertising Protocol" on community.victronenergy.com)
+# and the byte and bit maps of a BMV-712 advertisement in
+# github.com/chrisj7903/Read-Victron-advertised-data (docs/): 0x10, model id,
+# readout type, record type 0x02, nonce (LE), key byte 0, AES-128-CTR record
+# of bit fields TTG 16, V 16 signed, alarm 16, aux 16, aux type 2, I 22
+# signed, consumed 20, SOC 10.
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def pack(*fields: tuple[int, int]) -> bytes:
+    bits, at = 0, 0
+    for value, width in fields:
+        bits |= (value & ((1 << width) - 1)) << at
+        at += width
+    return bits.to_bytes(16, "little")
+
+
+def advertisement(plain: bytes, *, key: str = KEY, nonce: bytes = b"\x79\x0b") -> bytes:
+    record = decrypt_record(nonce, plain[:15], bytes.fromhex(key))
+    return bytes.fromhex("10 89 A3 A0 02") + nonce + bytes.fromhex(key)[:1] + record
+
+
+def test_instant_readout_hand_packed_record() -> None:
+    """Test a record packed bit by bit: 12.89 V, -5.6 A, 87.5 %, -5 °C aux, 12.3 Ah used."""
+    plain = pack(
+        (185, 16), (1289, 16), (0b100, 16), (26815, 16), (2, 2), (-5600, 22), (123, 20), (875, 10)
+    )
+    r = decode_instant_readout(advertisement(plain), KEY)
+    assert (r.voltage, r.current, r.soc) == (12.89, -5.6, 87.5)
+    assert r.power == round(12.89 * -5.6, 2)
+    assert r.temperatures == {1: -5.0}  # 268.15 K
+    assert r.info["time_to_go"] == 185 and r.info["consumed"] == -12.3
+    assert [k for k, v in r.alarms.items() if v] == ["low_soc"]
+    assert r.info["model_id"] == "0xA389"
+
+
+def test_instant_readout_not_available_fields_are_left_out() -> None:
+    """Test that all-ones fields (not available) give no value rather than a number."""
+    plain = pack(
+        (0xFFFF, 16), (0x7FFF, 16), (0, 16), (0xFFFF, 16), (3, 2), (0x1FFFFF, 22),
+        (0xFFFFF, 20), (0x3FF, 10),
+    )  # fmt: skip
+    r = decode_instant_readout(advertisement(plain), KEY)
+    assert r.voltage is r.current is r.soc is r.power is None
+    assert r.temperatures == {} and "time_to_go" not in r.info and "consumed" not in r.info
+
+
+def test_instant_readout_refuses_what_it_cannot_trust() -> None:
+    """Test wrong key, short data, another record type and SOC over 100 % are ProtocolErrors."""
+    good = advertisement(pack((0, 16), (1289, 16)))
+    other_key = "ff" + KEY[2:]
+    with pytest.raises(ProtocolError, match="wrong key"):
+        decode_instant_readout(good, other_key)
+    with pytest.raises(ProtocolError, match="at least 23"):
+        decode_instant_readout(good[:20], KEY)
+    with pytest.raises(ProtocolError, match="not a battery monitor"):
+        decode_instant_readout(good[:4] + b"\x01" + good[5:], KEY)
+    over = advertisement(
+        pack((0, 16), (0, 16), (0, 16), (0, 16), (3, 2), (0, 22), (0, 20), (1001, 10))
+    )
+    with pytest.raises(ProtocolError, match="over 100"):
+        decode_instant_readout(over, KEY)
+    with pytest.raises(ValueError, match="16 bytes"):
+        decode_instant_readout(good, "abcd")
+
+
+@pytest.mark.parametrize(("bit", "name"), list(enumerate(ALARM_REASON_BITS)))
+def test_instant_readout_every_alarm_bit(bit: int, name: str) -> None:
+    """Test that each alarm bit of the advertisement raises its named alarm only."""
+    r = decode_instant_readout(advertisement(pack((0, 16), (0, 16), (1 << bit, 16))), KEY)
+    assert [k for k, v in r.alarms.items() if v] == [name]
+
+
+def test_instant_readout_simulator_round_trip() -> None:
+    """Test that the simulator's advertisement decodes to the model's values (frost included)."""
+    m = BmsModel(animate=False, temperatures=(-12.0,), alarms={"high_temperature"})
+    data = victron_advertisement(m, KEY)
+    assert len(data) == 23
+    r = decode_instant_readout(data, bytes.fromhex(KEY))
+    assert r.voltage == round(m.voltage(), 2) and r.current == m.current() and r.soc == m.soc()
+    assert r.temperatures == {1: -12.0} and r.alarms["high_temperature"] is True
+    assert identify(None, manufacturer_ids=[0x02E1]) == ["victron"]

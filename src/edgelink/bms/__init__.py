@@ -1,4 +1,4 @@
-"""Battery management system parsers: Daly, JBD / Xiaoxiang and Victron VE.Direct.
+"""Battery management system parsers: Daly, JBD / Xiaoxiang, Victron VE.Direct and instant readout.
 
 Pure: bytes in, `BmsReading` out, no I/O (the ``bms`` connection type in
 `edgelink.drivers.bms` moves the bytes). A parser verifies the start, length,
@@ -18,6 +18,7 @@ from edgelink.bms.daly import DalyParser
 from edgelink.bms.jbd import JbdParser
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES, BmsReading
 from edgelink.bms.victron import VictronParser
+from edgelink.bms.victron_ble import decode_instant_readout
 
 __all__ = [
     "MAX_CELLS",
@@ -32,6 +33,7 @@ __all__ = [
     "FrameError",
     "JbdParser",
     "VictronParser",
+    "decode_instant_readout",
     "get_parser",
     "identify",
 ]

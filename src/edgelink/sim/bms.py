@@ -36,6 +36,7 @@ from edgelink.bms.daly import (
 from edgelink.bms.jbd import PROTECTION_BITS, ZERO_CELSIUS, jbd_checksum, jbd_response
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES
 from edgelink.bms.victron import ALARM_REASON_BITS, vedirect_block
+from edgelink.bms.victron_ble import decrypt_record, parse_key
 from edgelink.sim.serial import SerialDevice, SerialLink
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "daly_answers",
     "jbd_answer",
     "run_bms_simulator",
+    "victron_advertisement",
     "victron_blocks",
 ]
 
@@ -250,6 +252,38 @@ def victron_blocks(model: BmsModel) -> list[bytes]:
         live.insert(3, ("T", str(round(temps[0]))))
     history = [("H1", "-1234"), ("H2", "-567"), ("H3", "-890"), ("H4", str(model.cycles))]
     return [vedirect_block(live), vedirect_block(history)]
+
+
+def victron_advertisement(
+    model: BmsModel, key: str | bytes, nonce: int = 0x0B79, *, model_id: int = 0xA389
+) -> bytes:
+    """Return a SmartShunt's instant-readout manufacturer data (after the company id).
+
+    The first temperature sensor, if any, is the aux input (type 2, in 10 mK).
+    """
+    raw = parse_key(key)
+    ar = sum(1 << bit for bit, name in enumerate(ALARM_REASON_BITS) if name in model.alarms)
+    temps = model.temps()
+    aux, aux_type = (round((temps[0] + 273.15) * 100), 2) if temps else (0xFFFF, 3)
+    consumed = round((model.capacity_full - model.remaining()) * 10)
+    fields = (
+        (0xFFFF, 16),
+        (round(model.voltage() * 100) & 0xFFFF, 16),
+        (ar, 16),
+        (aux, 16),
+        (aux_type, 2),
+        (round(model.current() * 1000) & 0x3FFFFF, 22),
+        (consumed, 20),
+        (round(model.soc() * 10), 10),
+    )
+    bits, at = 0, 0
+    for value, width in fields:
+        bits |= value << at
+        at += width
+    nonce_bytes = nonce.to_bytes(2, "little")
+    record = decrypt_record(nonce_bytes, bits.to_bytes(16, "little")[:15], raw)
+    header = bytes((0x10, *model_id.to_bytes(2, "little"), 0xA0, 0x02))
+    return header + nonce_bytes + raw[:1] + record
 
 
 class BmsDevice(SerialDevice):
