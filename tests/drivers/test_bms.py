@@ -181,7 +181,7 @@ async def test_silence_fails_health(clock: ManualClock, tmp_path: Path) -> None:
     async with BmsPeer(tmp_path / "ttyBMS", "jbd", BmsModel(animate=False)) as peer:
         conn = BmsConnection(ID, config(peer, "jbd", interval=1, stale_after=5))
         owner = ClockOwner(clock)
-        conn.attach(owner)
+        conn.attach(owner)  # type: ignore[arg-type]
         await conn.connect()
         try:
             await wait_until(lambda: conn.good_frames == 2)
