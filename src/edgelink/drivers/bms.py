@@ -124,9 +124,11 @@ class BmsConnection(Connection):
         # gets ``stale_after`` like every later one.
         self._last_valid = self.clock.monotonic()
         if self.parser.requests():
-            self._poller = asyncio.get_running_loop().create_task(
+            poller = asyncio.get_running_loop().create_task(
                 self._run_poll(link), name=f"edgelink[{self.connection_id}].bms_poll"
             )
+            poller.add_done_callback(self._on_poller_done)
+            self._poller = poller
 
     async def disconnect(self) -> None:
         """Stop polling and release the port; idempotent, never raises."""
@@ -134,7 +136,10 @@ class BmsConnection(Connection):
         link, self._link = self._link, None
         self._wake_waiters()
         if poller is not None and poller is not asyncio.current_task():
-            await cancel_and_wait(poller)
+            try:
+                await cancel_and_wait(poller)
+            except Exception:  # disconnect never raises; _on_poller_done reported it
+                logger.debug("%s: the poll task had failed", self.connection_id, exc_info=True)
         await close_link(link)
 
     def is_connected(self) -> bool:
@@ -201,6 +206,12 @@ class BmsConnection(Connection):
                 if self._link is not link or not self.is_connected():
                     return
             await self.clock.sleep(self.interval)
+
+    def _on_poller_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug or a surprise from the port: the link cannot be trusted to poll.
+        self._fail(task.exception() or RuntimeError("poll task failed"))
 
     def _on_bytes(self, link: PortLink, data: bytes) -> None:
         if link is not self._link or self._closed_error is not None:
