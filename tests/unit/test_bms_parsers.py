@@ -12,6 +12,10 @@ Sources (read for the frame layouts, nothing copied):
   github.com/FurTrader/OverkillSolarBMS: ``DD <reg> <status> <len> <data>
   <0x10000 - sum> 77``; the documented examples ``DD A5 03 00 FF FD 77`` and
   the 0x03 / 0x04 answers are used verbatim below.
+- ANT (2021 boards, BLE): the status frame layout and captured frames of an
+  ANT-BLE16ZMUB in github.com/syssi/esphome-ant-bms (``docs/pdus/
+  model2021-req-7ea1010000be1855aa55.txt``, used verbatim below):
+  ``7E A1 <fn> <addr LE> <len> <data> <CRC-16/MODBUS LE> AA 55``.
 - Victron: "VE.Direct Protocol" whitepaper and the VE.Direct FAQ with its
   frame handler (victronenergy.com/live/vedirect_protocol:faq): text blocks of
   ``\r\n<label>\t<value>`` ending in ``Checksum\t<byte>``, the byte sum of
@@ -24,6 +28,7 @@ from __future__ import annotations
 import pytest
 
 from edgelink.bms import (
+    AntParser,
     BmsReading,
     DalyParser,
     Decoded,
@@ -32,6 +37,7 @@ from edgelink.bms import (
     get_parser,
     identify,
 )
+from edgelink.bms.ant import ant_crc, ant_frame
 from edgelink.bms.daly import ALARM_BITS, daly_frame
 from edgelink.bms.jbd import PROTECTION_BITS, jbd_request, jbd_response
 from edgelink.bms.victron import ALARM_REASON_BITS, vedirect_block
@@ -39,6 +45,7 @@ from edgelink.bms.victron_ble import decode_instant_readout, decrypt_record
 from edgelink.errors import DeviceError, ProtocolError
 from edgelink.sim.bms import (
     BmsModel,
+    ant_status,
     daly_answers,
     jbd_answer,
     victron_advertisement,
@@ -372,8 +379,8 @@ def test_datapoint_names() -> None:
 def test_get_parser_and_identify() -> None:
     """Test parser lookup by name and identification by advertisement."""
     assert isinstance(get_parser("daly"), DalyParser)
-    with pytest.raises(ValueError, match="known: daly, jbd, victron"):
-        get_parser("ant")
+    with pytest.raises(ValueError, match="known: ant, daly, jbd, victron"):
+        get_parser("seplos")
     assert identify("xiaoxiang BMS") == ["jbd"]
     assert identify(None, manufacturer_ids=[0x02E1]) == ["victron"]
     assert identify("DL-40D63C2101") == ["daly"]
@@ -466,3 +473,57 @@ def test_instant_readout_simulator_round_trip() -> None:
     assert r.voltage == round(m.voltage(), 2) and r.current == m.current() and r.soc == m.soc()
     assert r.temperatures == {1: -12.0} and r.alarms["high_temperature"] is True
     assert identify(None, manufacturer_ids=[0x02E1]) == ["victron"]
+
+
+# -- ANT ---------------------------------------------------------------------
+
+#: A status frame captured from an ANT-BLE16ZMUB (14 cells, sensor 3 at -40 °C).
+ANT_CAPTURED = bytes.fromhex(
+    "7E A1 11 00 00 8E 05 01 04 0E 02 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00"
+    " 00 00 00 00" + " 11 10" * 14 + " 1C 00 1C 00 D8 FF 1C 00 1C 00 1C 00 7E 16 00 00 60 00 64 00"
+    " 01 02 00 00 80 C3 C9 01 4F 55 B3 01 08 53 00 00 00 00 00 00 6B 28 12 00 00 00 00 00 11 10"
+    " 01 00 11 10 01 00 00 00 11 10 02 00 70 00 03 00 AC 02 F1 FA 7D 2E 00 00 94 77 00 00 DE 07"
+    " 00 00 77 76 00 00 35 E2 AA 55"
+)
+
+
+def test_ant_request_and_crc_match_the_capture() -> None:
+    """Test the status request bytes and that the captured frame's CRC is CRC-16/MODBUS."""
+    assert AntParser().requests() == [bytes.fromhex("7E A1 01 00 00 BE 18 55 AA 55")]
+    assert ant_crc(ANT_CAPTURED[1:-4]) == 0xE235
+
+
+def test_ant_captured_status_frame_decodes() -> None:
+    """Test the captured frame: 57.58 V, 14 cells of 4.113 V, 96 %, a sensor at -40 °C."""
+    p = get_parser("ant")
+    (r,) = decoded(p.feed(b"\x00" + ANT_CAPTURED[:50]) + p.feed(ANT_CAPTURED[50:]))
+    assert (r.voltage, r.current, r.soc) == (57.58, 0.0, 96.0)
+    assert r.cells == dict.fromkeys(range(1, 15), 4.113)
+    assert r.temperatures == {1: 28.0, 2: 28.0, 3: -40.0, 4: 28.0}
+    assert (r.capacity_full, r.capacity_remaining) == (30.0, 28.53)
+    assert (r.charge_mos, r.discharge_mos) == (True, False)
+    assert r.alarms == {"protection": True, "warning": True}
+    assert r.info["protection_bits"] == 2 and r.info["warning_bits"] == 1 << 24
+
+
+def test_ant_32_cells_discharge_and_bad_crc() -> None:
+    """Test 32 cells and a negative current via the encoder; one flipped byte is a CRC error."""
+    m = BmsModel(cells=32, temperatures=(-20.0, 1.0), animate=False, base_current=-42.0)
+    frame = ant_status(m)
+    p = get_parser("ant")
+    (r,) = decoded(p.feed(frame))
+    assert sorted(r.cells) == list(range(1, 33)) and r.current == -42.0
+    assert r.temperatures == {1: -20.0, 2: 1.0} and r.alarms == {
+        "protection": False,
+        "warning": False,
+    }
+    bad = bytearray(frame)
+    bad[40] ^= 0x10
+    items = get_parser("ant").feed(bytes(bad))
+    assert decoded(items) == [] and "CRC" in errors(items)[0]
+    too_many = bytearray(ant_status(BmsModel(cells=4, animate=False)))
+    too_many[9] = 33
+    body = bytes(too_many[1:-4])
+    fixed = b"\x7e" + body + ant_crc(body).to_bytes(2, "little") + b"\xaa\x55"
+    assert "33 cells" in errors(get_parser("ant").feed(fixed))[0]
+    assert "not read here" in errors(get_parser("ant").feed(ant_frame(0x12, 0, b"\x00")))[0]

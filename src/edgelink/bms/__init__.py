@@ -1,4 +1,4 @@
-"""Battery management system parsers: Daly, JBD / Xiaoxiang, Victron VE.Direct and instant readout.
+"""BMS parsers: Daly, JBD / Xiaoxiang, Victron (VE.Direct, instant readout) and ANT.
 
 Pure: bytes in, `BmsReading` out, no I/O (the ``bms`` connection type in
 `edgelink.drivers.bms` moves the bytes). A parser verifies the start, length,
@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from edgelink.bms.ant import AntParser
 from edgelink.bms.base import BmsParser, Decoded, DeviceMatch, FrameBuffer, FrameError
 from edgelink.bms.daly import DalyParser
 from edgelink.bms.jbd import JbdParser
@@ -24,6 +25,7 @@ __all__ = [
     "MAX_CELLS",
     "MAX_TEMPERATURES",
     "PARSERS",
+    "AntParser",
     "BmsParser",
     "BmsReading",
     "DalyParser",
@@ -40,6 +42,7 @@ __all__ = [
 
 #: The parsers by config name.
 PARSERS: dict[str, type[BmsParser]] = {
+    "ant": AntParser,
     "daly": DalyParser,
     "jbd": JbdParser,
     "victron": VictronParser,
@@ -47,7 +50,7 @@ PARSERS: dict[str, type[BmsParser]] = {
 
 
 def get_parser(name: str, *, max_buffer: int = 4096) -> BmsParser:
-    """Return a new parser for ``name`` (``daly``, ``jbd``, ``victron``).
+    """Return a new parser for ``name`` (``ant``, ``daly``, ``jbd``, ``victron``).
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).

@@ -162,6 +162,10 @@ class BmsParser(abc.ABC):
         """Return the frames to send for one poll cycle, in order (none: the device talks)."""
         return []
 
+    def answer_key(self, request: bytes) -> int:
+        """Return the `Decoded.key` of the answer to ``request`` (its data id or register)."""
+        return request[2]
+
     def reset(self) -> None:
         """Forget buffered bytes (after a reconnect); keep the counters and the state."""
         self.buffer.data.clear()

@@ -186,7 +186,7 @@ class BmsConnection(Connection):
         loop = asyncio.get_running_loop()
         while self._link is link and self.is_connected():
             for request in self.parser.requests():
-                key = request[2]
+                key = self.parser.answer_key(request)
                 answered: asyncio.Future[None] = loop.create_future()
                 self._waiting[key] = answered
                 try:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from edgelink.bms.ant import ant_frame
 from edgelink.bms.daly import (
     ALARM_BITS,
     BMS_ADDRESS,
@@ -44,6 +45,7 @@ __all__ = [
     "BmsDevice",
     "BmsFault",
     "BmsModel",
+    "ant_status",
     "daly_answers",
     "jbd_answer",
     "run_bms_simulator",
@@ -252,6 +254,38 @@ def victron_blocks(model: BmsModel) -> list[bytes]:
         live.insert(3, ("T", str(round(temps[0]))))
     history = [("H1", "-1234"), ("H2", "-567"), ("H3", "-890"), ("H4", str(model.cycles))]
     return [vedirect_block(live), vedirect_block(history)]
+
+
+def ant_status(model: BmsModel, *, protection: int = 0, warning: int = 0) -> bytes:
+    """Return an ANT status frame (function 0x11) for ``model`` (at most 4 sensors used)."""
+    temps = model.temps()[:4]
+    current = model.current()
+
+    def le(value: float, size: int = 2, *, signed: bool = False) -> bytes:
+        return round(value).to_bytes(size, "little", signed=signed)
+
+    data = (
+        bytes((5, 2 if current > 0 else 3 if current < 0 else 1, len(temps), model.cells))
+        + protection.to_bytes(8, "little")
+        + warning.to_bytes(8, "little")
+        + bytes(8)
+        + b"".join(le(v * 1000) for v in model.cell_voltages())
+        + b"".join(le(t, signed=True) for t in temps)
+        + le(31, signed=True)
+        + le(30, signed=True)
+        + le(model.voltage() * 100)
+        + le(current * 10, signed=True)
+        + le(model.soc())
+        + le(100)
+        + bytes((1 if model.charge_mos else 0, 1 if model.discharge_mos else 0, 0, 0))
+        + le(model.capacity_full * 1_000_000, 4)
+        + le(model.remaining() * 1_000_000, 4)
+        + le(model.cycles * model.capacity_full * 1000, 4)
+        + le(model.voltage() * current, 4, signed=True)
+        + le(3600, 4)
+        + bytes(4)
+    )
+    return ant_frame(0x11, 0, data)
 
 
 def victron_advertisement(
