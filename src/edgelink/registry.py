@@ -36,6 +36,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "mqtt": "edgelink.drivers.mqtt:MqttConnection",
     "http": "edgelink.drivers.http:HttpConnection",
     "zkteco": "edgelink.drivers.zkteco:ZktecoConnection",
+    "bms": "edgelink.drivers.bms:BmsConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

@@ -30,6 +30,7 @@ GOOD: dict[str, dict[str, Any]] = {
     },
     "ads": {"ams_net_id": "192.168.2.162.1.1", "notifications": ["MAIN.x", {"tag": "MAIN.y"}]},
     "zkteco": {"host": "192.168.1.201", "password": 1234, "timeout": 2, "max_chunk": 4096},
+    "bms": {"parser": "daly", "port": "/dev/ttyUSB2", "interval": 5, "parity": "n"},
 }
 
 #: A key each type uses for a port-like number, and one for a keepalive-like number.
@@ -42,6 +43,7 @@ PORT_KEY = {
     "mqtt": "port",
     "ads": "ams_port",
     "zkteco": "port",
+    "bms": "bytesize",
 }
 KEEPALIVE_KEY = {
     "tcp": "keepalive_idle",
@@ -52,6 +54,7 @@ KEEPALIVE_KEY = {
     "mqtt": "keepalive",
     "ads": "timeout",
     "zkteco": "keepalive_idle",
+    "bms": "interval",
 }
 TYPES = sorted(GOOD)
 

@@ -48,6 +48,7 @@ __all__ = [
     "BUILTIN_CONFIG_MODELS",
     "AdsConfig",
     "AdsNotification",
+    "BmsConfig",
     "Bool",
     "DriverConfig",
     "FramingOptions",
@@ -64,6 +65,7 @@ __all__ = [
     "Port",
     "Seconds",
     "SerialConfig",
+    "SerialLineOptions",
     "TcpConfig",
     "TcpKeepalive",
     "Text",
@@ -233,11 +235,9 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
-class SerialConfig(FramingOptions):
-    """``serial``: request/response messages over a serial port."""
+class SerialLineOptions(DriverConfig):
+    """The line settings of a serial port, beyond its path and speed (8N1, no flow control)."""
 
-    port: Host = Field(description="the device path, e.g. /dev/ttyUSB0")
-    baudrate: Annotated[Int, Field(gt=0)] = Field(default=9600, description="bits per second")
     bytesize: Annotated[Int, Field(ge=5, le=8)] = Field(default=8, description="data bits")
     parity: Annotated[
         Literal[_SERIAL_PARITIES],  # type: ignore[valid-type]
@@ -249,6 +249,13 @@ class SerialConfig(FramingOptions):
     rtscts: Bool = Field(default=False, description="RTS/CTS flow control")
     xonxoff: Bool = Field(default=False, description="XON/XOFF flow control")
     exclusive: Bool = Field(default=True, description="lock the port")
+
+
+class SerialConfig(FramingOptions, SerialLineOptions):
+    """``serial``: request/response messages over a serial port."""
+
+    port: Host = Field(description="the device path, e.g. /dev/ttyUSB0")
+    baudrate: Annotated[Int, Field(gt=0)] = Field(default=9600, description="bits per second")
     frame_timeout: Seconds | None = Field(
         default=1.0, description="seconds the rest of a started message may take; null: forever"
     )
@@ -556,6 +563,58 @@ class ZktecoConfig(TcpKeepalive):
         return self
 
 
+#: The BMS protocols `edgelink.bms` reads.
+BMS_PARSERS: Final = ("daly", "jbd", "victron")
+
+
+class BmsConfig(SerialLineOptions):
+    """``bms``: a battery management system read with an `edgelink.bms` parser.
+
+    ``transport: serial`` (a UART or RS485 adapter) needs ``port``; the BLE
+    transport is refused until the ``ble`` driver lands.
+    """
+
+    parser: Literal[BMS_PARSERS] = Field(  # type: ignore[valid-type]
+        description="the protocol: daly, jbd or victron (VE.Direct text)"
+    )
+    transport: Literal["serial", "ble"] = Field(
+        default="serial", description="serial (UART, RS485) or ble"
+    )
+    port: Host | None = Field(default=None, description="the serial device path (serial)")
+    baudrate: Annotated[Int, Field(gt=0)] | None = Field(
+        default=None, description="bits per second (default: the parser's, 9600 or 19200)"
+    )
+    address: Host | None = Field(default=None, description="the BLE address or name (ble)")
+    interval: Seconds = Field(default=2.0, description="seconds between two polls")
+    response_timeout: Seconds = Field(
+        default=1.0, description="seconds the BMS may take to answer one request"
+    )
+    stale_after: Seconds | None = Field(
+        default=None,
+        description="health: seconds without a valid frame (3 * interval + response_timeout)",
+    )
+    error_streak: Annotated[Int, Field(ge=1)] = Field(
+        default=3, description="bad frames in a row that drop the link"
+    )
+    max_buffer: Annotated[Int, Field(ge=64)] = Field(
+        default=4096, description="bytes buffered while waiting for the rest of a frame"
+    )
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> Self:
+        if self.transport == "ble":
+            raise field_error(
+                "transport",
+                "the ble transport is not available yet (it needs the ble driver); "
+                'use "transport": "serial" with a UART adapter',
+            )
+        if self.port is None:
+            raise field_error("port", 'transport "serial" needs "port", e.g. /dev/ttyUSB0')
+        if self.address is not None:
+            raise field_error("address", 'address is for transport "ble"; serial uses "port"')
+        return self
+
+
 #: The config model of each built-in connection type (for ``edgelink schema``).
 BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
     "tcp": TcpConfig,
@@ -566,6 +625,7 @@ BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
     "mqtt": MqttConfig,
     "ads": AdsConfig,
     "zkteco": ZktecoConfig,
+    "bms": BmsConfig,
 }
 
 #: The former names (before 0.2), kept for one release.

@@ -31,7 +31,6 @@ a `ConnectError`; the Supervisor reconnects once it is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -39,17 +38,10 @@ from typing import Any
 
 from edgelink.connection import Connection
 from edgelink.drivers._futures import fail_all
+from edgelink.drivers._serial_port import PortLink, close_link, open_link, serial_options
 from edgelink.drivers.configs import SerialConfig
 from edgelink.drivers.framing import FrameError, Framing
 from edgelink.errors import ConfigError, ConnectError, DeviceError, ProtocolError
-
-try:
-    import serial
-    import serial_asyncio
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "the serial driver needs pyserial-asyncio: pip install 'edgelink[serial]'"
-    ) from exc
 
 __all__ = ["SerialConnection"]
 
@@ -57,64 +49,6 @@ logger = logging.getLogger(__name__)
 
 #: Unsolicited messages kept for receive_data(); older ones are dropped.
 UNSOLICITED_LIMIT = 1000
-
-#: How long disconnect() waits for the transport to release the port.
-CLOSE_TIMEOUT = 2.0
-
-_PARITIES = {
-    "N": serial.PARITY_NONE,
-    "E": serial.PARITY_EVEN,
-    "O": serial.PARITY_ODD,
-    "M": serial.PARITY_MARK,
-    "S": serial.PARITY_SPACE,
-    "NONE": serial.PARITY_NONE,
-    "EVEN": serial.PARITY_EVEN,
-    "ODD": serial.PARITY_ODD,
-    "MARK": serial.PARITY_MARK,
-    "SPACE": serial.PARITY_SPACE,
-}
-_STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
-
-
-class _Link(asyncio.Protocol):
-    """The asyncio protocol of one open port: hands bytes and the end to the driver."""
-
-    def __init__(self, driver: SerialConnection) -> None:
-        self._driver = driver
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self._resume: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._driver._on_bytes(self, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._wake_writers()
-        self._driver._on_link_closed(self, exc)
-
-    def pause_writing(self) -> None:
-        if self._resume is None:
-            self._resume = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        self._wake_writers()
-
-    def _wake_writers(self) -> None:
-        fut, self._resume = self._resume, None
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is above its high-water mark."""
-        while self._resume is not None:
-            await asyncio.shield(self._resume)
 
 
 def _text(value: str | bytes) -> bytes:
@@ -168,17 +102,9 @@ class SerialConnection(Connection):
                     self.framing.encode(payload)
                 except FrameError as exc:
                     raise bad(key, str(exc)) from None
-        self._serial_kwargs: dict[str, Any] = {
-            "baudrate": cfg.baudrate,
-            "bytesize": cfg.bytesize,
-            "parity": _PARITIES[cfg.parity],
-            "stopbits": _STOPBITS[cfg.stopbits],
-            "rtscts": cfg.rtscts,
-            "xonxoff": cfg.xonxoff,
-            "exclusive": cfg.exclusive,
-        }
+        self._serial_kwargs: dict[str, Any] = {**serial_options(cfg), "baudrate": cfg.baudrate}
 
-        self._link: _Link | None = None
+        self._link: PortLink | None = None
         self._decoder = self.framing.decoder()
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending: deque[asyncio.Future[bytes]] = deque()
@@ -194,70 +120,23 @@ class SerialConnection(Connection):
             ConnectError: if the port does not exist, is busy or cannot be configured.
         """
         await self.disconnect()
-        ser = await self._open_port()
-        loop = asyncio.get_running_loop()
-        link = _Link(self)
+        link = PortLink(self._on_bytes, self._on_link_closed)
         self._decoder.reset()
         self._closed_error = None
         self._link = link
-        # connection_for_serial schedules connection_made; the transport takes
-        # over the Serial object and closes it when the link ends.
-        await serial_asyncio.connection_for_serial(loop, lambda: link, ser)
-        await asyncio.sleep(0)
-
-    async def _open_port(self) -> serial.Serial:
-        # Opening runs in a thread: USB adapters may take their time to open
-        # and configure. A cancelled connect closes the port once it is open.
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, self._open_blocking)
         try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-
-            def close_late(done: asyncio.Future[serial.Serial]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    done.result().close()
-
-            fut.add_done_callback(close_late)
+            await open_link(self.port, self._serial_kwargs, link, connection_id=self.connection_id)
+        except BaseException:
+            if self._link is link:
+                self._link = None
             raise
-
-    def _open_blocking(self) -> serial.Serial:
-        try:
-            ser = serial.Serial(self.port, **self._serial_kwargs)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise ConnectError(
-                f"cannot open serial port {self.port}: {exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
-        try:
-            # Bytes that arrived while nobody listened belong to no request.
-            ser.reset_input_buffer()
-        except (serial.SerialException, OSError) as exc:
-            ser.close()
-            raise ConnectError(
-                f"cannot use serial port {self.port}: {exc}",
-                connection_id=self.connection_id,
-                cause=exc,
-            ) from exc
-        return ser
 
     async def disconnect(self) -> None:
         """Close the port and release it; idempotent, never raises."""
         link, self._link = self._link, None
         self._cancel_frame_timer()
         self._fail_pending(ConnectError("connection closed", connection_id=self.connection_id))
-        if link is None:
-            return
-        transport = link.transport
-        if transport is not None and not transport.is_closing():
-            transport.abort()
-        if transport is not None:
-            # The port is only released (and its exclusive lock dropped) when
-            # the transport's connection_lost has run.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.shield(link.closed)
+        await close_link(link)
 
     def is_connected(self) -> bool:
         """Return True while the port is open and receiving."""
@@ -419,7 +298,7 @@ class SerialConnection(Connection):
                 connection_id=self.connection_id,
             )
 
-    def _on_bytes(self, link: _Link, data: bytes) -> None:
+    def _on_bytes(self, link: PortLink, data: bytes) -> None:
         if link is not self._link or self._closed_error is not None:
             return
         try:
@@ -509,7 +388,7 @@ class SerialConnection(Connection):
         self._fail_pending(error)
         self.connection_lost(error)
 
-    def _on_link_closed(self, link: _Link, exc: Exception | None) -> None:
+    def _on_link_closed(self, link: PortLink, exc: Exception | None) -> None:
         if link is not self._link or self._closed_error is not None:
             return
         partial = self._decoder.pending

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from edgelink.drivers.framing import LENGTH_PREFIXES, Framing
+from edgelink.sim.bms import BMS_TYPES, BmsFault, BmsModel, run_bms_simulator
 from edgelink.sim.http import HttpDevice, HttpSimulator, run_http_simulator
 from edgelink.sim.serial import run_serial_simulator
 from edgelink.sim.tcp import TcpSimulator, run_tcp_simulator
@@ -30,6 +31,7 @@ __all__ = [
     "ZkFault",
     "ZkSimulator",
     "add_sim_arguments",
+    "run_bms_simulator",
     "run_http_simulator",
     "run_serial_simulator",
     "run_sim_from_args",
@@ -56,8 +58,15 @@ _amount = _int_in(0, 1_000_000, "0..1000000")
 _key = _int_in(0, 0xFFFFFFFF, "a number 0..4294967295")
 
 
+def _cells(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 32:
+        raise argparse.ArgumentTypeError(f"must be 1..32, got {value}")
+    return value
+
+
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator subcommands (``tcp``, ``modbus``, ``serial``) and their options.
+    """Add the simulator subcommands (``tcp``, ``serial``, ``bms``, ``modbus``, ``http``).
 
     The parsed namespace is what `run_sim_from_args` takes.
     """
@@ -94,6 +103,34 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         choices=tuple(LENGTH_PREFIXES),
         default="u16be",
         help="length framing prefix (default u16be)",
+    )
+    bms = kinds.add_parser(
+        "bms",
+        help="a Daly, JBD or Victron BMS on a socat pty pair",
+        description="Create a socat pty pair and run a battery management system on its far "
+        "end; point a bms connection's port at --link.",
+    )
+    bms.add_argument("--type", dest="bms_type", choices=BMS_TYPES, required=True)
+    bms.add_argument("--link", required=True, help="path of the driver's end (a symlink)")
+    bms.add_argument(
+        "--device-link", default=None, help="path of the device's end (default LINK.device)"
+    )
+    bms.add_argument("--cells", type=_cells, default=16, help="number of cells, 1..32 (default 16)")
+    bms.add_argument(
+        "--temperature",
+        type=float,
+        action="append",
+        default=None,
+        help="a sensor's base temperature in °C; repeat for more sensors (default 21 and 23)",
+    )
+    bms.add_argument(
+        "--alarm", action="append", default=[], help="raise this alarm (name as in docs/bms.md)"
+    )
+    bms.add_argument(
+        "--fault",
+        choices=[f.value for f in BmsFault],
+        default=None,
+        help="misbehave: garbage, cut, corrupt or silence",
     )
     modbus = kinds.add_parser(
         "modbus",
@@ -182,6 +219,23 @@ def run_sim_from_args(args: argparse.Namespace) -> int:
         return asyncio.run(
             _run_until_signal(
                 run_serial_simulator(args.link, device_path=args.device_link, framing=framing)
+            )
+        )
+    if args.sim_kind == "bms":
+        model = BmsModel(
+            cells=args.cells,
+            temperatures=tuple(args.temperature or (21.0, 23.0)),
+            alarms=set(args.alarm),
+        )
+        return asyncio.run(
+            _run_until_signal(
+                run_bms_simulator(
+                    args.bms_type,
+                    args.link,
+                    device_path=args.device_link,
+                    model=model,
+                    fault=BmsFault(args.fault) if args.fault else None,
+                )
             )
         )
     if args.sim_kind == "modbus":

@@ -3,6 +3,10 @@
 For edgelink's own tests and for yours::
 
     from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer, ZkSimulator
+
+Serial peers (socat pty pairs): `edgelink.testing.serial_peer.SerialPeer` (a
+line-protocol device) and `edgelink.testing.bms_peer.BmsPeer` (a Daly, JBD or
+Victron BMS).
 """
 
 from edgelink.sim.zkteco import ZkDevice, ZkFault, ZkSimulator

@@ -1,0 +1,283 @@
+"""The ``bms`` driver: a battery management system read with an `edgelink.bms` parser.
+
+Config keys (see docs/bms.md; the model `edgelink.drivers.configs.BmsConfig`):
+
+- ``parser`` (required): ``daly``, ``jbd`` or ``victron`` (VE.Direct text)
+- ``transport``: ``serial`` (the default; ``ble`` is refused until the ``ble``
+  driver lands), ``port`` (required), ``baudrate`` (the parser's: 9600 for
+  Daly and JBD, 19200 for VE.Direct), and the line settings of the
+  ``serial`` driver (``bytesize``, ``parity``, ``stopbits``, ``exclusive``, ...)
+- ``interval`` (2.0 s): time between polls; ``response_timeout`` (1.0 s)
+- ``stale_after``: health fails after this long without a valid frame
+  (default ``3 * interval + response_timeout``)
+- ``error_streak`` (3): bad frames in a row that drop the link
+- ``max_buffer`` (4096): bytes held while waiting for the rest of a frame
+
+While connected a poll task (``edgelink[<id>].bms_poll``) sends the parser's
+requests one at a time, each waiting for its answer at most
+``response_timeout``, then sleeps ``interval`` on the owner's clock. VE.Direct
+has no requests: the device talks and the driver listens.
+
+Every valid frame is reported at once, each value a datapoint:
+``voltage``, ``current``, ``power``, ``soc``, ``cells.<n>``, ``temps.<n>``,
+``alarms.<name>``, ``mos.charge``, ``mos.discharge``, ``cycles``,
+``capacity.remaining``, ``capacity.full``, ``info.<name>``. Under the
+connection id ``bt.bms_001`` that is ``bt.bms_001.voltage`` and so on.
+
+A bad frame (checksum, length, garbage) is counted (``stats.errors`` and
+`bad_frames`) and decodes to nothing; ``error_streak`` of them in a row with
+no valid frame between is a `ProtocolError` that drops the link. The port's
+handling (open in a thread, flush, release) is the ``serial`` driver's
+(`edgelink.drivers._serial_port`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from edgelink._tasks import cancel_and_wait
+from edgelink.bms import BmsParser, Decoded, get_parser
+from edgelink.connection import Connection
+from edgelink.drivers._serial_port import PortLink, close_link, open_link, serial_options
+from edgelink.drivers.configs import BmsConfig
+from edgelink.errors import ConnectError, DeviceError, ProtocolError
+
+__all__ = ["BmsConnection"]
+
+logger = logging.getLogger(__name__)
+
+
+class BmsConnection(Connection):
+    """A BMS on a UART or RS485 adapter: every cell, SOC, temperature and alarm as data.
+
+    Example:
+        manager.add_connection(
+            "bt.bms_001", "bms", {"parser": "daly", "port": "/dev/ttyUSB0", "interval": 5}
+        )
+        # datapoints bt.bms_001.voltage, bt.bms_001.cells.1, bt.bms_001.alarms.short_circuit, ...
+    """
+
+    type_name = "bms"
+    config_model = BmsConfig
+    cfg: BmsConfig
+
+    def __init__(
+        self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
+    ) -> None:
+        super().__init__(connection_id, config, context)
+        cfg = self.cfg
+        self.parser: BmsParser = get_parser(cfg.parser, max_buffer=cfg.max_buffer)
+        assert cfg.port is not None  # the model requires it for the serial transport
+        self.port: str = cfg.port
+        self.baudrate: int = cfg.baudrate or self.parser.baudrate
+        self.interval: float = cfg.interval
+        self.response_timeout: float = cfg.response_timeout
+        self.stale_after: float = (
+            cfg.stale_after
+            if cfg.stale_after is not None
+            else 3 * cfg.interval + cfg.response_timeout
+        )
+        self._serial_kwargs = {**serial_options(cfg), "baudrate": self.baudrate}
+        self._link: PortLink | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._closed_error: BaseException | None = None
+        self._last_valid: float | None = None
+        self._streak = 0
+        #: Valid frames decoded since the driver was made.
+        self.good_frames = 0
+        #: Bad frames (checksum, length, garbage, device errors) since the driver was made.
+        self.bad_frames = 0
+        #: Requests the BMS did not answer within ``response_timeout``.
+        self.unanswered = 0
+        #: Why the last bad frame was bad.
+        self.last_bad_frame: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<BmsConnection {self.connection_id} {self.cfg.parser} {self.port} {self.status} "
+            f"good={self.good_frames} bad={self.bad_frames}>"
+        )
+
+    async def connect(self) -> None:
+        """Open the port and, for a polled protocol, start polling.
+
+        Raises:
+            ConnectError: if the port does not exist, is busy or cannot be configured.
+        """
+        await self.disconnect()
+        self.parser.reset()
+        self._closed_error = None
+        self._streak = 0
+        link = PortLink(self._on_bytes, self._on_link_closed)
+        self._link = link
+        try:
+            await open_link(self.port, self._serial_kwargs, link, connection_id=self.connection_id)
+        except BaseException:
+            if self._link is link:
+                self._link = None
+            raise
+        # Health counts from the moment the port is open: the first answer
+        # gets ``stale_after`` like every later one.
+        self._last_valid = self.clock.monotonic()
+        if self.parser.requests():
+            poller = asyncio.get_running_loop().create_task(
+                self._run_poll(link), name=f"edgelink[{self.connection_id}].bms_poll"
+            )
+            poller.add_done_callback(self._on_poller_done)
+            self._poller = poller
+
+    async def disconnect(self) -> None:
+        """Stop polling and release the port; idempotent, never raises."""
+        poller, self._poller = self._poller, None
+        link, self._link = self._link, None
+        self._wake_waiters()
+        if poller is not None and poller is not asyncio.current_task():
+            try:
+                await cancel_and_wait(poller)
+            except Exception:  # disconnect never raises; _on_poller_done reported it
+                logger.debug("%s: the poll task had failed", self.connection_id, exc_info=True)
+        await close_link(link)
+
+    def is_connected(self) -> bool:
+        """Return True while the port is open and the link has not been dropped."""
+        link = self._link
+        return link is not None and link.is_open() and self._closed_error is None
+
+    async def health_check(self) -> bool:
+        """Return True if a valid frame arrived within ``stale_after`` seconds."""
+        if not self.is_connected():
+            return False
+        last = self._last_valid
+        return last is not None and self.clock.monotonic() - last <= self.stale_after
+
+    async def read(self, tag: str) -> Any:
+        """Return the latest value of ``tag`` (``voltage``, ``cells.3``, ...) from the BMS.
+
+        Raises:
+            DeviceError: if the BMS has not reported that value (yet).
+        """
+        for name, value in self.parser.state.datapoints():
+            if name == tag:
+                return value
+        raise DeviceError(f"the BMS has not reported {tag!r}", connection_id=self.connection_id)
+
+    async def send_data(self, data: bytes) -> None:
+        """Send raw bytes (a request frame) to the BMS.
+
+        Raises:
+            ConnectError: if the port is not open.
+        """
+        link = self._link
+        if link is None or link.transport is None or not self.is_connected():
+            raise ConnectError(
+                f"serial port {self.port} is not open",
+                connection_id=self.connection_id,
+                cause=self._closed_error,
+            )
+        link.transport.write(data)
+        self.update_stats(packets_sent=1, bytes_sent=len(data))
+        await link.drain()
+
+    async def _run_poll(self, link: PortLink) -> None:
+        loop = asyncio.get_running_loop()
+        while self._link is link and self.is_connected():
+            for request in self.parser.requests():
+                key = self.parser.answer_key(request)
+                answered: asyncio.Future[None] = loop.create_future()
+                self._waiting[key] = answered
+                try:
+                    await self.send_data(request)
+                    async with asyncio.timeout(self.response_timeout):
+                        await answered
+                except TimeoutError:
+                    # Silence is not garbage: the health check sees it
+                    # (no valid frame within stale_after).
+                    self.unanswered += 1
+                    logger.debug("%s: no answer to request 0x%02X", self.connection_id, key)
+                except ConnectError:
+                    return
+                finally:
+                    if self._waiting.get(key) is answered:
+                        del self._waiting[key]
+                if self._link is not link or not self.is_connected():
+                    return
+            await self.clock.sleep(self.interval)
+
+    def _on_poller_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug or a surprise from the port: the link cannot be trusted to poll.
+        self._fail(task.exception() or RuntimeError("poll task failed"))
+
+    def _on_bytes(self, link: PortLink, data: bytes) -> None:
+        if link is not self._link or self._closed_error is not None:
+            return
+        self.update_stats(bytes_received=len(data))
+        for item in self.parser.feed(data):
+            if isinstance(item, Decoded):
+                self._on_frame(item)
+            else:
+                self._on_bad_frame(item)
+                if self._closed_error is not None:
+                    return
+
+    def _on_frame(self, decoded: Decoded) -> None:
+        self.good_frames += 1
+        self._streak = 0
+        self._last_valid = self.clock.monotonic()
+        self.update_stats(packets_received=1)
+        for tag, value in decoded.reading.datapoints():
+            self.report_data(tag, value)
+        waiter = self._waiting.get(decoded.key)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_bad_frame(self, error: ProtocolError | DeviceError) -> None:
+        self.bad_frames += 1
+        self.last_bad_frame = error.message
+        self.update_stats(errors=1)
+        if isinstance(error, DeviceError):
+            # The BMS said no to one request: the link itself is fine.
+            logger.debug("%s: %s", self.connection_id, error.message)
+            return
+        self._streak += 1
+        logger.debug("%s: bad frame: %s", self.connection_id, error.message)
+        if self._streak >= self.cfg.error_streak:
+            self._fail(
+                ProtocolError(
+                    f"{self._streak} bad frames in a row from the BMS; last: {error.message}",
+                    connection_id=self.connection_id,
+                )
+            )
+
+    def _fail(self, error: BaseException) -> None:
+        """The link cannot go on: close it, wake the poller, tell the supervisor."""
+        if self._closed_error is not None:
+            return
+        self._closed_error = error
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            link.transport.abort()
+        self._wake_waiters()
+        self.connection_lost(error)
+
+    def _wake_waiters(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.cancel()
+
+    def _on_link_closed(self, link: PortLink, exc: Exception | None) -> None:
+        if link is not self._link or self._closed_error is not None:
+            return
+        self._fail(
+            ConnectError(
+                f"serial port {self.port} went away ({exc if exc is not None else 'closed'})",
+                connection_id=self.connection_id,
+                cause=exc,
+            )
+        )
