@@ -66,18 +66,17 @@ async def drive(clock: ManualClock, pred: Callable[[], bool], timeout: float = 1
             await asyncio.sleep(0.01)
 
 
+def probes_done(m: ConnectionManager, cid: str) -> int:
+    return int(m.get_status(cid).get("endpoints", {}).get("probes", 0))
+
+
 async def fail_back(m: ConnectionManager, clock: ManualClock, cid: str) -> None:
     """Let the failback probes run until the connection is back on its preferred endpoint."""
     async with asyncio.timeout(10):
         while not (active(m, cid) == 0 and m.get_state(cid) is S.CONNECTED):
             probes = m.get_status(cid)["endpoints"]["probes"]
             await clock.advance(1.0)
-            await until(
-                lambda: (
-                    m.get_status(cid).get("endpoints", {}).get("probes", 0) > probes
-                    or active(m, cid) == 0
-                )
-            )
+            await until(lambda n=probes: probes_done(m, cid) > n or active(m, cid) == 0)
 
 
 async def test_modbus_fails_over_to_the_second_gateway_and_back(
