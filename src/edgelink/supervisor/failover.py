@@ -421,18 +421,16 @@ class Endpoints:
             self._on_active(self)
         return Switch("failover", old, self.active_endpoint, verdict.reason, attempts, hard=hard)
 
-    def wait_attempts(self, attempts: int) -> int | None:
+    def wait_attempts(self) -> int | None:
         """Return the attempt count the next backoff is computed from, or None for no wait.
 
         None right after a switch inside a round (the next endpoint is tried at
-        once); else the number of failed rounds (so the delay grows per pass
-        over the set, not per endpoint). ``attempts`` is the supervisor's own
-        count, returned unchanged when the connection never failed over.
+        once); else the number of failed rounds since the link was last up, so
+        the delay grows per pass over the set, not per attempt: retries of one
+        endpoint in the first round wait ``reconnect_initial_delay`` each.
         """
         if self._skip_wait:
             return None
-        if self.rounds == 0 and self.failovers == 0:
-            return attempts
         return self.rounds
 
     def attempt_ok(self) -> None:

@@ -242,7 +242,7 @@ class SupervisorLifecycle(SupervisorChildren):
         attempts = self._attempts
         if self._endpoints is not None:
             # Failover: the next endpoint is tried at once; the backoff grows per round.
-            per_round = self._endpoints.wait_attempts(attempts)
+            per_round = self._endpoints.wait_attempts()
             if per_round is None:
                 if not in_cooldown and self._sm.state is S.RECONNECTING:
                     return True
