@@ -132,17 +132,18 @@ async def test_failover_then_failback_after_the_stable_period(
 async def test_datapoints_carry_their_endpoint(
     make_manager: Make, clock: ManualClock, pair: tuple[PingPongPeer, PingPongPeer]
 ) -> None:
-    """Test that a polled value's metadata names the endpoint it was read from."""
+    """Test that a polled value's metadata names its endpoint, and the fleet group follows."""
     a, b = pair
     m = make_manager(clock=clock)
     m.add_connection(
         "dev",
         "tcp",
         tcp(a.port),
-        settings=SETTINGS,
-        endpoints=[{}, {"port": b.port}],
+        settings={**SETTINGS, "fleet_recovery": True},
+        endpoints=[{}, {"host": "localhost", "port": b.port}],
         poll=[{"tags": ["temperature"], "interval": 1.0}],
     )
+    assert m.fleet.group_of("dev") == "host:127.0.0.1"
     await m.start()
     await m.wait_for_state("dev", S.CONNECTED, timeout=5)
     await clock.advance(1.0)
@@ -162,7 +163,9 @@ async def test_datapoints_carry_their_endpoint(
     await until(lambda: (m.router.data.value("dev.temperature")) == "22.5")
     dp = m.router.data.get("dev.temperature")
     assert dp is not None and dp.metadata is not None
-    assert dp.metadata["endpoint_index"] == 1
+    assert dp.metadata == {"endpoint": f"localhost:{b.port}", "endpoint_index": 1}
+    # Fleet recovery groups the connection by the endpoint it uses now.
+    assert m.fleet.group_of("dev") == "host:localhost"
 
 
 async def test_flapping_primary_fails_back_at_most_once_per_holdoff(

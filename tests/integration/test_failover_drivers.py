@@ -74,9 +74,13 @@ async def fail_back(m: ConnectionManager, clock: ManualClock, cid: str) -> None:
     """Let the failback probes run until the connection is back on its preferred endpoint."""
     async with asyncio.timeout(10):
         while not (active(m, cid) == 0 and m.get_state(cid) is S.CONNECTED):
-            probes = m.get_status(cid)["endpoints"]["probes"]
+            probes = probes_done(m, cid)
+
+            def probed(n: int = probes) -> bool:
+                return probes_done(m, cid) > n or active(m, cid) == 0
+
             await clock.advance(1.0)
-            await until(lambda n=probes: probes_done(m, cid) > n or active(m, cid) == 0)
+            await until(probed)
 
 
 async def test_modbus_fails_over_to_the_second_gateway_and_back(
