@@ -230,7 +230,7 @@ class WatchSpec(BaseModel):
 
 
 # A YAML key left empty parses as null; for these fields that means "empty".
-_NULL_MEANS_EMPTY: Final = frozenset({"config", "settings", "poll", "watch"})
+_NULL_MEANS_EMPTY: Final = frozenset({"config", "settings", "poll", "watch", "endpoints"})
 
 
 class ConnectionConfig(BaseModel):
@@ -259,6 +259,11 @@ class ConnectionConfig(BaseModel):
     )
     poll: list[PollGroup] = Field(default_factory=list, description="tags read periodically")
     watch: list[WatchSpec] = Field(default_factory=list, description="vital signs")
+    endpoints: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the preferred endpoint first, then alternates, each with the config "
+        "fields that differ from config (docs/failover.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -310,6 +315,8 @@ class ConnectionSpec:
     settings: ConnectionSettings
     poll: tuple[PollGroup, ...] = ()
     watch: tuple[WatchSpec, ...] = ()
+    #: The endpoints' config fields that differ from ``config`` (empty: one endpoint).
+    endpoints: tuple[dict[str, Any], ...] = ()
     # Computed once: a reload of tens of thousands of connections compares
     # every spec, so equality must not re-walk the config each time.
     _identity: tuple[Any, ...] = field(init=False, repr=False)
@@ -327,6 +334,7 @@ class ConnectionSpec:
             self.settings,
             self.poll,
             self.watch,
+            tuple(_canonical_config(e) for e in self.endpoints),
         )
         object.__setattr__(self, "_identity", identity)
 
@@ -343,7 +351,8 @@ class ConnectionSpec:
         return (
             f"ConnectionSpec(connection_id={self.connection_id!r}, type={self.type!r}, "
             f"name={self.name!r}, enabled={self.enabled!r}, config={redact(self.config)!r}, "
-            f"settings={settings!r}, poll={list(self.poll)!r}, watch={list(self.watch)!r})"
+            f"settings={settings!r}, poll={list(self.poll)!r}, watch={list(self.watch)!r}"
+            + (f", endpoints={[redact(e) for e in self.endpoints]!r})" if self.endpoints else ")")
         )
 
 
@@ -442,6 +451,7 @@ def _resolve(cid: str, conn: ConnectionConfig, defaults: ConnectionSettings) -> 
         settings=defaults.merged(conn.settings),
         poll=tuple(conn.poll),
         watch=tuple(conn.watch),
+        endpoints=tuple(dict(e) for e in conn.endpoints),
     )
 
 

@@ -209,6 +209,12 @@ class _ConnectionBase:
     config_model: ClassVar[type[BaseModel] | None] = None
     #: ``config`` validated by ``config_model`` (None without a model).
     cfg: Any
+    #: The config keys an ``endpoints`` entry may set (docs/failover.md): None
+    #: allows any key, an empty set means the driver has no endpoint to fail over.
+    endpoint_fields: ClassVar[frozenset[str] | None] = None
+    #: Config keys replaced in the failback probe's config, so that the probe
+    #: of a preferred endpoint never carries data (subscriptions, a will).
+    probe_overrides: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -450,6 +456,33 @@ class _ConnectionBase:
 
         Raises:
             ConfigError: (or ValueError) saying why the tag is invalid.
+        """
+
+    def use_endpoint(self, config: Mapping[str, Any]) -> None:
+        """Point the driver at another endpoint: ``config`` becomes its whole config.
+
+        What failover calls between two links, never while one is open
+        (`edgelink.supervisor.failover`): ``config`` is validated as at
+        construction, then `endpoint_changed` lets the driver re-derive what it
+        took from it. No I/O.
+
+        Raises:
+            ConfigError: if ``config`` is invalid (it was checked when the
+                connection was added, so this means a bug).
+        """
+        self.config = dict(config)
+        model = type(self).config_model
+        if model is not None:
+            self.cfg = validate_model(
+                model, self.config, prefix=("config",), connection_id=self.connection_id
+            )
+        self.endpoint_changed()
+
+    def endpoint_changed(self) -> None:
+        """Re-derive what ``__init__`` took from the endpoint fields; the default does nothing.
+
+        A driver that copies its host, port or device path into attributes in
+        ``__init__`` overrides this to copy them again from ``cfg`` (or ``config``).
         """
 
     def __repr__(self) -> str:

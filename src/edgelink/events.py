@@ -71,6 +71,9 @@ class EventType(enum.StrEnum):
     FLAP_CLEARED = "flap_cleared"
     POLL_QUARANTINED = "poll_quarantined"
     QUARANTINE_RELEASED = "quarantine_released"
+    # Failover (docs/failover.md): the connection moved to another endpoint, or back.
+    FAILOVER = "failover"
+    FAILBACK = "failback"
     # The manager: a link came back and woke its recovery group (connection_id None).
     FLEET_WAKE = "fleet_wake"
     # The service (edgelink run): manager-wide, connection_id None.
@@ -120,6 +123,8 @@ _LEVELS: dict[str, int] = {
     EventType.POLL_QUARANTINED: logging.ERROR,
     EventType.QUARANTINE_RELEASED: logging.INFO,
     EventType.FLEET_WAKE: logging.INFO,
+    EventType.FAILOVER: logging.WARNING,
+    EventType.FAILBACK: logging.INFO,
     EventType.PANIC: logging.CRITICAL,
     EventType.RECOVERED: logging.WARNING,
     EventType.CONFIG_RELOADED: logging.INFO,
@@ -150,6 +155,7 @@ DELIBERATE = frozenset(
         Reason.RESTART,
         Reason.ADMIN_RESTART,
         Reason.SUPERVISOR_RESTARTED,
+        Reason.FAILBACK,
     }
 )
 

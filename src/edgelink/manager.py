@@ -61,7 +61,16 @@ from edgelink.router.targets import WriteNowait
 from edgelink.settings import ManagerSettings
 from edgelink.state import ConnectionState, Health, Reason
 from edgelink.supervisor import RESTING, PollSpec, Supervisor, WatchRule
+from edgelink.supervisor.failover import (
+    Endpoint,
+    Endpoints,
+    check_endpoints,
+    endpoint_configs,
+    endpoint_label,
+    make_probe,
+)
 from edgelink.supervisor.fleet import FleetRecovery, recovery_endpoint, recovery_group_key
+from edgelink.supervisor.specs import LinkObservers
 
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
@@ -218,6 +227,8 @@ class ConnectionManager(Service):
         self._bus = EventBus()
         self._sups: dict[str, Supervisor] = {}
         self._specs: dict[str, ConnectionSpec] = {}
+        #: Datapoint metadata of connections with failover: the endpoint of the current link.
+        self._endpoint_meta: dict[str, dict[str, Any]] = {}
         self._data_listeners: list[DataListener] = []
         self._health_listeners: list[HealthCheckListener] = []
         self._health_monitor = HealthMonitor(self)
@@ -319,21 +330,49 @@ class ConnectionManager(Service):
         for spec in specs:
             self._make_driver(spec)
 
-    def _make_driver(self, spec: ConnectionSpec) -> AnyConnection:
+    def _create_driver(
+        self, spec: ConnectionSpec, config: Mapping[str, Any], entry: int | None = None
+    ) -> AnyConnection:
+        """Build the driver for ``config``; errors name ``connections.<id>.…``.
+
+        ``entry``: the index in ``endpoints`` that ``config`` was merged from;
+        its keys are named there (``endpoints[1].port``) instead of in ``config``.
+        """
         where = f"connections.{spec.connection_id}"
+        own = spec.endpoints[entry].keys() if entry is not None else ()
+
+        def located(path: str | None) -> str:
+            if not path:
+                return where
+            key = path.removeprefix("config.").split(".", 1)[0].split("[", 1)[0]
+            if path.startswith("config.") and key in own:
+                return f"{where}.endpoints[{entry}].{path.removeprefix('config.')}"
+            return f"{where}.{path}"
+
         try:
-            driver = self.registry.create(spec.connection_id, spec.type, spec.config, self.context)
+            return self.registry.create(spec.connection_id, spec.type, config, self.context)
         except ConfigError as exc:
-            path = f"{where}.{exc.path}" if exc.path else where
             # A driver's config model reports every bad key: keep them all.
-            errors = [(f"{where}.{p}" if p else where, m) for p, m in exc.errors]
+            errors = [(located(p), m) for p, m in exc.errors]
             raise ConfigError(
                 exc.message,
                 file=exc.file,
-                path=path,
+                path=located(exc.path),
                 errors=errors,
                 connection_id=spec.connection_id,
             ) from exc
+
+    def _make_driver(self, spec: ConnectionSpec) -> AnyConnection:
+        where = f"connections.{spec.connection_id}"
+        configs = endpoint_configs(spec.config, spec.endpoints)
+        driver = self._create_driver(spec, configs[0], 0 if spec.endpoints else None)
+        if spec.endpoints:
+            check_endpoints(
+                spec.connection_id, spec.type, spec.endpoints, type(driver).endpoint_fields, configs
+            )
+            for i in range(1, len(configs)):
+                # Built once (no I/O) so that an alternate is checked as fully as the config.
+                self._create_driver(spec, configs[i], i)
         # Polled and watched tags are checked by the driver now, so a mistyped
         # tag is a config error, not a bad datapoint every interval.
         tag_paths = [
@@ -360,6 +399,7 @@ class ConnectionManager(Service):
                 path=f"connections.{cid}",
             )
         driver = self._make_driver(spec)
+        endpoints = self._endpoints_for(spec, driver)
         sup = Supervisor(
             driver,
             spec.settings,
@@ -382,19 +422,10 @@ class ConnectionManager(Service):
             on_health_checked=self._health_checked_cb,
             deadlines=self._deadlines,
             on_link_down=self._link_down_cb,
-            observer=self._fleet,
+            observer=self._fleet if endpoints is None else LinkObservers(self._fleet, endpoints),
+            endpoints=endpoints,
         )
-        settings = spec.settings
-        self._fleet.join(
-            cid,
-            recovery_group_key(
-                recovery_endpoint(driver.cfg, driver.config),
-                enabled=settings.fleet_recovery,
-                group=settings.recovery_group,
-                scope=settings.recovery_scope,
-                subnet_prefix=settings.recovery_subnet_prefix,
-            ),
-        )
+        self._join_fleet(cid, spec, driver.cfg, driver.config)
         self._sups[cid] = sup
         self._specs[cid] = spec
         self._router.register_connection(
@@ -403,6 +434,55 @@ class ConnectionManager(Service):
         if self._started and spec.enabled:
             sup.start()
         return driver
+
+    def _join_fleet(
+        self, cid: str, spec: ConnectionSpec, cfg: Any, config: Mapping[str, Any]
+    ) -> None:
+        """Put a connection in the recovery group of its (active) endpoint."""
+        settings = spec.settings
+        self._fleet.join(
+            cid,
+            recovery_group_key(
+                recovery_endpoint(cfg, config),
+                enabled=settings.fleet_recovery,
+                group=settings.recovery_group,
+                scope=settings.recovery_scope,
+                subnet_prefix=settings.recovery_subnet_prefix,
+            ),
+        )
+
+    def _endpoints_for(self, spec: ConnectionSpec, driver: AnyConnection) -> Endpoints | None:
+        """Return the failover state of a connection with alternate endpoints, else None."""
+        configs = endpoint_configs(spec.config, spec.endpoints)
+        if len(configs) < 2:
+            return None
+        cid = spec.connection_id
+        executor = self._executor_for_sync() if _is_sync(driver) else None
+        preferred = {**configs[0], **type(driver).probe_overrides}
+
+        def regroup(eps: Endpoints) -> None:
+            # Fleet recovery groups by the endpoint the connection tries now.
+            # (The driver is re-pointed only before the next attempt: read the config.)
+            self._join_fleet(cid, spec, None, eps.active_endpoint.config)
+            self._endpoint_meta[cid] = eps.link_metadata
+
+        eps = Endpoints(
+            cid,
+            [
+                Endpoint(i, endpoint_label({**entry, **config}, i), config)
+                for i, (entry, config) in enumerate(zip(spec.endpoints, configs, strict=True))
+            ],
+            spec.settings,
+            clock=self.clock,
+            probe=make_probe(
+                lambda: self.registry.create(cid, spec.type, preferred, self.context),
+                executor,
+                timeout=spec.settings.connect_timeout,
+            ),
+            on_active=regroup,
+        )
+        self._endpoint_meta[cid] = eps.link_metadata
+        return eps
 
     def add_connection(
         self,
@@ -415,8 +495,12 @@ class ConnectionManager(Service):
         settings: Mapping[str, Any] | None = None,
         poll: Sequence[Mapping[str, Any]] | None = None,
         watch: Sequence[Mapping[str, Any]] | None = None,
+        endpoints: Sequence[Mapping[str, Any]] | None = None,
     ) -> AnyConnection:
         """Add a connection; it starts at once if the manager runs and it is enabled.
+
+        ``endpoints``: the preferred endpoint first, then alternates, each with
+        the config fields that differ (docs/failover.md).
 
         Returns:
             The driver object.
@@ -434,6 +518,7 @@ class ConnectionManager(Service):
                 "settings": dict(settings or {}),
                 "poll": list(poll or []),
                 "watch": list(watch or []),
+                "endpoints": [dict(e) for e in endpoints or []],
             },
             self.settings.connection_defaults(),
         )
@@ -450,6 +535,7 @@ class ConnectionManager(Service):
         sup.connection.attach(None)
         self._sups.pop(connection_id, None)
         self._specs.pop(connection_id, None)
+        self._endpoint_meta.pop(connection_id, None)
         self._fleet.leave(connection_id)
         self._router.unregister_connection(connection_id)
 
@@ -628,6 +714,11 @@ class ConnectionManager(Service):
         reason: str | None = None,
     ) -> None:
         metadata = None if reason is None else {QUALITY_REASON: reason, QUALITY_SINCE: ts}
+        if self._endpoint_meta:
+            # Failover: the endpoint the value came from, one shared dict per link.
+            endpoint = self._endpoint_meta.get(connection_id)
+            if endpoint is not None:
+                metadata = endpoint if metadata is None else {**endpoint, **metadata}
         if not self._router.route_data(connection_id, tag, value, metadata, quality=quality, ts=ts):
             return  # spam protection dropped it
         for listener in self._data_listeners:

@@ -123,6 +123,27 @@ class ConnectionSettings(BaseModel):
         default=24, ge=8, le=32, description="IPv4 prefix length of a subnet group"
     )
 
+    failover_after: int = Field(
+        default=3,
+        ge=1,
+        description="failed connect attempts on the active endpoint before the next one is "
+        "tried (a refused or unreachable endpoint at once; docs/failover.md)",
+    )
+    failback: bool = Field(
+        default=True, description="go back to the preferred endpoint once it is healthy again"
+    )
+    failback_after: float = Field(
+        default=30.0, gt=0, description="the preferred endpoint must be healthy this long, s"
+    )
+    failback_probe_interval: float = Field(
+        default=5.0, gt=0, description="how often the preferred endpoint is probed, s"
+    )
+    failback_holdoff: float = Field(
+        default=300.0,
+        ge=0,
+        description="at most one failback per this window (hysteresis), s",
+    )
+
     @model_validator(mode="after")
     def _check_delays(self) -> Self:
         if self.reconnect_max_delay < self.reconnect_initial_delay:

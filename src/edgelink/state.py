@@ -65,6 +65,8 @@ class Reason(enum.StrEnum):
     KILLED = "killed"
     PANIC = "panic"
     SUPERVISOR_RESTARTED = "supervisor_restarted"
+    # Failover moved the link back to the preferred endpoint (docs/failover.md).
+    FAILBACK = "failback"
     # The link was lost, or could not be made.
     LOST = "lost"
     CONNECTION_LOST = "connection_lost"

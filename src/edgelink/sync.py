@@ -204,6 +204,7 @@ class SyncConnectionManager:
         settings: Mapping[str, Any] | None = None,
         poll: Sequence[Mapping[str, Any]] | None = None,
         watch: Sequence[Mapping[str, Any]] | None = None,
+        endpoints: Sequence[Mapping[str, Any]] | None = None,
     ) -> AnyConnection:
         """Add a connection (it starts if the manager runs and it is enabled)."""
         return self._call(
@@ -216,6 +217,7 @@ class SyncConnectionManager:
             settings=settings,
             poll=poll,
             watch=watch,
+            endpoints=endpoints,
         )
 
     def remove_connection(self, connection_id: str) -> None:

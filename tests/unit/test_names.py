@@ -21,7 +21,7 @@ _OLD_EVENT_TYPES = {
     "supervisor_restarted", "health_change", "flapping", "flap_cleared", "poll_quarantined",
     "quarantine_released", "panic", "recovered", "config_reloaded", "config_error",
     "webhook_failed", "bridge_buffering", "bridge_dropped", "loop_lag", "route_quarantined",
-    "source_quarantined", "quarantine_lifted", "fleet_wake",
+    "source_quarantined", "quarantine_lifted", "fleet_wake", "failover", "failback",
 }  # fmt: skip
 
 

@@ -49,6 +49,16 @@ class _GatewayCollector(Collector):
         errors = CounterMetricFamily(
             "edgelink_connection_errors", "Errors since start", labels=["connection_id"]
         )
+        failovers = CounterMetricFamily(
+            "edgelink_failovers",
+            "Moves to another endpoint since start (docs/failover.md)",
+            labels=["connection_id"],
+        )
+        failbacks = CounterMetricFamily(
+            "edgelink_failbacks",
+            "Moves back to the preferred endpoint since start",
+            labels=["connection_id"],
+        )
         counts = dict.fromkeys((str(s) for s in ConnectionState), 0)
         manager = gateway.current_manager
         if manager is not None:
@@ -57,12 +67,18 @@ class _GatewayCollector(Collector):
                 up.add_metric([cid], 1.0 if status["status"] == "connected" else 0.0)
                 reconnects.add_metric([cid], status["stats"]["reconnects"])
                 errors.add_metric([cid], status["stats"]["errors"])
+                endpoints = status.get("endpoints")
+                if endpoints is not None:
+                    failovers.add_metric([cid], endpoints["failovers"])
+                    failbacks.add_metric([cid], endpoints["failbacks"])
         for state, n in counts.items():
             states.add_metric([state], n)
         yield states
         yield up
         yield reconnects
         yield errors
+        yield failovers
+        yield failbacks
         yield GaugeMetricFamily(
             "edgelink_panic",
             "1 while the gateway is in panic",

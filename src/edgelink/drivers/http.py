@@ -222,6 +222,7 @@ class HttpConnection(Connection):
     type_name = "http"
     config_model = HttpConfig
     cfg: HttpConfig
+    endpoint_fields = frozenset({"base_url", "headers", "api_key", "verify"})
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -270,6 +271,19 @@ class HttpConnection(Connection):
             user_timeout=cfg.tcp_user_timeout,
         )
         self._client: httpx.AsyncClient | None = None
+
+    def endpoint_changed(self) -> None:
+        """Take the base URL, headers, key and TLS check of the endpoint failover chose.
+
+        The URL was checked when the connection was added (each endpoint is
+        built once as a driver of its own then).
+        """
+        cfg = self.cfg
+        self.base_url = cfg.base_url
+        self.headers = dict(cfg.headers)
+        self._api_key = cfg.api_key
+        self.verify = cfg.verify
+        self._https = httpx.URL(cfg.base_url).scheme == "https"
 
     async def connect(self) -> None:
         """Set up the HTTP client (connections open with the first request: the health check)."""

@@ -131,6 +131,10 @@ class ModbusConnection(Connection):
     def _bus_config(self) -> BusConfig:
         raise NotImplementedError
 
+    def endpoint_changed(self) -> None:
+        """Take the link (host and port, or serial line) of the endpoint failover chose."""
+        self.bus_config = self._bus_config()
+
     def tag(self, text: str) -> ModbusTag:
         """Return the parsed form of a tag (parsed once, then cached).
 
@@ -410,6 +414,7 @@ class ModbusTcpConnection(ModbusConnection):
     type_name = "modbus_tcp"
     config_model = ModbusTcpConfig
     cfg: ModbusTcpConfig
+    endpoint_fields = frozenset({"host", "port"})
 
     def _bus_config(self) -> BusConfig:
         cfg = self.cfg
@@ -439,6 +444,7 @@ class ModbusRtuConnection(ModbusConnection):
     type_name = "modbus_rtu"
     config_model = ModbusRtuConfig
     cfg: ModbusRtuConfig
+    endpoint_fields = frozenset({"port", "baudrate", "parity", "stopbits", "bytesize"})
 
     def _bus_config(self) -> BusConfig:
         cfg = self.cfg

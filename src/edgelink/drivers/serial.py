@@ -68,6 +68,7 @@ class SerialConnection(Connection):
     type_name = "serial"
     config_model = SerialConfig
     cfg: SerialConfig
+    endpoint_fields = frozenset({"port", "baudrate"})
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -112,6 +113,12 @@ class SerialConnection(Connection):
         self._unsolicited_waiter: asyncio.Future[None] | None = None
         self._request_lock = asyncio.Lock()
         self._closed_error: BaseException | None = None
+
+    def endpoint_changed(self) -> None:
+        """Take the device path and baud rate of the endpoint failover chose."""
+        self.port = self.cfg.port
+        self.baudrate = self.cfg.baudrate
+        self._serial_kwargs["baudrate"] = self.cfg.baudrate
 
     async def connect(self) -> None:
         """Open the port (flushing stale input) and start receiving.

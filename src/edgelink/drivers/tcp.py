@@ -60,6 +60,7 @@ class TcpConnection(Connection):
     type_name = "tcp"
     config_model = TcpConfig
     cfg: TcpConfig
+    endpoint_fields = frozenset({"host", "port"})
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -82,6 +83,11 @@ class TcpConnection(Connection):
         self._unsolicited: deque[bytes] | None = None
         self._unsolicited_waiter: asyncio.Future[None] | None = None
         self._closed_error: BaseException | None = None
+
+    def endpoint_changed(self) -> None:
+        """Take the host and port of the endpoint failover chose."""
+        self.host = self.cfg.host
+        self.port = self.cfg.port
 
     async def connect(self) -> None:
         """Open the TCP connection."""

@@ -28,6 +28,7 @@ from edgelink.errors import (
 from edgelink.events import EventBus, EventType, make_event
 from edgelink.settings import ConnectionSettings
 from edgelink.state import ConnectionState, Health, Reason, StateMachine, Transition
+from edgelink.supervisor.failover import Endpoints
 from edgelink.supervisor.policy import (
     COALESCED_WHILE_FLAPPING,
     Lost,
@@ -77,6 +78,7 @@ class SupervisorBase:
         "_damper",
         "_data_sink",
         "_deadlines",
+        "_endpoints",
         "_extra_checks",
         "_fast_requested",
         "_flapping_since",
@@ -156,6 +158,7 @@ class SupervisorBase:
         deadlines: DeadlineWheel | None = None,
         on_link_down: LinkDownListener | None = None,
         observer: LinkObserver | None = None,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self.connection_id = connection.connection_id
         #: The user's driver object (a `Connection` or `SyncConnection`).
@@ -181,6 +184,10 @@ class SupervisorBase:
         self._on_link_down = on_link_down
         #: Told of backoff waits and returns (the manager's fleet recovery).
         self._observer = observer
+        #: The connection's endpoints when it has alternates (failover), else None.
+        self._endpoints = endpoints
+        if endpoints is not None:
+            endpoints.attach(self)
         #: Tags whose last report was bad with a reason: the next one is not repeated.
         self._bad_tags: set[str] = set()
         self._backoff: Backoff = settings.backoff()
@@ -432,6 +439,18 @@ class SupervisorBase:
             return False
         fut.set_result(None)
         return True
+
+    def failback(self) -> None:
+        """Drop the link and connect again at once (to the preferred endpoint, failover asked).
+
+        The link is closed before the next attempt: never two links at once.
+        """
+        self.reconnect(fast_path=True, reason=Reason.FAILBACK)
+
+    @property
+    def endpoints(self) -> Endpoints | None:
+        """The connection's endpoints when it has alternates (`edgelink.supervisor.failover`)."""
+        return self._endpoints
 
     def _lose(self, lost: Lost) -> None:
         fut = self._lost

@@ -18,8 +18,8 @@ class Supervisor(SupervisorLifecycle):
     __slots__ = ()
 
     def status_dict(self) -> dict[str, Any]:
-        """Return the explainable status of DESIGN section 4."""
-        return {
+        """Return the explainable status of DESIGN section 4 (``endpoints`` with failover)."""
+        status = {
             "connection_id": self.connection_id,
             "type": self.type_name,
             "name": self.name,
@@ -42,6 +42,9 @@ class Supervisor(SupervisorLifecycle):
             "flap": self.flap_status(),
             "quarantined": [dict(entry) for entry in self._quarantine.values()],
         }
+        if self._endpoints is not None:
+            status["endpoints"] = self._endpoints.status()
+        return status
 
     def __repr__(self) -> str:
         return (

@@ -80,6 +80,8 @@ class SupervisorLifecycle(SupervisorChildren):
     async def _stop(self, *, reason: str, graceful: bool = True) -> None:
         self.desired = "stopped"
         await self._cancel_main()
+        if self._endpoints is not None:
+            await self._endpoints.close()
         await self._close_link(timeout=self.settings.connect_timeout if graceful else 0.1)
         self._next_retry_at = None
         if self._sm.state is not S.DISCONNECTED:
@@ -93,6 +95,8 @@ class SupervisorLifecycle(SupervisorChildren):
         async with self._lifecycle:
             await self._stop(reason=reason)
             self._attempts = 0
+            if self._endpoints is not None:
+                self._endpoints.reset()
             self._cooldown = self.settings.suspend_cooldown
             if reason != Reason.SUPERVISOR_RESTARTED:
                 # A person restarted it: the flap history is forgiven. The
@@ -112,6 +116,8 @@ class SupervisorLifecycle(SupervisorChildren):
             await self._cancel_main()
             await self._close_link(timeout=self.settings.connect_timeout)
             self._attempts = 0
+            if self._endpoints is not None:
+                self._endpoints.reset()
             self._cooldown = self.settings.suspend_cooldown
             self._reset_flap("resumed")
             self.desired = "running"
@@ -201,6 +207,9 @@ class SupervisorLifecycle(SupervisorChildren):
         while self._owns():
             if not await self._wait_before_attempt(in_cooldown=in_cooldown, fast=fast):
                 return
+            eps = self._endpoints
+            if eps is not None and (switch := eps.prepare(self.connection)) is not None:
+                self._emit(EventType.FAILBACK, **switch.event_data())
             if fast:
                 self._emit(EventType.FAST_PATH_ACTIVE, timeout=s.fast_path_timeout)
             timeout = s.fast_path_timeout if fast else s.connect_timeout
@@ -230,9 +239,18 @@ class SupervisorLifecycle(SupervisorChildren):
     async def _wait_before_attempt(self, *, in_cooldown: bool, fast: bool) -> bool:
         """Wait as `wait_before_attempt` says; return False if no attempt follows."""
         s = self.settings
+        attempts = self._attempts
+        if self._endpoints is not None:
+            # Failover: the next endpoint is tried at once; the backoff grows per round.
+            per_round = self._endpoints.wait_attempts()
+            if per_round is None:
+                if not in_cooldown and self._sm.state is S.RECONNECTING:
+                    return True
+            else:
+                attempts = per_round
         wait = wait_before_attempt(
             self._sm.state,
-            self._attempts,
+            attempts,
             in_cooldown=in_cooldown,
             fast=fast,
             cooldown=self._cooldown,
@@ -305,6 +323,12 @@ class SupervisorLifecycle(SupervisorChildren):
         if decision.counted:
             self._attempts = decision.attempts
             self._emit(EventType.RECONNECT_FAILED, error=self._last_error, reason=verdict.reason)
+        if (
+            self._endpoints is not None
+            and decision.next is not Next.FAIL
+            and (switch := self._endpoints.attempt_failed(error, verdict, self._attempts))
+        ):
+            self._emit(EventType.FAILOVER, **switch.event_data())
         if decision.next is Next.FAIL:
             self._transition(S.ERROR, decision.reason)
             self._emit(EventType.ERROR, reason=decision.reason, error=self._last_error)
@@ -422,6 +446,8 @@ class SupervisorLifecycle(SupervisorChildren):
         )
         self._last_error = None
         attempt = self._attempts
+        if self._endpoints is not None:
+            self._endpoints.attempt_ok()
         if was_reconnect:
             self.connection.stats.add({"reconnects": 1}, self._clock.time())
         self._transition(S.CONNECTED, None)

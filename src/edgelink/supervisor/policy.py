@@ -69,8 +69,8 @@ COALESCED_WHILE_FLAPPING = frozenset(
     }
 )
 
-#: Losses that are no flap: a person asked for them.
-NOT_A_FLAP = frozenset({Reason.ADMIN_RECONNECT})
+#: Losses that are no flap: a person (or failback to the preferred endpoint) asked for them.
+NOT_A_FLAP = frozenset({Reason.ADMIN_RECONNECT, Reason.FAILBACK})
 
 
 def describe(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "HealthCheck",
     "LinkDownListener",
     "LinkObserver",
+    "LinkObservers",
     "PollSpec",
     "WakeableLink",
     "WatchRule",
@@ -63,6 +64,35 @@ class LinkObserver(Protocol):
 
     def on_link_down(self, link: WakeableLink, reason: str) -> None:
         """The link that was up is gone (lost, stopped, suspended), for ``reason``."""
+
+
+class LinkObservers:
+    """Several `LinkObserver` as one (fleet recovery and failover of one link), in order."""
+
+    __slots__ = ("observers",)
+
+    def __init__(self, *observers: LinkObserver) -> None:
+        self.observers = observers
+
+    def on_wait(self, link: WakeableLink, kind: WaitKind, delay: float) -> None:
+        """Tell each observer."""
+        for observer in self.observers:
+            observer.on_wait(link, kind, delay)
+
+    def on_wait_end(self, link: WakeableLink) -> None:
+        """Tell each observer."""
+        for observer in self.observers:
+            observer.on_wait_end(link)
+
+    def on_link_up(self, link: WakeableLink, failed_attempts: int) -> None:
+        """Tell each observer."""
+        for observer in self.observers:
+            observer.on_link_up(link, failed_attempts)
+
+    def on_link_down(self, link: WakeableLink, reason: str) -> None:
+        """Tell each observer."""
+        for observer in self.observers:
+            observer.on_link_down(link, reason)
 
 
 #: ``on_link_down(connection_id, reason)``: the link of a connection that was up is gone.

@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pyads import constants as ads_constants
 from pyads import pyads_ex
@@ -55,6 +55,9 @@ class AdsConnection(AdsNotifications):
     type_name = "ads"
     config_model = AdsConfig
     cfg: AdsConfig
+    endpoint_fields = frozenset({"ams_net_id", "ams_port", "host", "local_ams_net_id"})
+    # The failback probe reads the state only: no notifications on the PLC.
+    probe_overrides: ClassVar[Mapping[str, Any]] = {"notifications": []}
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -72,6 +75,15 @@ class AdsConnection(AdsNotifications):
         self._runtime = RUNTIME
         self._adr = AmsAddr(self.ams_net_id, self.ams_port)
         self._setup_notifications(specs)
+
+    def endpoint_changed(self) -> None:
+        """Take the net id, route and ports of the endpoint failover chose."""
+        cfg = self.cfg
+        self.ams_net_id = cfg.ams_net_id
+        self.ams_port = cfg.ams_port
+        self.host = cfg.host or ".".join(self.ams_net_id.split(".")[:4])
+        self.local_ams_net_id = cfg.local_ams_net_id
+        self._adr = AmsAddr(self.ams_net_id, self.ams_port)
 
     def connect(self) -> None:
         """Route to the PLC, open a local AMS port and have the notifications replayed.

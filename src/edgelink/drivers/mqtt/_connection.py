@@ -21,7 +21,7 @@ import secrets
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -80,6 +80,27 @@ class MqttConnection(MqttSubscriptions):
     type_name = "mqtt"
     config_model = MqttConfig
     cfg: MqttConfig
+    endpoint_fields = frozenset(
+        {
+            "host",
+            "port",
+            "tls",
+            "verify",
+            "ca_file",
+            "client_cert",
+            "client_key",
+            "tls_server_name",
+            "username",
+            "password",
+        }
+    )
+    # The failback probe is a plain session: no subscriptions, no will, its own id.
+    probe_overrides: ClassVar[Mapping[str, Any]] = {
+        "subscribe": [],
+        "will": None,
+        "client_id": None,
+        "clean_session": True,
+    }
 
     def __init__(
         self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
@@ -146,6 +167,20 @@ class MqttConnection(MqttSubscriptions):
         self._last_check = 0.0
         #: Messages queued with `send` on this link (whether the listener hears of a loss).
         self._tracked = 0
+
+    def endpoint_changed(self) -> None:
+        """Take the broker, TLS and credentials of the endpoint failover chose."""
+        cfg = self.cfg
+        self.host = cfg.host
+        self.tls = cfg.tls
+        self.port = cfg.port if cfg.port is not None else (8883 if cfg.tls else 1883)
+        self.verify = cfg.verify
+        self.ca_file = cfg.ca_file
+        self.client_cert = cfg.client_cert
+        self.client_key = cfg.client_key
+        self.tls_server_name = cfg.tls_server_name
+        self.username = cfg.username
+        self._password = cfg.password
 
     def _parse_will(self, will: MqttWill | None) -> tuple[str, bytes, int, bool] | None:
         if will is None:
