@@ -949,8 +949,7 @@ async def test_outage_drains_in_order_at_twice_the_live_rate_then_goes_live(
         await asyncio.to_thread(broker.start)
         await gateway.manager.wait_for_state("broker", "connected", timeout=10)
         loop = asyncio.get_running_loop()
-        flushed0, t0, peak = bridge.flushed, loop.time(), 0
-        live_rate = 2000.0
+        flushed0, t0, peak, n0 = bridge.flushed, loop.time(), 0, n
         while not bridge.stats()["live"]:
             for _ in range(20):  # 2,000/s: 20 every 10 ms
                 router.route_data("calc", f"t{n % topics}", n)
@@ -958,8 +957,12 @@ async def test_outage_drains_in_order_at_twice_the_live_rate_then_goes_live(
             peak = max(peak, bridge.stats()["queued"])
             await asyncio.sleep(0.01)
             assert loop.time() - t0 < 30, "the drain never ended"
-        drain_rate = (bridge.flushed - flushed0) / (loop.time() - t0)
-        assert drain_rate >= 2 * live_rate, drain_rate
+        elapsed = loop.time() - t0
+        # The live rate is what the loop let this producer make meanwhile (2,000/s
+        # on an idle machine, less on a busy one, where the drain slows alike).
+        live_rate = (n - n0) / elapsed
+        drain_rate = (bridge.flushed - flushed0) / elapsed
+        assert drain_rate >= 2 * live_rate, (drain_rate, live_rate)
         assert peak <= bound
         for _ in range(20):
             router.route_data("calc", f"t{n % topics}", n)
