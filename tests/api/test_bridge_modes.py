@@ -168,8 +168,16 @@ async def test_group_payload_carries_each_tags_quality_ts_and_unencodable_values
 ) -> None:
     """Test a group of one loop turn: one message, bad/odd tags detailed, the rate limit merges."""
     clock = ManualClock()
-    rules = [{"match": "grp", "mode": "group", "min_interval_s": 2.0}]
-    async with moded_bridge(broker, clock, modes=rules) as (manager, bridge, sub):
+    rules = [
+        {"match": "grp", "mode": "group", "min_interval_s": 2.0},
+        {"match": "status", "mode": "group"},
+    ]
+    discovery = [{"address": "grp.a.b"}]
+    async with moded_bridge(broker, clock, modes=rules, discovery=discovery) as (
+        manager,
+        bridge,
+        sub,
+    ):
         route = manager.router.route_data
         meta = {QUALITY_REASON: "device said no", QUALITY_SINCE: 99.0}
         route("grp", "a.b", 1, ts=100.0)
@@ -193,6 +201,12 @@ async def test_group_payload_carries_each_tags_quality_ts_and_unencodable_values
         assert tags["e"] == {"ts": 90.0, "quality": "good"}
         assert "a.b" not in tags
         assert values(sub, "m/other/x") == [3]
+        # A connection named "status" never overwrites the bridge's m/status.
+        route("status", "x", 5)
+        assert (await eventually(lambda: received(sub, "m/%73tatus")))[0]["values"] == {"x": 5}
+        ((_, config),) = bridge.discovery_messages()
+        assert config["state_topic"] == "m/grp"
+        assert config["value_template"] == """{{ value_json['values']["a.b"] }}"""
         assert not [t for t, _ in sub.snapshot() if t.startswith("m/grp/")]
         # Two more rounds within the interval: merged into one message, counted.
         route("grp", "a.b", 2, ts=101.0)
@@ -205,7 +219,7 @@ async def test_group_payload_carries_each_tags_quality_ts_and_unencodable_values
         assert later["values"] == {"a.b": 3, "f": 4}
         assert later["quality"] == "good"
         stats = bridge.stats()
-        assert (stats["coalesced"], stats["group_messages"]) == (1, 2)
+        assert (stats["coalesced"], stats["group_messages"]) == (1, 3)  # grp twice, status
 
 
 def write_folder(folder: Path, connections: dict[str, Any], bridge: dict[str, Any]) -> None:

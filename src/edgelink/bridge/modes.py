@@ -56,7 +56,7 @@ from edgelink.router.datapoint import DataPoint, quality_detail
 if TYPE_CHECKING:
     import asyncio
 
-    from edgelink.bridge.settings import BridgeSettings
+    from edgelink.bridge.settings import BridgeSettings, ModeRule
     from edgelink.clock import Clock, TimerHandle
     from edgelink.router.wire import WireEncoder
 
@@ -189,11 +189,12 @@ class PayloadModes:
         self._point_message = point_message
         self._emit = emit
         self._dead_letter = dead_letter
+        self._default = self._policy_of(None)
         self._rules = [
             (
                 re.compile(fnmatch.translate(rule.match)),
                 None if rule.tags == "*" else re.compile(fnmatch.translate(rule.tags)),
-                rule,
+                self._policy_of(rule),
             )
             for rule in settings.modes
         ]
@@ -227,16 +228,23 @@ class PayloadModes:
         }
 
     def policy(self, source: str, tag: str) -> Policy:
-        """Return the policy of ``source.tag``: the first matching rule, else the defaults."""
+        """Return the policy of ``source.tag``: the first matching rule's, else the defaults.
+
+        One `Policy` per rule, shared by the addresses it matches.
+        """
+        for source_re, tags_re, policy in self._rules:
+            if source_re.match(source) and (tags_re is None or tags_re.match(tag)):
+                return policy
+        return self._default
+
+    def _policy_of(self, rule: ModeRule | None) -> Policy:
         s = self._settings
         mode, deadband, heartbeat, interval = s.mode, s.deadband, s.heartbeat_s, s.min_interval_s
-        for source_re, tags_re, rule in self._rules:
-            if source_re.match(source) and (tags_re is None or tags_re.match(tag)):
-                mode = rule.mode or mode
-                deadband = rule.deadband or deadband
-                heartbeat = rule.heartbeat_s or heartbeat
-                interval = rule.min_interval_s if rule.min_interval_s is not None else interval
-                break
+        if rule is not None:
+            mode = rule.mode or mode
+            deadband = rule.deadband or deadband
+            heartbeat = rule.heartbeat_s or heartbeat
+            interval = rule.min_interval_s if rule.min_interval_s is not None else interval
         return Policy(
             group=mode == "group",
             absolute=deadband.absolute if deadband else None,

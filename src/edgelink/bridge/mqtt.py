@@ -23,6 +23,12 @@ is supervised like any other (reconnect, health, status):
   (MQTT discovery: a retained sensor config under ``homeassistant/sensor/``)
   on every connect.
 
+That is the default payload mode. ``bridge.mode``, ``bridge.deadband``,
+``bridge.heartbeat_s``, ``bridge.min_interval_s`` and the per-connection rules
+of ``bridge.modes`` (`edgelink.bridge.modes`) send one message per poll group
+to ``{base}/{source}``, hold back values inside a deadband, and limit each
+topic's rate; the ``/set`` back-path stays per tag in every mode.
+
 The uplink is one ordered pipeline (see `MqttBridge`): datapoints join a
 bounded memory queue (``bridge.buffer.memory_items``; past it the oldest go,
 counted and evented) that goes to the broker in one batch per loop turn while
@@ -315,7 +321,9 @@ class MqttBridge(Service):
                 source, _, tag = address.partition(".")
             if self.modes.policy(source, tag).group:
                 key = json.dumps(tag)
-                return encode_group_topic(self.base, source), f"{{{{ value_json.values[{key}] }}}}"
+                return encode_group_topic(
+                    self.base, source
+                ), f"{{{{ value_json['values'][{key}] }}}}"
         return self.state_topic(address), "{{ value_json.value }}"
 
     def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
