@@ -119,10 +119,11 @@ class Policy:
 class _Point:
     """What the modes keep per address: its policy, deadband and rate-limit state."""
 
-    __slots__ = ("due", "last_at", "pending", "policy", "quality", "sent_at", "value")
+    __slots__ = ("due", "last_at", "pending", "policy", "quality", "sent_at", "tag", "value")
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, tag: str) -> None:
         self.policy = policy
+        self.tag = tag  # the address without its source (`DataPoint.tag`, computed once)
         self.value: Any = None
         self.quality: str | None = None  # None: nothing went out yet
         self.sent_at = 0.0  # when the deadband last let a value through
@@ -261,7 +262,8 @@ class PayloadModes:
         points = self._points
         state = points.get(address)
         if state is None:
-            state = _Point(self.policy(dp.source, dp.tag))
+            tag = dp.tag
+            state = _Point(self.policy(dp.source, tag), tag)
             if len(points) >= self.max_items:
                 self._evict_point()
             points[address] = state
@@ -275,7 +277,14 @@ class PayloadModes:
                 return None
             state.value, state.quality, state.sent_at = dp.value, dp.quality, now
         if policy.group:
-            self._join_group(dp)
+            group = self._turn.get(dp.source)
+            if group is None:
+                if not self._turn:
+                    # The group closes at the end of this loop turn: the rest of
+                    # the poll round is delivered synchronously before then.
+                    self._loop.call_soon(self.end_turn)
+                group = self._turn[dp.source] = {}
+            group[state.tag] = dp
             return None
         if policy.interval:
             now = self._clock.monotonic()
@@ -303,16 +312,6 @@ class PayloadModes:
             self._emit(message[0], message[1])
 
     # ------------------------------------------------------------ groups
-
-    def _join_group(self, dp: DataPoint) -> None:
-        group = self._turn.get(dp.source)
-        if group is None:
-            if not self._turn:
-                # The group closes at the end of this loop turn: the rest of
-                # the poll round is delivered synchronously before then.
-                self._loop.call_soon(self.end_turn)
-            group = self._turn[dp.source] = {}
-        group[dp.tag] = dp
 
     def end_turn(self) -> None:
         """Close this loop turn's groups: each goes out, or waits for its interval."""

@@ -286,7 +286,7 @@ class MqttBridge(Service):
             "retried": self.retried,
             "dead_letters": self.dead_letters.total + len(self._dead),
             "dead_letters_dropped": self.dead_letters.dropped,
-            "mode": self._settings.mode if self._settings.plain else "rules",
+            "mode": "rules" if self._settings.modes else self._settings.mode,
             **(modes.stats() if modes is not None else _NO_MODES),
         }
 
