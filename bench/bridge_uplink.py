@@ -171,7 +171,9 @@ def run_edgelink(
             {"host": LOOPBACK, "port": port, "qos": qos, "max_inflight": max_inflight},
             settings={"spam_max_pps": None, "reconnect_initial_delay": 0.05},
         )
-        settings = BridgeSettings(connection="broker", base_topic="up/el", qos=qos, mode=mode)
+        settings = BridgeSettings.model_validate(
+            {"connection": "broker", "base_topic": "up/el", "qos": qos, "mode": mode}
+        )
         group = mode == "group"
         folder = tempfile.mkdtemp(prefix="edgelink-bench-")
         db = Database(Path(folder) / "uplink.db")

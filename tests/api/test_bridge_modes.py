@@ -15,7 +15,7 @@ from test_bridge import Subscriber, broker_connection, eventually
 
 from edgelink import ConnectionManager
 from edgelink.bridge.mqtt import MqttBridge
-from edgelink.bridge.settings import BridgeSettings
+from edgelink.bridge.settings import BridgeSettings, ModeRule
 from edgelink.errors import ConfigError
 from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.service.config import load_service_settings
@@ -25,7 +25,7 @@ from edgelink.store import Database, UplinkBuffer
 from edgelink.testing import ManualClock
 from edgelink.testing.mosquitto import MosquittoBroker
 
-FAST = {
+FAST: dict[str, Any] = {
     "connect_timeout": 1.0,
     "health_check_timeout": 1.0,
     "health_check_interval": 1.0,
@@ -96,8 +96,8 @@ async def test_deadband_suppresses_small_changes_and_passes_big_ones_quality_and
             route("dev", "abs", v)
         for v in (100, 105, 111, 95):
             route("dev", "pct", v)
-        for v in ("a", "a", "b"):
-            route("dev", "text", v)
+        for text in ("a", "a", "b"):
+            route("dev", "text", text)
         await eventually(lambda: values(sub, "m/dev/text") == ["a", "b"])
         assert values(sub, "m/dev/abs") == [10, 11.2, 9.9]  # 10.5, 11.5: moved < 1
         assert values(sub, "m/dev/pct") == [100, 111, 95]  # 105: < 10 % of 100
@@ -323,4 +323,4 @@ def test_default_settings_keep_the_per_datapoint_path() -> None:
     """Test that the defaults are the plain mode (no modes layer on the hot path)."""
     assert BridgeSettings(connection="b").plain
     assert not BridgeSettings(connection="b", min_interval_s=1).plain
-    assert not BridgeSettings(connection="b", modes=[{"match": "x", "mode": "group"}]).plain
+    assert not BridgeSettings(connection="b", modes=[ModeRule(match="x", mode="group")]).plain
