@@ -222,6 +222,24 @@ async def test_group_payload_carries_each_tags_quality_ts_and_unencodable_values
         assert (stats["coalesced"], stats["group_messages"]) == (1, 3)  # grp twice, status
 
 
+async def test_a_group_without_a_valid_topic_is_dead_lettered_and_the_rest_flows(
+    broker: MosquittoBroker,
+) -> None:
+    """Test that a group whose topic is over MQTT's limit is dead-lettered, counted, not sent."""
+    clock = ManualClock()
+    long_id = "p" * 70_000
+    async with moded_bridge(broker, clock, mode="group") as (manager, bridge, sub):
+        manager.router.route_data(long_id, "t", 1)
+        manager.router.route_data("plc", "t", 2)
+        await eventually(lambda: received(sub, "m/plc"))
+        await bridge.store_dead_letters()
+        (letter,) = await bridge.dead_letters.recent()
+        assert letter["topic"] == f"m/{long_id}"[:1000]
+        assert "MQTT allows 65535" in letter["reason"]
+        assert json.loads(letter["payload"])["values"] == {"t": 1}
+        assert bridge.stats()["dead_letters"] == 1
+
+
 def write_folder(folder: Path, connections: dict[str, Any], bridge: dict[str, Any]) -> None:
     (folder / "connections.json").write_text(
         json.dumps({"settings": FAST, "connections": connections})
