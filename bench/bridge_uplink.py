@@ -24,7 +24,14 @@ memory, then SQLite), started again; the drain rate (messages published from
 SQLite per second of the drain, with new datapoints still arriving) is
 compared with the live rate.
 
+``--mode group``: edgelink's bridge runs with ``bridge.mode: "group"``: each
+device's 10 registers are injected with one timestamp a tick (one poll
+round) and go out as one message to ``up/el/dev<N>``; the counter counts the
+values in it, so delivered and CPU per datapoint compare with the default
+mode, and ``messages`` / ``messages_per_s`` show the messages that carried them.
+
     .venv/bin/python bench/bridge_uplink.py --rates 5000 20000 --seconds 10 --outage 5
+    .venv/bin/python bench/bridge_uplink.py --rates 5000 20000 --seconds 10 --outage 0 --mode group
 """
 
 from __future__ import annotations
@@ -81,11 +88,16 @@ def run_counter(port: int) -> None:
 
     def on_message(c: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
         levels = msg.topic.split("/")
-        if len(levels) != 4:
+        if len(levels) == 4:
+            points = 1
+        elif len(levels) == 3 and levels[2] != "status":
+            points = len(json.loads(msg.payload)["values"])  # group mode: up/el/dev<N>
+        else:
             return  # up/el/status
         key = levels[1]
         with lock:
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + points
+            counts[key + "_msgs"] = counts.get(key + "_msgs", 0) + 1
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -142,6 +154,7 @@ def run_edgelink(
     qos: int,
     outage: bool,
     max_inflight: int,
+    mode: str,
 ) -> None:
     from edgelink import ConnectionManager
     from edgelink.bridge.mqtt import MqttBridge
@@ -158,7 +171,10 @@ def run_edgelink(
             {"host": LOOPBACK, "port": port, "qos": qos, "max_inflight": max_inflight},
             settings={"spam_max_pps": None, "reconnect_initial_delay": 0.05},
         )
-        settings = BridgeSettings(connection="broker", base_topic="up/el", qos=qos)
+        settings = BridgeSettings.model_validate(
+            {"connection": "broker", "base_topic": "up/el", "qos": qos, "mode": mode}
+        )
+        group = mode == "group"
         folder = tempfile.mkdtemp(prefix="edgelink-bench-")
         db = Database(Path(folder) / "uplink.db")
         async with manager:
@@ -200,11 +216,20 @@ def run_edgelink(
                 elif now - start >= end:
                     marks.update(cpu1=cpu_s(), t1=now, sent1=sent, rss1=rss_mb())
                     break
-                for _ in range(per_tick):
-                    source, tag = addresses[n % topics]
-                    router.route_data(source, tag, n)
-                    n += 1
-                    sent += 1
+                if group:
+                    # A poll round: each device's registers with one timestamp.
+                    ts = time.time()
+                    for _ in range(per_tick):
+                        source, tag = addresses[n % topics]
+                        router.route_data(source, tag, n, ts=ts)
+                        n += 1
+                        sent += 1
+                else:
+                    for _ in range(per_tick):
+                        source, tag = addresses[n % topics]
+                        router.route_data(source, tag, n)
+                        n += 1
+                        sent += 1
                 tick += TICK
                 await asyncio.sleep(max(0.0, tick - loop.time()))
             await asyncio.sleep(0.5)
@@ -272,6 +297,8 @@ def child(role: str, port: int, args: argparse.Namespace, rate: int, **extra: An
         str(extra.get("qos", args.qos)),
         "--max-inflight",
         str(args.max_inflight),
+        "--mode",
+        args.mode if role == "edgelink" else "datapoint",
     ]
     if extra.get("outage"):
         cmd.append("--outage-child")
@@ -280,10 +307,12 @@ def child(role: str, port: int, args: argparse.Namespace, rate: int, **extra: An
 
 def measure(role: str, key: str, port: int, args: argparse.Namespace, rate: int, counter: Counter):
     before = counter.settle(key)
+    messages_before = counter.settle(key + "_msgs")
     proc = child(role, port, args, rate)
     out, _ = proc.communicate(timeout=args.warmup + args.seconds + 60)
     result = json.loads(out.strip().splitlines()[-1])
     delivered = counter.settle(key) - before
+    messages = counter.settle(key + "_msgs") - messages_before
     window = result["t1"] - result["t0"]
     sent_window = result["sent1"] - result["sent0"]
     cpu = result["cpu1"] - result["cpu0"]
@@ -292,6 +321,8 @@ def measure(role: str, key: str, port: int, args: argparse.Namespace, rate: int,
         "sent": result["sent"],
         "delivered": delivered,
         "delivered_pct": r(100 * share, 2),
+        "messages": messages,
+        "messages_per_s": r(messages / (result["sent"] / rate), 0),
         "rate": r(sent_window / window, 0),
         "cpu_pct": r(100 * cpu / window, 1),
         "cpu_us_per_delivered": r(1e6 * cpu / max(1.0, sent_window * min(1.0, share)), 2),
@@ -335,6 +366,12 @@ def main() -> int:
     parser.add_argument(
         "--max-inflight", type=int, default=20, help="the broker connection's max_inflight"
     )
+    parser.add_argument(
+        "--mode",
+        choices=["datapoint", "group"],
+        default="datapoint",
+        help="edgelink's bridge.mode (group: one message per device and poll round)",
+    )
     parser.add_argument("--role", default="parent", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
@@ -356,6 +393,7 @@ def main() -> int:
             args.qos,
             args.outage_child,
             args.max_inflight,
+            args.mode,
         )
         return 0
 
@@ -364,6 +402,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "benchmark": "bridge_uplink",
         "qos": args.qos,
+        "mode": args.mode,
         "max_inflight": args.max_inflight,
         "runs": [],
     }

@@ -117,6 +117,13 @@ class _GatewayCollector(Collector):
                     "Dead letters the full table dropped",
                 ),
                 ("edgelink_bridge_retried", "retried", "Refused messages published again"),
+                ("edgelink_bridge_suppressed", "suppressed", "Values the deadband held back"),
+                ("edgelink_bridge_coalesced", "coalesced", "Messages a newer one replaced"),
+                (
+                    "edgelink_bridge_mode_state_evicted",
+                    "mode_state_evicted",
+                    "Topics whose mode state the bound evicted",
+                ),
             ):
                 yield CounterMetricFamily(name, text, value=stats[key])
         for extra in self._extra:

@@ -23,6 +23,12 @@ is supervised like any other (reconnect, health, status):
   (MQTT discovery: a retained sensor config under ``homeassistant/sensor/``)
   on every connect.
 
+That is the default payload mode. ``bridge.mode``, ``bridge.deadband``,
+``bridge.heartbeat_s``, ``bridge.min_interval_s`` and the per-connection rules
+of ``bridge.modes`` (`edgelink.bridge.modes`) send one message per poll group
+to ``{base}/{source}``, hold back values inside a deadband, and limit each
+topic's rate; the ``/set`` back-path stays per tag in every mode.
+
 The uplink is one ordered pipeline (see `MqttBridge`): datapoints join a
 bounded memory queue (``bridge.buffer.memory_items``; past it the oldest go,
 counted and evented) that goes to the broker in one batch per loop turn while
@@ -59,7 +65,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgelink._tasks import cancel_and_wait
-from edgelink.bridge.topics import TopicError, decode_address, encode_topic
+from edgelink.bridge.modes import PayloadModes
+from edgelink.bridge.topics import TopicError, decode_address, encode_group_topic, encode_topic
 from edgelink.errors import ConnectError, DeviceError, EdgelinkError
 from edgelink.events import Event
 from edgelink.lifecycle import Service
@@ -69,6 +76,7 @@ from edgelink.store import BufferedMessage, DeadLetters, UplinkBuffer
 
 if TYPE_CHECKING:
     from edgelink.bridge.settings import BridgeSettings
+    from edgelink.clock import Clock
     from edgelink.manager import ConnectionManager
     from edgelink.router.engine import Router
 
@@ -123,6 +131,16 @@ def bridge_will(base_topic: str) -> dict[str, Any]:
     return {"topic": f"{base_topic}/status", "payload": "offline", "qos": 1, "retain": True}
 
 
+#: The payload modes' counters while none is configured.
+_NO_MODES: dict[str, int] = {
+    "suppressed": 0,
+    "coalesced": 0,
+    "group_messages": 0,
+    "mode_state": 0,
+    "mode_state_evicted": 0,
+}
+
+
 class _InFlight:
     """A live QoS 1/2 message the broker has not answered yet."""
 
@@ -165,6 +183,8 @@ class MqttBridge(Service):
         buffer: Where messages wait while the broker is away.
         on_event: ``on_event(kind, **data)`` for what the service should record.
         dead_letters: Where refused messages go (default: a table in the buffer's database).
+        clock: The clock of the payload modes' heartbeats and rate limits
+            (default: the manager's).
     """
 
     def __init__(
@@ -176,6 +196,7 @@ class MqttBridge(Service):
         *,
         on_event: Callable[..., None] | None = None,
         dead_letters: DeadLetters | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if settings.connection is None:
             raise ValueError("the bridge needs bridge.connection")
@@ -195,6 +216,11 @@ class MqttBridge(Service):
         self._discovery_prefix = settings.discovery_prefix.rstrip("/")
         self._encoder = WireEncoder("bridge")
         self._topics: dict[str, str] = {}
+        self._settings = settings
+        self._clock = clock if clock is not None else manager.clock
+        #: The payload modes (None: the default, each datapoint its own message at once).
+        self.modes: PayloadModes | None = None
+        self._message_of: Callable[[DataPoint], tuple[str, bytes] | None] = self._message
         self._live = False
         self._paused = False
         # The pipeline: memory queue -> broker (live) or SQLite (not taken).
@@ -242,6 +268,7 @@ class MqttBridge(Service):
 
     def stats(self) -> dict[str, Any]:
         """Counters for the API and metrics."""
+        modes = self.modes
         return {
             "connection": self.connection_id,
             "base_topic": self.base,
@@ -259,6 +286,8 @@ class MqttBridge(Service):
             "retried": self.retried,
             "dead_letters": self.dead_letters.total + len(self._dead),
             "dead_letters_dropped": self.dead_letters.dropped,
+            "mode": "rules" if self._settings.modes else self._settings.mode,
+            **(modes.stats() if modes is not None else _NO_MODES),
         }
 
     def __repr__(self) -> str:
@@ -284,6 +313,19 @@ class MqttBridge(Service):
             source, _, tag = address.partition(".")
         return encode_topic(self.base, source, tag)
 
+    def _state_of(self, address: str) -> tuple[str, str]:
+        """Return the topic and Home Assistant value template of an address (by its mode)."""
+        if self.modes is not None:
+            source, tag = self._router.resolve(address)
+            if source is None:
+                source, _, tag = address.partition(".")
+            if self.modes.policy(source, tag).group:
+                key = json.dumps(tag)
+                return encode_group_topic(
+                    self.base, source
+                ), f"{{{{ value_json['values'][{key}] }}}}"
+        return self.state_topic(address), "{{ value_json.value }}"
+
     def discovery_messages(self) -> list[tuple[str, dict[str, Any]]]:
         """Return the Home Assistant discovery ``(topic, config)`` of each listed datapoint."""
         messages = []
@@ -292,7 +334,7 @@ class MqttBridge(Service):
                 ch if ch.isalnum() else "_" for ch in entry.address
             ).strip("_")
             try:
-                state_topic = self.state_topic(entry.address)
+                state_topic, template = self._state_of(entry.address)
             except TopicError as exc:
                 logger.warning("bridge: no discovery for %s: %s", entry.address, exc)
                 continue
@@ -301,7 +343,7 @@ class MqttBridge(Service):
                 "unique_id": object_id,
                 "object_id": object_id,
                 "state_topic": state_topic,
-                "value_template": "{{ value_json.value }}",
+                "value_template": template,
                 "availability_topic": f"{self.base}/status",
                 "payload_available": "online",
                 "payload_not_available": "offline",
@@ -335,6 +377,18 @@ class MqttBridge(Service):
         for depth in range(1, MAX_SET_DEPTH + 1):
             driver.subscribe(f"{self.base}/+/{'+/' * depth}set", qos=1)
         self._loop = asyncio.get_running_loop()
+        if not self._settings.plain and self.modes is None:
+            self.modes = PayloadModes(
+                self._settings,
+                self.base,
+                clock=self._clock,
+                loop=self._loop,
+                encoder=self._encoder,
+                point_message=self._message,
+                emit=self._enqueue,
+                dead_letter=self._mode_dead_letter,
+            )
+            self._message_of = self.modes.message
         self._offs.append(self._router.data.subscribe("**", self._on_datapoint, changes_only=False))
         self._offs.append(self._manager.on_event("connected", self._on_link_event))
         self._offs.append(self._manager.on_event("disconnected", self._on_link_event))
@@ -354,6 +408,8 @@ class MqttBridge(Service):
             with contextlib.suppress(EdgelinkError):
                 self._driver().publish(f"{self.base}/status", "offline", qos=0, retain=True)
         self._live = False
+        if self.modes is not None:
+            self.modes.flush()  # what waits for its group or interval goes to SQLite too
         self._requeue_inflight()
         task, self._task = self._task, None
         self._disarm_leak_warning()
@@ -392,16 +448,18 @@ class MqttBridge(Service):
             return
         if self._paused:
             return
-        message = self._message(dp)
+        message = self._message_of(dp)
         if message is not None:
             self._enqueue(message[0], message[1])
 
     def _message(self, dp: DataPoint) -> tuple[str, bytes] | None:
         """Return the ``(topic, payload)`` of a datapoint (one message per datapoint).
 
-        A payload mode (one message per poll group, a deadband, a rate limit)
-        replaces this step: it may return None and `_enqueue` messages later.
-        A datapoint without a valid topic is dead-lettered here (None).
+        The payload modes (`PayloadModes.message`: one message per poll group,
+        a deadband, a rate limit) take this step's place when configured: they
+        may return None and `_enqueue` messages later, through this method for
+        a datapoint's own message. A datapoint without a valid topic is
+        dead-lettered here (None).
         """
         address = dp.address
         topic = self._topics.get(address)
@@ -422,6 +480,9 @@ class MqttBridge(Service):
                 self._topics.clear()
             self._topics[address] = topic
         return topic, payload
+
+    def _mode_dead_letter(self, topic: str, payload: bytes, why: str) -> None:
+        self._dead_letter(topic, payload, self.qos, self.retain, why)
 
     def _enqueue(self, topic: str, payload: bytes) -> None:
         """Put a message at the end of the pipeline (bounded: the oldest in memory go first)."""

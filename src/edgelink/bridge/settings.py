@@ -6,9 +6,14 @@ re-exports them as part of the service's settings.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal, Self
 
-__all__ = ["BridgeSettings", "BufferSettings", "DiscoveryEntry"]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["BridgeSettings", "BufferSettings", "Deadband", "DiscoveryEntry", "ModeRule"]
+
+#: The payload modes: one message per datapoint, or one per poll group of a connection.
+PayloadMode = Literal["datapoint", "group"]
 
 
 class BufferSettings(BaseModel):
@@ -37,6 +42,54 @@ class DiscoveryEntry(BaseModel):
     state_class: str | None = Field(default="measurement")
 
 
+class Deadband(BaseModel):
+    """Report by exception: a value goes out only when it moved by at least the band.
+
+    With both given, the band is the larger of the two (``absolute`` is the
+    floor of ``percent`` near zero).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    absolute: float | None = Field(default=None, ge=0, description="in the value's unit")
+    percent: float | None = Field(
+        default=None, ge=0, description="of the last value sent, e.g. 1.0 = 1 %"
+    )
+
+    @model_validator(mode="after")
+    def _one_band(self) -> Self:
+        if self.absolute is None and self.percent is None:
+            raise ValueError("a deadband needs 'absolute' or 'percent' (or both)")
+        return self
+
+
+class ModeRule(BaseModel):
+    """How the datapoints of matching connections (and tags) go to the broker.
+
+    The first rule of ``bridge.modes`` whose ``match`` (a glob on the
+    connection id) and ``tags`` (a glob on the tag) both match decides; what
+    it leaves out comes from the ``bridge`` section itself.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = Field(min_length=1, description="glob on the connection id, e.g. plc_*")
+    tags: str = Field(default="*", min_length=1, description="glob on the tag, e.g. MAIN.temp*")
+    mode: PayloadMode | None = None
+    deadband: Deadband | None = None
+    heartbeat_s: float | None = Field(default=None, gt=0)
+    min_interval_s: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> Self:
+        fields = ("mode", "deadband", "heartbeat_s", "min_interval_s")
+        if all(getattr(self, name) is None for name in fields):
+            raise ValueError(
+                "a rule sets at least one of mode, deadband, heartbeat_s, min_interval_s"
+            )
+        return self
+
+
 class BridgeSettings(BaseModel):
     """The MQTT bridge: which ``mqtt`` connection it publishes through, and how."""
 
@@ -53,3 +106,38 @@ class BridgeSettings(BaseModel):
         default_factory=list, description="datapoints announced to Home Assistant (MQTT discovery)"
     )
     discovery_prefix: str = Field(default="homeassistant", min_length=1)
+    mode: PayloadMode = Field(
+        default="datapoint",
+        description="datapoint: one message per datapoint; group: one per poll group",
+    )
+    deadband: Deadband | None = Field(
+        default=None, description="report by exception; null = every value goes out"
+    )
+    heartbeat_s: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="with a deadband: a value unchanged this long goes out anyway; null = never",
+    )
+    min_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="per topic, at most one message this often (the latest wins); 0 = no limit",
+    )
+    modes: list[ModeRule] = Field(
+        default_factory=list, description="per connection (and tag) overrides, first match wins"
+    )
+    state_items: int = Field(
+        default=100_000,
+        ge=1,
+        description="topics whose mode state (deadband, rate limit) is kept; past it LRU",
+    )
+
+    @property
+    def plain(self) -> bool:
+        """Whether every datapoint goes out as its own message at once (the default)."""
+        return (
+            self.mode == "datapoint"
+            and self.deadband is None
+            and not self.min_interval_s
+            and not self.modes
+        )

@@ -37,6 +37,7 @@ __all__ = [
     "TopicError",
     "decode_address",
     "decode_level",
+    "encode_group_topic",
     "encode_level",
     "encode_topic",
 ]
@@ -116,11 +117,30 @@ def encode_topic(base: str, source: str, tag: str) -> str:
         TopicError: if the topic would be longer than `MAX_TOPIC_BYTES`.
     """
     levels = [encode_level(source), *(encode_level(part) for part in tag.split("."))]
-    topic = f"{base}/{'/'.join(levels)}"
+    return _checked(f"{base}/{'/'.join(levels)}")
+
+
+def _checked(topic: str) -> str:
     size = len(topic) if topic.isascii() else len(topic.encode())
     if size > MAX_TOPIC_BYTES:
         raise TopicError(f"topic is {size} bytes long, MQTT allows {MAX_TOPIC_BYTES}")
     return topic
+
+
+@functools.lru_cache(maxsize=4096)
+def encode_group_topic(base: str, source: str) -> str:
+    """Return the topic of connection ``source``'s group messages: ``{base}/{source}``.
+
+    A connection id that is exactly ``status`` is escaped as ``%73tatus``, so
+    its groups never overwrite the bridge's own ``{base}/status``.
+
+    Raises:
+        TopicError: if the topic would be longer than `MAX_TOPIC_BYTES`.
+    """
+    level = encode_level(source)
+    if level == "status":
+        level = "%73tatus"
+    return _checked(f"{base}/{level}")
 
 
 def decode_address(levels: list[str]) -> tuple[str, str]:
