@@ -128,22 +128,22 @@ class Frame:
                         link.classes("font-bold underline")
             ui.space()
             ui.label(view.session.identity.name).classes("text-sm opacity-80")
-            ui.button("Panic", color="red", on_click=self.ask_panic).props("unelevated")
+            ui.button("Panic", color="red", on_click=self.ask_panic).props("unelevated no-caps")
             ui.button("Log out", on_click=lambda: ui.navigate.to("/logout")).props(
-                "flat color=white"
+                "flat no-caps color=white"
             )
         with ui.row().classes("w-full items-center bg-red-700 text-white px-4 py-2") as banner:
             self.banner_text = ui.label("").classes("font-bold")
             ui.space()
-            ui.button("Recover", on_click=self.recover).props("color=white text-color=red")
+            ui.button("Recover", on_click=self.recover).props("no-caps color=white text-color=red")
         self.banner = banner
         banner.set_visibility(False)
         with ui.dialog().props("persistent") as dialog, ui.card():
             ui.label("Panic: disconnect every device and stop all data flow?").classes("font-bold")
             self.countdown = ui.label("")
             with ui.row():
-                ui.button("Cancel", on_click=self.cancel_panic).props("flat")
-                ui.button("Panic now", color="red", on_click=self.panic_now)
+                ui.button("Cancel", on_click=self.cancel_panic).props("flat no-caps")
+                ui.button("Panic now", color="red", on_click=self.panic_now).props("no-caps")
         self.dialog = dialog
         self.refresh()
 

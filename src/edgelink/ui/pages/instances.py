@@ -167,12 +167,16 @@ class InstancesPage:
         self.order: list[str] = []
         with ui.row().classes("items-end gap-4"):
             self.text = ui.input("Filter", on_change=self.arrange).props("clearable dense")
-            self.badge = ui.select(
-                ["all", *BADGES], value="all", label="State", on_change=self.arrange
-            ).props("dense")
-            self.sort = ui.select(
-                list(SORTS), value="name", label="Sort by", on_change=self.arrange
-            ).props("dense")
+            self.badge = (
+                ui.select(["all", *BADGES], value="all", label="State", on_change=self.arrange)
+                .props("dense")
+                .classes("min-w-[8rem]")
+            )
+            self.sort = (
+                ui.select(list(SORTS), value="name", label="Sort by", on_change=self.arrange)
+                .props("dense")
+                .classes("min-w-[8rem]")
+            )
             self.summary = ui.label("").classes("text-sm opacity-70")
         self.grid = ui.row().classes("w-full gap-4")
         view.refreshers.append(self.refresh)

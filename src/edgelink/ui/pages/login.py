@@ -56,5 +56,5 @@ def login(request: Request) -> Response | None:
             ui.navigate.to(f"/login/session?ticket={ticket}")
 
         token.on("keydown.enter", submit)
-        ui.button("Log in", on_click=submit).classes("w-full")
+        ui.button("Log in", on_click=submit).classes("w-full").props("no-caps")
     return None
