@@ -27,7 +27,7 @@ from edgelink.testing.peers import PingPongPeer
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 #: How long a browser waits for something the page must show, ms.
-WAIT_MS = 6000
+WAIT_MS = 10_000
 
 
 def closed_port() -> int:
