@@ -442,9 +442,7 @@ async def test_admin_instances_give_the_seed_dict_and_process_totals(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
     """Test GET /api/admin/instances: per connection the seed's keys, OS figures null, totals real."""
-    await eventually(
-        lambda: all(c["stats"]["packets_received"] > 0 for c in gateway.connections())
-    )
+    await eventually(lambda: all(c["stats"]["packets_received"] > 0 for c in gateway.connections()))
     first = (await client.get("/api/admin/instances")).json()
     body = (await client.get("/api/admin/instances")).json()
     seed = {

@@ -2,13 +2,17 @@
 
 One gateway (simulated PING/PONG TCP devices on loopback, the UI on a free
 port) and one headless chromium for the module; each test opens its own
-browser context (its own cookies).
+browser context (its own cookies). Chromium is the system's, never one from
+``playwright install``; in CI (``CI=true``) a missing chromium fails the tests,
+elsewhere they are skipped with the reason (`browserkit.require_browser`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +38,34 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def peers() -> AsyncIterator[list[PingPongPeer]]:
+    started = [PingPongPeer(values={"temperature": "21.5"}) for _ in range(2)]
+    for peer in started:
+        await peer.start()
+    yield started
+    for peer in started:
+        await peer.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless chromium per module."""
+    require_browser()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=shutil.which("chromium"))
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests save screenshots (a temporary folder; see `save_screenshot`)."""
+    return tmp_path_factory.mktemp("ui-screenshots")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -173,10 +205,10 @@ async def test_cards_show_the_real_states(admin: Any, gateway: Gateway, screensh
         state = await card(admin, cid).get_by_test_id("state").inner_text()
         badge = await card(admin, cid).get_by_test_id("badge").inner_text()
         status = gateway.connection(cid)
-        return state == status["status"] and badge == badge_of(status)
+        return bool(state == status["status"] and badge == badge_of(status))
 
     for cid in ("dev_a", "dev_b", "dev_down"):
-        await eventually(lambda cid=cid: shows_real_state(cid))
+        await eventually(functools.partial(shows_real_state, cid))
     await card_shows(admin, "dev_a", "badge", "running")
     assert gateway.connection("dev_down")["status"] != "connected"
     assert await card(admin, "dev_down").get_by_test_id("badge").inner_text() in (

@@ -230,11 +230,12 @@ def http_client_imports(path: Path) -> list[str]:
     """Return ``file:line: module`` for every HTTP client a module imports."""
     problems = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and not node.level:
             names = [node.module or ""]
+        else:
+            continue
         problems += [
             f"{path}:{node.lineno}: {name}"
             for name in names
