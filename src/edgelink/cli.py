@@ -170,7 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         async def start_api(gateway: Gateway) -> None:
             await ApiServer(gateway, mounts=[mount_ui]).start()
-            _announce_ui(gateway, "edgelink demo")
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(args, start_api=start_api))
@@ -185,12 +184,12 @@ def _announce_ui(gateway: Gateway, prefix: str) -> None:
     if gateway.api_address is None:
         return
     host, port = gateway.api_address
-    if not gateway.settings.ui.enabled:
+    if gateway.ui_path is not None:
+        print(f"{prefix}: web UI on http://{host}:{port}{gateway.ui_path} (log in with the token)")
+    elif not gateway.settings.ui.enabled:
         print(f"{prefix}: web UI off (ui.enabled is false in edgelink.json)", flush=True)
     elif not is_available():
         print(f"{prefix}: no web UI: pip install 'edgelink[ui]'", flush=True)
-    else:
-        print(f"{prefix}: web UI on http://{host}:{port}/ (log in with the API token)", flush=True)
 
 
 def _run_gateway(args: argparse.Namespace) -> int:

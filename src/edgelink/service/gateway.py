@@ -144,6 +144,8 @@ class Gateway:
         self.token_origin = ""
         #: Where the admin API listens: set by `edgelink.api.server` while it serves.
         self.api_address: tuple[str, int] | None = None
+        #: Where the web UI is served at that address (``"/"``): set by `edgelink.ui` while mounted.
+        self.ui_path: str | None = None
         self.started_at: float | None = None
         self.panicked = False
         self.panic_info: dict[str, Any] | None = None

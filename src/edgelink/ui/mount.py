@@ -48,6 +48,7 @@ async def mount(app: FastAPI, gateway: Gateway) -> Callable[[], Awaitable[None]]
     from edgelink.ui import pages
 
     pages.register()
+    secret = gateway.ui_storage_secret()
     ctx = UiContext(gateway)
     _add_cookie_routes(app, ctx)
     if not _configured:
@@ -55,7 +56,8 @@ async def mount(app: FastAPI, gateway: Gateway) -> Callable[[], Awaitable[None]]
         ui.run_with(
             app,
             title=TITLE,
-            storage_secret=gateway.ui_storage_secret(),
+            # One NiceGUI per process: the first gateway's secret serves all of them.
+            storage_secret=secret,
             # NiceGUI's own browser-id cookie, kept as strict as the session's.
             session_middleware_kwargs={"same_site": "strict", "max_age": lifetime},
             show_welcome_message=False,
@@ -66,8 +68,14 @@ async def mount(app: FastAPI, gateway: Gateway) -> Callable[[], Awaitable[None]]
         app.mount("/", core.app)
     app.add_middleware(UiGuard, context=ctx)
     await _serve()
+    gateway.ui_path = "/"
     logger.info("web UI mounted at / (%d users besides the token)", len(gateway.settings.ui.users))
-    return _close
+
+    async def close() -> None:
+        gateway.ui_path = None
+        await _close()
+
+    return close
 
 
 def _add_cookie_routes(app: FastAPI, ctx: UiContext) -> None:
