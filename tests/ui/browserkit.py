@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 TOKEN = "ui-test-token-0123456789abcdef"
+#: A user of ``ui.users`` and the password behind its argon2 hash.
+USER, USER_PASSWORD = "alice", "correct horse battery"
 FAST = {
     "connect_timeout": 0.5,
     "health_check_timeout": 0.3,
@@ -52,6 +54,13 @@ def require_browser() -> None:
     pytest.skip(f"browser tests skipped: {reason}")
 
 
+def _cheap_hash(password: str) -> str:
+    """An argon2 hash with small costs: the tests check logins, not argon2's strength."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(password)
+
+
 def write_folder(folder: Path, ports: dict[str, int], **service: Any) -> None:
     """Write connections.json (tcp devices) and edgelink.json with the test token."""
     connections = {
@@ -66,7 +75,10 @@ def write_folder(folder: Path, ports: dict[str, int], **service: Any) -> None:
             {
                 "api": {"token": TOKEN},
                 "storage": {"path": "logs/system.db"},
-                "ui": {"name": "ui-test"},
+                "ui": {
+                    "name": "ui-test",
+                    "users": {USER: {"password_hash": _cheap_hash(USER_PASSWORD)}},
+                },
                 **service,
             }
         )

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from browserkit import TOKEN, require_browser, save_screenshot, write_folder
+from browserkit import TOKEN, USER, USER_PASSWORD, require_browser, save_screenshot, write_folder
 
 from edgelink.api.server import ApiServer
 from edgelink.service.gateway import Gateway
@@ -105,8 +105,9 @@ async def anon(browser: Any, gateway: Gateway) -> AsyncIterator[Any]:
     await context.close()
 
 
-async def log_in(page: Any, gw: Gateway, token: str = TOKEN) -> None:
+async def log_in(page: Any, gw: Gateway, token: str = TOKEN, user: str = "") -> None:
     await page.goto(url_of(gw, "/login"))
+    await page.get_by_label("User").fill(user)
     await page.get_by_label("Token").fill(token)
     await page.get_by_role("button", name="Log in").click()
 
@@ -173,6 +174,9 @@ async def test_repeated_wrong_tokens_are_slowed_down(anon: Any, gateway: Gateway
     await log_in(anon, gateway)  # the right token, but too soon: not even checked
     await message.filter(has_text="Too many failed attempts").wait_for(timeout=WAIT_MS)
     assert anon.url == url_of(gateway, "/login")
+    await asyncio.sleep(1.1)  # the wait asked for; then the right token gets in (and resets)
+    await log_in(anon, gateway)
+    await anon.wait_for_url(url_of(gateway, "/"), timeout=WAIT_MS)
 
 
 async def test_the_socket_checks_origin_and_session(admin: Any, gateway: Gateway) -> None:
@@ -254,6 +258,22 @@ async def test_stop_and_start_from_a_card_are_audited_with_who(
     assert [r["action"] for r in records] == ["start", "stop"]
     assert {r["who"] for r in records} == {"token:" + _fingerprint(TOKEN)}
     assert {r["target"] for r in records} == {"dev_a"}
+
+
+async def test_a_user_logs_in_with_a_password_and_is_audited_by_name(
+    anon: Any, gateway: Gateway
+) -> None:
+    """Test a ui.users login: a wrong password refused, the right one in, actions as user:alice."""
+    await log_in(anon, gateway, token="not-her-password", user=USER)
+    await anon.get_by_text("Wrong user or password").wait_for(timeout=WAIT_MS)
+    await log_in(anon, gateway, token=USER_PASSWORD, user=USER)
+    await anon.wait_for_url(url_of(gateway, "/"), timeout=WAIT_MS)
+    await anon.locator("header").get_by_text(USER, exact=True).wait_for(timeout=WAIT_MS)
+    before = len(await gateway.query_audit(limit=100))
+    await card(anon, "dev_b").get_by_role("button", name="Restart", exact=True).click()
+    (record,) = await eventually(lambda: _audit_after(gateway, before, 1))
+    assert (record["who"], record["action"], record["target"]) == ("user:alice", "restart", "dev_b")
+    await card_shows(anon, "dev_b", "badge", "running")
 
 
 async def _audit_after(gateway: Gateway, before: int, count: int) -> list[dict[str, Any]] | None:
