@@ -19,11 +19,15 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edgelink import __version__
 from edgelink.config import check_config, config_json_schema
 from edgelink.errors import ConfigError, RouteError
 from edgelink.sim import add_sim_arguments, run_sim_from_args
+
+if TYPE_CHECKING:
+    from edgelink.service.gateway import Gateway
 
 __all__ = ["main"]
 
@@ -162,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("edgelink.events").setLevel(logging.ERROR)
         from edgelink.api.server import ApiServer
         from edgelink.service.demo import run_demo
-        from edgelink.service.gateway import Gateway
+        from edgelink.ui import mount_ui
 
         async def start_api(gateway: Gateway) -> None:
-            await ApiServer(gateway).start()
+            await ApiServer(gateway, mounts=[mount_ui]).start()
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(args, start_api=start_api))
@@ -173,9 +177,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
+def _announce_ui(gateway: Gateway, prefix: str) -> None:
+    """Print where the web UI is, or why there is none."""
+    from edgelink.ui import is_available
+
+    if gateway.api_address is None:
+        return
+    host, port = gateway.api_address
+    if gateway.ui_path is not None:
+        print(f"{prefix}: web UI on http://{host}:{port}{gateway.ui_path} (log in with the token)")
+    elif not gateway.settings.ui.enabled:
+        print(f"{prefix}: web UI off (ui.enabled is false in edgelink.json)", flush=True)
+    elif not is_available():
+        print(f"{prefix}: no web UI: pip install 'edgelink[ui]'", flush=True)
+
+
 def _run_gateway(args: argparse.Namespace) -> int:
     from edgelink.api.server import ApiServer
     from edgelink.service.gateway import Gateway
+    from edgelink.ui import mount_ui
 
     _setup_logging(
         args.log_level, args.log_level_libs, "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -183,12 +203,13 @@ def _run_gateway(args: argparse.Namespace) -> int:
     gateway = Gateway(args.config, watch=not args.no_watch)
 
     async def start_api(gw: Gateway) -> None:
-        await ApiServer(gw, port=args.port).start()
+        await ApiServer(gw, port=args.port, mounts=[mount_ui]).start()
 
     def announce(gw: Gateway) -> None:
         if gw.api_address is not None:
             host, port = gw.api_address
             print(f"edgelink: API on http://{host}:{port} (token from {gw.token_origin})")
+            _announce_ui(gw, "edgelink")
         print("edgelink: running; Ctrl-C or SIGTERM stops, SIGHUP reloads", flush=True)
 
     try:

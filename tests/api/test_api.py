@@ -436,3 +436,45 @@ async def test_stopped_and_panicked_values_are_stale_in_the_api_and_the_stream(
     metrics = (await client.get("/metrics")).text
     assert "edgelink_datapoints_stale_marked_total 2.0" in metrics
     await client.post("/api/admin/recover")
+
+
+async def test_admin_instances_give_the_seed_dict_and_process_totals(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    """Test GET /api/admin/instances: per connection the seed's keys, OS figures null, totals real."""
+    await eventually(lambda: all(c["stats"]["packets_received"] > 0 for c in gateway.connections()))
+    first = (await client.get("/api/admin/instances")).json()
+    body = (await client.get("/api/admin/instances")).json()
+    seed = {
+        "cpu_percent",
+        "memory_mb",
+        "memory_percent",
+        "disk_io_read_mb",
+        "disk_io_write_mb",
+        "network_packets_sent",
+        "network_packets_recv",
+        "uptime_seconds",
+        "error_count",
+        "last_error",
+    }
+    by_id = {i["connection_id"]: i for i in body["instances"]}
+    assert set(by_id) == {"dev_a", "dev_b"}
+    for cid, figures in by_id.items():
+        assert seed <= set(figures)
+        assert figures["isolation"] == "in_process"
+        for key in ("cpu_percent", "memory_mb", "memory_percent", "disk_io_read_mb"):
+            assert figures[key] is None, (cid, key)
+        status = gateway.connection(cid)
+        assert 0 < figures["network_packets_recv"] <= status["stats"]["packets_received"]
+        assert figures["error_count"] == status["stats"]["errors"]
+        assert figures["uptime_seconds"] >= 0
+    process = body["process"]
+    assert process["pid"] == os.getpid()
+    assert process["memory_mb"] > 1
+    assert first["process"]["cpu_percent"] is None or first["process"]["cpu_percent"] >= 0
+    assert process["cpu_percent"] is not None and process["cpu_percent"] >= 0
+    assert process["network_packets_recv"] == sum(
+        i["network_packets_recv"] for i in body["instances"]
+    )
+    async with httpx.AsyncClient(base_url=url_of(gateway), timeout=5) as anon:
+        assert (await anon.get("/api/admin/instances")).status_code == 401

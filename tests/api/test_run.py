@@ -60,6 +60,18 @@ async def test_run_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path)
             url = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
             port = int(url.rsplit(":", 1)[1])
             headers = {"Authorization": f"Bearer {TOKEN}"}
+            from edgelink.ui import is_available
+
+            if is_available():
+                ui_line = await read_line_matching(proc.stdout, r"web UI on http://", 5)
+                assert f"web UI on {url}/ " in ui_line
+                async with httpx.AsyncClient(timeout=5) as browser:
+                    page = await browser.get(url + "/")
+                    assert page.status_code == 303
+                    assert page.headers["location"] == "/login"
+                    login = await browser.get(url + "/login")
+                    assert login.status_code == 200
+                    assert "Token" in login.text
             async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5) as client:
                 async with asyncio.timeout(10):
                     while dev_a.connections == 0:

@@ -174,6 +174,10 @@ def test_demo_runs_and_shows_a_reconnect():
     assert so_far == sorted(so_far) and so_far[-1] >= 1
     assert "Traceback" not in proc.stderr
     assert re.search(r"API on http://127\.0\.0\.1:\d+  token \S{20,}", out)
+    from edgelink.ui import is_available
+
+    if is_available():
+        assert re.search(r"web UI on http://127\.0\.0\.1:\d+/  \(log in with the token\)", out)
 
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -188,3 +188,104 @@ def test_the_check_sees_every_kind_of_import(tmp_path: Path, source: str, expect
     assert [mod for _line, mod in imports_of(path, name)] == [expected]
     (problem,) = upward_imports({path: name})
     assert f"edgelink.bridge.probe (layer 6) imports {expected} (layer" in problem
+
+
+#: Faces that must not import each other: the API never knows the UI, and the UI
+#: acts through the gateway, not through the API's routes.
+SEPARATE_FACES = (("edgelink.api", "edgelink.ui"), ("edgelink.ui", "edgelink.api"))
+#: HTTP clients: the UI calls the gateway's methods, never the API over HTTP.
+HTTP_CLIENTS = ("httpx", "aiohttp", "requests", "urllib.request", "http.client", "websockets")
+
+
+def face_imports(files: dict[Path, str] | None = None) -> list[str]:
+    """Return one line per import of one face by the other (`SEPARATE_FACES`)."""
+    if files is None:
+        files = {path: module_name(path) for path in sorted(PACKAGE.rglob("*.py"))}
+    problems = []
+    for path, importer in files.items():
+        for line, imported in imports_of(path, importer):
+            for face, other in SEPARATE_FACES:
+                if importer.startswith(face) and (imported + ".").startswith(other + "."):
+                    problems.append(f"{path}:{line}: {importer} imports {imported}")
+    return problems
+
+
+def private_reaches(path: Path) -> list[str]:
+    """Return ``file:line: x._name`` for every private attribute a module reads of another object.
+
+    ``self._x`` and ``cls._x`` are a class's own; dunders are Python's.
+    """
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__") and node.attr.endswith("__"):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        problems.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return problems
+
+
+def http_client_imports(path: Path) -> list[str]:
+    """Return ``file:line: module`` for every HTTP client a module imports."""
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        problems += [
+            f"{path}:{node.lineno}: {name}"
+            for name in names
+            if any(name == c or name.startswith(c + ".") for c in HTTP_CLIENTS)
+        ]
+    return problems
+
+
+def test_the_api_and_the_ui_do_not_import_each_other() -> None:
+    """Test that the API never imports the UI, nor the UI the API (DESIGN section 10)."""
+    assert face_imports() == []
+
+
+def test_the_ui_reads_no_private_attribute_and_calls_no_http() -> None:
+    """Test that the UI uses the gateway's public methods only, never the API over HTTP."""
+    ui_files = sorted((PACKAGE / "ui").rglob("*.py"))
+    assert ui_files
+    assert [p for path in ui_files for p in private_reaches(path)] == []
+    assert [p for path in ui_files for p in http_client_imports(path)] == []
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "check", "expected"),
+    [
+        ("from edgelink.ui import mount_ui\n", "edgelink.api.app", "faces", "edgelink.ui"),
+        ("def f():\n    from edgelink.api import auth\n", "edgelink.ui.x", "faces", "api.auth"),
+        ("def f(gw):\n    return gw._manager\n", "edgelink.ui.x", "private", "gw._manager"),
+        ("import httpx\n", "edgelink.ui.x", "http", "httpx"),
+        ("from urllib.request import urlopen\n", "edgelink.ui.x", "http", "urllib.request"),
+    ],
+)
+def test_the_face_checks_see_what_they_forbid(
+    tmp_path: Path, source: str, name: str, check: str, expected: str
+) -> None:
+    """Test that each face rule reports a module that breaks it."""
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    if check == "faces":
+        found = face_imports({path: name})
+    elif check == "private":
+        found = private_reaches(path)
+    else:
+        found = http_client_imports(path)
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+def test_own_private_attributes_and_dunders_are_allowed(tmp_path: Path) -> None:
+    """Test that ``self._x``, ``cls._x`` and ``obj.__class__`` are not reported."""
+    path = tmp_path / "probe.py"
+    path.write_text("class A:\n    def f(self):\n        return self._a, type(self).__name__\n")
+    assert private_reaches(path) == []

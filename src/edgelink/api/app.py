@@ -15,6 +15,7 @@ Routes:
     GET  /api/health                                   liveness, no auth
     GET  /api/service                                  the service's own status
     GET  /api/connections, /api/connections/{id}        status (DESIGN section 4)
+    GET  /api/admin/instances                          resource figures per connection
     POST /api/admin/instances/{id}/{action}            start|stop|restart|kill|resume|
                                                        disconnect|reconnect
     POST /api/admin/instances/{id}/quarantine/release  poll quarantined tags again (?tag=)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgelink.api.app import close_app, create_app
@@ -28,12 +28,18 @@ if TYPE_CHECKING:
 
     from edgelink.service.gateway import Gateway
 
-__all__ = ["ApiServer", "serve"]
+__all__ = ["ApiServer", "Mount", "serve"]
 
 logger = logging.getLogger(__name__)
 
 #: Connections the listening socket queues before uvicorn accepts them.
 BACKLOG = 128
+
+#: Another face served on the API's app and port (the web UI): called with the
+#: app and the gateway before the server starts, it returns its own close
+#: (awaited after the server stopped) or None. The API never imports it: the
+#: command line hands it over.
+Mount = Callable[["FastAPI", "Gateway"], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
 class ApiServer:
@@ -42,11 +48,16 @@ class ApiServer:
     Args:
         gateway: A started gateway.
         port: Override ``api.port`` of ``edgelink.json`` (0 = any free port).
+        mounts: Faces to serve beside the API (`Mount`), e.g. `edgelink.ui.mount_ui`.
     """
 
-    def __init__(self, gateway: Gateway, *, port: int | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, *, port: int | None = None, mounts: Sequence[Mount] = ()
+    ) -> None:
         self.gateway = gateway
         self._port = port
+        self._mounts = tuple(mounts)
+        self._closes: list[Callable[[], Awaitable[None]]] = []
         self.address: tuple[str, int] | None = None
         self._app: FastAPI | None = None
         self._server: Any = None
@@ -95,6 +106,14 @@ class ApiServer:
         sock.setblocking(False)
         self._socket = sock
         self._app = app = create_app(gateway)
+        try:
+            for mount in self._mounts:
+                close = await mount(app, gateway)
+                if close is not None:
+                    self._closes.append(close)
+        except BaseException:
+            await self.stop()
+            raise
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -138,19 +157,23 @@ class ApiServer:
             app, self._app = self._app, None
             if app is not None:
                 close_app(app)
+            while self._closes:
+                await self._closes.pop()()
             if self.address is not None and self.gateway.api_address == self.address:
                 self.gateway.api_address = None
             self.address = None
 
 
 @contextlib.asynccontextmanager
-async def serve(gateway: Gateway, *, port: int | None = None) -> AsyncIterator[ApiServer]:
-    """Serve the API of a started ``gateway`` for the ``async with`` block.
+async def serve(
+    gateway: Gateway, *, port: int | None = None, mounts: Sequence[Mount] = ()
+) -> AsyncIterator[ApiServer]:
+    """Serve the API of a started ``gateway`` (and ``mounts``) for the ``async with`` block.
 
     Raises:
         ConfigError: naming ``api.port`` when the address cannot be bound.
     """
-    server = ApiServer(gateway, port=port)
+    server = ApiServer(gateway, port=port, mounts=mounts)
     await server.start()
     try:
         yield server

@@ -10,17 +10,20 @@ one without ``edgelink`` runs with the defaults below.
      "bridge": {"connection": "broker_local", "base_topic": "smarthome", "qos": 0,
                 "retain": true, "buffer": {"max_items": 100000, "max_age_s": 86400}},
      "storage": {"path": "system_logs.db"},
-     "webhooks": {"alert_service": {"url": "https://alerts.example/hook", "retries": 3}}}
+     "webhooks": {"alert_service": {"url": "https://alerts.example/hook", "retries": 3}},
+     "ui": {"enabled": true, "session_hours": 12,
+            "users": {"alice": {"password_hash": "$argon2id$v=19$m=65536,t=3,p=4$..."}}}}
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from edgelink.bridge.settings import BridgeSettings, BufferSettings, DiscoveryEntry
 from edgelink.config import read_document, validation_error
@@ -35,6 +38,8 @@ __all__ = [
     "RouterSettings",
     "ServiceSettings",
     "StorageSettings",
+    "UiSettings",
+    "UiUser",
     "WebhookSettings",
     "load_service_settings",
 ]
@@ -135,6 +140,62 @@ class RouterSettings(BaseModel):
     )
 
 
+class UiUser(BaseModel):
+    """One user of the web UI: a name (the key in ``ui.users``) and an argon2 password hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    password_hash: SecretStr = Field(
+        description="argon2 hash of the password (``$argon2id$...``), never the password itself",
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_argon2(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+            raise ValueError(
+                "not an argon2 hash (it starts with $argon2id$); make one with"
+                " argon2's PasswordHasher().hash(password), see docs/ui.md"
+            )
+        return value
+
+
+class UiSettings(BaseModel):
+    """The admin web UI (``pip install edgelink[ui]``), served on the API's port at ``/``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="serve the UI when nicegui is installed")
+    name: str | None = Field(
+        default=None,
+        max_length=100,
+        description="the gateway's name in the header (default: the folder's)",
+    )
+    users: dict[str, UiUser] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="users who may log in with a password besides the admin token",
+    )
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="how long a login lasts"
+    )
+    storage_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the UI's browser storage; else a generated 0600 file in the folder",
+    )
+    storage_secret_file: str = Field(
+        default=".edgelink_ui_secret", description="where a generated storage secret is kept"
+    )
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, users: dict[str, UiUser]) -> dict[str, UiUser]:
+        for name in users:
+            if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+                raise ValueError(f"user name {name!r}: 1 to 64 letters, digits or _ . @ - only")
+        return users
+
+
 class ServiceSettings(BaseModel):
     """``edgelink.json``: the service around the connections."""
 
@@ -144,6 +205,7 @@ class ServiceSettings(BaseModel):
     bridge: BridgeSettings = BridgeSettings()
     storage: StorageSettings = StorageSettings()
     router: RouterSettings = RouterSettings()
+    ui: UiSettings = UiSettings()
     webhooks: dict[str, WebhookSettings] = Field(
         default_factory=dict, description="webhook targets by name (webhook.<name> in routes)"
     )

@@ -230,6 +230,12 @@ async def _run(
             f"http://{host}:{port}/api/connections",
             flush=True,
         )
+        if gateway.ui_path is not None:
+            print(
+                f"edgelink demo: web UI on http://{host}:{port}{gateway.ui_path}"
+                "  (log in with the token)",
+                flush=True,
+            )
     started = time.monotonic()
     next_chaos = started + args.chaos_every if args.chaos_every > 0 else None
     revive: list[tuple[float, int]] = []

@@ -57,7 +57,8 @@ from edgelink.router.schema import load_routing
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.lock import FolderLock
-from edgelink.service.token import resolve_token
+from edgelink.service.resources import ProcessResources, instance_resources
+from edgelink.service.token import kept_secret, resolve_token
 from edgelink.state import Reason
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 from edgelink.store.audit import AuditLog
@@ -143,6 +144,8 @@ class Gateway:
         self.token_origin = ""
         #: Where the admin API listens: set by `edgelink.api.server` while it serves.
         self.api_address: tuple[str, int] | None = None
+        #: Where the web UI is served at that address (``"/"``): set by `edgelink.ui` while mounted.
+        self.ui_path: str | None = None
         self.started_at: float | None = None
         self.panicked = False
         self.panic_info: dict[str, Any] | None = None
@@ -162,6 +165,8 @@ class Gateway:
         self._stopped = asyncio.Event()
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
+        self._resources = ProcessResources()
+        self._ui_secret: str | None = None
 
     @property
     def manager(self) -> ConnectionManager:
@@ -174,18 +179,68 @@ class Gateway:
             raise RuntimeError("the gateway is not started")
         return self._manager
 
-    def status(self) -> dict[str, Any]:
-        """Return the service's own status: uptime, panic, reload, config errors."""
+    @property
+    def name(self) -> str:
+        """The gateway's name for people: ``ui.name`` of ``edgelink.json``, else the folder's."""
+        return self.settings.ui.name or self.config_dir.resolve().name
+
+    def state_counts(self) -> dict[str, int]:
+        """Return how many connections are in each state (``{"connected": 3, ...}``)."""
         counts: dict[str, int] = {}
         if self._manager is not None:
             for status in self._manager.get_status().values():
                 counts[status["status"]] = counts.get(status["status"], 0) + 1
+        return counts
+
+    def panic_state(self) -> dict[str, Any] | None:
+        """Return the panic in force (``at``, ``reason``, ``by``, ``stopped``), or None."""
+        return dict(self.panic_info or {}) if self.panicked else None
+
+    def instance_resources(self) -> dict[str, Any]:
+        """Return the seed's resource dict per connection and the process totals beside them.
+
+        See `edgelink.service.resources`: what cannot be attributed to one
+        in-process connection is None there, never estimated.
+        """
+        now = time.time()
+        instances = [instance_resources(status, now) for status in self.connections()]
+        process = self._resources.sample()
+        process["network_packets_sent"] = sum(i["network_packets_sent"] or 0 for i in instances)
+        process["network_packets_recv"] = sum(i["network_packets_recv"] or 0 for i in instances)
+        return {"process": process, "instances": instances}
+
+    def ui_storage_secret(self) -> str:
+        """Return the web UI's storage secret: ``ui.storage_secret``, else a kept 0600 file.
+
+        The file (``ui.storage_secret_file`` in the config folder) is made on
+        first use, so a gateway without the UI never writes it.
+
+        Raises:
+            RuntimeError: before `start`.
+            OSError: if the file can be neither read nor written.
+        """
+        if self._ui_secret is None:
+            configured = self.settings.ui.storage_secret
+            if configured is not None:
+                secret = configured.get_secret_value()
+            else:
+                if self.folder is None:
+                    raise RuntimeError("the gateway is not started")
+                secret, _origin = kept_secret(
+                    self.folder.resolve(self.settings.ui.storage_secret_file)
+                )
+            remember_secrets(collect_secrets({"token": secret}))
+            self._ui_secret = secret
+        return self._ui_secret
+
+    def status(self) -> dict[str, Any]:
+        """Return the service's own status: uptime, panic, reload, config errors."""
         return {
             "config_dir": str(self.config_dir),
             "started_at": self.started_at,
             "uptime_s": time.time() - self.started_at if self.started_at else None,
-            "connections": counts,
-            "panic": self.panic_info if self.panicked else None,
+            "connections": self.state_counts(),
+            "panic": self.panic_state(),
             "last_reload": self.last_reload,
             "config_errors": dict(self.config_errors),
             "runtime": self._manager.runtime_status() if self._manager is not None else None,

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["TOKEN_ENV", "resolve_token", "token_matches"]
+__all__ = ["TOKEN_ENV", "kept_secret", "resolve_token", "token_matches"]
 
 TOKEN_ENV = "EDGELINK_TOKEN"  # noqa: S105 - the variable's name, not a secret
 #: Shortest token accepted from config or the environment.
@@ -34,20 +34,32 @@ def resolve_token(configured: str | None, token_file: Path) -> tuple[str, str]:
                     f"(at least {MIN_TOKEN_LENGTH} characters)"
                 )
             return value, origin
+    return kept_secret(token_file)
+
+
+def kept_secret(path: Path) -> tuple[str, str]:
+    """Return ``(secret, origin)`` from ``path``, generating it there first if needed.
+
+    A file with fewer than 16 characters is replaced by 256 random bits,
+    written with mode 0600; origin is ``file`` or ``generated``.
+
+    Raises:
+        OSError: if the file can be neither read nor written.
+    """
     try:
-        existing = token_file.read_text(encoding="utf-8").strip()
+        existing = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         existing = ""
     if len(existing) >= MIN_TOKEN_LENGTH:
         return existing, "file"
-    token = secrets.token_urlsafe(32)
-    token_file.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Created 0600 from the start: never a moment where others could read it.
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    os.chmod(token_file, 0o600)
-    return token, "generated"
+        fh.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return secret, "generated"
 
 
 def token_matches(given: str | None, expected: str) -> bool:

@@ -1,4 +1,4 @@
-"""Admin actions: one connection's start/stop/..., quarantine release, panic, recover, reload.
+"""Admin: resource figures per instance; start/stop/... of one, quarantine release, panic, recover.
 
 Every action is audited by the gateway (`Auditor`); the route passes only who
 asked (the token's fingerprint).
@@ -43,6 +43,16 @@ class PanicBody(BaseModel):
 def router(gateway: Gateway) -> APIRouter:
     """Return the admin routes."""
     routes = APIRouter()
+
+    @routes.get("/api/admin/instances", tags=["admin"])
+    async def instances() -> dict[str, Any]:
+        """Every connection's resource figures (the seed's dict) and the process totals.
+
+        Connections run in the gateway's process: CPU, memory and disk of one
+        of them cannot be told apart, so those are null per instance and the
+        process's own figures stand beside them under ``process``.
+        """
+        return gateway.instance_resources()
 
     @routes.post("/api/admin/instances/{connection_id}/quarantine/release", tags=["admin"])
     async def release_quarantine(connection_id: str, tag: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,15 @@
+"""One module per page of the web UI; `register` imports them, which registers their routes.
+
+Built so far: ``/login`` (`login`) and ``/`` instances (`instances`). A new
+page is a module here with a function decorated by `edgelink.ui.layout.page`,
+imported in `register`; the navigation lists pages in that order.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+
+def register() -> None:
+    """Import every page module (idempotent: Python imports each once)."""
+    from edgelink.ui.pages import instances, login  # noqa: F401
