@@ -478,3 +478,23 @@ async def test_admin_instances_give_the_seed_dict_and_process_totals(
     )
     async with httpx.AsyncClient(base_url=url_of(gateway), timeout=5) as anon:
         assert (await anon.get("/api/admin/instances")).status_code == 401
+
+
+async def test_a_second_stop_waits_for_the_first(tmp_path: Path, peers: list[PingPongPeer]) -> None:
+    """Test that stop() during a stop returns only once the first is done (SIGTERM twice)."""
+    write_connections(tmp_path, {"dev_a": peers[0].port})
+    write_service(tmp_path)
+    gw = Gateway(tmp_path, watch=False)
+    await gw.start()
+    closed = asyncio.Event()
+
+    async def slow_close() -> None:
+        await asyncio.sleep(0.2)
+        closed.set()
+
+    gw.stop_with(slow_close)
+    first = asyncio.create_task(gw.stop())
+    await asyncio.sleep(0.01)
+    await gw.stop()
+    assert closed.is_set()
+    await first

@@ -130,6 +130,7 @@ class Gateway:
     ) -> None:
         self.config_dir = Path(config_dir)
         self._gc_policy = gc_policy
+        self._stop_lock = asyncio.Lock()
         self._clock = clock
         self._registry = registry
         self._watch = watch
@@ -514,7 +515,16 @@ class Gateway:
         logger.info("gateway started from %s: %d connections", folder.root, len(manager))
 
     async def stop(self) -> None:
-        """Stop everything within about `STOP_BUDGET_S` seconds (idempotent)."""
+        """Stop everything within about `STOP_BUDGET_S` seconds (idempotent).
+
+        A second call while one runs (SIGTERM twice) waits for the first, so
+        `run` never returns, and ends the loop, under a stop still closing the
+        API and the devices.
+        """
+        async with self._stop_lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
         for off in self._unsubscribe:
             off()
         self._unsubscribe.clear()
