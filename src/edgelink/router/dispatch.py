@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
+from sys import intern as _intern
 from typing import Any, ClassVar, Final
 
 from edgelink.errors import RouteError
@@ -51,8 +52,7 @@ class Dispatch(Delivery):
     # Set by Router.__init__ (see `Quarantine`).
     _inline_first_hop: bool
     data: DataSpace
-    _rings: OrderedDict[str, deque[Record] | Record]
-    _touch: Callable[[str], None]
+    _rings: OrderedDict[str, Any]
     _subs: Any
     _echoes: OrderedDict[str, list[_Echo]]
     echo_evicted: int
@@ -109,7 +109,9 @@ class Dispatch(Delivery):
                     self.spam_dropped += 1
                 return False
         self.received += 1
-        address = f"{source_id}.{tag}"
+        # Interned: one string per address however many datapoints hold it
+        # (its key, its last record, its plan); it goes with the last of them.
+        address = _intern(f"{source_id}.{tag}")
         if ts is None:
             ts = self._time()
         if quality is None:
@@ -136,11 +138,7 @@ class Dispatch(Delivery):
             if plan is None:
                 plan = self._plan(table, address, source_id, tag, cache=False)
         else:
-            if self._subs or entry.__class__ is not deque:
-                self.data.store(address, entry, dp)
-            else:
-                self._touch(address)  # the least recently updated address goes first
-                entry.append(dp)
+            self.data.store(address, entry, dp)
             try:
                 plan = table.plans[address]
             except KeyError:
