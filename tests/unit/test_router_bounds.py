@@ -124,7 +124,7 @@ def test_data_space_memory_per_modbus_device_is_bounded() -> None:
     The old rings (a deque of the last 10 tuples per address, each with its
     own address string) took 31.7 KB per device here; the compact ring keeps
     the last record whole and older ones as a value slot and a C double, and
-    the address is one string: 11.3 KB, 3.2 KB of it the values themselves.
+    the address is one string: 10.4 KB, 3.2 KB of it the values themselves.
     """
     devices, registers = 200, 10
     tags = [f"ir:{i}" for i in range(registers)]
@@ -146,7 +146,7 @@ def test_data_space_memory_per_modbus_device_is_bounded() -> None:
         tracemalloc.stop()
     assert len(router.data) == devices * registers
     assert len(router.data.history("inv0007.ir:3")) == 10
-    assert per_device < 14_000, per_device  # was 31,700 (11,300 now, 3,200 of it the values)
+    assert per_device < 14_000, per_device  # was 31,700 (10,400 now, 3,200 of it the values)
 
 
 def test_subscribers_see_new_and_updated_addresses() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from sys import intern as _intern
 from typing import Any, ClassVar, Final
 
@@ -13,7 +13,7 @@ from edgelink.router.address import (
     resolve_endpoint,
 )
 from edgelink.router.datapoint import DataPoint
-from edgelink.router.dataspace import DataSpace, Record
+from edgelink.router.dataspace import DataSpace, HistoryRing, Record
 from edgelink.router.expr import (
     DROP,
     EvalError,
@@ -52,7 +52,8 @@ class Dispatch(Delivery):
     # Set by Router.__init__ (see `Quarantine`).
     _inline_first_hop: bool
     data: DataSpace
-    _rings: OrderedDict[str, Any]
+    _rings: OrderedDict[str, HistoryRing | Record]
+    _touch: Callable[[str], None]
     _subs: Any
     _echoes: OrderedDict[str, list[_Echo]]
     echo_evicted: int
@@ -109,9 +110,7 @@ class Dispatch(Delivery):
                     self.spam_dropped += 1
                 return False
         self.received += 1
-        # Interned: one string per address however many datapoints hold it
-        # (its key, its last record, its plan); it goes with the last of them.
-        address = _intern(f"{source_id}.{tag}")
+        address = f"{source_id}.{tag}"
         if ts is None:
             ts = self._time()
         if quality is None:
@@ -138,7 +137,11 @@ class Dispatch(Delivery):
             if plan is None:
                 plan = self._plan(table, address, source_id, tag, cache=False)
         else:
-            self.data.store(address, entry, dp)
+            if self._subs or entry.__class__ is not HistoryRing:
+                self.data.store(address, entry, dp)
+            else:
+                self._touch(address)  # the least recently updated address goes first
+                entry.push(dp)
             try:
                 plan = table.plans[address]
             except KeyError:
@@ -359,7 +362,8 @@ class Dispatch(Delivery):
                 # addresses still reported get their plans back on their next datapoint.
                 table.plans = {}
                 self.plan_cache_resets += 1
-            table.plans[address] = plan
+            # Interned, as the data space's key is: one string for both.
+            table.plans[_intern(address)] = plan
         return plan
 
     def _wild_match(self, table: RouteTable, address: str) -> list[tuple[Route, tuple[str, ...]]]:

@@ -148,6 +148,7 @@ class Router(Dispatch):
         self.data = DataSpace(history=history, max_addresses=max_addresses)
         # Shared with the data space (never rebound there): the hot path's view.
         self._rings = self.data._rings
+        self._touch = self._rings.move_to_end
         self._subs = self.data._subs
         self._table = RouteTable([], None)
         self._outboxes: dict[str, Outbox] = {}
