@@ -74,6 +74,7 @@ class HistoryRing(list[Any]):
             self[i + 1] = older[2]
         else:
             self[i] = _Whole(older)
+            self[i + 1] = None
         i += 2
         self.head = 0 if i == len(self) else i
 
@@ -91,11 +92,6 @@ class HistoryRing(list[Any]):
                 out.append((address, value, self[i + 1], _GOOD, source, None, _EMPTY, 0))
         out.append(self.last)
         return out
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def _last(entry: HistoryRing | Record) -> Record:
