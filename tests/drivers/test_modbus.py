@@ -203,6 +203,21 @@ async def test_refused_is_connect_error_with_cause() -> None:
     assert not c.is_connected() and c.bus is None
 
 
+def test_connections_share_their_parsed_tags() -> None:
+    """Test that a fleet's connections share one parsed form per tag text.
+
+    Each connection kept its own dict of parsed tags: 1 KB per device of a
+    fleet polling the same registers everywhere.
+    """
+    a = ModbusTcpConnection("a", mb(free_port()))
+    b = ModbusTcpConnection("b", mb(free_port()))
+    assert a.tag("ir:3") is b.tag("ir:3") and a.tag("hr:7:float32") is b.tag("hr:7:float32")
+    assert a.plan(["ir:0", "ir:1"]) == b.plan(["ir:0", "ir:1"])
+    for _ in range(2):  # a bad tag is refused every time, never cached
+        with pytest.raises(ConfigError, match="nope"):
+            a.tag("nope")
+
+
 async def test_silent_device_times_out(conn: ModbusTcpConnection, device: ModbusDevice) -> None:
     """Test that a device that does not answer is a ModbusTimeoutError after ``timeout``."""
     device.silent = True

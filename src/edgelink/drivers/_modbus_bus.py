@@ -276,7 +276,9 @@ class ModbusBus:
         self._units: dict[int, _Unit] = {}
         self._flight: _Flight | None = None
         self._rx_last = b""
-        self._stale_tids: deque[int] = deque(maxlen=32)
+        # Made when a request is first abandoned: a deque costs 600 bytes per
+        # device, and most links of a fleet never abandon one.
+        self._stale_tids: deque[int] | None = None
         self._silent_units: set[int] = set()
         self._quiet_until = 0.0
         self._connected: asyncio.Future[None] | None = None
@@ -371,7 +373,7 @@ class ModbusBus:
             self._client = client
             self.generation += 1
             self._rx_last = b""
-            self._stale_tids.clear()
+            self._stale_tids = None
             self._silent_units.clear()
             self._quiet_until = 0.0
             logger.debug("%s: link %d open", self.config.key, self.generation)
@@ -552,7 +554,7 @@ class ModbusBus:
                     False,
                 )
             if flight is None or tid != flight.tid:
-                if tid not in self._stale_tids:
+                if self._stale_tids is None or tid not in self._stale_tids:
                     expected = "none" if flight is None else flight.tid
                     return (
                         ProtocolError(f"transaction id {tid} out of step (expected {expected})"),
@@ -680,6 +682,8 @@ class ModbusBus:
     def _abandoned(self, flight: _Flight, quiet_until: float) -> None:
         """Remember a request left without its answer, so a late answer is not mistaken."""
         if flight.tid is not None:
+            if self._stale_tids is None:
+                self._stale_tids = deque(maxlen=32)
             self._stale_tids.append(flight.tid)
         if self.config.kind == "rtu":
             self._quiet_until = max(self._quiet_until, quiet_until)

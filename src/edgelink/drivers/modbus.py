@@ -37,6 +37,7 @@ Config keys (see ``docs/drivers/modbus.md``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -77,8 +78,11 @@ __all__ = [
 
 #: Poll groups whose read plans are kept (a connection has a handful).
 _PLAN_CACHE_SIZE: Final = 64
-#: Parsed tags kept per connection.
+#: Parsed tags kept, shared by every connection: a fleet polls the same tags
+#: on every device, and a parsed tag is immutable (1 KB per device when each
+#: connection kept its own); the least recently used goes.
 _TAG_CACHE_SIZE: Final = 4096
+_parsed_tag = functools.lru_cache(maxsize=_TAG_CACHE_SIZE)(parse_tag)
 
 Call = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
 
@@ -115,7 +119,6 @@ class ModbusConnection(Connection):
         self.write_multiple = cfg.write_function == "multiple"
         self.dead_after = cfg.dead_after
         self.probe_interval = cfg.probe_interval
-        self._tags: dict[str, ModbusTag] = {}
         self._plans: dict[tuple[str, ...], list[_Read]] = {}
         self._raw_reads: dict[tuple[str, int, int], _Read] = {}
         try:
@@ -141,13 +144,7 @@ class ModbusConnection(Connection):
         Raises:
             ConfigError: for a bad tag, naming it.
         """
-        tag = self._tags.get(text)
-        if tag is None:
-            tag = parse_tag(text)
-            if len(self._tags) >= _TAG_CACHE_SIZE:
-                self._tags.clear()  # arbitrary ad-hoc tags must not grow it forever
-            self._tags[text] = tag
-        return tag
+        return _parsed_tag(text)
 
     def check_tag(self, tag: str) -> None:
         """Check a tag at config time (see `Connection.check_tag`).

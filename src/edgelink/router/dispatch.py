@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from sys import intern as _intern
 from typing import Any, ClassVar, Final
 
 from edgelink.errors import RouteError
@@ -12,7 +13,7 @@ from edgelink.router.address import (
     resolve_endpoint,
 )
 from edgelink.router.datapoint import DataPoint
-from edgelink.router.dataspace import DataSpace, Record
+from edgelink.router.dataspace import DataSpace, HistoryRing, Record
 from edgelink.router.expr import (
     DROP,
     EvalError,
@@ -51,7 +52,7 @@ class Dispatch(Delivery):
     # Set by Router.__init__ (see `Quarantine`).
     _inline_first_hop: bool
     data: DataSpace
-    _rings: OrderedDict[str, deque[Record] | Record]
+    _rings: OrderedDict[str, HistoryRing | Record]
     _touch: Callable[[str], None]
     _subs: Any
     _echoes: OrderedDict[str, list[_Echo]]
@@ -136,11 +137,11 @@ class Dispatch(Delivery):
             if plan is None:
                 plan = self._plan(table, address, source_id, tag, cache=False)
         else:
-            if self._subs or entry.__class__ is not deque:
+            if self._subs or entry.__class__ is not HistoryRing:
                 self.data.store(address, entry, dp)
             else:
                 self._touch(address)  # the least recently updated address goes first
-                entry.append(dp)
+                entry.push(dp)
             try:
                 plan = table.plans[address]
             except KeyError:
@@ -361,7 +362,8 @@ class Dispatch(Delivery):
                 # addresses still reported get their plans back on their next datapoint.
                 table.plans = {}
                 self.plan_cache_resets += 1
-            table.plans[address] = plan
+            # Interned, as the data space's key is: one string for both.
+            table.plans[_intern(address)] = plan
         return plan
 
     def _wild_match(self, table: RouteTable, address: str) -> list[tuple[Route, tuple[str, ...]]]:

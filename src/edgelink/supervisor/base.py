@@ -189,7 +189,8 @@ class SupervisorBase:
         if endpoints is not None:
             endpoints.attach(self)
         #: Tags whose last report was bad with a reason: the next one is not repeated.
-        self._bad_tags: set[str] = set()
+        #: Made with the first (most links of a fleet never report a bad tag).
+        self._bad_tags: set[str] | None = None
         self._backoff: Backoff = settings.backoff()
         self._sm = StateMachine(clock=clock.time, listener=self._on_transition)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -343,7 +344,9 @@ class SupervisorBase:
             if rule is not None:
                 self._check_watch(rule, value)
         elif reason is not None and quality == "bad":
-            if tag in bad_tags:
+            if bad_tags is None:
+                bad_tags = self._bad_tags = set()
+            elif tag in bad_tags:
                 return False
             if len(bad_tags) < MAX_BAD_TAGS:
                 bad_tags.add(tag)
@@ -518,7 +521,7 @@ class SupervisorBase:
         Called where ``disconnected`` is emitted, synchronously: a datapoint of
         the next link can only come after it, so it is never marked stale.
         """
-        self._bad_tags.clear()  # the next link reports its bad tags once again
+        self._bad_tags = None  # the next link reports its bad tags once again
         if self._observer is not None:
             self._observer.on_link_down(self, reason)
         if self._on_link_down is not None:
