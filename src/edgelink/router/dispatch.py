@@ -13,7 +13,7 @@ from edgelink.router.address import (
     resolve_endpoint,
 )
 from edgelink.router.datapoint import DataPoint
-from edgelink.router.dataspace import DataSpace, HistoryRing, Record
+from edgelink.router.dataspace import DataSpace, HistoryRing, Record, _Whole
 from edgelink.router.expr import (
     DROP,
     EvalError,
@@ -141,7 +141,23 @@ class Dispatch(Delivery):
                 self.data.store(address, entry, dp)
             else:
                 self._touch(address)  # the least recently updated address goes first
-                entry.push(dp)
+                # HistoryRing.push, inlined (a call is most of its cost here).
+                older = entry.last
+                entry.last = dp
+                i = entry.head
+                if (
+                    older[5] is None
+                    and older[3] == "good"
+                    and not older[6]
+                    and older[4] == entry.source
+                ):
+                    entry[i] = older[1]
+                    entry[i + 1] = older[2]
+                else:
+                    entry[i] = _Whole(older)
+                    entry[i + 1] = None
+                i += 2
+                entry.head = 0 if i == len(entry) else i
             try:
                 plan = table.plans[address]
             except KeyError:
