@@ -298,7 +298,7 @@ async def test_subscribed_messages_become_datapoints(
         await wait_until(lambda: data.values("runtime/a") == [1])
         conn.unsubscribe("runtime/#")
         # The echo comes back after the broker handled the UNSUBSCRIBE sent before it.
-        assert await conn.health_check()
+        await conn.round_trip()
         peer.publish("runtime/a", b"2")
         peer.publish("plant/3/power", b"3")  # a marker behind it
         await wait_until(lambda: data.values("plant/3/power"))
@@ -475,6 +475,30 @@ async def test_health_check_modes_with_an_acl(
     assert await asyncio.wait_for(bob_ping.health_check(), 2)
     with pytest.raises(TimeoutError):  # the broker drops bob's probe: no echo
         await asyncio.wait_for(bob_echo.health_check(), 0.3)
+
+
+async def test_traffic_since_the_last_check_answers_the_health_check(
+    standalone: list[MqttConnection],
+    auth_broker: MosquittoBroker,
+    peer_factory: Callable[..., Peer],
+) -> None:
+    """Test that messages from the broker prove a busy link, and a quiet one is probed again.
+
+    bob's echo probe never comes back (the ACL drops it): a check that probes times out.
+    """
+    bob = MqttConnection(
+        "b", cfg(auth_broker, username="bob", password="hunter2", subscribe=["plant/#"])
+    )
+    standalone.append(bob)
+    await bob.connect()
+    with pytest.raises(TimeoutError):  # the first check of a link always probes
+        await asyncio.wait_for(bob.health_check(), 0.3)
+    peer = peer_factory(auth_broker, username="alice", password="secret")
+    peer.publish("plant/1", b"1")
+    await wait_until(lambda: bob.last_value("plant/1") == 1)
+    assert await asyncio.wait_for(bob.health_check(), 0.3)
+    with pytest.raises(TimeoutError):  # nothing since: probed, and no answer
+        await asyncio.wait_for(bob.health_check(), 0.3)
 
 
 # ------------------------------------------------------------ supervision

@@ -142,8 +142,9 @@ class MqttConnection(MqttSubscriptions):
         self.last_values = cfg.last_values
         #: Topics forgotten to keep ``last_values``.
         self.last_values_evicted = 0
-        #: Loop time of the last health check.
+        #: Loop time of the last health check, and the link's bytes sent by then.
         self._last_check = 0.0
+        self._sent_at_check = 0
         #: Messages queued with `send` on this link (whether the listener hears of a loss).
         self._tracked = 0
 
@@ -246,6 +247,7 @@ class MqttConnection(MqttSubscriptions):
             self._connack = None
         self._connected = True
         self.link_id += 1
+        self._last_check, self._sent_at_check = 0.0, 0
         self._misc_task = loop.create_task(
             self._run_misc(client), name=f"edgelink[{self.connection_id}].mqtt"
         )
@@ -306,23 +308,41 @@ class MqttConnection(MqttSubscriptions):
             await asyncio.wait([task])
 
     async def health_check(self) -> bool:
-        """One round trip through the broker: the echo of a probe, or an UNSUBACK (``ping``).
+        """One round trip through the broker (`round_trip`), unless the link proves busy.
 
-        While publishes wait for their acks, traffic from the broker since the
-        previous check counts as the answer: a busy link is not probed (the
-        probe would wait behind the backlog).
+        A busy link is not probed: bytes from the broker since the previous
+        check count as the answer, as long as our own writes are not stuck
+        (nothing waits to be written, or some bytes went out since then). A
+        probe would queue behind the backlog of both directions and could
+        time out on a link doing fine (a million-topic burst reconnected
+        that way). A dead or stalled broker sends nothing: the next check
+        probes, so it is found within two intervals.
+
+        Raises:
+            ConnectError: if the link is down or goes down before the answer.
+        """
+        client = self._live_client()
+        since, self._last_check = self._last_check, asyncio.get_running_loop().time()
+        sent = client.edgelink_sent
+        writes_move = sent != self._sent_at_check or not client.want_write()
+        self._sent_at_check = sent
+        if self._last_rx > since > 0 and writes_move:
+            return True
+        await self.round_trip()
+        return True
+
+    async def round_trip(self) -> None:
+        """Send a probe through the broker and wait for its answer.
+
+        The echo of a probe published to `health_topic`, or with ``health_check:
+        ping`` the UNSUBACK of an UNSUBSCRIBE. Everything sent before it was
+        handled by the broker when it returns.
 
         Raises:
             ConnectError: if the link is down or goes down before the answer.
         """
         client = self._live_client()
         loop = asyncio.get_running_loop()
-        since, self._last_check = self._last_check, loop.time()
-        if self._waiters and self._last_rx > since > 0:
-            # Publishes wait for their acks and the broker has answered since
-            # the last check: it is alive and working. A probe would only
-            # queue behind the backlog and could time out on a link doing fine.
-            return True
         fut: asyncio.Future[None] = loop.create_future()
         if self.health_mode == "ping":
             # The broker must answer an UNSUBSCRIBE even for a filter it never
@@ -332,7 +352,8 @@ class MqttConnection(MqttSubscriptions):
             assert mid is not None
             self._waiters[mid] = fut
             await fut
-            return True
+            self._last_check = loop.time()  # the answer is no traffic of the next interval
+            return
         self._probe_seq += 1
         token = f"{self._nonce}:{self._probe_seq}".encode()
         self._probe = (token, fut)
@@ -340,10 +361,10 @@ class MqttConnection(MqttSubscriptions):
             info = client.publish(self.health_topic, token, 0, False)
             self._check_rc(info.rc, "health check")
             await fut
+            self._last_check = loop.time()  # the echo is no traffic of the next interval
         finally:
             if self._probe is not None and self._probe[1] is fut:
                 self._probe = None
-        return True
 
     def publish(
         self,

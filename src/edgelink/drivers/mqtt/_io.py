@@ -142,6 +142,8 @@ class PahoClient(paho.Client):
     #: Bytes read from the socket and not handed to paho yet, and where they start.
     _edgelink_rbuf: bytes = b""
     _edgelink_rpos: int = 0
+    #: Bytes written to the socket on this link (the health check's sign of a moving link).
+    edgelink_sent: int = 0
 
     def buffered(self) -> int:
         """Return the bytes read from the socket that paho has not parsed yet."""
@@ -207,6 +209,7 @@ class PahoClient(paho.Client):
                 return MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError:
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            self.edgelink_sent += sent
             with self._msgtime_mutex:
                 self._last_msg_out = paho.time_func()
             for packet in packets:
