@@ -147,6 +147,7 @@ class MqttConnection(MqttSubscriptions):
         self._sent_at_check = 0
         #: Messages queued with `send` on this link (whether the listener hears of a loss).
         self._tracked = 0
+        self._raw_publish = self._on_raw_publish
 
     def _parse_will(self, will: MqttWill | None) -> tuple[str, bytes, int, bool] | None:
         if will is None:
@@ -390,13 +391,17 @@ class MqttConnection(MqttSubscriptions):
         """
         data = encode_payload(payload)
         q = self.qos if qos is None else qos
+        if q == 0:
+            raw = self._queue0(topic, data, self.retain if retain is None else retain)
+            tx = self._pending_tx
+            tx[0] += 1
+            tx[1] += publish_size(len(raw), len(data), 0)
+            return None
         client, info = self._queue(topic, data, q, self.retain if retain is None else retain)
         tlen = len(topic) if topic.isascii() else len(topic.encode())
         tx = self._pending_tx
         tx[0] += 1
         tx[1] += publish_size(tlen, len(data), q)
-        if q == 0:
-            return None
         if client.on_publish is None:
             client.on_publish = self._on_publish
         assert self._loop is not None
@@ -431,6 +436,32 @@ class MqttConnection(MqttSubscriptions):
             client.on_publish = self._on_publish
         self._tracked += 1
         return int(info.mid)
+
+    def _queue0(self, topic: str, data: bytes, retain: bool) -> bytes:
+        """Hand one QoS 0 message to paho (no message info); return the topic's bytes.
+
+        Raises:
+            ConnectError: if the link is down.
+            DeviceError: for an invalid topic.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            raise ConnectError(
+                "not connected", connection_id=self.connection_id, cause=self._lost_error
+            )
+        error = topic_error(topic)
+        if error is None and len(topic) > 16383 and len(topic.encode()) > 65535:
+            error = "is longer than 65535 bytes"
+        if error is not None:
+            raise DeviceError(
+                f"cannot publish to {topic!r}: the topic {error}", connection_id=self.connection_id
+            )
+        raw = topic.encode()
+        if not client.edgelink_publish0(raw, data, retain):
+            raise ConnectError(
+                "not connected", connection_id=self.connection_id, cause=self._lost_error
+            )
+        return raw
 
     def _queue(
         self, topic: str, data: bytes, qos: int, retain: bool
@@ -629,7 +660,6 @@ class MqttConnection(MqttSubscriptions):
         self._link_gone(error)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._rx_messages += 1
         try:
             topic = message.topic
         except UnicodeDecodeError as exc:
@@ -638,15 +668,31 @@ class MqttConnection(MqttSubscriptions):
                 "the broker sent a topic that is not UTF-8", connection_id=self.connection_id
             ) from exc
         payload = message.payload
+        tlen = len(topic) if topic.isascii() else len(topic.encode())
+        self._received(topic, payload, publish_size(tlen, len(payload), message.qos))
+
+    def _on_raw_publish(self, raw_topic: bytes, payload: bytes, retain: int) -> None:
+        """A QoS 0 PUBLISH taken from the read buffer (`PahoClient.take_publishes`)."""
+        try:
+            topic = raw_topic.decode()
+        except UnicodeDecodeError as exc:
+            # Raised into _on_readable, which drops the link.
+            raise ProtocolError(
+                "the broker sent a topic that is not UTF-8", connection_id=self.connection_id
+            ) from exc
+        self._received(topic, payload, publish_size(len(raw_topic), len(payload), 0))
+
+    def _received(self, topic: str, payload: bytes, size: int) -> None:
+        """One message from the broker: the health probe's echo, or a datapoint."""
+        self._rx_messages += 1
         if topic == self.health_topic:
             probe = self._probe
             if probe is not None and payload == probe[0] and not probe[1].done():
                 probe[1].set_result(None)
             return
-        tlen = len(topic) if topic.isascii() else len(topic.encode())
         rx = self._pending_rx
         rx[0] += 1
-        rx[1] += publish_size(tlen, len(payload), message.qos)
+        rx[1] += size
         value = decode_payload(payload)
         last = self._last
         if topic in last:
