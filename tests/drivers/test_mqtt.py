@@ -511,6 +511,33 @@ async def test_a_burst_of_mixed_messages_arrives_whole_and_in_order(
     assert conn.stats.packets_received == len(sent)
 
 
+def test_the_route_path_runs_on_uvloop(broker: MosquittoBroker) -> None:
+    """Test that the driver's loop-driven I/O and the router's direct writes work on uvloop too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[tuple[str, Any]]:
+        m = ConnectionManager(watchdog_interval=NO_WATCHDOG)
+        m.add_connection("mq", "mqtt", cfg(broker, subscribe=["uv/in/+", "uv/out/+"]))
+        m.router.load_routes(
+            {"version": "1.0", "routes": [{"id": "r", "from": "mq.uv/in/+", "to": "mq.uv/out/{1}"}]}
+        )
+        data = Data(m)
+        async with m:
+            await m.wait_for_state("mq", "connected", timeout=5)
+            conn = m.get_connection("mq")
+            assert isinstance(conn, MqttConnection)
+            await conn.round_trip()
+            for i in range(50):
+                conn.publish(f"uv/in/{i}", i)
+            await wait_until(lambda: len(data.values("uv/out/49")) == 1)
+            assert await conn.health_check()
+        return [(t, v) for _, t, v, _ in data.points if t.startswith("uv/out/")]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        out = runner.run(main())
+    assert out == [(f"uv/out/{i}", i) for i in range(50)]
+
+
 def test_publishes_are_taken_from_the_buffer_up_to_a_packet_paho_must_read() -> None:
     """Test that whole QoS 0 PUBLISH packets are taken, a cut or QoS 1 one is left to paho."""
 
@@ -529,7 +556,9 @@ def test_publishes_are_taken_from_the_buffer_up_to_a_packet_paho_must_read() -> 
     client = PahoClient(CallbackAPIVersion.VERSION2)
     big = b"p" * 300
     qos1 = publish(0x32, b"q", b"1", mid=b"\x00\x07")
-    stream = publish(0x30, b"a", b"1") + publish(0x31, b"b/c", big) + qos1 + publish(0x30, b"d", b"")
+    stream = (
+        publish(0x30, b"a", b"1") + publish(0x31, b"b/c", big) + qos1 + publish(0x30, b"d", b"")
+    )
     client._edgelink_rbuf = stream
     taken: list[tuple[bytes, bytes, int]] = []
     assert client.take_publishes(lambda *m: taken.append(m), 10) == 2

@@ -202,9 +202,7 @@ class PahoClient(paho.Client):
         self._packet_queue(_PUBLISH, b"".join((head, topic, props, payload)), 0, 0, None)
         return True
 
-    def take_publishes(
-        self, handler: Callable[[bytes, bytes, int], None], limit: int
-    ) -> int:
+    def take_publishes(self, handler: Callable[[bytes, bytes, int], None], limit: int) -> int:
         """Hand the complete QoS 0 PUBLISH packets at the front of the read buffer to ``handler``.
 
         paho parses each packet in three reads into a message object with a
