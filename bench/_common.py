@@ -965,7 +965,7 @@ def run_edgelink(port: int, route: dict[str, Any]) -> int:
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop if ``BENCH_LOOP=uvloop`` is set (and installed), else asyncio's loop."""
+    """Run ``main`` on uvloop if ``BENCH_LOOP=uvloop`` is set, else on asyncio's loop."""
     if os.environ.get("BENCH_LOOP") == "uvloop":
         import uvloop
 

@@ -682,7 +682,7 @@ class MqttConnection(MqttSubscriptions):
             ) from exc
         self._received(topic, payload, publish_size(len(raw_topic), len(payload), 0))
 
-    def _received(self, topic: str, payload: bytes, size: int) -> None:
+    def _received(self, topic: str, payload: bytes | bytearray, size: int) -> None:
         """One message from the broker: the health probe's echo, or a datapoint."""
         self._rx_messages += 1
         if topic == self.health_topic:

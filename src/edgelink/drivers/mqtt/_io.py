@@ -256,7 +256,7 @@ class PahoClient(paho.Client):
         return taken
 
     def fill(self) -> bool:
-        """Read what the socket has into the empty buffer; False if nothing came (paho looks why)."""
+        """Read what the socket has into the empty buffer; False if nothing came (paho sees why)."""
         try:
             data = super()._sock_recv(READ_CHUNK)
         except (BlockingIOError, OSError, AttributeError):
