@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import psutil
@@ -960,8 +960,18 @@ def run_edgelink(port: int, route: dict[str, Any]) -> int:
             say("ready")
             await stop
 
-    asyncio.run(main())
+    run_loop(main())
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop if ``BENCH_LOOP=uvloop`` is set, else on asyncio's loop."""
+    if os.environ.get("BENCH_LOOP") == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 class ChildProcess:

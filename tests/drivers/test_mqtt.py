@@ -298,7 +298,7 @@ async def test_subscribed_messages_become_datapoints(
         await wait_until(lambda: data.values("runtime/a") == [1])
         conn.unsubscribe("runtime/#")
         # The echo comes back after the broker handled the UNSUBSCRIBE sent before it.
-        assert await conn.health_check()
+        await conn.round_trip()
         peer.publish("runtime/a", b"2")
         peer.publish("plant/3/power", b"3")  # a marker behind it
         await wait_until(lambda: data.values("plant/3/power"))
@@ -475,6 +475,125 @@ async def test_health_check_modes_with_an_acl(
     assert await asyncio.wait_for(bob_ping.health_check(), 2)
     with pytest.raises(TimeoutError):  # the broker drops bob's probe: no echo
         await asyncio.wait_for(bob_echo.health_check(), 0.3)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_a_burst_of_mixed_messages_arrives_whole_and_in_order(
+    standalone: list[MqttConnection], broker: MosquittoBroker, protocol: str
+) -> None:
+    """Test that QoS 0 and 1 messages of every size (one byte to beyond a read) keep their order.
+
+    QoS 0 PUBLISH packets already read are parsed by the driver itself, the
+    rest by paho: both must agree on where each packet ends.
+    """
+    got: list[tuple[str, Any]] = []
+    conn = MqttConnection("m", cfg(broker, protocol=protocol, qos=1, subscribe=["burst/#"]))
+    conn.report_data = lambda tag, value, **kw: got.append((tag, value))  # type: ignore[method-assign]
+    standalone.append(conn)
+    await conn.connect()
+    await conn.round_trip()  # subscribed
+    sender = MqttConnection("s", cfg(broker, protocol=protocol))
+    standalone.append(sender)
+    await sender.connect()
+    sizes = [1, 120, 130, 20_000, 70_000, 200_000]
+    sent: list[tuple[str, Any]] = []
+    for i in range(600):
+        qos = 1 if i % 5 == 0 else 0
+        topic = f"burst/{qos}/{i}/" + "t" * (i % 3 * 100)
+        value: Any = "x" * sizes[i % len(sizes)] if i % 7 == 0 else i
+        sender.publish(topic, value, qos=qos)
+        sent.append((topic, value))
+    await wait_until(lambda: len(got) >= len(sent), timeout=10)
+    for prefix in ("burst/0/", "burst/1/"):  # MQTT keeps the order of one QoS
+        assert [m for m in got if m[0].startswith(prefix)] == [
+            m for m in sent if m[0].startswith(prefix)
+        ]
+    assert conn.stats.packets_received == len(sent)
+
+
+def test_the_route_path_runs_on_uvloop(broker: MosquittoBroker) -> None:
+    """Test that the driver's loop-driven I/O and the router's direct writes work on uvloop too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[tuple[str, Any]]:
+        m = ConnectionManager(watchdog_interval=NO_WATCHDOG)
+        m.add_connection("mq", "mqtt", cfg(broker, subscribe=["uv/in/+", "uv/out/+"]))
+        m.router.load_routes(
+            {"version": "1.0", "routes": [{"id": "r", "from": "mq.uv/in/+", "to": "mq.uv/out/{1}"}]}
+        )
+        data = Data(m)
+        async with m:
+            await m.wait_for_state("mq", "connected", timeout=5)
+            conn = m.get_connection("mq")
+            assert isinstance(conn, MqttConnection)
+            await conn.round_trip()
+            for i in range(50):
+                conn.publish(f"uv/in/{i}", i)
+            await wait_until(lambda: len(data.values("uv/out/49")) == 1)
+            assert await conn.health_check()
+        return [(t, v) for _, t, v, _ in data.points if t.startswith("uv/out/")]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        out = runner.run(main())
+    assert out == [(f"uv/out/{i}", i) for i in range(50)]
+
+
+def test_publishes_are_taken_from_the_buffer_up_to_a_packet_paho_must_read() -> None:
+    """Test that whole QoS 0 PUBLISH packets are taken, a cut or QoS 1 one is left to paho."""
+
+    def publish(command: int, topic: bytes, payload: bytes, mid: bytes = b"") -> bytes:
+        body = len(topic).to_bytes(2, "big") + topic + mid + payload
+        n, length = len(body), bytearray()
+        while True:
+            n, digit = n >> 7, n & 0x7F
+            length.append(digit | 0x80 if n else digit)
+            if not n:
+                break
+        return bytes([command]) + bytes(length) + body
+
+    from edgelink.drivers.mqtt._io import PahoClient
+
+    client = PahoClient(CallbackAPIVersion.VERSION2)
+    big = b"p" * 300
+    qos1 = publish(0x32, b"q", b"1", mid=b"\x00\x07")
+    stream = (
+        publish(0x30, b"a", b"1") + publish(0x31, b"b/c", big) + qos1 + publish(0x30, b"d", b"")
+    )
+    client._edgelink_rbuf = stream
+    taken: list[tuple[bytes, bytes, int]] = []
+    assert client.take_publishes(lambda *m: taken.append(m), 10) == 2
+    assert taken == [(b"a", b"1", 0), (b"b/c", big, 1)]
+    assert client.buffered() == len(qos1) + 5  # paho reads the QoS 1 one and what follows
+    cut = publish(0x30, b"e", big)
+    client._edgelink_rbuf, client._edgelink_rpos = cut[:-1], 0
+    assert client.take_publishes(lambda *m: taken.append(m), 10) == 0
+    assert client.buffered() == len(cut) - 1
+    client._edgelink_rbuf = publish(0x30, b"f", b"1") * 3
+    assert client.take_publishes(lambda *m: taken.append(m), 2) == 2  # the limit
+
+
+async def test_traffic_since_the_last_check_answers_the_health_check(
+    standalone: list[MqttConnection],
+    auth_broker: MosquittoBroker,
+    peer_factory: Callable[..., Peer],
+) -> None:
+    """Test that messages from the broker prove a busy link, and a quiet one is probed again.
+
+    bob's echo probe never comes back (the ACL drops it): a check that probes times out.
+    """
+    bob = MqttConnection(
+        "b", cfg(auth_broker, username="bob", password="hunter2", subscribe=["plant/#"])
+    )
+    standalone.append(bob)
+    await bob.connect()
+    with pytest.raises(TimeoutError):  # the first check of a link always probes
+        await asyncio.wait_for(bob.health_check(), 0.3)
+    peer = peer_factory(auth_broker, username="alice", password="secret")
+    peer.publish("plant/1", b"1")
+    await wait_until(lambda: bob.last_value("plant/1") == 1)
+    assert await asyncio.wait_for(bob.health_check(), 0.3)
+    with pytest.raises(TimeoutError):  # nothing since: probed, and no answer
+        await asyncio.wait_for(bob.health_check(), 0.3)
 
 
 # ------------------------------------------------------------ supervision

@@ -313,22 +313,23 @@ def writes_router(conn: Conn, slow: list[tuple[str, str, Any]]) -> Router:
     return router
 
 
-async def test_a_loop_turn_of_writes_goes_out_in_one_callback_without_a_task() -> None:
-    """Test the direct path: one batch per loop turn, no task, failures counted alone."""
+async def test_direct_writes_go_out_at_once_without_a_task_or_callback() -> None:
+    """Test the direct path: an idle outbox writes at once (the driver batches), failures alone."""
     conn, slow = Conn(), list[tuple[str, str, Any]]()
     router = writes_router(conn, slow)
     conn.fail["out/bad"] = DeviceError("refused")
     tasks_before = len(asyncio.all_tasks())
+    loop = asyncio.get_running_loop()
+    ready_before = len(loop._ready)  # type: ignore[attr-defined]
     for tag in ("a", "bad", "c"):
         router.route_data("src", tag, 1)
     ob = router._outboxes["broker"]
-    assert ob.task is None and not ob.idle
-    assert len(asyncio.all_tasks()) == tasks_before
-    await asyncio.sleep(0)
     assert conn.writes == [("out/a", 1), ("out/c", 1)] and slow == []
+    assert ob.task is None and ob.idle
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert len(loop._ready) == ready_before  # type: ignore[attr-defined]
     stats = router.target_stats("broker")
     assert stats["sent"] == 2 and stats["errors"] == 1 and stats["pending"] == 0
-    assert ob.idle and ob.task is None
     assert router.route_stats("p")["errors"] == 1  # the delivery error, on its route
 
 
@@ -360,8 +361,12 @@ async def test_direct_writes_wait_for_acknowledgements_once_per_batch() -> None:
     router.route_data("src", "c", 3)
     await asyncio.sleep(0)
     ob = router._outboxes["broker"]
-    assert ob.task is not None and router.target_stats("broker")["sent"] == 1
+    # a waits for its ack in a task; b and c queue behind it and go out as one batch.
+    assert ob.task is not None and router.target_stats("broker")["pending"] == 2
     conn.acks["out/a"].set_result(None)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert router.target_stats("broker")["sent"] == 2  # a, c
     conn.acks["out/b"].set_exception(ConnectError("lost before the ack"))
     await router.drain()
     assert slow == [("broker", "out/b", 2)]

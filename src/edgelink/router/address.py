@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from edgelink.errors import RouteError
@@ -455,11 +455,11 @@ class Template:
 
     text: str
     parts: tuple[str | int, ...]
+    #: True if the address has no placeholder (read per new address: computed once).
+    is_static: bool = field(init=False, compare=False)
 
-    @property
-    def is_static(self) -> bool:
-        """True if the address has no placeholder."""
-        return all(isinstance(p, str) for p in self.parts)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_static", all(isinstance(p, str) for p in self.parts))
 
     @property
     def highest_capture(self) -> int:

@@ -199,12 +199,15 @@ class Dispatch(Delivery):
                     # Routed on after this route's own targets have their datapoint.
                     virtual = [ttag] if virtual is None else [*virtual, ttag]
                     continue
-                queue = ob.queue
-                queue.append((ttag, out_dp))
-                if ob.idle:
-                    self._start(ob)
-                elif len(queue) > ob.limit:
-                    ob.trim()
+                if ob.idle and ob.direct is not None:
+                    self._write_now(ob, (ttag, out_dp))
+                else:
+                    queue = ob.queue
+                    queue.append((ttag, out_dp))
+                    if ob.idle:
+                        self._start(ob)
+                    elif len(queue) > ob.limit:
+                        ob.trim()
                 if ob.echo:
                     self._remember_echo(ob, ttag, out_dp, (address,))
             if virtual is not None:
@@ -292,12 +295,15 @@ class Dispatch(Delivery):
                 if ob is None:
                     virtual = [ttag] if virtual is None else [*virtual, ttag]
                     continue
-                queue = ob.queue
-                queue.append((ttag, out_dp))
-                if ob.idle:
-                    self._start(ob)
-                elif len(queue) > ob.limit:
-                    ob.trim()
+                if ob.idle and ob.direct is not None:
+                    self._write_now(ob, (ttag, out_dp))
+                else:
+                    queue = ob.queue
+                    queue.append((ttag, out_dp))
+                    if ob.idle:
+                        self._start(ob)
+                    elif len(queue) > ob.limit:
+                        ob.trim()
                 if ob.echo:
                     self._remember_echo(ob, ttag, out_dp, trail)
             if virtual is not None:

@@ -1,9 +1,11 @@
 """The outboxes: one queue and one delivery task per target, with delivery deadlines.
 
 A connection whose driver writes without awaiting (the mqtt driver's publish)
-takes the direct path while it is connected: what a loop turn queued for it
-is written in one callback (`Delivery._flush_direct`), no task, coroutine or
-deadline per datapoint. A connection that is down, a write that finds the
+takes the direct path while it is connected: a datapoint for an idle outbox
+is written at once (`Delivery._write_now`: the driver batches its socket
+writes per loop turn), what queued behind a running delivery is written in
+one callback (`Delivery._flush_direct`); no task, coroutine or deadline per
+datapoint. A connection that is down, a write that finds the
 link gone and a write that waits for an acknowledgement go on in a delivery
 task (``execute_with_retry`` through the writer, one ack wait per batch).
 """
@@ -146,6 +148,24 @@ class Delivery(Quarantine):
             loop.call_soon(self._flush_direct, ob)
         else:
             self._start_task(ob, None)
+
+    def _write_now(self, ob: Outbox, item: _Item) -> None:
+        """Write one datapoint to an idle connection's outbox at once (the direct path).
+
+        The driver's non-blocking write only queues (the mqtt driver sends
+        what a loop turn queued in one socket write, in the same turn when a
+        received message caused it), so no loop turn is spent waiting for a
+        batch here. What the write leaves (an acknowledgement to await, a
+        link that is down) goes on in a delivery task, as a batch's would.
+        """
+        left = self._write_direct(ob, [item])
+        if left is None:
+            return
+        if left[0]:
+            self._start_task(ob, left)
+        else:
+            ob.queue.extend(left[1])
+            self._start(ob)
 
     def _start_task(self, ob: Outbox, left: _Left | None) -> None:
         ob.idle = False

@@ -22,12 +22,22 @@ __all__ = [
 ]
 
 
+#: One encoder for all payloads (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_payload(value: Any) -> bytes:
     """Encode a value for publishing: bytes as they are, str as UTF-8, anything else as JSON.
 
     Raises:
         DeviceError: if the value has no JSON form (NaN, an object JSON cannot encode).
     """
+    kind = type(value)
+    if kind is float:
+        if value - value == 0.0:  # finite (NaN and the infinities have no JSON form)
+            return repr(value).encode()  # what json.dumps writes for a float
+    elif kind is int:
+        return str(value).encode()
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -35,7 +45,7 @@ def encode_payload(value: Any) -> bytes:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise DeviceError(f"cannot encode {type(value).__name__} value as JSON: {exc}") from exc
 

@@ -163,10 +163,12 @@ class MqttConnection(MqttSubscriptions):
         self.last_values = cfg.last_values
         #: Topics forgotten to keep ``last_values``.
         self.last_values_evicted = 0
-        #: Loop time of the last health check.
+        #: Loop time of the last health check, and the link's bytes sent by then.
         self._last_check = 0.0
+        self._sent_at_check = 0
         #: Messages queued with `send` on this link (whether the listener hears of a loss).
         self._tracked = 0
+        self._raw_publish = self._on_raw_publish
 
     def endpoint_changed(self) -> None:
         """Take the broker, TLS and credentials of the endpoint failover chose."""
@@ -281,6 +283,7 @@ class MqttConnection(MqttSubscriptions):
             self._connack = None
         self._connected = True
         self.link_id += 1
+        self._last_check, self._sent_at_check = 0.0, 0
         self._misc_task = loop.create_task(
             self._run_misc(client), name=f"edgelink[{self.connection_id}].mqtt"
         )
@@ -341,23 +344,41 @@ class MqttConnection(MqttSubscriptions):
             await asyncio.wait([task])
 
     async def health_check(self) -> bool:
-        """One round trip through the broker: the echo of a probe, or an UNSUBACK (``ping``).
+        """One round trip through the broker (`round_trip`), unless the link proves busy.
 
-        While publishes wait for their acks, traffic from the broker since the
-        previous check counts as the answer: a busy link is not probed (the
-        probe would wait behind the backlog).
+        A busy link is not probed: bytes from the broker since the previous
+        check count as the answer, as long as our own writes are not stuck
+        (nothing waits to be written, or some bytes went out since then). A
+        probe would queue behind the backlog of both directions and could
+        time out on a link doing fine (a million-topic burst reconnected
+        that way). A dead or stalled broker sends nothing: the next check
+        probes, so it is found within two intervals.
+
+        Raises:
+            ConnectError: if the link is down or goes down before the answer.
+        """
+        client = self._live_client()
+        since, self._last_check = self._last_check, asyncio.get_running_loop().time()
+        sent = client.edgelink_sent
+        writes_move = sent != self._sent_at_check or not client.want_write()
+        self._sent_at_check = sent
+        if self._last_rx > since > 0 and writes_move:
+            return True
+        await self.round_trip()
+        return True
+
+    async def round_trip(self) -> None:
+        """Send a probe through the broker and wait for its answer.
+
+        The echo of a probe published to `health_topic`, or with ``health_check:
+        ping`` the UNSUBACK of an UNSUBSCRIBE. Everything sent before it was
+        handled by the broker when it returns.
 
         Raises:
             ConnectError: if the link is down or goes down before the answer.
         """
         client = self._live_client()
         loop = asyncio.get_running_loop()
-        since, self._last_check = self._last_check, loop.time()
-        if self._waiters and self._last_rx > since > 0:
-            # Publishes wait for their acks and the broker has answered since
-            # the last check: it is alive and working. A probe would only
-            # queue behind the backlog and could time out on a link doing fine.
-            return True
         fut: asyncio.Future[None] = loop.create_future()
         if self.health_mode == "ping":
             # The broker must answer an UNSUBSCRIBE even for a filter it never
@@ -367,7 +388,8 @@ class MqttConnection(MqttSubscriptions):
             assert mid is not None
             self._waiters[mid] = fut
             await fut
-            return True
+            self._last_check = loop.time()  # the answer is no traffic of the next interval
+            return
         self._probe_seq += 1
         token = f"{self._nonce}:{self._probe_seq}".encode()
         self._probe = (token, fut)
@@ -375,10 +397,10 @@ class MqttConnection(MqttSubscriptions):
             info = client.publish(self.health_topic, token, 0, False)
             self._check_rc(info.rc, "health check")
             await fut
+            self._last_check = loop.time()  # the echo is no traffic of the next interval
         finally:
             if self._probe is not None and self._probe[1] is fut:
                 self._probe = None
-        return True
 
     def publish(
         self,
@@ -404,13 +426,17 @@ class MqttConnection(MqttSubscriptions):
         """
         data = encode_payload(payload)
         q = self.qos if qos is None else qos
+        if q == 0:
+            raw = self._queue0(topic, data, self.retain if retain is None else retain)
+            tx = self._pending_tx
+            tx[0] += 1
+            tx[1] += publish_size(len(raw), len(data), 0)
+            return None
         client, info = self._queue(topic, data, q, self.retain if retain is None else retain)
         tlen = len(topic) if topic.isascii() else len(topic.encode())
         tx = self._pending_tx
         tx[0] += 1
         tx[1] += publish_size(tlen, len(data), q)
-        if q == 0:
-            return None
         if client.on_publish is None:
             client.on_publish = self._on_publish
         assert self._loop is not None
@@ -445,6 +471,32 @@ class MqttConnection(MqttSubscriptions):
             client.on_publish = self._on_publish
         self._tracked += 1
         return int(info.mid)
+
+    def _queue0(self, topic: str, data: bytes, retain: bool) -> bytes:
+        """Hand one QoS 0 message to paho (no message info); return the topic's bytes.
+
+        Raises:
+            ConnectError: if the link is down.
+            DeviceError: for an invalid topic.
+        """
+        client = self._client
+        if client is None or not self._connected:
+            raise ConnectError(
+                "not connected", connection_id=self.connection_id, cause=self._lost_error
+            )
+        error = topic_error(topic)
+        if error is None and len(topic) > 16383 and len(topic.encode()) > 65535:
+            error = "is longer than 65535 bytes"
+        if error is not None:
+            raise DeviceError(
+                f"cannot publish to {topic!r}: the topic {error}", connection_id=self.connection_id
+            )
+        raw = topic.encode()
+        if not client.edgelink_publish0(raw, data, retain):
+            raise ConnectError(
+                "not connected", connection_id=self.connection_id, cause=self._lost_error
+            )
+        return raw
 
     def _queue(
         self, topic: str, data: bytes, qos: int, retain: bool
@@ -643,7 +695,6 @@ class MqttConnection(MqttSubscriptions):
         self._link_gone(error)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._rx_messages += 1
         try:
             topic = message.topic
         except UnicodeDecodeError as exc:
@@ -652,15 +703,31 @@ class MqttConnection(MqttSubscriptions):
                 "the broker sent a topic that is not UTF-8", connection_id=self.connection_id
             ) from exc
         payload = message.payload
+        tlen = len(topic) if topic.isascii() else len(topic.encode())
+        self._received(topic, payload, publish_size(tlen, len(payload), message.qos))
+
+    def _on_raw_publish(self, raw_topic: bytes, payload: bytes, retain: int) -> None:
+        """A QoS 0 PUBLISH taken from the read buffer (`PahoClient.take_publishes`)."""
+        try:
+            topic = raw_topic.decode()
+        except UnicodeDecodeError as exc:
+            # Raised into _on_readable, which drops the link.
+            raise ProtocolError(
+                "the broker sent a topic that is not UTF-8", connection_id=self.connection_id
+            ) from exc
+        self._received(topic, payload, publish_size(len(raw_topic), len(payload), 0))
+
+    def _received(self, topic: str, payload: bytes | bytearray, size: int) -> None:
+        """One message from the broker: the health probe's echo, or a datapoint."""
+        self._rx_messages += 1
         if topic == self.health_topic:
             probe = self._probe
             if probe is not None and payload == probe[0] and not probe[1].done():
                 probe[1].set_result(None)
             return
-        tlen = len(topic) if topic.isascii() else len(topic.encode())
         rx = self._pending_rx
         rx[0] += 1
-        rx[1] += publish_size(tlen, len(payload), message.qos)
+        rx[1] += size
         value = decode_payload(payload)
         last = self._last
         if topic in last:
