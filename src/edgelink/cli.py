@@ -107,9 +107,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--loop",
         choices=LOOPS,
-        default=os.environ.get("EDGELINK_LOOP", "auto"),
-        help="event loop: uvloop if installed (auto, the default; the 'fast' extra), "
-        "uvloop, or asyncio's own ($EDGELINK_LOOP)",
+        default=os.environ.get("EDGELINK_LOOP", "asyncio"),
+        help="event loop: asyncio's own (the default), uvloop (the 'fast' extra), "
+        "or auto: uvloop if installed ($EDGELINK_LOOP). uvloop is opt-in: the tcp "
+        "driver's links failed to connect on it in `edgelink run`",
     )
     _add_log_level_libs(run)
 

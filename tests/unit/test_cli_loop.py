@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -11,9 +12,11 @@ from edgelink.errors import ConfigError
 
 
 def test_auto_takes_uvloop_when_installed_and_asyncio_opts_out() -> None:
-    """Test that ``auto`` (the default) and ``uvloop`` pick uvloop, ``asyncio`` the stock loop."""
+    """Test that ``auto`` and ``uvloop`` pick uvloop, ``asyncio`` the stock loop."""
     uvloop = pytest.importorskip("uvloop")
-    assert _build_parser().parse_args(["run", "--config", "x"]).loop == "auto"
+    assert _build_parser().parse_args(["run", "--config", "x"]).loop == os.environ.get(
+        "EDGELINK_LOOP", "asyncio"
+    )
     assert event_loop_factory("auto") is uvloop.new_event_loop
     assert event_loop_factory("uvloop") is uvloop.new_event_loop
     assert event_loop_factory("asyncio") is None
@@ -33,5 +36,7 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
 
 def test_the_environment_sets_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Test that $EDGELINK_LOOP is the default of --loop."""
-    monkeypatch.setenv("EDGELINK_LOOP", "asyncio")
+    monkeypatch.delenv("EDGELINK_LOOP", raising=False)
     assert _build_parser().parse_args(["run", "--config", "x"]).loop == "asyncio"
+    monkeypatch.setenv("EDGELINK_LOOP", "auto")
+    assert _build_parser().parse_args(["run", "--config", "x"]).loop == "auto"
