@@ -35,6 +35,7 @@ zero loss and p99 < 50 ms at 10,000 msg/s; RSS flat across the million topics
 
     .venv/bin/python bench/route_topics.py --topics unique
     .venv/bin/python bench/route_topics.py --topics fixed --million 0
+    BENCH_LOOP=uvloop .venv/bin/python bench/route_topics.py --million 0  # edgelink on uvloop
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 paho's client does the MQTT protocol; the loop does the I/O through paho's
 external-loop hooks: ``add_reader`` on its socket; what paho queued is written
-in one flush per loop turn, with ``add_writer`` only while the socket buffer
-is full; ``loop_misc`` once a second in the task ``edgelink[<id>].mqtt``. So no
+in one flush per loop turn (what a readable event caused, at its end, in the
+same turn), with ``add_writer`` only while the socket buffer is full;
+``loop_misc`` once a second in the task ``edgelink[<id>].mqtt``. QoS 0
+PUBLISH packets are parsed from the read buffer by `PahoClient.take_publishes`
+and queued by `PahoClient.edgelink_publish0` (no paho message objects). So no
 thread runs per client and a publish is a plain function call that paho
 buffers. The TCP connect, name lookup and TLS handshake are done here without
 blocking the loop (`open_socket`, `start_tls`; paho's own ``connect`` would
@@ -636,11 +639,11 @@ class PahoLink(Connection):
             )
         finally:
             self._reading = False
-        if self._flush_pending:
-            # What the packets read released or caused (QoS acks, messages
-            # waiting for an inflight slot, what the router wrote for them)
-            # goes out now, in this loop turn, in one send.
-            self._flush_writes(client)
+            if self._flush_pending:
+                # What the packets read released or caused (QoS acks, messages
+                # waiting for an inflight slot, what the router wrote for them)
+                # goes out now, in this loop turn, in one send.
+                self._flush_writes(client)
 
     def _on_writable(self) -> None:
         client = self._client
