@@ -8,16 +8,15 @@ plugged back in, fall silent, send garbage, cut or corrupt its frames
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Self
 
 from edgelink.sim.bms import BmsDevice, BmsFault, BmsModel
 from edgelink.sim.serial import SerialLink
+from edgelink.testing.serial_peer import PtyPeer
 
 __all__ = ["BmsPeer"]
 
 
-class BmsPeer:
+class BmsPeer(PtyPeer):
     """A simulated BMS on the far end of a socat pty pair.
 
     Example:
@@ -34,6 +33,8 @@ class BmsPeer:
         period: Seconds between VE.Direct block pairs (a real device sends one a second).
     """
 
+    device: BmsDevice
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -44,21 +45,6 @@ class BmsPeer:
     ) -> None:
         self.link = SerialLink(path)
         self.device = BmsDevice(self.link.device_path, kind, model, period=period)
-
-    def __repr__(self) -> str:
-        return f"<BmsPeer {self.link!r} {self.device!r}>"
-
-    async def __aenter__(self) -> Self:
-        await self.plug()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.unplug()
-
-    @property
-    def path(self) -> Path:
-        """The path the driver opens."""
-        return self.link.path
 
     @property
     def model(self) -> BmsModel:
@@ -73,30 +59,3 @@ class BmsPeer:
     @fault.setter
     def fault(self, value: BmsFault | None) -> None:
         self.device.fault = value
-
-    @property
-    def requests(self) -> int:
-        """Valid requests the device received so far."""
-        return self.device.requests
-
-    def is_plugged(self) -> bool:
-        """Return whether the link (socat) is up."""
-        return self.link.is_running()
-
-    async def plug(self) -> None:
-        """Create the link (a new socat on the same paths) and attach the device.
-
-        Raises:
-            OSError: if socat is missing or cannot create the link.
-        """
-        await self.link.start()
-        self.device.attach()
-
-    async def unplug(self) -> None:
-        """Kill socat: the port vanishes under the driver. Idempotent."""
-        await self.link.stop()
-        self.device.detach()
-
-    def send_raw(self, data: bytes) -> None:
-        """Send bytes exactly as given: garbage, partial frames."""
-        self.device.send_raw(data)

@@ -11,44 +11,26 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from edgelink.drivers.framing import Framing
 from edgelink.sim.serial import SerialDevice, SerialLink
 
-__all__ = ["SerialPeer"]
+__all__ = ["PtyPeer", "SerialPeer"]
 
 
-class SerialPeer:
-    r"""A line-protocol device on the far end of a socat pty pair.
+class PtyPeer:
+    """What every simulated device behind a socat pty pair offers (`SerialPeer`, `BmsPeer`).
 
-    Example:
-        async with SerialPeer(tmp_path / "ttyUSB0", values={"temperature": "21.5"}) as peer:
-            manager.add_connection("rs1", "serial", {"port": str(peer.path)})
-            await peer.unplug()         # the driver's port vanishes
-            await peer.plug()           # ...and comes back on the same path
-            peer.send_raw(b"\xff\xfe")  # line noise
-
-    Args:
-        path: Where the driver's end of the link appears.
-        framing: The framing the device speaks (``line`` with ``\n`` by default).
-        values: The device's values; the dict is used as is, so a test may hold it.
-        identity: The answer to ``ID?``.
+    Subclasses set ``link`` and ``device`` (anything with ``attach``,
+    ``detach``, ``send_raw`` and ``requests``).
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        framing: Framing | None = None,
-        values: MutableMapping[str, str] | None = None,
-        identity: str | None = None,
-    ) -> None:
-        self.link = SerialLink(path)
-        self.device = SerialDevice(self.link.device_path, framing, values=values, identity=identity)
+    link: SerialLink
+    device: Any
 
     def __repr__(self) -> str:
-        return f"<SerialPeer {self.link!r} {self.device!r}>"
+        return f"<{type(self).__name__} {self.link!r} {self.device!r}>"
 
     async def __aenter__(self) -> Self:
         await self.plug()
@@ -63,23 +45,9 @@ class SerialPeer:
         return self.link.path
 
     @property
-    def values(self) -> MutableMapping[str, str]:
-        """The device's values; tests may read and change them at any time."""
-        return self.device.values
-
-    @property
-    def respond(self) -> bool:
-        """False: requests are counted but never answered (a hung device)."""
-        return self.device.respond
-
-    @respond.setter
-    def respond(self, value: bool) -> None:
-        self.device.respond = value
-
-    @property
     def requests(self) -> int:
         """Requests the device received so far."""
-        return self.device.requests
+        return int(self.device.requests)
 
     def is_plugged(self) -> bool:
         """Return whether the link (socat) is up."""
@@ -99,10 +67,55 @@ class SerialPeer:
         await self.link.stop()
         self.device.detach()
 
-    def send_frame(self, payload: bytes) -> None:
-        """Send one framed message on the device's own initiative."""
-        self.device.send_frame(payload)
-
     def send_raw(self, data: bytes) -> None:
         """Send bytes exactly as given: garbage, partial frames."""
         self.device.send_raw(data)
+
+
+class SerialPeer(PtyPeer):
+    r"""A line-protocol device on the far end of a socat pty pair.
+
+    Example:
+        async with SerialPeer(tmp_path / "ttyUSB0", values={"temperature": "21.5"}) as peer:
+            manager.add_connection("rs1", "serial", {"port": str(peer.path)})
+            await peer.unplug()         # the driver's port vanishes
+            await peer.plug()           # ...and comes back on the same path
+            peer.send_raw(b"\xff\xfe")  # line noise
+
+    Args:
+        path: Where the driver's end of the link appears.
+        framing: The framing the device speaks (``line`` with ``\n`` by default).
+        values: The device's values; the dict is used as is, so a test may hold it.
+        identity: The answer to ``ID?``.
+    """
+
+    device: SerialDevice
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        framing: Framing | None = None,
+        values: MutableMapping[str, str] | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.link = SerialLink(path)
+        self.device = SerialDevice(self.link.device_path, framing, values=values, identity=identity)
+
+    @property
+    def values(self) -> MutableMapping[str, str]:
+        """The device's values; tests may read and change them at any time."""
+        return self.device.values
+
+    @property
+    def respond(self) -> bool:
+        """False: requests are counted but never answered (a hung device)."""
+        return self.device.respond
+
+    @respond.setter
+    def respond(self, value: bool) -> None:
+        self.device.respond = value
+
+    def send_frame(self, payload: bytes) -> None:
+        """Send one framed message on the device's own initiative."""
+        self.device.send_frame(payload)
