@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import GARBAGE_REPORT, BmsParser, Decoded, DeviceMatch, FrameError
+from edgelink.bms.base import BleGatt, BmsParser, Decoded, DeviceMatch, FrameError, GARBAGE_REPORT
 from edgelink.bms.reading import MAX_CELLS, BmsReading
 from edgelink.errors import ProtocolError
 
@@ -85,6 +85,11 @@ class AntParser(BmsParser):
         service_uuids=("0000ffe0-0000-1000-8000-00805f9b34fb",),
     )
     baudrate = 19200
+    gatt = BleGatt(
+        service="0000ffe0-0000-1000-8000-00805f9b34fb",
+        notify="0000ffe1-0000-1000-8000-00805f9b34fb",
+        write="0000ffe1-0000-1000-8000-00805f9b34fb",
+    )
 
     def requests(self) -> list[bytes]:
         """Return the status request ``7E A1 01 00 00 BE 18 55 AA 55``."""

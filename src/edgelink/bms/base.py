@@ -60,6 +60,17 @@ class DeviceMatch:
         return bool(set(self.manufacturer_ids) & set(manufacturer_ids))
 
 
+@dataclass(frozen=True, slots=True)
+class BleGatt:
+    """Where a BMS's UART bridge sits in its GATT table: requests are written to
+    ``write``, frames arrive as notifications of ``notify`` (both in ``service``).
+    """
+
+    service: str
+    notify: str
+    write: str
+
+
 @dataclass(slots=True)
 class Decoded:
     """One valid frame: its key (the request it answers) and what it carried."""
@@ -144,6 +155,8 @@ class BmsParser(abc.ABC):
     match: ClassVar[DeviceMatch] = DeviceMatch()
     #: The UART speed the device uses out of the box.
     baudrate: ClassVar[int] = 9600
+    #: The GATT characteristics of its BLE module; None: not read over a GATT link.
+    gatt: ClassVar[BleGatt | None] = None
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self.buffer = FrameBuffer(max_buffer)

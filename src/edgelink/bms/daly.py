@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import GARBAGE_REPORT, BmsParser, Decoded, DeviceMatch, FrameError
+from edgelink.bms.base import BleGatt, BmsParser, Decoded, DeviceMatch, FrameError, GARBAGE_REPORT
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES, BmsReading
 from edgelink.errors import ProtocolError
 
@@ -148,6 +148,11 @@ class DalyParser(BmsParser):
         name_prefixes=("DL-", "Daly"), service_uuids=("0000fff0-0000-1000-8000-00805f9b34fb",)
     )
     baudrate = 9600
+    gatt = BleGatt(
+        service="0000fff0-0000-1000-8000-00805f9b34fb",
+        notify="0000fff1-0000-1000-8000-00805f9b34fb",
+        write="0000fff2-0000-1000-8000-00805f9b34fb",
+    )
 
     def __init__(self, *, max_buffer: int = 4096) -> None:
         super().__init__(max_buffer=max_buffer)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import GARBAGE_REPORT, BmsParser, Decoded, DeviceMatch, FrameError
+from edgelink.bms.base import BleGatt, BmsParser, Decoded, DeviceMatch, FrameError, GARBAGE_REPORT
 from edgelink.bms.reading import MAX_CELLS, MAX_TEMPERATURES, BmsReading
 from edgelink.errors import DeviceError, ProtocolError
 
@@ -91,6 +91,11 @@ class JbdParser(BmsParser):
         service_uuids=("0000ff00-0000-1000-8000-00805f9b34fb",),
     )
     baudrate = 9600
+    gatt = BleGatt(
+        service="0000ff00-0000-1000-8000-00805f9b34fb",
+        notify="0000ff01-0000-1000-8000-00805f9b34fb",
+        write="0000ff02-0000-1000-8000-00805f9b34fb",
+    )
 
     def requests(self) -> list[bytes]:
         """Return the reads of basic information (0x03) and cell voltages (0x04)."""

@@ -25,7 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from edgelink.bms.ant import ant_frame
+from edgelink.bms.ant import END as ANT_END
+from edgelink.bms.ant import START as ANT_START
+from edgelink.bms.ant import STATUS_REQUEST as ANT_STATUS_REQUEST
+from edgelink.bms.ant import ant_crc, ant_frame
 from edgelink.bms.daly import (
     ALARM_BITS,
     BMS_ADDRESS,
@@ -45,6 +48,7 @@ __all__ = [
     "BmsDevice",
     "BmsFault",
     "BmsModel",
+    "BmsResponder",
     "ant_status",
     "daly_answers",
     "jbd_answer",
@@ -320,6 +324,66 @@ def victron_advertisement(
     return header + nonce_bytes + raw[:1] + record
 
 
+class BmsResponder:
+    """The device side of a polled BMS protocol: request bytes in, answer frames out.
+
+    Pure (no I/O): the pty simulator (`BmsDevice`) and the BLE test kit
+    (`edgelink.testing.ble`) both answer with it. Bytes may arrive split
+    anywhere; a request with a bad checksum is ignored, as a device does.
+
+    Example:
+        responder = BmsResponder("jbd", BmsModel())
+        frames = responder.feed(bytes.fromhex("dda50300fffd77"))   # basic info
+    """
+
+    #: The protocols it answers (VE.Direct talks unasked and needs none).
+    KINDS: Final = ("daly", "jbd", "ant")
+
+    def __init__(self, kind: str, model: BmsModel) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"no polled protocol {kind!r}; known: {', '.join(self.KINDS)}")
+        self.kind = kind
+        self.model = model
+        #: Valid requests seen.
+        self.requests = 0
+        self._box = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take request bytes; return the answer frames of every complete, valid request."""
+        box = self._box
+        box += data
+        out: list[bytes] = []
+        if self.kind == "daly":
+            while (at := box.find(b"\xa5")) >= 0 and len(box) - at >= 13:
+                request = bytes(box[at : at + 13])
+                del box[: at + 13]
+                if daly_checksum(request[:-1]) == request[-1]:
+                    self.requests += 1
+                    out += daly_answers(self.model, request[2])
+        elif self.kind == "jbd":
+            while (at := box.find(b"\xdd\xa5")) >= 0 and len(box) - at >= 7:
+                request = bytes(box[at : at + 7])
+                del box[: at + 7]
+                if request[-1] == 0x77 and jbd_checksum(request[2:4]) == int.from_bytes(
+                    request[4:6]
+                ):
+                    self.requests += 1
+                    answer = jbd_answer(self.model, request[2])
+                    if answer is not None:
+                        out.append(answer)
+        else:
+            while (at := box.find(ANT_START)) >= 0 and len(box) - at >= 10:
+                request = bytes(box[at : at + 10])
+                del box[: at + 10]
+                crc_ok = int.from_bytes(request[6:8], "little") == ant_crc(request[1:6])
+                if request[8:10] == ANT_END and crc_ok and request[2] == ANT_STATUS_REQUEST:
+                    self.requests += 1
+                    out.append(ant_status(self.model))
+        # A request is at most 13 bytes; anything older is noise.
+        del box[:-64]
+        return out
+
+
 class BmsDevice(SerialDevice):
     """A simulated BMS on the device end of a `SerialLink`.
 
@@ -354,6 +418,7 @@ class BmsDevice(SerialDevice):
         #: Frames sent (faulty ones included).
         self.frames_sent = 0
         self._inbox = bytearray()
+        self._responder = BmsResponder(kind, self.model) if kind != "victron" else None
         self._talker: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -368,6 +433,8 @@ class BmsDevice(SerialDevice):
         was = self.attached
         super().attach()
         self._inbox.clear()
+        if self._responder is not None:
+            self._responder = BmsResponder(self.kind, self.model)
         if not was and self.kind == "victron":
             self._schedule_talk()
 
@@ -430,28 +497,15 @@ class BmsDevice(SerialDevice):
             self.send_frame(answer)
 
     def _answers(self) -> list[bytes]:
-        box = self._inbox
-        out: list[bytes] = []
-        if self.kind == "daly":
-            while (at := box.find(b"\xa5")) >= 0 and len(box) - at >= 13:
-                request = bytes(box[at : at + 13])
-                del box[: at + 13]
-                if daly_checksum(request[:-1]) == request[-1]:
-                    self.requests += 1
-                    out += daly_answers(self.model, request[2])
-        elif self.kind == "jbd":
-            while (at := box.find(b"\xdd\xa5")) >= 0 and len(box) - at >= 7:
-                request = bytes(box[at : at + 7])
-                del box[: at + 7]
-                if request[-1] == 0x77 and jbd_checksum(request[2:4]) == int.from_bytes(
-                    request[4:6]
-                ):
-                    self.requests += 1
-                    answer = jbd_answer(self.model, request[2])
-                    if answer is not None:
-                        out.append(answer)
-        else:
-            box.clear()
+        responder = self._responder
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        if responder is None:
+            return []
+        responder.model = self.model  # tests may swap the battery
+        before = responder.requests
+        out = responder.feed(data)
+        self.requests += responder.requests - before
         return out
 
 
