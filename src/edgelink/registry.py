@@ -37,6 +37,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "http": "edgelink.drivers.http:HttpConnection",
     "zkteco": "edgelink.drivers.zkteco:ZktecoConnection",
     "bms": "edgelink.drivers.bms:BmsConnection",
+    "ble": "edgelink.drivers.ble:BleConnection",
 }
 
 DriverClass = type[Connection] | type[SyncConnection]

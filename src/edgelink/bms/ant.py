@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgelink.bms.base import BleGatt, BmsParser, Decoded, DeviceMatch, FrameError, GARBAGE_REPORT
+from edgelink.bms.base import GARBAGE_REPORT, BleGatt, BmsParser, Decoded, DeviceMatch, FrameError
 from edgelink.bms.reading import MAX_CELLS, BmsReading
 from edgelink.errors import ProtocolError
 

@@ -62,8 +62,10 @@ class DeviceMatch:
 
 @dataclass(frozen=True, slots=True)
 class BleGatt:
-    """Where a BMS's UART bridge sits in its GATT table: requests are written to
-    ``write``, frames arrive as notifications of ``notify`` (both in ``service``).
+    """Where a BMS's UART bridge sits in its GATT table.
+
+    Requests are written to ``write``; frames arrive as notifications of
+    ``notify`` (both in ``service``).
     """
 
     service: str

@@ -38,10 +38,12 @@ from pydantic import (
     Field,
     PlainValidator,
     Strict,
+    field_validator,
     model_validator,
 )
 
 from edgelink._validation import field_error
+from edgelink.bms.victron_ble import parse_key
 from edgelink.drivers.framing import LENGTH_PREFIXES
 
 __all__ = [
@@ -563,19 +565,126 @@ class ZktecoConfig(TcpKeepalive):
         return self
 
 
+#: How a ``ble`` characteristic's bytes become a value (and back, for writes).
+BLE_FORMATS: Final = (
+    "raw",
+    "utf8",
+    "u8",
+    "i8",
+    "u16le",
+    "i16le",
+    "u16be",
+    "i16be",
+    "u32le",
+    "i32le",
+    "f32le",
+)
+
+_BLE_BASE_UUID = "-0000-1000-8000-00805f9b34fb"
+
+
+def normalize_ble_uuid(uuid: str) -> str:
+    """Return a GATT UUID in its 128-bit lower-case form (``ff01`` -> ``0000ff01-0000-...``).
+
+    Raises:
+        ValueError: if it is neither a 16-bit, 32-bit nor 128-bit UUID.
+    """
+    text = uuid.strip().lower()
+    if len(text) == 4 and all(c in "0123456789abcdef" for c in text):
+        return f"0000{text}{_BLE_BASE_UUID}"
+    if len(text) == 8 and all(c in "0123456789abcdef" for c in text):
+        return f"{text}{_BLE_BASE_UUID}"
+    parts = text.split("-")
+    if [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
+        c in "0123456789abcdef" for c in text.replace("-", "")
+    ):
+        return text
+    raise ValueError(
+        f"{uuid!r} is not a GATT UUID (16-bit like ff01, or 128-bit like "
+        "0000ff01-0000-1000-8000-00805f9b34fb)"
+    )
+
+
+class BleCharacteristic(DriverConfig):
+    """One GATT characteristic of a ``ble`` connection and how to read its bytes."""
+
+    uuid: Host = Field(description="the characteristic's UUID (16-bit ff01 or 128-bit)")
+    format: Literal[BLE_FORMATS] = Field(  # type: ignore[valid-type]
+        default="raw", description="raw (hex), utf8, u8, i8, u16le, i16le, u16be, ..., f32le"
+    )
+    scale: float = Field(default=1.0, description="numbers are multiplied by this")
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return normalize_ble_uuid(value)
+
+
+class BleConfig(DriverConfig):
+    """``ble``: a Bluetooth LE device over GATT (bleak), found by the shared scanner."""
+
+    address: Host = Field(description="the device's address (AA:BB:...) or advertised name")
+    notify: dict[str, BleCharacteristic] = Field(
+        default_factory=dict, description="tag -> characteristic whose notifications are data"
+    )
+    read: dict[str, BleCharacteristic] = Field(
+        default_factory=dict, description="tag -> characteristic read every interval"
+    )
+    write: dict[str, BleCharacteristic] = Field(
+        default_factory=dict, description="tag -> characteristic that write(tag, value) sets"
+    )
+    interval: Seconds = Field(default=5.0, description="seconds between reads and RSSI checks")
+    connect_timeout: Seconds = Field(
+        default=20.0, description="seconds to find the device and connect"
+    )
+    max_attempts: Annotated[Int, Field(ge=1, le=10)] = Field(
+        default=3, description="connect attempts within one connect (bleak-retry-connector)"
+    )
+    pair: Bool = Field(default=False, description="pair before connecting (where supported)")
+    rssi_warning: Annotated[Int, Field(le=0)] = Field(
+        default=-90, description="dBm below which the link is reported degraded"
+    )
+    stale_after: Seconds | None = Field(
+        default=None,
+        description="health without read tags: seconds without a notification (3 * interval)",
+    )
+    confirm_within: Seconds = Field(
+        default=10.0, description="seconds a notification subscription may take to be confirmed"
+    )
+
+    @model_validator(mode="after")
+    def _check_tags(self) -> Self:
+        seen: dict[str, str] = {}
+        for section in ("notify", "read", "write"):
+            for tag in getattr(self, section):
+                if not tag or any(c in tag for c in " /#+*"):
+                    raise field_error(section, f"tag {tag!r}: no spaces or / # + *, not empty")
+                if tag == "rssi":
+                    raise field_error(section, "tag 'rssi' is the driver's own (the signal)")
+                if section != "write" and tag in seen:
+                    raise field_error(section, f"tag {tag!r} is also in {seen[tag]}")
+                if section != "write":
+                    seen[tag] = section
+        uuids = [c.uuid for c in self.notify.values()]
+        if len(set(uuids)) != len(uuids):
+            raise field_error("notify", "each characteristic may be subscribed once")
+        return self
+
+
 #: The BMS protocols `edgelink.bms` reads.
-BMS_PARSERS: Final = ("daly", "jbd", "victron")
+BMS_PARSERS: Final = ("ant", "daly", "jbd", "victron")
 
 
 class BmsConfig(SerialLineOptions):
     """``bms``: a battery management system read with an `edgelink.bms` parser.
 
-    ``transport: serial`` (a UART or RS485 adapter) needs ``port``; the BLE
-    transport is refused until the ``ble`` driver lands.
+    ``transport: serial`` (a UART or RS485 adapter) needs ``port``;
+    ``transport: ble`` needs ``address`` (and, for a Victron, its
+    ``encryption_key``: it is read from its advertisements, not over GATT).
     """
 
     parser: Literal[BMS_PARSERS] = Field(  # type: ignore[valid-type]
-        description="the protocol: daly, jbd or victron (VE.Direct text)"
+        description="the protocol: ant, daly, jbd or victron"
     )
     transport: Literal["serial", "ble"] = Field(
         default="serial", description="serial (UART, RS485) or ble"
@@ -585,6 +694,18 @@ class BmsConfig(SerialLineOptions):
         default=None, description="bits per second (default: the parser's, 9600 or 19200)"
     )
     address: Host | None = Field(default=None, description="the BLE address or name (ble)")
+    encryption_key: Text | None = Field(
+        default=None, description="a Victron's instant-readout key, 32 hex digits (ble)"
+    )
+    connect_timeout: Seconds = Field(
+        default=20.0, description="seconds to find the BLE device and connect (ble)"
+    )
+    max_attempts: Annotated[Int, Field(ge=1, le=10)] = Field(
+        default=3, description="BLE connect attempts within one connect (ble)"
+    )
+    rssi_warning: Annotated[Int, Field(le=0)] = Field(
+        default=-90, description="dBm below which the BLE link is reported degraded (ble)"
+    )
     interval: Seconds = Field(default=2.0, description="seconds between two polls")
     response_timeout: Seconds = Field(
         default=1.0, description="seconds the BMS may take to answer one request"
@@ -603,15 +724,32 @@ class BmsConfig(SerialLineOptions):
     @model_validator(mode="after")
     def _check_transport(self) -> Self:
         if self.transport == "ble":
-            raise field_error(
-                "transport",
-                "the ble transport is not available yet (it needs the ble driver); "
-                'use "transport": "serial" with a UART adapter',
-            )
+            if self.address is None:
+                raise field_error(
+                    "address", 'transport "ble" needs "address" (AA:BB:... or the name)'
+                )
+            if self.port is not None:
+                raise field_error("port", 'port is for transport "serial"; ble uses "address"')
+            if self.parser == "victron":
+                if self.encryption_key is None:
+                    raise field_error(
+                        "encryption_key",
+                        "a Victron is read from its encrypted advertisements: give its "
+                        "encryption_key (VictronConnect: Product info, Instant readout)",
+                    )
+                try:
+                    parse_key(self.encryption_key)
+                except ValueError as exc:
+                    raise field_error("encryption_key", f"not a Victron key: {exc}") from None
+            return self
+        if self.parser == "ant":
+            raise field_error("parser", 'the ANT BMS speaks over BLE: use "transport": "ble"')
         if self.port is None:
             raise field_error("port", 'transport "serial" needs "port", e.g. /dev/ttyUSB0')
         if self.address is not None:
             raise field_error("address", 'address is for transport "ble"; serial uses "port"')
+        if self.encryption_key is not None:
+            raise field_error("encryption_key", "encryption_key is for a Victron over ble")
         return self
 
 
@@ -626,6 +764,7 @@ BUILTIN_CONFIG_MODELS: Final[dict[str, type[DriverConfig]]] = {
     "ads": AdsConfig,
     "zkteco": ZktecoConfig,
     "bms": BmsConfig,
+    "ble": BleConfig,
 }
 
 #: The former names (before 0.2), kept for one release.
