@@ -379,9 +379,9 @@ class _Client(BaseBleakClient):
                     None,
                     handle,
                     uuid,
-                    props,
+                    cast(Any, props),
                     lambda: BLE_PAYLOAD,
-                    service,  # type: ignore[arg-type]
+                    service,
                 )
             )
         self.services = services
