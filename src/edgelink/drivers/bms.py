@@ -2,11 +2,15 @@
 
 Config keys (see docs/bms.md; the model `edgelink.drivers.configs.BmsConfig`):
 
-- ``parser`` (required): ``daly``, ``jbd`` or ``victron`` (VE.Direct text)
-- ``transport``: ``serial`` (the default; ``ble`` is refused until the ``ble``
-  driver lands), ``port`` (required), ``baudrate`` (the parser's: 9600 for
-  Daly and JBD, 19200 for VE.Direct), and the line settings of the
-  ``serial`` driver (``bytesize``, ``parity``, ``stopbits``, ``exclusive``, ...)
+- ``parser`` (required): ``ant``, ``daly``, ``jbd`` or ``victron``
+- ``transport``: ``serial`` (the default): ``port`` (required), ``baudrate``
+  (the parser's: 9600 for Daly and JBD, 19200 for VE.Direct), and the line
+  settings of the ``serial`` driver (``bytesize``, ``parity``, ``stopbits``,
+  ``exclusive``, ...). ``ble``: ``address`` (the BLE address or name),
+  ``scan_timeout``, ``max_attempts``, ``rssi_warning``; Daly, JBD and ANT
+  are polled over their BLE module's GATT characteristics (requests written,
+  frames notified: `edgelink.bms.BleGatt`); a Victron is read from its
+  encrypted advertisements and needs ``encryption_key`` (no GATT link).
 - ``interval`` (2.0 s): time between polls; ``response_timeout`` (1.0 s)
 - ``stale_after``: health fails after this long without a valid frame
   (default ``3 * interval + response_timeout``)
@@ -35,13 +39,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgelink._tasks import cancel_and_wait
-from edgelink.bms import BmsParser, Decoded, get_parser
+from edgelink.bms import BmsParser, Decoded, decode_instant_readout, get_parser
+from edgelink.bms.victron import VICTRON_COMPANY_ID
 from edgelink.connection import Connection
 from edgelink.drivers._serial_port import PortLink, close_link, open_link, serial_options
+from edgelink.drivers.ble._backend import require_bleak
+from edgelink.drivers.ble.link import BleLink
+from edgelink.drivers.ble.scanner import BleDeviceInfo, BleScanner, get_scanner
 from edgelink.drivers.configs import BmsConfig
 from edgelink.errors import ConnectError, DeviceError, ProtocolError
 
@@ -70,8 +78,9 @@ class BmsConnection(Connection):
         super().__init__(connection_id, config, context)
         cfg = self.cfg
         self.parser: BmsParser = get_parser(cfg.parser, max_buffer=cfg.max_buffer)
-        assert cfg.port is not None  # the model requires it for the serial transport
-        self.port: str = cfg.port
+        self.transport: str = cfg.transport
+        #: The serial port, or the BLE address or name: where the BMS is.
+        self.port: str = cfg.port if cfg.port is not None else str(cfg.address)
         self.baudrate: int = cfg.baudrate or self.parser.baudrate
         self.interval: float = cfg.interval
         self.response_timeout: float = cfg.response_timeout
@@ -82,11 +91,15 @@ class BmsConnection(Connection):
         )
         self._serial_kwargs = {**serial_options(cfg), "baudrate": self.baudrate}
         self._link: PortLink | None = None
+        self._ble: BleLink | None = None
+        self._scanner: BleScanner | None = None
+        self._unlisten: Callable[[], None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._closed_error: BaseException | None = None
         self._last_valid: float | None = None
         self._streak = 0
+        self._weak = False
         #: Valid frames decoded since the driver was made.
         self.good_frames = 0
         #: Bad frames (checksum, length, garbage, device errors) since the driver was made.
@@ -112,6 +125,9 @@ class BmsConnection(Connection):
         self.parser.reset()
         self._closed_error = None
         self._streak = 0
+        if self.transport == "ble":
+            await self._connect_ble()
+            return
         link = PortLink(self._on_bytes, self._on_link_closed)
         self._link = link
         try:
@@ -130,10 +146,84 @@ class BmsConnection(Connection):
             poller.add_done_callback(self._on_poller_done)
             self._poller = poller
 
+    async def _connect_ble(self) -> None:
+        require_bleak()
+        scanner = get_scanner()
+        await scanner.acquire()
+        self._scanner = scanner
+        gatt = self.parser.gatt
+        if gatt is None:
+            # A Victron: every advertisement carries the readout; nothing to connect to.
+            try:
+                info = await scanner.find(self.port, timeout=self.cfg.scan_timeout)
+            except BaseException:
+                await self.disconnect()
+                raise
+            self._unlisten = scanner.listen(info.address, self._on_advert)
+            self._last_valid = self.clock.monotonic()
+            self._on_advert(info, None)
+            return
+        link = BleLink(
+            self.port,
+            scanner,
+            connection_id=self.connection_id,
+            on_lost=self._on_ble_lost,
+            max_attempts=self.cfg.max_attempts,
+        )
+        self._ble = link
+        try:
+            await link.open(self.cfg.scan_timeout)
+            await link.start_notify(gatt.notify, lambda data: self._on_bytes(link, data))
+        except BaseException:
+            await self.disconnect()
+            raise
+        self._last_valid = self.clock.monotonic()
+        poller = asyncio.get_running_loop().create_task(
+            self._run_poll(link), name=f"edgelink[{self.connection_id}].bms_poll"
+        )
+        poller.add_done_callback(self._on_poller_done)
+        self._poller = poller
+
+    def _on_advert(self, info: BleDeviceInfo, _adv: Any) -> None:
+        if self._closed_error is not None or self._unlisten is None:
+            return
+        data = info.manufacturer_data.get(VICTRON_COMPANY_ID)
+        self._report_rssi(info)
+        if data is None:
+            return
+        key = self.cfg.encryption_key
+        assert key is not None  # the model requires it for a Victron over ble
+        self.update_stats(bytes_received=len(data))
+        try:
+            reading = decode_instant_readout(data, key)
+        except ProtocolError as exc:
+            self._on_bad_frame(exc)
+            return
+        self._on_frame(Decoded(0, reading, len(data)))
+
+    def _report_rssi(self, info: BleDeviceInfo) -> None:
+        if info.rssi is None:
+            return
+        self.report_data("rssi", info.rssi)
+        weak = info.rssi < self.cfg.rssi_warning
+        reason = f"weak signal: RSSI {info.rssi} dBm is below {self.cfg.rssi_warning} dBm"
+        if weak != self._weak:
+            self._weak = weak
+            self.report_degraded(reason if weak else None)
+
+    def _on_ble_lost(self, link: BleLink) -> None:
+        if link is not self._ble or self._closed_error is not None:
+            return
+        self._fail(
+            ConnectError(f"BLE device {self.port} disconnected", connection_id=self.connection_id)
+        )
+
     async def disconnect(self) -> None:
         """Stop polling and release the port; idempotent, never raises."""
         poller, self._poller = self._poller, None
         link, self._link = self._link, None
+        ble, self._ble = self._ble, None
+        unlisten, self._unlisten = self._unlisten, None
         self._wake_waiters()
         if poller is not None and poller is not asyncio.current_task():
             try:
@@ -141,11 +231,24 @@ class BmsConnection(Connection):
             except Exception:  # disconnect never raises; _on_poller_done reported it
                 logger.debug("%s: the poll task had failed", self.connection_id, exc_info=True)
         await close_link(link)
+        if unlisten is not None:
+            unlisten()
+        if ble is not None:
+            await ble.close()
+        scanner, self._scanner = self._scanner, None
+        if scanner is not None:
+            await scanner.release()
 
     def is_connected(self) -> bool:
-        """Return True while the port is open and the link has not been dropped."""
+        """Return True while the port (or BLE link) is open and has not been dropped."""
+        if self._closed_error is not None:
+            return False
+        if self.transport == "ble":
+            if self.parser.gatt is None:  # read from advertisements: the scanner is the link
+                return self._unlisten is not None
+            return self._ble is not None and self._ble.is_connected()
         link = self._link
-        return link is not None and link.is_open() and self._closed_error is None
+        return link is not None and link.is_open()
 
     async def health_check(self) -> bool:
         """Return True if a valid frame arrived within ``stale_after`` seconds."""
@@ -171,6 +274,16 @@ class BmsConnection(Connection):
         Raises:
             ConnectError: if the port is not open.
         """
+        ble = self._ble
+        if ble is not None:
+            gatt = self.parser.gatt
+            if gatt is None or not self.is_connected():
+                raise ConnectError(
+                    f"BLE device {self.port} is not connected", connection_id=self.connection_id
+                )
+            await ble.write(gatt.write, data)
+            self.update_stats(packets_sent=1, bytes_sent=len(data))
+            return
         link = self._link
         if link is None or link.transport is None or not self.is_connected():
             raise ConnectError(
@@ -182,9 +295,12 @@ class BmsConnection(Connection):
         self.update_stats(packets_sent=1, bytes_sent=len(data))
         await link.drain()
 
-    async def _run_poll(self, link: PortLink) -> None:
+    def _current(self) -> object:
+        return self._ble if self.transport == "ble" else self._link
+
+    async def _run_poll(self, link: object) -> None:
         loop = asyncio.get_running_loop()
-        while self._link is link and self.is_connected():
+        while self._current() is link and self.is_connected():
             for request in self.parser.requests():
                 key = self.parser.answer_key(request)
                 answered: asyncio.Future[None] = loop.create_future()
@@ -203,8 +319,12 @@ class BmsConnection(Connection):
                 finally:
                     if self._waiting.get(key) is answered:
                         del self._waiting[key]
-                if self._link is not link or not self.is_connected():
+                if self._current() is not link or not self.is_connected():
                     return
+            if isinstance(link, BleLink) and self._scanner is not None and link.address:
+                info = self._scanner.get(link.address)
+                if info is not None:
+                    self._report_rssi(info)
             await self.clock.sleep(self.interval)
 
     def _on_poller_done(self, task: asyncio.Task[None]) -> None:
@@ -213,8 +333,8 @@ class BmsConnection(Connection):
         # A bug or a surprise from the port: the link cannot be trusted to poll.
         self._fail(task.exception() or RuntimeError("poll task failed"))
 
-    def _on_bytes(self, link: PortLink, data: bytes) -> None:
-        if link is not self._link or self._closed_error is not None:
+    def _on_bytes(self, link: object, data: bytes) -> None:
+        if link is not self._current() or self._closed_error is not None:
             return
         self.update_stats(bytes_received=len(data))
         for item in self.parser.feed(data):

@@ -634,8 +634,10 @@ class BleConfig(DriverConfig):
         default_factory=dict, description="tag -> characteristic that write(tag, value) sets"
     )
     interval: Seconds = Field(default=5.0, description="seconds between reads and RSSI checks")
-    connect_timeout: Seconds = Field(
-        default=20.0, description="seconds to find the device and connect"
+    scan_timeout: Seconds = Field(
+        default=10.0,
+        description="seconds to wait for the device's advertisement (the connection's "
+        "settings.connect_timeout bounds the whole attempt: raise it for BLE)",
     )
     max_attempts: Annotated[Int, Field(ge=1, le=10)] = Field(
         default=3, description="connect attempts within one connect (bleak-retry-connector)"
@@ -697,8 +699,8 @@ class BmsConfig(SerialLineOptions):
     encryption_key: Text | None = Field(
         default=None, description="a Victron's instant-readout key, 32 hex digits (ble)"
     )
-    connect_timeout: Seconds = Field(
-        default=20.0, description="seconds to find the BLE device and connect (ble)"
+    scan_timeout: Seconds = Field(
+        default=10.0, description="seconds to wait for the BLE device's advertisement (ble)"
     )
     max_attempts: Annotated[Int, Field(ge=1, le=10)] = Field(
         default=3, description="BLE connect attempts within one connect (ble)"

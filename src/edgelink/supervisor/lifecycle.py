@@ -390,6 +390,8 @@ class SupervisorLifecycle(SupervisorChildren):
         except TimeoutError as exc:
             if self._owns():
                 await self._close_link(timeout=0.5)
+            if isinstance(exc, ConnectTimeout) and exc.message:
+                return exc  # the driver's own timeout, with its reason (not the attempt's)
             return ConnectTimeout(
                 f"no connection within {timeout:g} s", connection_id=self.connection_id
             ).with_traceback(exc.__traceback__)

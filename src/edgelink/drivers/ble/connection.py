@@ -176,7 +176,7 @@ class BleConnection(Connection):
         )
         self._link = link
         try:
-            await link.open(self.cfg.connect_timeout)
+            await link.open(self.cfg.scan_timeout)
         except BaseException:
             await self.disconnect()
             raise

@@ -76,37 +76,37 @@ class BleLink:
         client = self._client
         return client is not None and not self._closing and bool(client.is_connected)
 
-    async def open(self, timeout: float) -> None:
-        """Find the device and connect within ``timeout`` seconds.
+    async def open(self, scan_timeout: float) -> None:
+        """Find the device (waiting ``scan_timeout`` seconds at most for it) and connect.
+
+        The connect itself is bounded by bleak's own timeout and by whoever
+        awaits this (the supervisor's ``connect_timeout``).
 
         Raises:
-            ConnectTimeout: if the device was not seen or did not answer in time.
+            ConnectTimeout: if the device was not seen in time.
             ConnectError: for any other failure (refused, pairing failed, no adapter).
         """
         require_bleak()
         from bleak import BleakClient
         from bleak_retry_connector import establish_connection
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         self._closing = False
-        info = await self.scanner.find(self.target, timeout=timeout)
+        info = await self.scanner.find(self.target, timeout=scan_timeout)
         self.info = info
         name = info.name or info.address
         try:
-            async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                self._client = await establish_connection(
-                    BleakClient,
-                    info.device,
-                    f"{self.connection_id} ({name})",
-                    disconnected_callback=self._on_disconnected,
-                    max_attempts=self.max_attempts,
-                    pair=self.pair,
-                    **client_options(),
-                )
+            self._client = await establish_connection(
+                BleakClient,
+                info.device,
+                f"{self.connection_id} ({name})",
+                disconnected_callback=self._on_disconnected,
+                max_attempts=self.max_attempts,
+                pair=self.pair,
+                **client_options(),
+            )
         except TimeoutError as exc:
             raise ConnectTimeout(
-                f"BLE device {name} did not accept a connection within {timeout:g} s",
+                f"BLE device {name} did not accept a connection",
                 connection_id=self.connection_id,
                 cause=exc,
             ) from exc
