@@ -26,6 +26,7 @@ import pytest
 from conftest import Recorder
 from edgelink import ConfigError, ConnectionManager
 from edgelink.drivers.ble import BleConnection, decode_value, encode_value, get_scanner
+from edgelink.drivers.bms import BmsConnection
 from edgelink.drivers.configs import BleCharacteristic
 from edgelink.sim.bms import BmsModel
 from edgelink.testing import ManualClock
@@ -53,6 +54,18 @@ def values(m: ConnectionManager, conn_id: str) -> dict[str, Any]:
         for dp in (m.router.data.get(a) for a in m.router.data.addresses())
         if dp is not None and dp.address.startswith(prefix)
     }
+
+
+def ble(m: ConnectionManager, conn_id: str) -> BleConnection:
+    conn = m.get_connection(conn_id)
+    assert isinstance(conn, BleConnection)
+    return conn
+
+
+def bms(m: ConnectionManager, conn_id: str) -> BmsConnection:
+    conn = m.get_connection(conn_id)
+    assert isinstance(conn, BmsConnection)
+    return conn
 
 
 @pytest.fixture
@@ -112,11 +125,10 @@ async def test_notifications_reads_writes_and_rssi_are_data(
         await wait_until(lambda: values(m, "bt.thermo").get("temperature") == pytest.approx(-12.34))
         await wait_until(lambda: values(m, "bt.thermo").get("battery") == 87)
         assert values(m, "bt.thermo")["rssi"] == -55
-        await m.get_connection("bt.thermo").write("led", 1)
+        await ble(m, "bt.thermo").write("led", 1)
         assert dev.writes[-1] == (LED_UUID, b"\x01")
-        conn = m.get_connection("bt.thermo")
-        assert isinstance(conn, BleConnection)
-        assert conn.ledger.is_confirmed
+        conn = ble(m, "bt.thermo")
+        assert conn.ledger.is_confirmed()
         assert m.get_status("bt.thermo")["stats"]["packets_received"] >= 2
 
 
@@ -188,7 +200,7 @@ async def test_refused_notification_is_degraded_then_retried(
     m.add_connection("bt.thermo", "ble", sensor_config())
     async with m:
         await m.wait_for_state("bt.thermo", "connected", timeout=5)
-        conn = m.get_connection("bt.thermo")
+        conn = ble(m, "bt.thermo")
         await wait_until(lambda: conn.degraded_reason is not None)
         assert TEMP_UUID in (conn.degraded_reason or "")
         dev.refuse_notify.clear()
@@ -204,7 +216,7 @@ async def test_weak_rssi_degrades_and_recovers(make_manager: Make, air: FakeRadi
     m.add_connection("bt.thermo", "ble", sensor_config(interval=0.05, rssi_warning=-80))
     async with m:
         await m.wait_for_state("bt.thermo", "connected", timeout=5)
-        conn = m.get_connection("bt.thermo")
+        conn = ble(m, "bt.thermo")
         dev.rssi = -93
         await wait_until(lambda: "RSSI -93 dBm" in (conn.degraded_reason or ""))
         assert values(m, "bt.thermo")["rssi"] == -93
@@ -357,7 +369,7 @@ async def test_victron_is_read_from_its_advertisements(make_manager: Make, air: 
         assert got["voltage"] == pytest.approx(model.voltage(), abs=0.01)
         assert got["current"] == pytest.approx(model.current(), abs=0.01)
         assert shunt.connects == 0  # advertisements only
-        assert await m.get_connection("bt.shunt").health_check()
+        assert await bms(m, "bt.shunt").health_check()
 
 
 async def test_victron_wrong_key_is_refused_not_a_wrong_number(

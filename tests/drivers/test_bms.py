@@ -226,9 +226,9 @@ async def test_unplug_reconnects_and_polling_resumes(
 @pytest.mark.parametrize(
     ("cfg", "path", "why"),
     [
-        ({"parser": "jbd", "transport": "ble", "address": "AA:BB"}, "transport", "not available"),
+        ({"parser": "jbd", "transport": "ble", "port": "/dev/x", "address": "AA"}, "port", "ble"),
         ({"parser": "jbd"}, "port", 'needs "port"'),
-        ({"parser": "ant", "port": "/dev/x"}, "parser", ""),
+        ({"parser": "ant", "port": "/dev/x"}, "parser", "BLE"),
         ({"parser": "daly", "port": "/dev/x", "address": "AA"}, "address", "ble"),
         ({"parser": "daly", "port": "/dev/x", "interval": "2"}, "interval", ""),
     ],

@@ -31,6 +31,11 @@ GOOD: dict[str, dict[str, Any]] = {
     "ads": {"ams_net_id": "192.168.2.162.1.1", "notifications": ["MAIN.x", {"tag": "MAIN.y"}]},
     "zkteco": {"host": "192.168.1.201", "password": 1234, "timeout": 2, "max_chunk": 4096},
     "bms": {"parser": "daly", "port": "/dev/ttyUSB2", "interval": 5, "parity": "n"},
+    "ble": {
+        "address": "AA:BB:CC:DD:EE:FF",
+        "notify": {"t": {"uuid": "2a6e", "format": "i16le", "scale": 0.01}},
+        "max_attempts": 2,
+    },
 }
 
 #: A key each type uses for a port-like number, and one for a keepalive-like number.
@@ -44,6 +49,7 @@ PORT_KEY = {
     "ads": "ams_port",
     "zkteco": "port",
     "bms": "bytesize",
+    "ble": "max_attempts",
 }
 KEEPALIVE_KEY = {
     "tcp": "keepalive_idle",
@@ -55,6 +61,7 @@ KEEPALIVE_KEY = {
     "ads": "timeout",
     "zkteco": "keepalive_idle",
     "bms": "interval",
+    "ble": "interval",
 }
 TYPES = sorted(GOOD)
 
