@@ -325,6 +325,14 @@ class ConnectionManager(Service):
             )
         return self._executor
 
+    def check_config(self, source: str | PathLike[str] | Mapping[str, Any]) -> None:
+        """Validate a config as `reload` would (every driver config too), changing nothing.
+
+        Raises:
+            ConfigError: naming the path and the reason of the first problem.
+        """
+        self._check_specs(load_config(source).specs().values())
+
     def _check_specs(self, specs: Any) -> None:
         """Instantiate each spec's driver once, so a bad one fails before anything changes."""
         for spec in specs:

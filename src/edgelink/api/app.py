@@ -45,7 +45,17 @@ from edgelink import __version__
 from edgelink.api.auth import require_token
 from edgelink.api.limits import BodyLimit
 from edgelink.api.metrics import GatewayMetrics
-from edgelink.api.routes import admin, bridge, connections, data, events, metrics, routes, service
+from edgelink.api.routes import (
+    admin,
+    ble,
+    bridge,
+    connections,
+    data,
+    events,
+    metrics,
+    routes,
+    service,
+)
 from edgelink.api.routes.admin import Action
 from edgelink.api.stream import StreamHub, register_stream
 from edgelink.service.gateway import Gateway
@@ -100,6 +110,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         data.router(gateway),
         bridge.router(gateway),
         events.router(gateway),
+        ble.router(gateway),
         metrics.router(gauges),
     ):
         app.include_router(area, dependencies=guarded)

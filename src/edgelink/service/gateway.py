@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import read_document
+from edgelink.drivers.ble.scanner import close_scanner
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
@@ -542,6 +544,8 @@ class Gateway:
                     await close()
                 if self._manager is not None:
                     await self._manager.stop()
+                # The BLE browser's scan lingers after its last request: end it.
+                await close_scanner()
         webhooks, self.webhooks = self.webhooks, {}
         for target in webhooks.values():
             with contextlib.suppress(Exception):
@@ -753,6 +757,50 @@ class Gateway:
         }
         self._emit(EventType.CONFIG_RELOADED, file=str(path), **changes)
         return {"ok": True, "file": str(path), **changes}
+
+    async def add_connection_entry(
+        self, connection_id: str, entry: dict[str, Any], *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Add one connection to connections.json and start it (the BLE browser's Connect); audited.
+
+        The whole file is validated with the new entry before anything is
+        written; the file is replaced atomically, then applied like a hot
+        reload (the other connections are not touched).
+
+        Raises:
+            ActionRefusedError: during panic, or if the id is taken.
+            ConfigError: for a bad entry (the path and the reason); nothing changes.
+        """
+        params = {"type": entry.get("type") if isinstance(entry, dict) else None}
+        async with self.auditor.action(who, "connection_add", connection_id, params):
+            if self.panicked:
+                raise ActionRefusedError("the gateway is in panic: recover first")
+            async with self._reload_lock:
+                folder = self.folder = ConfigFolder.find(self.config_dir)
+                document = read_document(folder.connections)
+                if not isinstance(document, dict):
+                    raise ConfigError(
+                        "the top level must be an object", file=str(folder.connections)
+                    )
+                conns = document.setdefault("connections", {})
+                if not isinstance(conns, dict):
+                    raise ConfigError(
+                        "'connections' must be an object", file=str(folder.connections)
+                    )
+                if connection_id in conns:
+                    raise ActionRefusedError(f"a connection {connection_id!r} exists already")
+                conns[connection_id] = entry
+                # Every error, with its path, before a byte is written.
+                self.manager.check_config(copy.deepcopy(document))
+                if folder.connections.suffix.lower() in (".yaml", ".yml"):
+                    import yaml
+
+                    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+                else:
+                    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+                write_atomically(folder.connections, text)
+                report = await self._reload_connections(folder)
+        return report
 
     def _add_webhooks(self, manager: ConnectionManager) -> None:
         from edgelink.bridge.webhook import WebhookTarget

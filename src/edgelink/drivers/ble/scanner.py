@@ -42,6 +42,7 @@ __all__ = [
     "AdvertListener",
     "BleDeviceInfo",
     "BleScanner",
+    "close_scanner",
     "get_scanner",
     "normalize_address",
 ]
@@ -410,3 +411,10 @@ def get_scanner() -> BleScanner:
     if scanner is None:
         scanner = _SCANNERS[loop] = BleScanner()
     return scanner
+
+
+async def close_scanner() -> None:
+    """Stop the running loop's scanner, if one was made (the gateway is stopping)."""
+    scanner = _SCANNERS.pop(asyncio.get_running_loop(), None)
+    if scanner is not None:
+        await scanner.close()
