@@ -8,9 +8,15 @@ imported in `register`; the navigation lists pages in that order.
 
 from __future__ import annotations
 
-__all__ = ["register"]
+import importlib
+
+__all__ = ["PAGES", "register"]
+
+#: The page modules, in the order of the navigation.
+PAGES = ("login", "instances", "ble")
 
 
 def register() -> None:
     """Import every page module (idempotent: Python imports each once)."""
-    from edgelink.ui.pages import ble, instances, login  # noqa: F401
+    for name in PAGES:
+        importlib.import_module(f"edgelink.ui.pages.{name}")
