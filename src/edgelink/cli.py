@@ -93,6 +93,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_log_level_libs(demo)
     demo.add_argument(
+        "--bms",
+        action="store_true",
+        help="also two simulated battery monitors (Daly, JBD) on socat ptys: bt.bms_001/002",
+    )
+    demo.add_argument(
         "--mqtt",
         metavar="HOST:PORT",
         default=None,

@@ -223,6 +223,29 @@ def test_sim_tcp_answers_ping_and_stops_on_sigterm():
                 proc.wait()
 
 
+def test_demo_with_bms_adds_two_battery_monitors_on_ptys():
+    """Test that `edgelink demo --bms` reads a simulated Daly and JBD over socat ptys."""
+    proc = run(
+        "demo",
+        "--devices",
+        "1",
+        "--duration",
+        "5",
+        "--chaos-every",
+        "0",
+        "--plain",
+        "--port",
+        "0",
+        "--bms",
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "bt.bms_001 (bms)" in out and "bt.bms_002 (bms)" in out
+    assert re.search(r"bt\.bms_001\s+bms\s+connected\s+healthy", out)
+    assert re.search(r"bt\.bms_002\s+bms\s+connected\s+healthy", out)
+
+
 def test_demo_with_mqtt_mirrors_to_a_broker():
     """Test that `edgelink demo --mqtt` bridges the demo's datapoints to that broker."""
     import paho.mqtt.client as paho

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -63,9 +64,15 @@ DEMO_ROUTES: dict[str, Any] = {
 
 
 def demo_config(
-    ports: list[int], modbus_ports: list[int] | None = None, http_url: str | None = None
+    ports: list[int],
+    modbus_ports: list[int] | None = None,
+    http_url: str | None = None,
+    bms_ports: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Return the ``connections.json`` of the demo for its simulated devices."""
+    """Return the ``connections.json`` of the demo for its simulated devices.
+
+    ``bms_ports``: parser (``daly``, ``jbd``) -> the pty of a simulated BMS.
+    """
     config: dict[str, Any] = {
         "settings": {
             "health_check_interval": 2.0,
@@ -92,6 +99,12 @@ def demo_config(
             "name": f"Simulated inverter {i + 1}",
             "config": {"host": "127.0.0.1", "port": port, "unit_id": 1},
             "poll": [{"tags": ["ir:1:float32", "ir:8*0.1"], "interval": 1.0}],
+        }
+    for i, (parser, tty) in enumerate((bms_ports or {}).items()):
+        config["connections"][f"bt.bms_{i + 1:03d}"] = {
+            "type": "bms",
+            "name": f"Simulated {parser} BMS",
+            "config": {"parser": parser, "port": tty, "interval": 2.0},
         }
     if http_url is not None:
         config["connections"]["meter"] = {
@@ -142,8 +155,12 @@ async def run_demo(
         await asyncio.to_thread(http.start)
     with tempfile.TemporaryDirectory(prefix="edgelink-demo-") as tmp:
         folder = Path(tmp)
+        bms = await _start_bms(folder) if getattr(args, "bms", False) else []
         config = demo_config(
-            sim.ports, modbus.ports if modbus else None, http.url if http else None
+            sim.ports,
+            modbus.ports if modbus else None,
+            http.url if http else None,
+            {device.kind: str(link.path) for link, device in bms},
         )
         service: dict[str, Any] = {"api": {"host": "127.0.0.1", "port": _free_or_any(args.port)}}
         if args.mqtt:
@@ -168,6 +185,30 @@ async def run_demo(
                 await modbus.stop()
             if http is not None:
                 await asyncio.to_thread(http.stop)
+            for link, device in bms:
+                device.detach()
+                await link.stop()
+
+
+async def _start_bms(folder: Path) -> list[tuple[Any, Any]]:
+    """Start a simulated Daly and JBD BMS, each on a socat pty pair in ``folder``.
+
+    Raises:
+        SystemExit: with the reason if socat is missing (``--bms`` needs it).
+    """
+    if shutil.which("socat") is None:
+        raise SystemExit("edgelink demo --bms needs socat (apt-get install socat)")
+    from edgelink.sim.bms import BmsDevice, BmsModel
+    from edgelink.sim.serial import SerialLink
+
+    started: list[tuple[Any, Any]] = []
+    for kind, cells in (("daly", 16), ("jbd", 8)):
+        link = SerialLink(folder / f"tty{kind.upper()}")
+        await link.start()
+        device = BmsDevice(link.device_path, kind, BmsModel(cells=cells))
+        device.attach()
+        started.append((link, device))
+    return started
 
 
 async def _run(
