@@ -359,6 +359,10 @@ class SyncConnectionManager:
         """Feed the data watchdog of a connection."""
         self._call(self._manager.record_activity, connection_id)
 
+    def check_config(self, source: str | PathLike[str] | Mapping[str, Any]) -> None:
+        """Validate a config as `reload` would, changing nothing (raises `ConfigError`)."""
+        self._call(self._manager.check_config, source)
+
     def reload(self, source: str | PathLike[str] | Mapping[str, Any]) -> ConfigDiff:
         """Apply a new config; only what changed is touched."""
         return self._run(self._manager.reload(source))
