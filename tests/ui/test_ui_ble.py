@@ -108,5 +108,13 @@ async def test_browser_lists_identifies_and_connects(
         saved = json.loads((folder / "connections.json").read_text())["connections"]
         assert saved["bt.bms_001"]["config"]["parser"] == "daly"
         assert saved["bt.bms_001"]["config"]["transport"] == "ble"
+
+        # The battery card: SOC, 8 cell bars with the spread, MOS states.
+        await page.goto(url_of(gw, "/ble"))
+        battery = page.get_by_test_id("bms-bt.bms_001")
+        await battery.get_by_test_id("spread").filter(has_text="8 cells").wait_for(timeout=WAIT_MS)
+        await battery.get_by_test_id("soc").filter(has_text="% SOC").wait_for(timeout=WAIT_MS)
+        assert "V" in await battery.get_by_test_id("pack").inner_text()
+        await save_screenshot(page, tmp_path, "ble-battery")
     finally:
         await context.close()

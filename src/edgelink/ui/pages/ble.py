@@ -11,6 +11,10 @@ Victron's key) and adds a ``bms`` connection over BLE through
 ``POST /api/ble/devices/{address}/connect``: validated, written to
 connections.json atomically, audited with who, refused during panic.
 
+Below the browser, a battery card (`edgelink.ui.widgets.bms.BmsCard`) per
+``bms`` connection, serial or BLE: SOC, pack figures, cell bars with the
+lowest and highest cell marked, temperatures, alarms and MOS states.
+
 Pairing is not offered here: on Linux it needs a BlueZ pairing agent for
 the passkey, which the gateway does not run (docs/drivers/ble.md).
 """
@@ -24,12 +28,13 @@ from nicegui import ui
 from edgelink.errors import ConfigError
 from edgelink.service.ble import ConnectBody, ble_devices, connection_entry
 from edgelink.ui.layout import View, act, page, set_text
+from edgelink.ui.widgets.bms import BmsCard
 
 if TYPE_CHECKING:
     from nicegui.elements.label import Label
     from nicegui.elements.progress import LinearProgress
 
-__all__ = ["ble", "rssi_fraction"]
+__all__ = ["battery_cards", "ble", "rssi_fraction"]
 
 #: Seconds between two scans of the list (one request to the shared scanner each).
 REFRESH_S = 1.0
@@ -177,7 +182,19 @@ class BleBrowser:
         self.dialog.value = False
 
 
+def battery_cards(view: View) -> None:
+    """A `BmsCard` per ``bms`` connection (serial or BLE), below the browser."""
+    ids = [s["connection_id"] for s in view.gateway.connections() if s.get("type") == "bms"]
+    if not ids:
+        return
+    ui.label("Battery monitors").classes("text-lg font-bold")
+    with ui.row().classes("w-full gap-4"):
+        for cid in ids:
+            BmsCard(view, cid)
+
+
 @page("/ble", "Bluetooth", icon="bluetooth")
 def ble(view: View) -> None:
-    """The device browser."""
+    """The device browser, and a battery card per BMS connection."""
     BleBrowser(view)
+    battery_cards(view)

@@ -1,0 +1,1 @@
+"""Reusable pieces of the web UI's pages (`bms`: the battery card)."""
