@@ -219,11 +219,12 @@ def test_shape_match_agrees_with_the_index() -> None:
     assert table.shapes  # the cache was used
 
 
-def test_memory_stays_flat_under_120k_distinct_topics() -> None:
+@pytest.mark.timeout(90)  # tracemalloc and asyncio debug mode make it slow on a busy machine
+def test_memory_stays_flat_under_60k_distinct_topics() -> None:
     """Test that data space, plans and echoes stay within their bounds (tracemalloc)."""
     tracemalloc.start()
     try:
-        router = Router(max_addresses=5_000, max_plans=5_000)
+        router = Router(max_addresses=2_000, max_plans=2_000)
         sink = Sink()
         router.add_target("out", sink)
         router.load_routes(pass_through())
@@ -238,13 +239,13 @@ def test_memory_stays_flat_under_120k_distinct_topics() -> None:
             gc.collect()
             return tracemalloc.get_traced_memory()[0]
 
-        full = asyncio.run(run(0, 40_000))  # every bound reached long ago
-        after = asyncio.run(run(40_000, 80_000))
+        full = asyncio.run(run(0, 20_000))  # every bound reached long ago
+        after = asyncio.run(run(20_000, 40_000))
     finally:
         tracemalloc.stop()
-    assert sink.count == 120_000
-    assert len(router.data) == 5_000 and router.data.evicted == 115_000
-    # The old code kept a plan per topic: it grew by 29 MB here.
+    assert sink.count == 60_000
+    assert len(router.data) == 2_000 and router.data.evicted == 58_000
+    # The old code kept a plan per topic: it grew by about 29 MB per 80k topics.
     assert after - full < 500_000, (full, after)
 
 
