@@ -162,13 +162,20 @@ async def test_list_symbols_gives_name_type_size_comment(plc: AdsPeer) -> None:
         SymbolInfo(name, type_name, sizes.get(type_name, len(MOTOR)), comment)
         for name, type_name, _, comment in SYMBOLS
     ]
-    assert symbols == expected
-    assert symbols[4].as_dict() == {
+    assert [(s.name, s.type, s.size, s.comment) for s in symbols] == [
+        (s.name, s.type, s.size, s.comment) for s in expected
+    ]
+    # Where each value lives: the peer's index group, one offset per symbol.
+    assert all(s.index_group > 0 for s in symbols)
+    assert len({(s.index_group, s.index_offset) for s in symbols}) == len(symbols)
+    got = symbols[4].as_dict()
+    assert {k: got[k] for k in ("name", "type", "size", "comment")} == {
         "name": "MAIN.fTemp",
         "type": "LREAL",
         "size": 8,
         "comment": "boiler temperature",
     }
+    assert set(got) == {"name", "type", "size", "comment", "index_group", "index_offset"}
 
 
 async def test_health_follows_the_plc_state(plc: AdsPeer) -> None:

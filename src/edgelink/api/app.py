@@ -55,6 +55,7 @@ from edgelink.api.routes import (
     metrics,
     routes,
     service,
+    symbols,
 )
 from edgelink.api.routes.admin import Action
 from edgelink.api.stream import StreamHub, register_stream
@@ -111,6 +112,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         bridge.router(gateway),
         events.router(gateway),
         ble.router(gateway),
+        symbols.router(gateway),
         metrics.router(gauges),
     ):
         app.include_router(area, dependencies=guarded)

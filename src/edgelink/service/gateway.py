@@ -763,44 +763,111 @@ class Gateway:
     ) -> dict[str, Any]:
         """Add one connection to connections.json and start it (the BLE browser's Connect); audited.
 
-        The whole file is validated with the new entry before anything is
-        written; the file is replaced atomically, then applied like a hot
-        reload (the other connections are not touched).
-
         Raises:
             ActionRefusedError: during panic, or if the id is taken.
             ConfigError: for a bad entry (the path and the reason); nothing changes.
         """
         params = {"type": entry.get("type") if isinstance(entry, dict) else None}
-        async with self.auditor.action(who, "connection_add", connection_id, params):
-            if self.panicked:
-                raise ActionRefusedError("the gateway is in panic: recover first")
-            async with self._reload_lock:
-                folder = self.folder = ConfigFolder.find(self.config_dir)
-                document = read_document(folder.connections)
-                if not isinstance(document, dict):
-                    raise ConfigError(
-                        "the top level must be an object", file=str(folder.connections)
-                    )
-                conns = document.setdefault("connections", {})
-                if not isinstance(conns, dict):
-                    raise ConfigError(
-                        "'connections' must be an object", file=str(folder.connections)
-                    )
-                if connection_id in conns:
-                    raise ActionRefusedError(f"a connection {connection_id!r} exists already")
-                conns[connection_id] = entry
-                # Every error, with its path, before a byte is written.
-                self.manager.check_config(copy.deepcopy(document))
-                if folder.connections.suffix.lower() in (".yaml", ".yml"):
-                    import yaml
 
-                    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-                else:
-                    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-                write_atomically(folder.connections, text)
-                report = await self._reload_connections(folder)
-        return report
+        def add(conns: dict[str, Any]) -> None:
+            if connection_id in conns:
+                raise ActionRefusedError(f"a connection {connection_id!r} exists already")
+            conns[connection_id] = entry
+
+        async with self.auditor.action(who, "connection_add", connection_id, params):
+            return await self._edit_connections(add)
+
+    async def add_polled_tag(
+        self, connection_id: str, tag: str, *, interval: float = 1.0, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Poll ``tag`` of a connection from now on (the PLC symbol browser's Add); audited.
+
+        The tag joins the connection's first poll group with the same
+        ``interval`` in connections.json, or a new group; a tag polled
+        already changes nothing. Applied like a hot reload: only that
+        connection restarts.
+
+        Raises:
+            UnknownConnectionError: for an id not in connections.json.
+            ActionRefusedError: during panic.
+            ConfigError: for a bad tag or interval; nothing changes.
+        """
+        outcome: dict[str, Any] = {"already": False}
+
+        def add(conns: dict[str, Any]) -> None:
+            entry = conns.get(connection_id)
+            if not isinstance(entry, dict):
+                raise UnknownConnectionError(f"no connection {connection_id!r} in connections.json")
+            groups = entry.setdefault("poll", [])
+            if not isinstance(groups, list):
+                raise ConfigError("'poll' must be a list", path=f"connections.{connection_id}.poll")
+            for group in groups:
+                if isinstance(group, dict) and tag in (group.get("tags") or []):
+                    outcome["already"] = True
+                    return
+            for group in groups:
+                if isinstance(group, dict) and group.get("interval", 1.0) == interval:
+                    group.setdefault("tags", []).append(tag)
+                    return
+            groups.append({"tags": [tag], "interval": interval})
+
+        params = {"tag": tag, "interval": interval}
+        async with self.auditor.action(who, "poll_add", connection_id, params):
+            report = await self._edit_connections(add)
+        return {**report, **outcome}
+
+    async def _edit_connections(self, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Change connections.json with ``edit(connections)``, validated, atomically, applied.
+
+        The whole file is validated with the change (every driver config too)
+        before a byte is written; then it is replaced atomically and applied
+        like a hot reload (connections the change did not touch are not).
+
+        Raises:
+            ActionRefusedError: during panic.
+            ConfigError: for a bad result (the path and the reason); nothing changes.
+        """
+        if self.panicked:
+            raise ActionRefusedError("the gateway is in panic: recover first")
+        async with self._reload_lock:
+            folder = self.folder = ConfigFolder.find(self.config_dir)
+            document = read_document(folder.connections)
+            if not isinstance(document, dict):
+                raise ConfigError("the top level must be an object", file=str(folder.connections))
+            conns = document.setdefault("connections", {})
+            if not isinstance(conns, dict):
+                raise ConfigError("'connections' must be an object", file=str(folder.connections))
+            edit(conns)
+            self.manager.check_config(copy.deepcopy(document))
+            if folder.connections.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+            else:
+                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+            write_atomically(folder.connections, text)
+            return await self._reload_connections(folder)
+
+    async def ads_symbols(self, connection_id: str) -> list[dict[str, Any]]:
+        """Upload an ``ads`` connection's symbol table (name, type, size, comment, where).
+
+        Each entry: ``name``, ``type``, ``size``, ``comment``, ``index_group``, ``index_offset``.
+
+        Raises:
+            UnknownConnectionError: for an unknown id.
+            ActionRefusedError: if the connection is not an ``ads`` one.
+            ConnectionLostError: if the PLC is not connected (the cause says why).
+        """
+        try:
+            spec = self.manager.get_spec(connection_id)
+        except KeyError:
+            raise UnknownConnectionError(f"no connection {connection_id!r}") from None
+        if spec.type != "ads":
+            raise ActionRefusedError(f"{connection_id!r} is a {spec.type} connection, not ads")
+        symbols = await self.manager.execute_with_retry(
+            connection_id, lambda conn: conn.list_symbols(), retries=0, timeout=10.0
+        )
+        return [symbol.as_dict() for symbol in symbols]
 
     def _add_webhooks(self, manager: ConnectionManager) -> None:
         from edgelink.bridge.webhook import WebhookTarget

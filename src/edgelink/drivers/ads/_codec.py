@@ -51,12 +51,16 @@ class SymbolInfo:
         type: The PLC type name: ``LREAL``, ``STRING(80)``, ``ARRAY [0..9] OF INT``, ``ST_Motor``.
         size: Bytes the value takes.
         comment: The comment the PLC program gave the symbol.
+        index_group: The symbol's ADS index group (where its value lives).
+        index_offset: Its index offset within that group.
     """
 
     name: str
     type: str
     size: int
     comment: str
+    index_group: int = 0
+    index_offset: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Return the entry as a plain dict (for JSON)."""
@@ -85,7 +89,7 @@ def parse_symbol_table(table: bytes, connection_id: str) -> Iterator[SymbolInfo]
     # three strings, each NUL-terminated. Entries may carry more after.
     pos = 0
     while pos + 30 <= len(table):
-        entry_length, _group, _offset, size, _dtype, _flags = struct.unpack_from("<6I", table, pos)
+        entry_length, group, offset, size, _dtype, _flags = struct.unpack_from("<6I", table, pos)
         name_len, type_len, comment_len = struct.unpack_from("<3H", table, pos + 24)
         end = pos + 30 + name_len + type_len + comment_len + 2
         if entry_length < 30 or pos + entry_length > len(table) or end > len(table):
@@ -103,6 +107,8 @@ def parse_symbol_table(table: bytes, connection_id: str) -> Iterator[SymbolInfo]
             type=text(start + name_len + 1, type_len),
             size=size,
             comment=text(start + name_len + type_len + 2, comment_len),
+            index_group=group,
+            index_offset=offset,
         )
         pos += entry_length
 

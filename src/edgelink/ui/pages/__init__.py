@@ -1,7 +1,7 @@
 """One module per page of the web UI; `register` imports them, which registers their routes.
 
 Built so far: ``/login`` (`login`), ``/`` instances (`instances`) and
-``/ble`` the Bluetooth device browser (`ble`). A new
+``/symbols`` PLC symbols (`symbols`), ``/ble`` the Bluetooth device browser (`ble`). A new
 page is a module here with a function decorated by `edgelink.ui.layout.page`,
 imported in `register`; the navigation lists pages in that order.
 """
@@ -13,7 +13,7 @@ import importlib
 __all__ = ["PAGES", "register"]
 
 #: The page modules, in the order of the navigation.
-PAGES = ("login", "instances", "ble")
+PAGES = ("login", "instances", "symbols", "ble")
 
 
 def register() -> None:
