@@ -315,6 +315,7 @@ def test_check_dir_loads_the_folder_as_run_does(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- lock
 
 
+@pytest.mark.timeout(60)  # three `edgelink run` processes start one after the other
 def test_second_run_on_the_same_folder_exits_naming_the_first(tmp_path: Path) -> None:
     """Test that a second run on one folder (another port) exits 2 naming the first's PID."""
     folder = write_folder(tmp_path)
