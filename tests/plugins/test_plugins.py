@@ -180,7 +180,7 @@ def test_invalid_manifests_name_the_plugin_and_the_field(tmp_path: Path) -> None
     """Test that each manifest error names the plugin and the field."""
     folder = tmp_path / "ping_plugin"
     folder.mkdir()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"version": "one"}, "version"),
         ({"entry": "no-colon"}, "entry"),
         ({"provides": {"drivers": "ping_tcp"}}, "provides.drivers"),
