@@ -239,3 +239,63 @@ def test_readme_is_served(tmp_path: Path) -> None:
     manager = PluginManager(root, DriverRegistry())
     manager.discover()
     assert manager.readme("ping_plugin").startswith("# Ping plugin 1.0.0")
+
+
+async def test_the_gateway_loads_plugin_types_and_panic_disables_plugins(tmp_path: Path) -> None:
+    """Test that a plugin's type is usable in connections.json, the API acts, and panic disables."""
+    import httpx
+
+    from edgelink.api.server import ApiServer
+    from edgelink.service.gateway import Gateway
+
+    token = "test-token-0123456789abcdef"
+    config = tmp_path / "gw"
+    (config / "plugins" / "ping_plugin").mkdir(parents=True)
+    write_plugin(config / "plugins" / "ping_plugin", "1.0.0")
+    (config / "plugins" / "state.json").write_text(
+        json.dumps({"ping_plugin": {"enabled": True, "config": {}}})
+    )
+    async with PingPongPeer(values={"temperature": "21.5"}) as peer:
+        (config / "connections.json").write_text(json.dumps({
+            "settings": {"connect_timeout": 1.0, "reconnect_jitter": 0.0},
+            "connections": {"dev": {"type": "ping_tcp", "config": {"host": "127.0.0.1", "port": peer.port}}},
+        }))  # fmt: skip
+        (config / "edgelink.json").write_text(
+            json.dumps({"api": {"token": token}, "storage": {"path": "logs/system.db"}})
+        )
+        gw = Gateway(config, watch=False)
+        await gw.start()
+        await ApiServer(gw, port=0).start()
+        try:
+            await gw.manager.wait_for_state("dev", "connected", timeout=5)
+            assert gw.api_address is not None
+            host, port = gw.api_address
+            async with httpx.AsyncClient(
+                base_url=f"http://{host}:{port}", headers={"Authorization": f"Bearer {token}"}
+            ) as client:
+                listed = (await client.get("/api/admin/plugins")).json()["plugins"]
+                assert [(p["name"], p["badge"]) for p in listed] == [
+                    ("ping_plugin", "installed_active")
+                ]
+                readme = (await client.get("/api/admin/plugins/ping_plugin/readme")).json()
+                assert readme["markdown"].startswith("# Ping plugin")
+                bad = await client.put(
+                    "/api/admin/plugins/ping_plugin/config", json={"scan_interval": "x"}
+                )
+                assert bad.status_code == 422 and "scan_interval" in bad.json()["detail"]
+                nope = await client.post("/api/admin/plugins/nope/enable")
+                assert nope.status_code == 404
+                check = await client.post("/api/admin/plugins/ping_plugin/check")
+                assert check.status_code == 422 and "not a git checkout" in check.json()["detail"]
+                await client.post("/api/admin/panic")
+                assert not gw.plugins.get("ping_plugin").active
+                refused = await client.post("/api/admin/plugins/ping_plugin/enable")
+                assert refused.status_code == 409
+                await client.post("/api/admin/recover")
+                assert gw.plugins.get("ping_plugin").active
+                await gw.manager.wait_for_state("dev", "connected", timeout=5)
+                audit = await gw.query_audit(action="plugin_enable")
+                assert audit and audit[0]["result"] == "error"  # the refusal, with who
+        finally:
+            await gw.stop()
+    assert "ping_tcp" not in sys.modules.get("edgelink", sys).__dict__  # nothing leaked
