@@ -299,3 +299,27 @@ async def test_the_gateway_loads_plugin_types_and_panic_disables_plugins(tmp_pat
         finally:
             await gw.stop()
     assert "ping_tcp" not in sys.modules.get("edgelink", sys).__dict__  # nothing leaked
+
+
+async def test_the_example_plugin_counts(tmp_path: Path) -> None:
+    """Test that examples/plugins/counter_plugin loads as documented and its type reports."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "counter_plugin"
+    root = tmp_path / "plugins"
+    shutil.copytree(example, root / "counter_plugin")
+    plugins = PluginManager(root, DriverRegistry())
+    plugins.discover()
+    await plugins.enable("counter_plugin")
+    plugins.configure("counter_plugin", {"default_step": 5})
+    m = ConnectionManager(registry=plugins.registry)
+    m.add_connection("counter_1", "counter", {"interval": 0.01})
+    async with m:
+        await m.wait_for_state("counter_1", "connected", timeout=5)
+        import asyncio
+
+        async with asyncio.timeout(5):
+            while (dp := m.router.data.get("counter_1.value")) is None or dp.value < 15:
+                await asyncio.sleep(0.01)
+        assert dp.value % 5 == 0
+    await plugins.disable("counter_plugin")
