@@ -52,6 +52,7 @@ class DriverRegistry:
         self._load_entry_points = load_entry_points
         self._entry_points_loaded = False
         self._lock = threading.Lock()
+        self._plugin_types: dict[str, str] = {}
 
     def register(self, type_name: str, cls: DriverClass) -> None:
         """Register ``cls`` under ``type_name`` (replacing any earlier one).
@@ -66,6 +67,21 @@ class DriverRegistry:
             raise TypeError(f"{cls!r} is not a Connection or SyncConnection subclass")
         with self._lock:
             self._classes[type_name] = cls
+
+    def unregister(self, type_name: str) -> None:
+        """Forget a registered class (a plugin was disabled); built-ins stay known."""
+        with self._lock:
+            self._classes.pop(type_name, None)
+            self._plugin_types.pop(type_name, None)
+
+    def mark_plugin(self, type_name: str, plugin: str) -> None:
+        """Note that ``type_name`` was registered by ``plugin``."""
+        with self._lock:
+            self._plugin_types[type_name] = plugin
+
+    def is_plugin(self, type_name: str) -> bool:
+        """True if ``type_name`` came from a plugin."""
+        return type_name in self._plugin_types
 
     def _discover(self) -> None:
         if self._entry_points_loaded or not self._load_entry_points:

@@ -53,6 +53,7 @@ from edgelink.api.routes import (
     data,
     events,
     metrics,
+    plugins,
     routes,
     service,
     symbols,
@@ -113,6 +114,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         events.router(gateway),
         ble.router(gateway),
         symbols.router(gateway),
+        plugins.router(gateway),
         metrics.router(gauges),
     ):
         app.include_router(area, dependencies=guarded)

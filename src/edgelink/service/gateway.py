@@ -47,6 +47,7 @@ from edgelink.drivers.ble.scanner import close_scanner
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
+from edgelink.plugins import PluginManager
 from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
 from edgelink.router import check_routes
@@ -95,6 +96,10 @@ _STARTING = frozenset({"start", "restart", "resume", "reconnect"})
 _STOPPING = frozenset({"stop", "kill", "disconnect"})
 
 
+#: What `Gateway.plugin_action` does.
+PLUGIN_ACTIONS = ("enable", "disable", "check", "update", "install")
+
+
 class ActionRefusedError(EdgelinkError):
     """An admin action that cannot be done now (e.g. a start during panic); the API answers 409."""
 
@@ -135,6 +140,8 @@ class Gateway:
         self._stop_lock = asyncio.Lock()
         self._clock = clock
         self._registry = registry
+        #: The config folder's plugins (``<config>/plugins``), made on start.
+        self.plugins: PluginManager = PluginManager(Path(config_dir) / "plugins", DriverRegistry())
         self._watch = watch
         self.folder: ConfigFolder | None = None
         self.settings = ServiceSettings()
@@ -445,6 +452,16 @@ class Gateway:
             raise
 
     async def _start_locked(self, folder: ConfigFolder) -> None:
+        # Plugins first: the connection types they provide must be known when
+        # connections.json is built.
+        if self._registry is None:
+            self._registry = DriverRegistry()
+        plugins_dir = folder.root / "plugins"
+        index = plugins_dir / "index.json"
+        self.plugins = PluginManager(
+            plugins_dir, self._registry, index=index if index.is_file() else None
+        )
+        await self.plugins.start()
         loaded = load_folder(
             folder, clock=self._clock, registry=self._registry, gc_policy=self._gc_policy
         )
@@ -546,6 +563,7 @@ class Gateway:
                     await self._manager.stop()
                 # The BLE browser's scan lingers after its last request: end it.
                 await close_scanner()
+                await self.plugins.disable_all()
         webhooks, self.webhooks = self.webhooks, {}
         for target in webhooks.values():
             with contextlib.suppress(Exception):
@@ -848,6 +866,42 @@ class Gateway:
             write_atomically(folder.connections, text)
             return await self._reload_connections(folder)
 
+    async def plugin_action(self, name: str, action: str, *, who: str = SYSTEM) -> dict[str, Any]:
+        """Enable, disable, check, update or install a plugin; audited.
+
+        Raises:
+            KeyError: for an unknown plugin or action.
+            ActionRefusedError: enable, update or install during panic.
+            PluginError: with the reason (an update is rolled back first).
+        """
+        if action not in PLUGIN_ACTIONS:
+            raise KeyError(f"unknown plugin action {action!r}; known: {', '.join(PLUGIN_ACTIONS)}")
+        async with self.auditor.action(who, f"plugin_{action}", name):
+            if self.panicked and action in ("enable", "update", "install"):
+                raise ActionRefusedError("the gateway is in panic: recover first")
+            plugins = self.plugins
+            if action == "enable":
+                return await plugins.enable(name)
+            if action == "disable":
+                return await plugins.disable(name)
+            if action == "check":
+                return await plugins.check_update(name)
+            if action == "update":
+                return await plugins.update(name)
+            return await plugins.install(name)
+
+    async def configure_plugin(
+        self, name: str, config: dict[str, Any], *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Validate and apply a plugin's config (its config_schema); audited.
+
+        Raises:
+            KeyError: for an unknown plugin.
+            ConfigError: naming the field and why; nothing changes.
+        """
+        async with self.auditor.action(who, "plugin_configure", name):
+            return self.plugins.configure(name, config)
+
     async def ads_symbols(self, connection_id: str) -> list[dict[str, Any]]:
         """Upload an ``ads`` connection's symbol table (name, type, size, comment, where).
 
@@ -1045,6 +1099,8 @@ class Gateway:
             self.bridge.pause()
         sups = [manager.get_supervisor(cid) for cid in manager.connections]
         await asyncio.gather(*(sup.stop(reason=Reason.PANIC, graceful=False) for sup in sups))
+        # The seed: panic disables plugins (recover enables what was enabled).
+        self.panic_info["plugins_disabled"] = await self.plugins.disable_all()
         self._emit(EventType.PANIC, **self.panic_info)
         if self.events is not None:
             self.events.record_error("panic", f"panic by {by}: {reason}", data=self.panic_info)
@@ -1068,6 +1124,7 @@ class Gateway:
         if not self.panicked:
             return {"recovered": False, "reason": "not in panic"}
         self.panicked = False
+        await self.plugins.start()
         report = await self.reload()
         manager = self.manager
         manager.router.resume()

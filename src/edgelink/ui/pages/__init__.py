@@ -13,7 +13,7 @@ import importlib
 __all__ = ["PAGES", "register"]
 
 #: The page modules, in the order of the navigation.
-PAGES = ("login", "instances", "symbols", "ble")
+PAGES = ("login", "instances", "symbols", "ble", "plugins")
 
 
 def register() -> None:
