@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.publish as paho_publish
 import pytest
 
 from edgelink.api.server import ApiServer
@@ -108,9 +107,7 @@ def client_of(gateway: Gateway) -> httpx.AsyncClient:
 
 async def publish(broker: MosquittoBroker, topic: str, payload: str) -> None:
     """Publish one message with a plain paho client (QoS 1)."""
-    await asyncio.to_thread(
-        paho_publish.single, topic, payload, qos=1, hostname="127.0.0.1", port=broker.port
-    )
+    await asyncio.to_thread(broker.publish, topic, payload)
 
 
 async def children(client: httpx.AsyncClient, prefix: str) -> list[str]:

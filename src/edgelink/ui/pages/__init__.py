@@ -1,15 +1,23 @@
 """One module per page of the web UI; `register` imports them, which registers their routes.
 
-Built so far: ``/login`` (`login`) and ``/`` instances (`instances`). A new
+Built so far: ``/login`` (`login`), ``/`` instances (`instances`), ``/data``
+(`data`) and ``/mqtt`` (`mqtt`). A new
 page is a module here with a function decorated by `edgelink.ui.layout.page`,
 imported in `register`; the navigation lists pages in that order.
 """
 
 from __future__ import annotations
 
-__all__ = ["register"]
+import importlib
+
+__all__ = ["PAGES", "register"]
+
+
+#: The page modules, in the navigation's order (each registers itself when imported).
+PAGES = ("login", "instances", "data", "mqtt")
 
 
 def register() -> None:
     """Import every page module (idempotent: Python imports each once)."""
-    from edgelink.ui.pages import instances, login  # noqa: F401
+    for name in PAGES:
+        importlib.import_module(f"{__name__}.{name}")
