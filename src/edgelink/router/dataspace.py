@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from sys import intern as _intern
@@ -26,8 +25,6 @@ Record = (
 _as_datapoint = tuple.__new__
 _EMPTY: Final[tuple[()]] = ()
 _GOOD: Final = "good"
-#: What separates the levels of the browse tree: segments (``.``) and MQTT levels (``/``).
-_LEVEL: Final = re.compile(r"[./]")
 
 
 class _Whole:
@@ -166,7 +163,9 @@ class DataSpace:
         # record (`Record`), or once a second one came (and history > 1) a
         # `HistoryRing` whose ``last`` is the last value. Never rebound.
         self._rings: OrderedDict[str, HistoryRing | Record] = OrderedDict()
-        self._tree: dict[str, set[str]] = {}
+        # The browse tree: path -> the paths one level below it; a branch with
+        # one child holds that child's path itself (most topic levels have one).
+        self._tree: dict[str, set[str] | str] = {}
         #: Grows whenever a path enters or leaves the tree (a browser's cue to look again).
         self.tree_version = 0
         #: source -> its addresses, so marking a source stale costs O(its addresses).
@@ -211,14 +210,21 @@ class DataSpace:
         with an empty level). With ``limit``, only the first ``limit`` paths
         (see `child_count` for how many there are).
         """
-        branch = self._tree.get(self._branch_key(prefix), ())
+        branch = self._tree.get(self._branch_key(prefix))
+        if branch is None:
+            return []
+        if branch.__class__ is str:
+            return [branch] if limit is None or limit > 0 else []
         if limit is not None and len(branch) > limit:
             return heapq.nsmallest(max(0, limit), branch)
         return sorted(branch)
 
     def child_count(self, prefix: str = "") -> int:
         """Return how many paths are one level below ``prefix`` (see `children`)."""
-        return len(self._tree.get(self._branch_key(prefix), ()))
+        branch = self._tree.get(self._branch_key(prefix))
+        if branch is None:
+            return 0
+        return 1 if branch.__class__ is str else len(branch)
 
     def has_children(self, path: str) -> bool:
         """Return whether anything is stored below ``path`` (it is a branch of the tree)."""
@@ -309,21 +315,31 @@ class DataSpace:
             self.notify(dp, None)
 
     def _add_to_tree(self, address: str) -> None:
-        """Put ``address`` and the branches above it (each ``.`` and ``/`` level) into the tree."""
+        """Link ``address`` into the tree, and each new branch above it (``.`` and ``/`` levels).
+
+        It walks up from the address and stops at the first branch that was
+        there already (its own ancestors are linked): a new address under a
+        known branch costs one step, whatever its depth.
+        """
         tree = self._tree
         self.tree_version += 1
-        parent = ""
-        for match in _LEVEL.finditer(address):
-            child = address[: match.start()]
+        child = address
+        while True:
+            pos = max(child.rfind("."), child.rfind("/"))
+            parent = child[:pos] if pos > 0 else ""
             branch = tree.get(parent)
             if branch is None:
-                branch = tree[parent] = set()
-            branch.add(child)
-            parent = child
-        branch = tree.get(parent)
-        if branch is None:
-            branch = tree[parent] = set()
-        branch.add(address)
+                tree[parent] = child
+                if not parent:
+                    return
+                child = parent
+                continue
+            if branch.__class__ is str:
+                if branch != child:
+                    tree[parent] = {branch, child}
+            else:
+                branch.add(child)  # type: ignore[union-attr]
+            return
 
     def _evict(self) -> None:
         """Forget the least recently updated address (the data space is full)."""
@@ -355,9 +371,16 @@ class DataSpace:
             branch = tree.get(parent)
             if branch is None:
                 return
-            branch.discard(child)
-            if branch:
-                return
+            if branch.__class__ is str:
+                if branch != child:
+                    return
+            else:
+                branch.discard(child)  # type: ignore[union-attr]
+                if len(branch) > 1:
+                    return
+                if branch:
+                    tree[parent] = next(iter(branch))
+                    return
             del tree[parent]
             if not parent:
                 return
