@@ -256,6 +256,15 @@ class _ConnectionBase:
 
     # -- given by the base class -------------------------------------------
 
+    def can_write(self, tag: str) -> bool:
+        """Return whether a `write` of ``tag`` can work (for the UI's write form; no I/O).
+
+        True when the driver has a ``write`` of its own; a driver whose tags
+        can be read-only (Modbus input registers) overrides this.
+        """
+        own = type(self).write  # type: ignore[attr-defined]
+        return own is not Connection.write and own is not SyncConnection.write
+
     def update_stats(self, **deltas: int) -> None:
         """Add to the traffic counters: ``update_stats(packets_sent=1, bytes_sent=n)``.
 

@@ -26,6 +26,8 @@ Routes:
     POST /api/routes/{id}/enable                       let a quarantined (poison) route run again
     POST /api/sources/{id}/enable                      let a quarantined source's data be routed
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space
+    POST /api/data/write                               write a value to a device's tag
+    GET, POST, DELETE /api/connections/{id}/subscriptions   an mqtt connection's topic filters
     GET  /api/bridge                                   the MQTT bridge's counters
     GET  /api/bridge/dead-letters                      messages the broker or client refused
     GET  /api/events                                   the SQLite event log, paged, filtered
@@ -56,6 +58,7 @@ from edgelink.api.routes import (
     plugins,
     routes,
     service,
+    subscriptions,
     symbols,
 )
 from edgelink.api.routes.admin import Action
@@ -107,6 +110,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     for area in (
         service.router(gateway),
         connections.router(gateway),
+        subscriptions.router(gateway),
         admin.router(gateway),
         routes.router(gateway),
         data.router(gateway),

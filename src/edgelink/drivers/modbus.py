@@ -146,6 +146,13 @@ class ModbusConnection(Connection):
         """
         return _parsed_tag(text)
 
+    def can_write(self, tag: str) -> bool:
+        """Return whether ``tag`` is in a table a client may write (holding registers, coils)."""
+        try:
+            return self.tag(tag).table.is_writable
+        except ConfigError:
+            return False
+
     def check_tag(self, tag: str) -> None:
         """Check a tag at config time (see `Connection.check_tag`).
 

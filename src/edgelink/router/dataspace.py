@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -162,7 +163,11 @@ class DataSpace:
         # record (`Record`), or once a second one came (and history > 1) a
         # `HistoryRing` whose ``last`` is the last value. Never rebound.
         self._rings: OrderedDict[str, HistoryRing | Record] = OrderedDict()
-        self._tree: dict[str, set[str]] = {}
+        # The browse tree: path -> the paths one level below it; a branch with
+        # one child holds that child's path itself (most topic levels have one).
+        self._tree: dict[str, set[str] | str] = {}
+        #: Grows whenever a path enters or leaves the tree (a browser's cue to look again).
+        self.tree_version = 0
         #: source -> its addresses, so marking a source stale costs O(its addresses).
         self._by_source: dict[str, set[str]] = {}
         self._subs: list[_Subscription] = []
@@ -193,13 +198,42 @@ class DataSpace:
             return [_dp(r) for r in entry.records(address)]
         return [_dp(entry)]  # type: ignore[arg-type]
 
-    def children(self, prefix: str = "") -> list[str]:
-        """Return the paths one segment below ``prefix`` (``""`` for the top), sorted.
+    def children(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """Return the paths one level below ``prefix`` (``""`` for the top), sorted.
 
-        ``children("plc_1.MAIN")`` gives ``["plc_1.MAIN.fbBattery",
-        "plc_1.MAIN.temperature"]``; a child is an address, a branch, or both.
+        Levels are the segments of an address and, inside a segment, its MQTT
+        topic levels: ``children("plc_1.MAIN")`` gives ``["plc_1.MAIN.fbBattery",
+        "plc_1.MAIN.temperature"]`` and ``children("broker.plant")`` gives
+        ``["broker.plant/line1"]`` for the address ``broker.plant/line1/power``.
+        A child is an address, a branch, or both. A trailing ``.`` or ``/``
+        of ``prefix`` is ignored unless that path is a branch itself (a topic
+        with an empty level). With ``limit``, only the first ``limit`` paths
+        (see `child_count` for how many there are).
         """
-        return sorted(self._tree.get(prefix.rstrip("."), ()))
+        branch = self._tree.get(self._branch_key(prefix))
+        if branch is None:
+            return []
+        if branch.__class__ is str:
+            return [branch] if limit is None or limit > 0 else []
+        if limit is not None and len(branch) > limit:
+            return heapq.nsmallest(max(0, limit), branch)
+        return sorted(branch)
+
+    def child_count(self, prefix: str = "") -> int:
+        """Return how many paths are one level below ``prefix`` (see `children`)."""
+        branch = self._tree.get(self._branch_key(prefix))
+        if branch is None:
+            return 0
+        return 1 if branch.__class__ is str else len(branch)
+
+    def has_children(self, path: str) -> bool:
+        """Return whether anything is stored below ``path`` (it is a branch of the tree)."""
+        return path in self._tree
+
+    def _branch_key(self, prefix: str) -> str:
+        if prefix in self._tree:
+            return prefix
+        return prefix.rstrip("./")
 
     def addresses(self, pattern: str | None = None) -> list[str]:
         """Return every stored address (matching ``pattern``, if given), sorted."""
@@ -276,21 +310,36 @@ class DataSpace:
         if addresses is None:
             addresses = self._by_source[source] = set()
         addresses.add(address)
-        tree = self._tree
-        parent = ""
-        pos = address.find(".")
-        while True:
-            child = address if pos < 0 else address[:pos]
-            branch = tree.get(parent)
-            if branch is None:
-                branch = tree[parent] = set()
-            branch.add(child)
-            if pos < 0:
-                break
-            parent = child
-            pos = address.find(".", pos + 1)
+        self._add_to_tree(address)
         if self._subs:
             self.notify(dp, None)
+
+    def _add_to_tree(self, address: str) -> None:
+        """Link ``address`` into the tree, and each new branch above it (``.`` and ``/`` levels).
+
+        It walks up from the address and stops at the first branch that was
+        there already (its own ancestors are linked): a new address under a
+        known branch costs one step, whatever its depth.
+        """
+        tree = self._tree
+        self.tree_version += 1
+        child = address
+        while True:
+            pos = max(child.rfind("."), child.rfind("/"))
+            parent = child[:pos] if pos > 0 else ""
+            branch = tree.get(parent)
+            if branch is None:
+                tree[parent] = child
+                if not parent:
+                    return
+                child = parent
+                continue
+            if branch.__class__ is str:
+                if branch != child:
+                    tree[parent] = {branch, child}
+            else:
+                branch.add(child)  # type: ignore[union-attr]
+            return
 
     def _evict(self) -> None:
         """Forget the least recently updated address (the data space is full)."""
@@ -313,17 +362,25 @@ class DataSpace:
             if not addresses:
                 del self._by_source[source]
         tree = self._tree
+        self.tree_version += 1
         child = address
         while child not in tree and child not in self._rings:
             # Neither an address nor a branch any more: out of its parent's set.
-            pos = child.rfind(".")
+            pos = max(child.rfind("."), child.rfind("/"))
             parent = child[:pos] if pos >= 0 else ""
             branch = tree.get(parent)
             if branch is None:
                 return
-            branch.discard(child)
-            if branch:
-                return
+            if branch.__class__ is str:
+                if branch != child:
+                    return
+            else:
+                branch.discard(child)  # type: ignore[union-attr]
+                if len(branch) > 1:
+                    return
+                if branch:
+                    tree[parent] = next(iter(branch))
+                    return
             del tree[parent]
             if not parent:
                 return
@@ -349,17 +406,13 @@ class DataSpace:
         self._rings.clear()
         self._tree.clear()
         self._by_source.clear()
+        self.tree_version += 1
 
     def _rebuild_tree(self) -> None:
         # ``_rings`` is never rebound: the router holds it for its hot path.
         self._tree = {}
         for address in self._rings:
-            parent = ""
-            parts = address.split(".")
-            for i in range(1, len(parts) + 1):
-                child = ".".join(parts[:i])
-                self._tree.setdefault(parent, set()).add(child)
-                parent = child
+            self._add_to_tree(address)
 
     def mark_stale(self, source: str, reason: str, since: float) -> int:
         """Mark the last values of ``source`` stale: it stopped delivering them.

@@ -43,8 +43,10 @@ from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import read_document
+from edgelink.connection import AnyConnection, Connection, SyncConnection
 from edgelink.drivers.ble.scanner import close_scanner
-from edgelink.errors import ConfigError, EdgelinkError, RouteError
+from edgelink.drivers.mqtt import MqttConnection
+from edgelink.errors import ConfigError, DeviceError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.plugins import PluginManager
@@ -327,9 +329,163 @@ class Gateway:
         manager = self.manager
         return check_routes(document, clock=manager.clock, limits=manager.router.limits)
 
-    def data_children(self, prefix: str = "") -> list[str]:
-        """Return the data space's paths one segment below ``prefix``."""
-        return self.manager.router.data.children(prefix)
+    def data_children(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """Return the data space's paths one level below ``prefix`` (segments and topic levels).
+
+        With ``limit``, only the first ``limit`` of them (sorted); `data_child_count` says
+        how many there are.
+        """
+        return self.manager.router.data.children(prefix, limit)
+
+    def data_child_count(self, prefix: str = "") -> int:
+        """Return how many paths are one level below ``prefix`` in the data space."""
+        return self.manager.router.data.child_count(prefix)
+
+    def data_has_children(self, path: str) -> bool:
+        """Return whether the data space holds anything below ``path``."""
+        return self.manager.router.data.has_children(path)
+
+    def data_tree_version(self) -> int:
+        """Return a number that grows whenever a path enters or leaves the data space's tree."""
+        return self.manager.router.data.tree_version
+
+    def data_writable(self, address: str) -> bool:
+        """Return whether `write_point` can write ``address`` (a connection's tag it can write)."""
+        manager = self.manager
+        cid, tag = resolve_endpoint(address, manager)
+        conn = manager.get_connection(cid) if cid is not None and tag else None
+        return conn is not None and conn.can_write(tag)
+
+    async def write_point(self, address: str, value: Any, *, who: str = SYSTEM) -> dict[str, Any]:
+        """Write ``value`` to the device behind ``address``, audited; return the device's answer.
+
+        ``address`` is ``<connection>.<tag>``; the write goes through
+        `ConnectionManager.execute_with_retry`, as the bridge's ``/set`` does.
+        The answer says how long the device took and, for a driver that
+        reads from its device (not ``mqtt``, whose read is the last message),
+        the value read back right after (``read_back``, or ``read_back_error``).
+
+        Raises:
+            UnknownConnectionError: no connection owns ``address``.
+            ActionRefusedError: during panic.
+            ValueError: the tag cannot be written (a read-only table, a driver without write).
+            EdgelinkError: what the device or the link answered (refused, timed out, down).
+        """
+        manager = self.manager
+        cid, tag = resolve_endpoint(address, manager)
+        params = {"value": value}
+        async with self.auditor.action(who, "write", address, params) as outcome:
+            if cid is None or not tag:
+                raise UnknownConnectionError(f"no connection owns the address {address!r}")
+            if self.panicked:
+                raise ActionRefusedError(
+                    "the gateway is in panic: recover it first", connection_id=cid
+                )
+            conn = manager.get_connection(cid)
+            if conn is None or not conn.can_write(tag):
+                raise ValueError(f"{address!r} cannot be written (tag {tag!r} of {cid!r})")
+            started = time.monotonic()
+            await manager.execute_with_retry(cid, lambda c: c.write(tag, value))
+            elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
+            outcome["elapsed_ms"] = elapsed_ms
+            answer: dict[str, Any] = {
+                "ok": True,
+                "address": address,
+                "connection_id": cid,
+                "tag": tag,
+                "value": value,
+                "elapsed_ms": elapsed_ms,
+            }
+            if not isinstance(conn, MqttConnection) and _reads_its_device(conn):
+                try:
+                    answer["read_back"] = await manager.execute_with_retry(
+                        cid, lambda c: c.read(tag), retries=0
+                    )
+                except (EdgelinkError, TimeoutError) as exc:
+                    answer["read_back_error"] = f"{type(exc).__name__}: {exc}"
+                outcome["read_back"] = answer.get("read_back", answer.get("read_back_error"))
+        logger.info("admin write %s = %r (by %s)", address, value, who)
+        return answer
+
+    def subscriptions(self, connection_id: str) -> list[dict[str, Any]]:
+        """Return the subscription ledger of an ``mqtt`` connection, each entry with its origin.
+
+        ``origin`` is ``config`` for a filter of the connection's
+        ``config.subscribe`` and ``run time`` for one added by `add_subscription`.
+
+        Raises:
+            UnknownConnectionError: for a connection that does not exist.
+            ValueError: for a connection that is not ``mqtt``.
+        """
+        conn = self._mqtt_connection(connection_id)
+        configured = {item.topic for item in conn.cfg.subscribe}
+        return [
+            {**entry.as_dict(), "origin": "config" if entry.key in configured else "run time"}
+            for entry in conn.subscriptions
+        ]
+
+    async def add_subscription(
+        self, connection_id: str, topic_filter: str, *, qos: int | None = None, who: str = SYSTEM
+    ) -> list[dict[str, Any]]:
+        """Subscribe an ``mqtt`` connection to a topic filter at run time, audited.
+
+        The filter joins the connection's subscription ledger: subscribed now
+        if the link is up, again after every reconnect, until
+        `remove_subscription` or until a config change rebuilds the
+        connection (it is not written to ``connections.json``). Returns the ledger.
+
+        Raises:
+            UnknownConnectionError: for a connection that does not exist.
+            ActionRefusedError: during panic.
+            ValueError: for a connection that is not ``mqtt``, a bad filter or QoS.
+        """
+        params = {"filter": topic_filter, "qos": qos}
+        async with self.auditor.action(who, "subscribe", connection_id, params):
+            conn = self._mqtt_connection(connection_id)
+            if self.panicked:
+                raise ActionRefusedError(
+                    "the gateway is in panic: recover it first", connection_id=connection_id
+                )
+            try:
+                conn.subscribe(topic_filter, qos)
+            except DeviceError as exc:
+                raise ValueError(exc.message) from None
+        logger.info("admin subscribe %s %r (by %s)", connection_id, topic_filter, who)
+        return self.subscriptions(connection_id)
+
+    async def remove_subscription(
+        self, connection_id: str, topic_filter: str, *, who: str = SYSTEM
+    ) -> list[dict[str, Any]]:
+        """Unsubscribe an ``mqtt`` connection from a filter of its ledger, audited (also in panic).
+
+        Returns the ledger.
+
+        Raises:
+            UnknownConnectionError: for a connection that does not exist.
+            ValueError: for a connection that is not ``mqtt``.
+            KeyError: for a filter that is not in the ledger.
+        """
+        async with self.auditor.action(who, "unsubscribe", connection_id, {"filter": topic_filter}):
+            conn = self._mqtt_connection(connection_id)
+            if topic_filter not in conn.subscriptions:
+                raise KeyError(topic_filter)
+            conn.unsubscribe(topic_filter)
+        logger.info("admin unsubscribe %s %r (by %s)", connection_id, topic_filter, who)
+        return self.subscriptions(connection_id)
+
+    def _mqtt_connection(self, connection_id: str) -> MqttConnection:
+        if connection_id not in self.manager:
+            raise UnknownConnectionError(
+                f"unknown connection {connection_id!r}", connection_id=connection_id
+            )
+        conn = self.manager.get_connection(connection_id)
+        if not isinstance(conn, MqttConnection):
+            kind = conn.type_name if conn is not None else "?"
+            raise ValueError(
+                f"connection {connection_id!r} is of type {kind!r}: only mqtt connections"
+                " have topic subscriptions"
+            )
+        return conn
 
     def data_point(self, address: str) -> DataPoint | None:
         """Return the last datapoint at ``address``, or None."""
@@ -1314,3 +1470,9 @@ def _check_bridge(
         file=str(folder.service or "edgelink.json"),
         path="bridge.connection",
     )
+
+
+def _reads_its_device(conn: AnyConnection) -> bool:
+    """Whether a driver has a ``read`` of its own (the write's answer can be read back)."""
+    own = type(conn).read
+    return own is not Connection.read and own is not SyncConnection.read

@@ -269,6 +269,29 @@ class MosquittoBroker:
         self.stop()
         self.start(timeout=timeout)
 
+    def publish(
+        self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish one message as a plain client (anonymous; blocks until the broker has it).
+
+        Raises:
+            RuntimeError: if the broker did not take it within 5 s.
+        """
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        client.connect(_LOOPBACK, self.port)
+        client.loop_start()
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+            info.wait_for_publish(timeout=5.0)
+            if not info.is_published():
+                raise RuntimeError(f"mosquitto on {self.port} did not take {topic!r}")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
     def close(self) -> None:
         """Stop the broker and remove its directory."""
         self.stop()

@@ -1,7 +1,8 @@
 """One module per page of the web UI; `register` imports them, which registers their routes.
 
-Built so far: ``/login`` (`login`), ``/`` instances (`instances`) and
-``/symbols`` PLC symbols (`symbols`), ``/ble`` the Bluetooth device browser (`ble`). A new
+Built so far: ``/login`` (`login`), ``/`` instances (`instances`), ``/data``
+(`data`), ``/mqtt`` (`mqtt`), ``/symbols`` PLC symbols (`symbols`), ``/ble``
+the Bluetooth device browser (`ble`) and ``/plugins`` (`plugins`). A new
 page is a module here with a function decorated by `edgelink.ui.layout.page`,
 imported in `register`; the navigation lists pages in that order.
 """
@@ -12,11 +13,11 @@ import importlib
 
 __all__ = ["PAGES", "register"]
 
-#: The page modules, in the order of the navigation.
-PAGES = ("login", "instances", "symbols", "ble", "plugins")
+#: The page modules, in the navigation's order (each registers itself when imported).
+PAGES = ("login", "instances", "data", "mqtt", "symbols", "ble", "plugins")
 
 
 def register() -> None:
     """Import every page module (idempotent: Python imports each once)."""
     for name in PAGES:
-        importlib.import_module(f"edgelink.ui.pages.{name}")
+        importlib.import_module(f"{__name__}.{name}")
