@@ -1,7 +1,9 @@
 """Benchmark: failover and failback times of a redundant pair against the configured values.
 
-Two PING/PONG devices on loopback (``edgelink.testing.peers.PingPongPeer``):
-``primary`` and ``standby``. Two connections poll a tag every ``--poll`` s:
+Two devices on loopback, ``primary`` and ``standby``: PING/PONG devices
+(``edgelink.testing.peers.PingPongPeer``) for ``--driver tcp``, simulated
+HTTP devices (``edgelink.sim.http.HttpSimulator``) for ``--driver http``.
+Two connections poll a tag every ``--poll`` s:
 
 - ``pair``: ``endpoints`` [primary, standby] with ``failover_after``,
   ``failback_after``, ``failback_probe_interval`` and ``failback_holdoff 0``;
@@ -12,7 +14,7 @@ refuses), waits ``--outage`` s, starts it again and waits until ``pair`` is
 back on it. Figures per round, real clock:
 
 - ``failover_gap_s``: for ``pair``, from the stop to its first value from the
-  standby (the datapoint's ``endpoint_index`` metadata) -- the data outage;
+  standby (the two devices hold different values) -- the data outage;
 - ``single_gap_s``: for ``single``, from the stop to its first value after the
   primary is back: the outage the same device costs without failover;
 - ``failback_s``: from the primary listening again to ``pair``'s first value
@@ -38,11 +40,55 @@ import psutil
 from _common import check, median, r, run_benchmark
 
 from edgelink import ConnectionManager
+from edgelink.sim.http import HttpSimulator
 from edgelink.testing.peers import PingPongPeer
+
+#: The tag each device answers, by driver: the value tells the devices apart.
+TAGS = {"tcp": "t", "http": "/values/t"}
+
+
+class Device:
+    """One loopback device of the pair: the driver's peer, stopped and started by rounds."""
+
+    def __init__(self, driver: str, value: int) -> None:
+        self.driver = driver
+        self.value = str(value)
+        self._tcp = PingPongPeer(values={"t": self.value}) if driver == "tcp" else None
+        self._http = HttpSimulator() if driver == "http" else None
+        if self._http is not None:
+            self._http.device.set_value("t", value)
+
+    @property
+    def port(self) -> int:
+        if self._tcp is not None:
+            return self._tcp.port
+        assert self._http is not None
+        return self._http.port
+
+    def endpoint(self) -> dict[str, Any]:
+        """The fields of a driver config that point at this device."""
+        if self._http is not None:
+            return {"base_url": self._http.url}
+        return {"host": "127.0.0.1", "port": self.port}
+
+    async def start(self) -> None:
+        if self._tcp is not None:
+            await self._tcp.start()
+        else:
+            assert self._http is not None
+            await asyncio.to_thread(self._http.start)
+
+    async def stop(self) -> None:
+        if self._tcp is not None:
+            await self._tcp.stop()
+        else:
+            assert self._http is not None
+            await asyncio.to_thread(self._http.stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--driver", choices=sorted(TAGS), default="tcp")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--outage", type=float, default=3.0, help="seconds the primary is away")
     p.add_argument("--poll", type=float, default=0.02, help="poll interval, s")
@@ -88,54 +134,64 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     single_gaps: list[float] = []
     backs: list[float] = []
     links: list[tuple[int, int]] = []
-    async with (
-        PingPongPeer(values={"t": "1"}) as primary,
-        PingPongPeer(values={"t": "2"}) as standby,
-    ):
+    primary, standby = Device(args.driver, 1), Device(args.driver, 2)
+    tag = TAGS[args.driver]
+    await primary.start()
+    await standby.start()
+    try:
         m = ConnectionManager(connect_timeout=0.5, reconnect_jitter=0.0)
-        cfg = {"host": "127.0.0.1", "port": primary.port}
-        poll = [{"tags": ["t"], "interval": args.poll}]
+        cfg = primary.endpoint()
+        poll = [{"tags": [tag], "interval": args.poll}]
         m.add_connection(
             "pair",
-            "tcp",
+            args.driver,
             cfg,
             settings=settings,
-            endpoints=[{}, {"port": standby.port}],
+            endpoints=[{}, standby.endpoint()],
             poll=poll,
         )
-        m.add_connection("single", "tcp", cfg, settings=settings, poll=poll)
-        seen: dict[str, float] = {}
-        m.on_data(lambda cid, tag, value, quality, ts: seen.__setitem__(cid, time.monotonic()))
+        m.add_connection("single", args.driver, cfg, settings=settings, poll=poll)
+        #: connection -> (monotonic time, value) of its last good value.
+        seen: dict[str, tuple[float, str]] = {}
 
-        def endpoint_of(address: str) -> int | None:
-            dp = m.router.data.get(address)
-            if dp is None or dp.metadata is None:
+        def on_data(cid: str, tag: str, value: Any, quality: str, ts: float) -> None:
+            if quality == "good":
+                seen[cid] = (time.monotonic(), str(value))
+
+        m.on_data(on_data)
+
+        def at(cid: str) -> float:
+            return seen[cid][0] if cid in seen else 0.0
+
+        def endpoint_of(cid: str) -> int | None:
+            if cid not in seen:
                 return None
-            return int(dp.metadata["endpoint_index"])
+            return [primary.value, standby.value].index(seen[cid][1])
 
         async with m:
             await m.wait_for_state("pair", "connected", timeout=5)
             await m.wait_for_state("single", "connected", timeout=5)
-            await first(lambda: endpoint_of("pair.t") == 0 and "single" in seen)
+            await first(lambda: endpoint_of("pair") == 0 and "single" in seen)
             for _ in range(args.rounds):
                 await asyncio.sleep(0.3)
                 stopped = time.monotonic()
                 await primary.stop()
-                fell = await first(
-                    lambda t=stopped: endpoint_of("pair.t") == 1 and seen.get("pair", 0) > t
-                )
+                fell = await first(lambda t=stopped: endpoint_of("pair") == 1 and at("pair") > t)
                 gaps.append(fell - stopped)
                 links.append((links_to(primary.port), links_to(standby.port)))
                 await asyncio.sleep(max(0.0, stopped + args.outage - time.monotonic()))
                 await primary.start()
                 back_at = time.monotonic()
-                single_back = await first(lambda t=back_at: seen.get("single", 0) > t)
+                single_back = await first(lambda t=back_at: at("single") > t)
                 single_gaps.append(single_back - stopped)
-                came = await first(lambda: endpoint_of("pair.t") == 0)
+                came = await first(lambda: endpoint_of("pair") == 0)
                 backs.append(came - back_at)
                 await asyncio.sleep(args.poll * 5)
                 links.append((links_to(primary.port), links_to(standby.port)))
             status = m.get_status("pair")["endpoints"]
+    finally:
+        await primary.stop()
+        await standby.stop()
     gap, single, back = median(gaps), median(single_gaps), median(backs)
     budget = args.failback_after + 2 * args.probe_interval + 0.5
     # While on the standby: single's link is down, pair's on the standby (0, 1);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,8 +26,10 @@ from edgelink import (
 )
 from edgelink.drivers._socket import tcp_socket_options
 from edgelink.drivers.http import HttpConnection, Request, parse_tag, resolve_pointer
+from edgelink.errors import classify
 from edgelink.registry import DriverRegistry
 from edgelink.sim.http import HttpDevice, HttpSimulator
+from edgelink.state import Reason
 from edgelink.testing import ManualClock
 
 Make = Callable[..., ConnectionManager]
@@ -534,3 +537,16 @@ async def test_untrusted_certificate_is_the_error_state(
         status = m.get_status("inv")
         assert "certificate was refused" in status["last_error"]
         assert status["reconnect_attempts"] == 0
+
+
+async def test_refused_connect_is_classified_refused(conns: list[HttpConnection]) -> None:
+    """Test that a port nobody listens on is reason ``refused`` (a hard failure for failover)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conn = HttpConnection("dev", {"base_url": f"http://127.0.0.1:{port}"})
+    conns.append(conn)
+    await conn.connect()
+    with pytest.raises(ConnectError) as info:
+        await conn.health_check()
+    assert classify(info.value).reason == Reason.REFUSED

@@ -302,3 +302,64 @@ async def test_bad_endpoints_are_config_errors_naming_the_entry(make_manager: Ma
     m.add_connection("one", "tcp", tcp(5000), endpoints=[{"port": 5001}])
     assert "endpoints" not in m.get_status("one")
     assert m.get_connection("one").config["port"] == 5001  # type: ignore[union-attr]
+
+
+async def test_failback_probes_bypass_connect_admission_and_count_no_attempt(
+    make_manager: Make, clock: ManualClock, pair: tuple[PingPongPeer, PingPongPeer]
+) -> None:
+    """Test that probes neither wait for an admission slot nor count as attempts; failback does."""
+    a, b = pair
+    # One admission slot, and a real connect that holds it: a device that
+    # accepts the link and never answers the first health check.
+    m = make_manager(clock=clock, watchdog_interval=1e9, max_concurrent_connects=1)
+    rec = Recorder(m)
+    add(m, a, b)
+    await m.start()
+    await m.wait_for_state("dev", S.CONNECTED, timeout=5)
+    await a.stop()
+    while not (m.get_state("dev") is S.CONNECTED and active(m) == 1):
+        if clock.pending():
+            await clock.advance(clock.pending()[0] + 1e-6)
+        await asyncio.sleep(0.01)
+    async with PingPongPeer() as hung:
+        hung.respond = False
+        m.add_connection(
+            "hog",
+            "tcp",
+            tcp(hung.port),
+            settings={"connect_timeout": 15.0, "health_check_timeout": 15.0},
+        )
+        await until(lambda: hung.requests >= 1)  # its attempt holds the only slot
+        attempts = m.get_status("dev")["reconnect_attempts"]
+        stats = dict(m.get_status("dev")["stats"])
+        before = len(rec.events)
+
+        # Probes of the preferred endpoint while it is still down: failures, not attempts.
+        for n in range(1, 3):
+            await probe(m, clock, n)
+            assert m.get_status("dev")["endpoints"]["list"][0]["last_source"] == "probe"
+            assert m.get_status("dev")["endpoints"]["list"][0]["last_result"] == "probe_failed"
+        # Back: probes go through (real connects and health checks) with the slot taken.
+        await a.start()
+        for n in range(3, 6):
+            requests = a.requests
+            await probe(m, clock, n)
+            assert a.requests > requests, "the probe reached the preferred peer"
+            assert m.get_status("dev")["endpoints"]["list"][0]["last_result"] == "ok"
+        assert m.get_state("hog") is S.CONNECTING, "the slot was held all along"
+        status = m.get_status("dev")
+        assert status["reconnect_attempts"] == attempts
+        assert status["stats"] == stats
+        assert active(m) == 1 and m.get_state("dev") is S.CONNECTED
+        await asyncio.sleep(0.05)
+        assert [e.type for e in rec.events[before:] if e.connection_id == "dev"] == []
+
+        # The failback itself is a real connect: it waits for the slot.
+        await clock.advance(1.0)
+        await rec.wait_for("failback")
+        await asyncio.sleep(0.2)
+        assert m.get_state("dev") is not S.CONNECTED
+        assert links_to(a.port) == 0 and links_to(b.port) == 0
+        await m.remove_connection("hog")  # frees the slot
+        await until(lambda: m.get_state("dev") is S.CONNECTED and active(m) == 0)
+        assert links_to(a.port) == 1 and links_to(b.port) == 0

@@ -179,10 +179,29 @@ def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     return None
 
 
+def _chain_socket_error(exc: BaseException) -> None:
+    """Make the socket error behind a connect error its ``__cause__`` again.
+
+    httpcore wraps the socket's `OSError` as the argument of its own
+    ``ConnectError`` but raises it without ``from``: the error is only the
+    implicit context, and the cause chain that `edgelink.errors.classify`
+    and failover read (``refused`` is a hard failure) would end there.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        context = cur.__context__
+        if cur.__cause__ is None and isinstance(context, OSError) and context in cur.args:
+            cur.__cause__ = context
+        cur = cur.__cause__
+
+
 def _refused_certificate(exc: Exception, *, where: str, **_: Any) -> EdgelinkError | None:
     """A connect error that is a refused certificate: permanent; None for any other."""
     bad_cert = _cert_error(exc)
     if bad_cert is None:
+        _chain_socket_error(exc)
         return None
     return PermanentError(
         f"{where}: TLS: the device's certificate was refused: {bad_cert.verify_message or bad_cert}"

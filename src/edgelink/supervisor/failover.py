@@ -565,6 +565,15 @@ def make_probe(
     The driver is attached to nobody, so whatever it might report goes
     nowhere; it is connected, health-checked within ``timeout`` seconds and
     disconnected again, whatever happened.
+
+    A probe never passes the manager's connect admission
+    (``max_concurrent_connects``): it neither takes nor waits for a slot
+    meant for real connects (a fleet coming back after an outage must not
+    queue behind probes, nor a probe behind it), and it is no attempt of the
+    connection: no ``reconnect_*`` event, no change of its attempt count, its
+    stats or its fleet group. At most one probe per connection is in flight,
+    so probes are bounded by the number of connections. The failback that
+    follows is an ordinary attempt and does pass the admission.
     """
 
     async def probe() -> bool:

@@ -29,8 +29,10 @@ requests in one TCP segment lose the second), and a client that resets its
 link ends that client's thread quietly instead of with a traceback.
 
 On Linux, pyads's adslib always dials the AMS port 48898, so the peer listens
-on 127.0.0.1:48898: two peers cannot run at once, and `port_in_use` lets tests
-skip when something else holds the port. Needs the ``ads`` extra.
+on 127.0.0.1:48898: two peers run at once only on two addresses (``host``
+127.0.0.1 and 127.0.0.2, both loopback on Linux, as the failover tests do),
+and `port_in_use` lets tests skip when something else holds the port. Needs
+the ``ads`` extra.
 """
 
 from __future__ import annotations
