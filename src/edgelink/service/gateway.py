@@ -48,7 +48,6 @@ from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
 from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
-from edgelink.settings import ConnectionSettings
 from edgelink.router import check_routes
 from edgelink.router.address import resolve_endpoint
 from edgelink.router.datapoint import DataPoint
@@ -61,6 +60,7 @@ from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_
 from edgelink.service.lock import FolderLock
 from edgelink.service.resources import ProcessResources, instance_resources
 from edgelink.service.token import kept_secret, resolve_token
+from edgelink.settings import ConnectionSettings
 from edgelink.state import Reason
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 from edgelink.store.audit import AuditLog
