@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ async def gateway(
         for cid, peer in peers.items()
     }
     connections["flood"]["settings"] = {"spam_max_pps": 50, "health_check_interval": None}
+    # Never up: its failed connects count as errors (the error-count warning).
+    connections["down"] = {"type": "tcp", "config": {"host": "127.0.0.1", "port": closed_port()}}
     (folder / "connections.json").write_text(
         json.dumps({"settings": FAST, "connections": connections}, indent=2)
     )
@@ -96,6 +99,12 @@ async def gateway(
         yield gw
     finally:
         await gw.stop()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def url_of(gw: Gateway, path: str = "/") -> str:
@@ -206,3 +215,70 @@ async def test_adjust_threshold_shows_a_bad_value_next_to_the_field_and_saves_a_
     peers["flood"].push([f"x={i}" for i in range(400)])
     await eventually(lambda: getattr(gateway.data_point("flood.x"), "value", None) == "399")
     assert gateway.connection("flood")["status"] == "connected"
+
+
+async def card_order(page: Any) -> list[str]:
+    """The connection ids of the visible cards, in page order."""
+    ids: list[str] = await page.locator('[data-testid^="card-"]:visible').evaluate_all(
+        "els => els.map(e => e.dataset.testid.slice(5))"
+    )
+    return ids
+
+
+async def choose(page: Any, label: str, option: str) -> None:
+    await page.get_by_label(label).click()
+    await page.get_by_role("option", name=option, exact=True).click()
+
+
+async def test_instances_show_resources_warn_and_sort_by_cpu_and_filter(
+    admin: Any, gateway: Gateway, peers: dict[str, PingPongPeer], screenshots: Path
+) -> None:
+    """Test the CPU and RAM figures, the error warning, sort by CPU and RAM, filters."""
+    await gateway.set_connection_setting("flood", "spam_max_pps", None, who=WHO)
+    if gateway.connection("flood")["status"] != "connected":
+        await gateway.instance_action("flood", "resume", who=WHO)
+        await gateway.manager.wait_for_state("flood", "connected", timeout=5)
+
+    async def keep_flooding() -> None:
+        while True:
+            peers["flood"].push([f"x={i}" for i in range(300)])
+            await asyncio.sleep(0.05)
+
+    flooding = asyncio.create_task(keep_flooding())
+    try:
+        await choose(admin, "Sort by", "CPU")
+        await eventually(lambda: _first_is(admin, "flood"), timeout=10.0)
+        cpu = await admin.get_by_test_id("card-flood").get_by_test_id("cpu").inner_text()
+        assert cpu.startswith("CPU ") and float(cpu.split()[1]) > 0, cpu
+    finally:
+        flooding.cancel()
+    figures = {f["connection_id"]: f for f in gateway.instance_resources()["instances"]}
+    assert figures["flood"]["cpu_seconds"] > figures["alpha"]["cpu_seconds"]
+    ram = await admin.get_by_test_id("card-alpha").get_by_test_id("ram").inner_text()
+    assert "in the gateway:" in ram and "MB" in ram
+    # ui.warn.error_count is 1: the device that never answers warns, a healthy one does not.
+    warning = admin.get_by_test_id("card-down").get_by_test_id("warning")
+    await warning.filter(has_text="errors ≥ 1").wait_for(timeout=WAIT_MS)
+    assert not await admin.get_by_test_id("card-alpha").get_by_test_id("warning").is_visible()
+    await save_screenshot(admin, screenshots, "instances-resources")
+
+    # RAM is the process's for every in-process card: the sort falls back to the name.
+    await choose(admin, "Sort by", "RAM")
+    await eventually(lambda: _order_is(admin, ["alpha", "beta", "down", "flood"]))
+    await choose(admin, "State", "running")
+    await eventually(lambda: _order_is(admin, ["alpha", "beta", "flood"]))
+    await admin.get_by_label("Filter").fill("be")
+    await eventually(lambda: _order_is(admin, ["beta"]))
+    await admin.get_by_label("Filter").fill("")
+    await choose(admin, "State", "all")
+    await choose(admin, "Sort by", "name")
+    await eventually(lambda: _order_is(admin, ["alpha", "beta", "down", "flood"]))
+
+
+async def _first_is(page: Any, cid: str) -> bool:
+    order = await card_order(page)
+    return bool(order) and order[0] == cid
+
+
+async def _order_is(page: Any, ids: list[str]) -> bool:
+    return await card_order(page) == ids

@@ -43,6 +43,7 @@ from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
 from edgelink.config import load_config, read_document
+from edgelink.cpuaccount import CpuAccounting
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
 from edgelink.manager import ConnectionManager
@@ -58,7 +59,7 @@ from edgelink.router.schema import load_routing
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.lock import FolderLock
-from edgelink.service.resources import ProcessResources, instance_resources
+from edgelink.service.resources import CpuRates, ProcessResources, instance_resources
 from edgelink.service.token import kept_secret, resolve_token
 from edgelink.settings import ConnectionSettings
 from edgelink.state import Reason
@@ -120,6 +121,8 @@ class Gateway:
         gc_policy: The manager's garbage-collection policy: the service runs a
             fleet, so ``"fleet"`` (freeze the long-lived objects once up and
             after each reload; see `edgelink.gcpolicy`) unless told ``"off"``.
+        cpu_accounting: Measure each connection's CPU on the event loop
+            (`edgelink.cpuaccount`; ``cpu_percent`` of `instance_resources`).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Gateway:
         registry: DriverRegistry | None = None,
         watch: bool = True,
         gc_policy: str | None = "fleet",
+        cpu_accounting: bool = True,
     ) -> None:
         self.config_dir = Path(config_dir)
         self._gc_policy = gc_policy
@@ -170,6 +174,9 @@ class Gateway:
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
         self._resources = ProcessResources()
+        self._cpu_rates = CpuRates()
+        self._cpu_accounting = cpu_accounting
+        self._accounting_on = False
         self._ui_secret: str | None = None
         #: The last spam trip per connection (the ``spam_suspended`` event's figures).
         self._spam_trips: dict[str, dict[str, Any]] = {}
@@ -209,10 +216,30 @@ class Gateway:
         in-process connection is None there, never estimated.
         """
         now = time.time()
-        instances = [instance_resources(status, now) for status in self.connections()]
+        manager = self.manager
+        statuses = self.connections()
+        measured = CpuAccounting.active()
+        shares: dict[str, float | None] = {}
+        totals: dict[str, int] = {}
+        if measured:
+            totals = {
+                s["connection_id"]: manager.get_supervisor(s["connection_id"]).cpu.ns
+                for s in statuses
+            }
+            shares = self._cpu_rates.sample(totals, time.monotonic())
+        instances = [
+            instance_resources(
+                status,
+                now,
+                cpu_percent=shares.get(status["connection_id"]),
+                cpu_seconds=round(totals[status["connection_id"]] / 1e9, 3) if measured else None,
+            )
+            for status in statuses
+        ]
         process = self._resources.sample()
         process["network_packets_sent"] = sum(i["network_packets_sent"] or 0 for i in instances)
         process["network_packets_recv"] = sum(i["network_packets_recv"] or 0 for i in instances)
+        process["cpu_accounting"] = "event_loop" if measured else None
         return {"process": process, "instances": instances}
 
     def spam_suspensions(self) -> list[dict[str, Any]]:
@@ -495,6 +522,9 @@ class Gateway:
         # folder must change nothing of the first's.
         self._lock = FolderLock(folder.root)
         self._lock.acquire()
+        if self._cpu_accounting and not self._accounting_on:
+            CpuAccounting.install()
+            self._accounting_on = True
         try:
             await self._start_locked(folder)
         except BaseException:
@@ -614,6 +644,9 @@ class Gateway:
             await self.db.aclose()
         if self._lock is not None:
             self._lock.release()
+        if self._accounting_on:
+            CpuAccounting.uninstall()
+            self._accounting_on = False
         self.started_at = None
         self._stopped.set()
 
