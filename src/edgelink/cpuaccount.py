@@ -130,7 +130,7 @@ class CpuAccounting:
             cls._users += 1
             if cls._users == 1:
                 cls._original = asyncio.events.Handle._run
-                asyncio.events.Handle._run = _accounted(cls._original)  # type: ignore[method-assign]
+                asyncio.events.Handle._run = _accounted(cls._original)  # type: ignore[method-assign,assignment]
 
     @classmethod
     def uninstall(cls) -> None:

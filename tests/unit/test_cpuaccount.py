@@ -39,8 +39,13 @@ async def test_task_steps_callbacks_and_protocol_callbacks_count_to_their_connec
         for _ in range(3):
             burn(0.01)  # a task step
             await asyncio.sleep(0)
-        done = loop.create_future()
-        loop.call_soon(lambda: (burn(0.01), done.set_result(None)))  # a callback it scheduled
+        done: asyncio.Future[None] = loop.create_future()
+
+        def callback() -> None:  # a callback it scheduled
+            burn(0.01)
+            done.set_result(None)
+
+        loop.call_soon(callback)
         await done
         child = asyncio.create_task(asyncio.to_thread(lambda: None))  # a child task
         await child

@@ -112,7 +112,7 @@ class SpamBanner:
         """Open the dialog with the current threshold."""
         self.field.value = "" if self.threshold is None else f"{self.threshold:g}"
         self.field.error = None
-        self.dialog.open()
+        self.dialog.value = True
 
     async def save(self) -> None:
         """Write the threshold; show a refusal next to the field, or close and confirm."""
@@ -135,7 +135,7 @@ class SpamBanner:
             self.field.error = str(exc)
             return
         self.field.error = None
-        self.dialog.close()
+        self.dialog.value = False
         shown = "off" if report["value"] is None else f"{report['value']:g} datapoints/s"
         ui.notify(f"{cid}: spam threshold {shown} (saved)", type="positive")
 
@@ -167,9 +167,9 @@ class SpamBanners:
             banner.dialog.delete()
             self.area.remove(banner.row)
         for cid, entry in entries.items():
-            banner = self.banners.get(cid)
-            if banner is None:
+            shown = self.banners.get(cid)
+            if shown is None:
                 with self.area:
                     self.banners[cid] = SpamBanner(self.view, entry)
             else:
-                banner.update(entry)
+                shown.update(entry)
