@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=10000, help="connections (default 10000)")
     p.add_argument("--procs", type=int, default=3, help="simulator subprocesses (default 3)")
-    p.add_argument("--base-port", type=int, default=20000, help="first device port")
+    p.add_argument("--base-port", type=int, default=12000, help="first device port")
     p.add_argument("--health-interval", type=float, default=2.0, help="health checks, s")
     p.add_argument("--poll-interval", type=float, default=2.0, help="one tag polled, s")
     p.add_argument("--window", type=float, default=6.0, help="one measured window, s")

@@ -11,12 +11,13 @@ routing them counts to it too.
 
 `CpuAccounting.install` wraps asyncio's ``Handle._run``, the one place the
 loop runs every task step and callback: for a handle whose context carries
-an account it adds the time the step took (`time.perf_counter_ns`, about
-90 ns a call here; the thread's CPU clock costs 340 ns). While the handle
-runs, the loop's thread runs nothing else, so this is the loop's CPU spent
-on that connection, unless the operating system preempts the thread
-meanwhile. A handle of no connection pays one context lookup.
-``bench/ui_accounting.py`` measures the whole cost at 10,000 connections.
+an account it adds the CPU time the loop's thread spent on it
+(`time.thread_time_ns`: a system call, about 0.3 µs here). The thread's CPU
+clock, not a wall clock: on a machine short of CPU the thread waits for a
+core in the middle of a step, and a wall clock (``perf_counter_ns``, 0.1 µs)
+read 1.6 to 1.9 times the process's real CPU in ``bench/ui_accounting.py``.
+A handle of no connection pays one context lookup. That benchmark measures
+the whole cost at 10,000 connections.
 
 Not counted: the threads of blocking (``SyncConnection``) drivers, and work
 the gateway does for every connection at once (the manager's deadline wheel,
@@ -91,7 +92,7 @@ def _accounted(run: _Run) -> _Run:
     def accounted_run(
         handle: Any,
         run: _Run = run,
-        clock: Callable[[], int] = time.perf_counter_ns,
+        clock: Callable[[], int] = time.thread_time_ns,
         current: contextvars.ContextVar[CpuAccount | None] = CURRENT,
     ) -> None:
         # ``_context`` is the context asyncio runs the handle in (asyncio's own
