@@ -232,7 +232,7 @@ class Gateway:
                 status,
                 now,
                 cpu_percent=shares.get(status["connection_id"]),
-                cpu_seconds=round(totals[status["connection_id"]] / 1e9, 3) if measured else None,
+                cpu_seconds=round(totals[status["connection_id"]] / 1e9, 6) if measured else None,
             )
             for status in statuses
         ]
