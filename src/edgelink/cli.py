@@ -1,4 +1,4 @@
-"""The ``edgelink`` command: ``run``, ``status``, ``demo``, ``check``, ``schema``, ``sim``.
+"""The ``edgelink`` command: ``run``, ``status``, ``demo``, ``check``, ``schema``, ``sim``...
 
 ``edgelink run --config DIR`` runs a gateway from a config folder (see
 `edgelink.service`); ``edgelink status`` asks a running one for its
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -151,6 +152,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="run device simulators")
     add_sim_arguments(sim)
+
+    sub.add_parser(
+        "hash-password",
+        help="print the argon2 hash of a password for ui.users in edgelink.json "
+        "(asks twice on a terminal, else reads one line from stdin)",
+    )
     return parser
 
 
@@ -174,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_status(args)
     if args.command == "doctor":
         return _run_doctor(args)
+    if args.command == "hash-password":
+        return _hash_password()
     if args.command == "demo":
         _setup_logging(logging.WARNING, args.log_level_libs, "%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
@@ -189,6 +198,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(args, start_api=start_api))
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _hash_password() -> int:
+    """``edgelink hash-password``: a password in, its argon2 hash for ``ui.users`` out."""
+    import getpass
+
+    if importlib.util.find_spec("argon2") is None:
+        print("edgelink: hash-password needs argon2: pip install 'edgelink[ui]'", file=sys.stderr)
+        return 1
+    from edgelink.ui.auth import hash_password
+
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 1
+        if password != again:
+            print("edgelink: the passwords differ; nothing printed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        print(f"edgelink: {exc}; nothing printed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _announce_ui(gateway: Gateway, prefix: str) -> None:

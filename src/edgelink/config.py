@@ -630,7 +630,10 @@ class ConfigDiff:
     """What a reload changes, by connection id (each list sorted).
 
     ``added`` start, ``removed`` stop, ``changed`` restart with their new
-    spec, ``unchanged`` are not touched.
+    spec, ``unchanged`` are not touched. ``retuned`` (set by
+    `ConnectionManager.reload`) are the ``changed`` ones whose new spec
+    differed only in settings that apply without a restart
+    (``spam_max_pps``): they were updated in place and kept running.
 
     Example:
         >>> diff_configs(None, load_config({"connections": {"a": {"type": "tcp"}}})).added
@@ -641,6 +644,7 @@ class ConfigDiff:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    retuned: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

@@ -16,6 +16,7 @@ reports more than ``spam_max_pps`` datapoints per second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -75,7 +76,13 @@ from edgelink.supervisor.specs import LinkObservers
 if TYPE_CHECKING:
     from edgelink.pool import ConnectionPool
 
-__all__ = ["ConnectionManager", "DataListener", "HealthCheckListener", "HealthMonitor"]
+__all__ = [
+    "LIVE_SETTINGS",
+    "ConnectionManager",
+    "DataListener",
+    "HealthCheckListener",
+    "HealthMonitor",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -994,14 +1001,25 @@ class ConnectionManager(Service):
         )
         for cid in diff.removed:
             await self.remove_connection(cid)
+        retuned = [cid for cid in diff.changed if _live_change(self._specs[cid], new_specs[cid])]
+        for cid in retuned:
+            self._retune(new_specs[cid])
         for cid in diff.changed:
-            await self.remove_connection(cid)
-            self._add_spec(new_specs[cid])
+            if cid not in retuned:
+                await self.remove_connection(cid)
+                self._add_spec(new_specs[cid])
         for cid in diff.added:
             self._add_spec(new_specs[cid])
         if diff.added or diff.changed or diff.removed:
             self._schedule_gc_settle()
-        return diff
+        return dataclasses.replace(diff, retuned=retuned) if retuned else diff
+
+    def _retune(self, spec: ConnectionSpec) -> None:
+        """Apply a spec whose only changes are `LIVE_SETTINGS` to a running connection."""
+        cid = spec.connection_id
+        self._specs[cid] = spec
+        self._sups[cid].settings = spec.settings
+        self._router.set_spam_limit(cid, spec.settings.spam_max_pps, self._spam_cb)
 
     def loop_lag(self) -> dict[str, Any]:
         """Event-loop lag: recent p50/p99, maximum and stalls since start (milliseconds)."""
@@ -1138,6 +1156,18 @@ class ConnectionManager(Service):
             self._restart_tasks.add(task_)
             task_.add_done_callback(self._restart_tasks.discard)
         return restarted
+
+
+#: Connection settings a reload applies to a running connection, without a restart.
+LIVE_SETTINGS = frozenset({"spam_max_pps"})
+
+
+def _live_change(old: ConnectionSpec, new: ConnectionSpec) -> bool:
+    """Return whether ``new`` differs from ``old`` only in `LIVE_SETTINGS`."""
+    live = {key: getattr(new.settings, key) for key in LIVE_SETTINGS}
+    if old.settings.model_copy(update=live) != new.settings:
+        return False
+    return dataclasses.replace(new, settings=old.settings) == old
 
 
 def _is_sync(driver: AnyConnection) -> bool:

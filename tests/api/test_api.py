@@ -441,7 +441,7 @@ async def test_stopped_and_panicked_values_are_stale_in_the_api_and_the_stream(
 async def test_admin_instances_give_the_seed_dict_and_process_totals(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    """Test GET /api/admin/instances: per connection the seed's keys, OS figures null, totals real."""
+    """Test GET /api/admin/instances: per connection the seed's keys, CPU measured, memory null."""
     await eventually(lambda: all(c["stats"]["packets_received"] > 0 for c in gateway.connections()))
     first = (await client.get("/api/admin/instances")).json()
     body = (await client.get("/api/admin/instances")).json()
@@ -462,8 +462,11 @@ async def test_admin_instances_give_the_seed_dict_and_process_totals(
     for cid, figures in by_id.items():
         assert seed <= set(figures)
         assert figures["isolation"] == "in_process"
-        for key in ("cpu_percent", "memory_mb", "memory_percent", "disk_io_read_mb"):
+        for key in ("memory_mb", "memory_percent", "disk_io_read_mb", "disk_io_write_mb"):
             assert figures[key] is None, (cid, key)
+        # The event loop's time in this connection's own code (edgelink.cpuaccount).
+        assert figures["cpu_seconds"] > 0, cid
+        assert figures["cpu_percent"] is None or 0 <= figures["cpu_percent"] < 100
         status = gateway.connection(cid)
         assert 0 < figures["network_packets_recv"] <= status["stats"]["packets_received"]
         assert figures["error_count"] == status["stats"]["errors"]
@@ -473,6 +476,7 @@ async def test_admin_instances_give_the_seed_dict_and_process_totals(
     assert process["memory_mb"] > 1
     assert first["process"]["cpu_percent"] is None or first["process"]["cpu_percent"] >= 0
     assert process["cpu_percent"] is not None and process["cpu_percent"] >= 0
+    assert process["cpu_accounting"] == "event_loop"
     assert process["network_packets_recv"] == sum(
         i["network_packets_recv"] for i in body["instances"]
     )

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "edgelink._documents": 1,
     "edgelink._validation": 1,
     "edgelink._tasks": 1,
+    "edgelink.cpuaccount": 1,
     "edgelink.bms": 1,
     # 2. a driver knows the base class hooks, nothing more
     "edgelink.connection": 2,

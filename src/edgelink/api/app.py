@@ -19,6 +19,8 @@ Routes:
     POST /api/admin/instances/{id}/{action}            start|stop|restart|kill|resume|
                                                        disconnect|reconnect
     POST /api/admin/instances/{id}/quarantine/release  poll quarantined tags again (?tag=)
+    PUT  /api/admin/instances/{id}/settings/{key}      set one connection setting (validated)
+    GET  /api/admin/spam                               connections suspended by spam protection
     POST /api/admin/panic, /api/admin/recover, /api/admin/reload
     GET  /api/routes, /api/routes/{id}                 the route table, with counters
     PUT  /api/routes                                   replace routing.json (validated, atomic)

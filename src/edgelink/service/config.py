@@ -12,7 +12,8 @@ one without ``edgelink`` runs with the defaults below.
      "storage": {"path": "system_logs.db"},
      "webhooks": {"alert_service": {"url": "https://alerts.example/hook", "retries": 3}},
      "ui": {"enabled": true, "session_hours": 12,
-            "users": {"alice": {"password_hash": "$argon2id$v=19$m=65536,t=3,p=4$..."}}}}
+            "users": {"alice": {"password_hash": "$argon2id$v=19$m=65536,t=3,p=4$..."}},
+            "warn": {"cpu_percent": 50, "memory_percent": 80, "error_count": 10}}}
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "StorageSettings",
     "UiSettings",
     "UiUser",
+    "UiWarnings",
     "WebhookSettings",
     "load_service_settings",
 ]
@@ -155,9 +157,23 @@ class UiUser(BaseModel):
         if not value.get_secret_value().startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
             raise ValueError(
                 "not an argon2 hash (it starts with $argon2id$); make one with"
-                " argon2's PasswordHasher().hash(password), see docs/ui.md"
+                " `edgelink hash-password`, see docs/ui.md"
             )
         return value
+
+
+class UiWarnings(BaseModel):
+    """When an instance card of the web UI shows a warning (a figure at or above its threshold)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_percent: float = Field(
+        default=50.0, gt=0, description="CPU of one connection, % of one core"
+    )
+    memory_percent: float = Field(
+        default=80.0, gt=0, le=100, description="RAM, % of the machine's (per process)"
+    )
+    error_count: int = Field(default=10, ge=1, description="errors of one connection")
 
 
 class UiSettings(BaseModel):
@@ -185,6 +201,9 @@ class UiSettings(BaseModel):
     )
     storage_secret_file: str = Field(
         default=".edgelink_ui_secret", description="where a generated storage secret is kept"
+    )
+    warn: UiWarnings = Field(
+        default_factory=UiWarnings, description="thresholds of the instance cards' warnings"
     )
 
     @field_validator("users")

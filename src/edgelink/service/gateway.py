@@ -42,8 +42,9 @@ from edgelink._documents import write_atomically
 from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
-from edgelink.config import read_document
+from edgelink.config import load_config, read_document
 from edgelink.connection import AnyConnection, Connection, SyncConnection
+from edgelink.cpuaccount import CpuAccounting
 from edgelink.drivers.ble.scanner import close_scanner
 from edgelink.drivers.mqtt import MqttConnection
 from edgelink.errors import ConfigError, DeviceError, EdgelinkError, RouteError
@@ -62,8 +63,9 @@ from edgelink.router.schema import load_routing
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.lock import FolderLock
-from edgelink.service.resources import ProcessResources, instance_resources
+from edgelink.service.resources import CpuRates, ProcessResources, instance_resources
 from edgelink.service.token import kept_secret, resolve_token
+from edgelink.settings import ConnectionSettings
 from edgelink.state import Reason
 from edgelink.store import Database, ErrorLogHandler, EventLog, UplinkBuffer
 from edgelink.store.audit import AuditLog
@@ -81,6 +83,7 @@ __all__ = [
     "compile_routes",
     "connections_document",
     "load_folder",
+    "with_bridge_will",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,6 +129,8 @@ class Gateway:
         gc_policy: The manager's garbage-collection policy: the service runs a
             fleet, so ``"fleet"`` (freeze the long-lived objects once up and
             after each reload; see `edgelink.gcpolicy`) unless told ``"off"``.
+        cpu_accounting: Measure each connection's CPU on the event loop
+            (`edgelink.cpuaccount`; ``cpu_percent`` of `instance_resources`).
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class Gateway:
         registry: DriverRegistry | None = None,
         watch: bool = True,
         gc_policy: str | None = "fleet",
+        cpu_accounting: bool = True,
     ) -> None:
         self.config_dir = Path(config_dir)
         self._gc_policy = gc_policy
@@ -178,7 +184,12 @@ class Gateway:
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
         self._resources = ProcessResources()
+        self._cpu_rates = CpuRates()
+        self._cpu_accounting = cpu_accounting
+        self._accounting_on = False
         self._ui_secret: str | None = None
+        #: The last spam trip per connection (the ``spam_suspended`` event's figures).
+        self._spam_trips: dict[str, dict[str, Any]] = {}
 
     @property
     def manager(self) -> ConnectionManager:
@@ -215,11 +226,85 @@ class Gateway:
         in-process connection is None there, never estimated.
         """
         now = time.time()
-        instances = [instance_resources(status, now) for status in self.connections()]
+        manager = self.manager
+        statuses = self.connections()
+        measured = CpuAccounting.active()
+        shares: dict[str, float | None] = {}
+        totals: dict[str, int] = {}
+        if measured:
+            totals = {
+                s["connection_id"]: manager.get_supervisor(s["connection_id"]).cpu.ns
+                for s in statuses
+            }
+            shares = self._cpu_rates.sample(totals, time.monotonic())
+        instances = [
+            instance_resources(
+                status,
+                now,
+                cpu_percent=shares.get(status["connection_id"]),
+                cpu_seconds=round(totals[status["connection_id"]] / 1e9, 6) if measured else None,
+            )
+            for status in statuses
+        ]
         process = self._resources.sample()
         process["network_packets_sent"] = sum(i["network_packets_sent"] or 0 for i in instances)
         process["network_packets_recv"] = sum(i["network_packets_recv"] or 0 for i in instances)
+        process["cpu_accounting"] = "event_loop" if measured else None
         return {"process": process, "instances": instances}
+
+    def spam_suspensions(self) -> list[dict[str, Any]]:
+        """Return the connections suspended by spam protection now, by id.
+
+        Each: ``connection_id``, ``name``, ``type``, ``rate_pps`` (the rate
+        that tripped it: the datapoints of the window over the seconds they
+        came in), ``limit_pps`` (the threshold then), ``threshold_pps`` (the
+        connection's ``spam_max_pps`` now: an adjusted one shows here),
+        ``suspended_at`` and ``last_activity`` (the last datapoint, epoch s).
+        """
+        manager = self._manager
+        if manager is None:
+            return []
+        found = []
+        for cid in sorted(self._spam_trips):
+            if cid not in manager:
+                del self._spam_trips[cid]
+                continue
+            status = manager.get_status(cid)
+            if status["status"] != "suspended" or status["reason"] != Reason.SPAM:
+                del self._spam_trips[cid]
+                continue
+            trip = self._spam_trips[cid]
+            found.append(
+                {
+                    "connection_id": cid,
+                    "name": status.get("name"),
+                    "type": status["type"],
+                    "rate_pps": trip["rate_pps"],
+                    "limit_pps": trip["limit_pps"],
+                    "threshold_pps": manager.get_spec(cid).settings.spam_max_pps,
+                    "suspended_at": trip["at"],
+                    "last_activity": status.get("last_data_at") or trip["at"],
+                }
+            )
+        return found
+
+    def _on_spam_suspended(self, event: Event) -> None:
+        cid = event.connection_id
+        if cid is None:
+            return
+        data = event.data
+        seconds = float(data.get("seconds") or 0.0)
+        count = int(data.get("count") or 0)
+        manager = self._manager
+        if manager is not None and len(self._spam_trips) >= len(manager):
+            for gone in [c for c in self._spam_trips if c not in manager]:
+                del self._spam_trips[gone]
+        self._spam_trips[cid] = {
+            "at": event.ts,
+            "limit_pps": data.get("limit_pps"),
+            # ``count`` datapoints in ``seconds``: over the limit by definition.
+            "rate_pps": round(count / seconds, 1) if seconds > 0 else None,
+        }
 
     def ui_storage_secret(self) -> str:
         """Return the web UI's storage secret: ``ui.storage_secret``, else a kept 0600 file.
@@ -601,6 +686,9 @@ class Gateway:
         # folder must change nothing of the first's.
         self._lock = FolderLock(folder.root)
         self._lock.acquire()
+        if self._cpu_accounting and not self._accounting_on:
+            CpuAccounting.install()
+            self._accounting_on = True
         try:
             await self._start_locked(folder)
         except BaseException:
@@ -659,6 +747,9 @@ class Gateway:
             await self.audit.start()
             self.auditor = Auditor(self.audit)
             self._unsubscribe.append(manager.on_event("*", self._record_event))
+            self._unsubscribe.append(
+                manager.on_event(EventType.SPAM_SUSPENDED, self._on_spam_suspended)
+            )
             handler = ErrorLogHandler(self.events, asyncio.get_running_loop())
             logging.getLogger("edgelink").addHandler(handler)
             self._unsubscribe.append(lambda: logging.getLogger("edgelink").removeHandler(handler))
@@ -730,6 +821,9 @@ class Gateway:
             await self.db.aclose()
         if self._lock is not None:
             self._lock.release()
+        if self._accounting_on:
+            CpuAccounting.uninstall()
+            self._accounting_on = False
         self.started_at = None
         self._stopped.set()
 
@@ -916,13 +1010,7 @@ class Gateway:
             diff = compile_routes(self.manager.router, document, self.settings)
             folder = self.folder = ConfigFolder.find(self.config_dir)
             path = folder.routing or folder.root / "routing.json"
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-            else:
-                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-            write_atomically(path, text)
+            write_atomically(path, _dump_document(path, document))
             self.config_errors.pop("routing", None)
         changes = {
             "added": list(diff.added),
@@ -1194,6 +1282,101 @@ class Gateway:
         logger.info("admin %s %s (by %s)", action, connection_id, who)
         return {"connection_id": connection_id, "action": action, **outcome, **brief}
 
+    async def set_connection_setting(
+        self, connection_id: str, key: str, value: Any, *, who: str = SYSTEM
+    ) -> dict[str, Any]:
+        """Set one setting of one connection in ``connections.json``; validated, written, applied.
+
+        The file is read as it is, the connection's ``settings.<key>`` set to
+        ``value`` and the whole document validated as a reload validates it
+        (the settings' types and bounds, the driver's own config). Only then
+        is the file replaced atomically and the change applied: settings that
+        apply live (``spam_max_pps``, `edgelink.manager.LIVE_SETTINGS`) keep the connection
+        running, others restart it. Audited with ``who``.
+
+        Raises:
+            UnknownConnectionError: for a connection that does not exist.
+            ActionRefusedError: during panic (connection changes wait for recover).
+            ConfigError: for an unknown key or a bad value, naming the file and
+                ``connections.<id>.settings.<key>``; the file and the running
+                connection are unchanged.
+            OSError: if the file cannot be written; nothing is applied.
+        """
+        async with self.auditor.action(
+            who, "set_setting", connection_id, {"setting": key, "value": value}
+        ) as outcome:
+            manager = self.manager
+            if connection_id not in manager:
+                raise UnknownConnectionError(
+                    f"unknown connection {connection_id!r}", connection_id=connection_id
+                )
+            if self.panicked:
+                raise ActionRefusedError(
+                    "the gateway is in panic: recover it first", connection_id=connection_id
+                )
+            report = await self._set_connection_setting(connection_id, key, value)
+            outcome["applied"] = report["applied"]
+        logger.info("admin set %s.%s = %r (by %s)", connection_id, key, report["value"], who)
+        return report
+
+    async def _set_connection_setting(self, cid: str, key: str, value: Any) -> dict[str, Any]:
+        where = f"connections.{cid}.settings.{key}"
+        async with self._reload_lock:
+            folder = self.folder = ConfigFolder.find(self.config_dir)
+            path = folder.connections
+            original = path.read_text(encoding="utf-8")
+            document = read_document(path)
+            conns = document.get("connections") if isinstance(document, dict) else None
+            entry = conns.get(cid) if isinstance(conns, dict) else None
+            if not isinstance(entry, dict):
+                raise ConfigError(
+                    f"connection {cid!r} is not an object under 'connections' in this file",
+                    file=str(path),
+                    path=f"connections.{cid}",
+                )
+            field = ConnectionSettings.model_fields.get(key)
+            if field is None:
+                raise ConfigError(
+                    f"unknown setting {key!r}; one of {', '.join(ConnectionSettings.model_fields)}",
+                    file=str(path),
+                    path=where,
+                )
+            if isinstance(value, bool) and field.annotation is not bool:
+                raise ConfigError(
+                    f"{str(value).lower()} is not a valid {key}", file=str(path), path=where
+                )
+            settings = entry.get("settings")
+            if settings is not None and not isinstance(settings, dict):
+                raise ConfigError("must be an object", file=str(path), path=f"{where}.settings")
+            entry["settings"] = {**(settings or {}), key: value}
+            try:
+                spec = load_config(copy.deepcopy(document)).specs()[cid]
+            except ConfigError as exc:
+                raise exc.in_file(path) from None
+            typed = getattr(spec.settings, key)
+            entry["settings"][key] = typed
+            write_atomically(path, _dump_document(path, document))
+            try:
+                diff = await self.manager.reload(with_bridge_will(document, self.settings))
+            except ConfigError as exc:
+                # The driver's own check refused the connection: the old file returns.
+                write_atomically(path, original)
+                raise exc.in_file(path) from None
+            except BaseException:
+                write_atomically(path, original)
+                raise
+            self.config_errors.pop("connections", None)
+        applied = "live" if cid in diff.retuned else "restarted" if cid in diff.changed else "same"
+        changes = {"added": diff.added, "removed": diff.removed, "changed": diff.changed}
+        self._emit(EventType.CONFIG_RELOADED, file=str(path), **changes)
+        return {
+            "connection_id": cid,
+            "key": key,
+            "value": typed,
+            "applied": applied,
+            "file": str(path),
+        }
+
     async def enable_route(self, route_id: str, *, who: str = SYSTEM) -> dict[str, Any]:
         """Let a route quarantined as poison run again, audited; return its stats.
 
@@ -1302,6 +1485,15 @@ class Gateway:
         return {"recovered": True, **info}
 
 
+def _dump_document(path: Path, document: Any) -> str:
+    """Return a config document as the text of ``path`` (YAML by suffix, else JSON)."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        return str(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
 def _remember_service_secrets(settings: ServiceSettings, token: str) -> None:
     """Teach the log redaction the API token and the webhooks' URLs, headers and keys."""
     hooks = [
@@ -1372,7 +1564,11 @@ def connections_document(folder: ConfigFolder, settings: ServiceSettings) -> Any
     Raises:
         ConfigError: naming connections.json, for a file that cannot be read or parsed.
     """
-    document = read_document(folder.connections)
+    return with_bridge_will(read_document(folder.connections), settings)
+
+
+def with_bridge_will(document: Any, settings: ServiceSettings) -> Any:
+    """Give the bridge's broker connection in a connections document its last will (in place)."""
     bridge = settings.bridge
     conns = document.get("connections") if isinstance(document, dict) else None
     entry = conns.get(bridge.connection) if isinstance(conns, dict) and bridge.connection else None

@@ -202,6 +202,10 @@ class LineProtocol(asyncio.Protocol):
             self._send(f"{BAD_REQUEST}\n".encode(), 0.0)
             self.close()
 
+    def push(self, data: bytes) -> None:
+        """Write ``data`` unasked, after any answers still waiting (a device reporting itself)."""
+        self._send(data, 0.0)
+
     def eof_received(self) -> bool:
         """Close when the client did, after any answers still waiting for their delay."""
         if self._pending:

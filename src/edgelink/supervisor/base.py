@@ -20,6 +20,7 @@ from edgelink._tasks import ChildTasks
 from edgelink.backoff import Backoff
 from edgelink.clock import Clock, TimerHandle
 from edgelink.connection import AnyConnection, DriverAdapter
+from edgelink.cpuaccount import CpuAccount
 from edgelink.dampening import FlapDamper
 from edgelink.errors import (
     Action,
@@ -114,6 +115,7 @@ class SupervisorBase:
         "adapter",
         "connection",
         "connection_id",
+        "cpu",
         "crashed",
         "desired",
         "link_generation",
@@ -166,6 +168,8 @@ class SupervisorBase:
         #: How the supervisor calls it: one async interface over both kinds of driver.
         self.adapter = DriverAdapter(connection, executor)
         self.settings = settings
+        #: The event-loop time of this connection's tasks and callbacks (`edgelink.cpuaccount`).
+        self.cpu = CpuAccount(self.connection_id)
         self.name = name
         self.type_name = type_name or connection.type_name or type(connection).__name__
         self._bus = bus

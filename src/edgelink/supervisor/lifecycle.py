@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgelink._tasks import cancel_and_wait
+from edgelink.cpuaccount import account_context
 from edgelink.errors import (
     ConnectError,
     ConnectTimeout,
@@ -59,8 +60,12 @@ class SupervisorLifecycle(SupervisorChildren):
         self.crashed = None
         if self._sm.state in RESTING:
             self._sm.transition(S.CONNECTING, reason=Reason.START)
+        # In a context of its own: what the task starts (child tasks, callbacks,
+        # its sockets' protocol callbacks) counts to this connection's CPU account.
         self._task = self._loop.create_task(
-            self._run_main(), name=f"edgelink[{self.connection_id}].main"
+            self._run_main(),
+            name=f"edgelink[{self.connection_id}].main",
+            context=account_context(self.cpu),
         )
 
     async def stop(self, *, reason: str = Reason.ADMIN_STOP, graceful: bool = True) -> None:

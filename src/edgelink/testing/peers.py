@@ -118,6 +118,18 @@ class PingPongPeer(Service):
         """Request lines received so far, answered or not."""
         return self._device.requests
 
+    def push(self, lines: list[str]) -> int:
+        """Send ``lines`` unasked to every client link, at once (a device reporting by itself).
+
+        ``tag=value`` lines are what the ``tcp`` driver reports as data: many
+        of them flood it (spam protection). Returns the links written to.
+        """
+        data = "".join(f"{line}\n" for line in lines).encode()
+        links = list(self._device.links)
+        for link in links:
+            link.push(data)
+        return len(links)
+
     def is_running(self) -> bool:
         """Return whether the peer is listening."""
         return self._server is not None

@@ -3,6 +3,7 @@
 Plain Python (no NiceGUI), so each part is tested on its own. Every table
 here is bounded: a full table drops its oldest entry and counts it.
 
+- `hash_password`: the argon2id hash ``ui.users`` keeps (``edgelink hash-password``).
 - `verify_login`: the admin token (constant-time) or a user of ``ui.users``
   with an argon2-hashed password; returns the `Identity` the audit log records.
 - `Sessions`: server-side sessions behind an opaque 256-bit cookie value;
@@ -35,6 +36,7 @@ __all__ = [
     "Session",
     "Sessions",
     "Tickets",
+    "hash_password",
     "verify_login",
 ]
 
@@ -56,6 +58,22 @@ def _dummy_hash() -> str:
     from argon2 import PasswordHasher
 
     return PasswordHasher().hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    """Return an argon2id hash of ``password`` for ``ui.users`` (``edgelink hash-password``).
+
+    argon2's default costs, the ones `verify_login` checks with; the hash
+    carries its parameters and a random salt, so two hashes of one password differ.
+
+    Raises:
+        ValueError: for an empty password.
+    """
+    if not password:
+        raise ValueError("the password is empty")
+    from argon2 import PasswordHasher
+
+    return str(PasswordHasher().hash(password))
 
 
 @dataclass(frozen=True, slots=True)

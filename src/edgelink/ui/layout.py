@@ -1,4 +1,4 @@
-"""The frame of every page: header, panic dialog, panic banner, navigation, the page registry.
+"""The frame of every page: header, panic dialog, panic and spam banners, navigation, pages.
 
 A page module declares itself with `page`::
 
@@ -8,8 +8,9 @@ A page module declares itself with `page`::
 
 `page` registers the NiceGUI route, sends a request without a live session
 to ``/login``, draws the header (gateway name, counts by state, the
-navigation of every registered page, a red **Panic** button, **Log out**)
-and the red panic banner with **Recover**, and runs one `ui.timer` per page
+navigation of every registered page, a red **Panic** button, **Log out**),
+the red panic banner with **Recover** and a red banner per connection spam
+protection suspended (`edgelink.ui.spam`), and runs one `ui.timer` per page
 (`TICK_S`) that refreshes the frame and whatever the page registered. Each
 refresh sets only values that changed, so an unchanged page sends nothing.
 """
@@ -28,6 +29,7 @@ from fastapi.responses import RedirectResponse, Response
 from nicegui import ui
 
 from edgelink.ui.context import UiContext, context_of
+from edgelink.ui.spam import SpamBanners
 
 if TYPE_CHECKING:
     from nicegui.elements.label import Label
@@ -138,6 +140,7 @@ class Frame:
             ui.button("Recover", on_click=self.recover).props("no-caps color=white text-color=red")
         self.banner = banner
         banner.set_visibility(False)
+        self.spam = SpamBanners(view)
         with ui.dialog().props("persistent") as dialog, ui.card():
             ui.label("Panic: disconnect every device and stop all data flow?").classes("font-bold")
             self.countdown = ui.label("")
@@ -148,10 +151,11 @@ class Frame:
         self.refresh()
 
     def refresh(self) -> None:
-        """Update the counts by state and the panic banner."""
+        """Update the counts by state, the spam banners and the panic banner."""
         gateway = self.view.gateway
         counts = gateway.state_counts()
         set_text(self.counts, " · ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+        self.spam.refresh()
         panic = gateway.panic_state()
         if panic is None:
             if self.banner.visible:

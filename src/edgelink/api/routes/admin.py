@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 
 from edgelink.api.auth import who_asks
 from edgelink.api.routes.connections import status_or_404
+from edgelink.errors import ConfigError
 from edgelink.service.gateway import ActionRefusedError, UnknownConnectionError
 
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway
 
-__all__ = ["Action", "PanicBody", "router"]
+__all__ = ["Action", "PanicBody", "SettingBody", "router"]
 
 
 class Action(StrEnum):
@@ -40,6 +41,12 @@ class PanicBody(BaseModel):
     reason: str = Field(default="panic", max_length=500)
 
 
+class SettingBody(BaseModel):
+    """Body of ``PUT /api/admin/instances/{id}/settings/{key}``: the new value (null: off)."""
+
+    value: Any
+
+
 def router(gateway: Gateway) -> APIRouter:
     """Return the admin routes."""
     routes = APIRouter()
@@ -53,6 +60,34 @@ def router(gateway: Gateway) -> APIRouter:
         process's own figures stand beside them under ``process``.
         """
         return gateway.instance_resources()
+
+    @routes.get("/api/admin/spam", tags=["admin"])
+    async def spam() -> list[dict[str, Any]]:
+        """Connections suspended by spam protection now: the rate that tripped, the threshold."""
+        return gateway.spam_suspensions()
+
+    @routes.put("/api/admin/instances/{connection_id}/settings/{key}", tags=["admin"])
+    async def set_setting(connection_id: str, key: str, body: SettingBody) -> dict[str, Any]:
+        """Set one of a connection's ``settings`` (e.g. ``spam_max_pps``) in connections.json.
+
+        Validated as a reload validates it (422 with ``path`` and ``error``,
+        the file unchanged), written atomically, applied (``applied``:
+        ``live`` without a restart, or ``restarted``). 409 during panic.
+        """
+        try:
+            return await gateway.set_connection_setting(
+                connection_id, key, body.value, who=who_asks(gateway)
+            )
+        except UnknownConnectionError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except ActionRefusedError as exc:
+            raise HTTPException(409, detail=f"{exc} (POST /api/admin/recover)") from None
+        except ConfigError as exc:
+            raise HTTPException(
+                422, detail={"error": str(exc), "path": exc.path, "message": exc.message}
+            ) from None
+        except OSError as exc:
+            raise HTTPException(503, detail=f"connections file not written: {exc}") from None
 
     @routes.post("/api/admin/instances/{connection_id}/quarantine/release", tags=["admin"])
     async def release_quarantine(connection_id: str, tag: str | None = None) -> dict[str, Any]:

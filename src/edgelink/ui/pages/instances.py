@@ -8,7 +8,14 @@ buttons **Start**, **Stop**, **Restart**, **Kill**, **Disconnect**,
 API does; what the gateway refuses (a start during panic) is shown as its
 message. The page's timer refreshes the cards; cards appear and disappear as
 a hot reload adds or removes connections. Filter by text and state, sort by
-name, state or traffic.
+name, state, CPU, RAM or traffic.
+
+Each card also shows the connection's resources (`Gateway.instance_resources`,
+as ``GET /api/admin/instances``): a CPU bar (the event loop's time in its own
+code, `edgelink.cpuaccount`) and a RAM bar, which for a connection inside the
+gateway's process is the process's (labelled so: one connection's memory
+cannot be told apart). A card warns when its CPU, its own RAM or its error
+count reaches the thresholds of ``ui.warn`` in ``edgelink.json``.
 """
 
 from __future__ import annotations
@@ -24,16 +31,20 @@ from edgelink.ui.layout import View, act, page, set_text
 if TYPE_CHECKING:
     from nicegui.elements.label import Label
 
-__all__ = ["BADGES", "InstanceCard", "badge_of", "instances"]
+    from edgelink.service.config import UiWarnings
+
+__all__ = ["BADGES", "InstanceCard", "badge_of", "instances", "warnings_of"]
 
 #: Badge -> its colour.
 BADGES = {"running": "positive", "starting": "warning", "error": "negative", "stopped": "grey"}
 #: Sort keys offered, by label.
-SORTS = ("name", "state", "traffic")
+SORTS = ("name", "state", "CPU", "RAM", "traffic")
 #: The order of the badges when sorting by state: trouble first.
 _BADGE_ORDER = {"error": 0, "starting": 1, "stopped": 2, "running": 3}
 #: Rates are taken over at least this window, s (a shorter one jitters).
 RATE_WINDOW_S = 1.0
+#: How often the cards' resource figures are fetched, s.
+RESOURCES_EVERY_S = 1.0
 
 
 def badge_of(status: dict[str, Any]) -> str:
@@ -46,6 +57,21 @@ def badge_of(status: dict[str, Any]) -> str:
     if state == "disconnected" and status.get("desired") != "running":
         return "stopped"
     return "starting"
+
+
+def warnings_of(figures: dict[str, Any], warn: UiWarnings) -> list[str]:
+    """Return the warnings of one instance's resource dict under the thresholds ``warn``."""
+    found = []
+    cpu = figures.get("cpu_percent")
+    if cpu is not None and cpu >= warn.cpu_percent:
+        found.append(f"CPU {cpu:.1f} % ≥ {warn.cpu_percent:g} %")
+    ram = figures.get("memory_percent")
+    if ram is not None and ram >= warn.memory_percent:
+        found.append(f"RAM {ram:.1f} % ≥ {warn.memory_percent:g} %")
+    errors = figures.get("error_count")
+    if errors is not None and errors >= warn.error_count:
+        found.append(f"{errors} errors ≥ {warn.error_count}")
+    return found
 
 
 def _age(since: float | None, now: float) -> str:
@@ -81,6 +107,8 @@ class InstanceCard:
         self.view = view
         self.badge_name = ""
         self.traffic = 0.0
+        self.cpu = 0.0
+        self.ram = 0.0
         self._sample: tuple[float, int, int] | None = None
         self._rates = (0.0, 0.0)
         #: What the text filter searches: id, name and type.
@@ -98,6 +126,18 @@ class InstanceCard:
                 for key in self.FIELDS:
                     ui.label(key).classes("opacity-60")
                     self.values[key] = ui.label("").props(f'data-testid="{key.replace(" ", "_")}"')
+            with ui.column().classes("w-full gap-0 text-sm"):
+                self.cpu_text = ui.label("CPU -").props('data-testid="cpu"')
+                self.cpu_bar = ui.linear_progress(0.0, show_value=False, size="6px").props(
+                    "instant-feedback"
+                )
+                self.ram_text = ui.label("RAM -").props('data-testid="ram"')
+                self.ram_bar = ui.linear_progress(0.0, show_value=False, size="6px").props(
+                    "instant-feedback color=grey"
+                )
+            self.warning = ui.label("").classes("text-sm text-orange-800 font-bold")
+            self.warning.props('data-testid="warning"')
+            self.warning.set_visibility(False)
             with ui.row().classes("gap-1"):
                 for action in INSTANCE_ACTIONS:
                     ui.button(
@@ -106,6 +146,33 @@ class InstanceCard:
                     ).props("dense flat no-caps size=sm")
         self.card = card
         self.update(status, time.time(), time.monotonic())
+
+    def show_resources(self, figures: dict[str, Any], process: dict[str, Any]) -> None:
+        """Show the instance's resource dict (``process``: the gateway's own figures)."""
+        cpu = figures.get("cpu_percent")
+        self.cpu = cpu or 0.0
+        set_text(self.cpu_text, "CPU -" if cpu is None else f"CPU {cpu:.1f} %")
+        _set_bar(self.cpu_bar, (cpu or 0.0) / 100.0)
+        own = figures.get("memory_mb")
+        if own is not None:
+            self.ram = float(own)
+            text = f"RAM {own:.0f} MB ({figures.get('memory_percent') or 0:.1f} %)"
+            share = figures.get("memory_percent") or 0.0
+        else:
+            # In the gateway's process: only the process's memory exists.
+            self.ram = 0.0
+            mb, share = process.get("memory_mb"), process.get("memory_percent") or 0.0
+            text = "RAM - (in the gateway: " + (f"{mb:.0f} MB)" if mb is not None else "-)")
+        set_text(self.ram_text, text)
+        _set_bar(self.ram_bar, share / 100.0)
+        warnings = warnings_of(figures, self.view.gateway.settings.ui.warn)
+        set_text(self.warning, " · ".join(f"⚠ {w}" for w in warnings))
+        if self.warning.visible != bool(warnings):
+            self.warning.set_visibility(bool(warnings))
+            self.card.classes(
+                add="ring-2 ring-orange-500" if warnings else None,
+                remove=None if warnings else "ring-2 ring-orange-500",
+            )
 
     def update(self, status: dict[str, Any], now: float, mono: float) -> None:
         """Show ``status`` (``now`` is the wall clock, ``mono`` the monotonic one)."""
@@ -158,6 +225,13 @@ class InstanceCard:
             self.update(view.gateway.connection(cid), time.time(), time.monotonic())
 
 
+def _set_bar(bar: Any, value: float) -> None:
+    """Set a progress bar (0..1) when it moved by more than half a percent."""
+    value = min(1.0, max(0.0, value))
+    if abs((bar.value or 0.0) - value) > 0.005:
+        bar.set_value(value)
+
+
 class InstancesPage:
     """The cards, the filter and the sort of one page view."""
 
@@ -165,6 +239,7 @@ class InstancesPage:
         self.view = view
         self.cards: dict[str, InstanceCard] = {}
         self.order: list[str] = []
+        self._resources_at = -RESOURCES_EVERY_S
         with ui.row().classes("items-end gap-4"):
             self.text = ui.input("Filter", on_change=self.arrange).props("clearable dense")
             self.badge = (
@@ -185,7 +260,16 @@ class InstancesPage:
     def refresh(self) -> None:
         """Add, update and remove cards to match the gateway's connections."""
         now, mono = time.time(), time.monotonic()
-        statuses = {s["connection_id"]: s for s in self.view.gateway.connections()}
+        gateway = self.view.gateway
+        statuses = {s["connection_id"]: s for s in gateway.connections()}
+        # The resources change slowly (CPU is a share over >= 1 s): once a second.
+        fresh = mono - self._resources_at >= RESOURCES_EVERY_S or len(statuses) != len(self.cards)
+        figures: dict[str, dict[str, Any]] = {}
+        resources: dict[str, Any] = {"process": {}}
+        if fresh:
+            self._resources_at = mono
+            resources = gateway.instance_resources()
+            figures = {f["connection_id"]: f for f in resources["instances"]}
         for cid in [c for c in self.cards if c not in statuses]:
             self.grid.remove(self.cards.pop(cid).card)
         for cid, status in statuses.items():
@@ -195,6 +279,8 @@ class InstancesPage:
                     self.cards[cid] = InstanceCard(self.view, status)
             else:
                 card.update(status, now, mono)
+            if cid in figures:
+                self.cards[cid].show_resources(figures[cid], resources["process"])
         self.arrange()
 
     def arrange(self) -> None:
@@ -213,6 +299,10 @@ class InstancesPage:
             order = sorted(self.cards, key=lambda c: (_BADGE_ORDER[self.cards[c].badge_name], c))
         elif key == "traffic":
             order = sorted(self.cards, key=lambda c: (-self.cards[c].traffic, c))
+        elif key == "CPU":
+            order = sorted(self.cards, key=lambda c: (-self.cards[c].cpu, c))
+        elif key == "RAM":
+            order = sorted(self.cards, key=lambda c: (-self.cards[c].ram, c))
         else:
             order = sorted(self.cards)
         if order != self.order:

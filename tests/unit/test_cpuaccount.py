@@ -1,0 +1,129 @@
+"""`edgelink.cpuaccount`: each connection's event-loop time, on a real asyncio loop and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edgelink.cpuaccount import CURRENT, CpuAccount, CpuAccounting, account_context
+from edgelink.service.resources import CpuRates
+
+
+@pytest.fixture
+def accounting() -> Iterator[None]:
+    CpuAccounting.install()
+    yield
+    CpuAccounting.uninstall()
+
+
+def burn(seconds: float) -> None:
+    """Use ``seconds`` of this thread's CPU (however long a busy machine makes that take)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+async def test_task_steps_callbacks_and_protocol_callbacks_count_to_their_connection(
+    accounting: None,
+) -> None:
+    """Test that a busy connection's steps, its call_soon and its socket's data_received count."""
+    busy, idle, by_socket = CpuAccount("busy"), CpuAccount("idle"), CpuAccount("socket")
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+
+    async def busy_main() -> None:
+        assert CURRENT.get() is busy
+        for _ in range(3):
+            burn(0.01)  # a task step
+            await asyncio.sleep(0)
+        done: asyncio.Future[None] = loop.create_future()
+
+        def callback() -> None:  # a callback it scheduled
+            burn(0.01)
+            done.set_result(None)
+
+        loop.call_soon(callback)
+        await done
+        child = asyncio.create_task(asyncio.to_thread(lambda: None))  # a child task
+        await child
+
+    async def idle_main() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0.001)
+
+    class Burning(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            burn(0.02)
+            received.set()
+
+    async def server_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(server_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def socket_main() -> None:
+        # The transport is made inside this task: its reader callback carries its context.
+        transport, _ = await loop.create_connection(Burning, "127.0.0.1", port)
+        await received.wait()
+        transport.close()
+
+    tasks = [
+        loop.create_task(busy_main(), context=account_context(busy)),
+        loop.create_task(idle_main(), context=account_context(idle)),
+        loop.create_task(socket_main(), context=account_context(by_socket)),
+    ]
+    await asyncio.gather(*tasks)
+    server.close()
+    await server.wait_closed()
+    assert busy.seconds >= 0.04  # three steps and the callback, 10 ms each
+    assert by_socket.seconds >= 0.02  # data_received ran in the socket task's context
+    assert idle.seconds < 0.01
+    assert CURRENT.get() is None  # the test's own context is nobody's
+
+
+async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> None:
+    """Test install/uninstall counting, and that an account grows only while installed."""
+    original = asyncio.events.Handle._run
+    account = CpuAccount("dev")
+    loop = asyncio.get_running_loop()
+    assert not CpuAccounting.active()
+    CpuAccounting.install()
+    CpuAccounting.install()
+    try:
+        assert CpuAccounting.active()
+        await loop.create_task(asyncio.sleep(0), context=account_context(account))
+        CpuAccounting.uninstall()
+        assert CpuAccounting.active()  # one user left
+    finally:
+        CpuAccounting.uninstall()
+    assert not CpuAccounting.active()
+    assert asyncio.events.Handle._run is original
+    CpuAccounting.uninstall()  # one too many: harmless
+    before = account.ns
+    assert before > 0
+
+    async def work() -> None:
+        burn(0.005)
+
+    await loop.create_task(work(), context=account_context(account))
+    assert account.ns == before
+
+
+def test_cpu_rates_need_a_full_window_and_forget_removed_connections() -> None:
+    """Test the share over >= 1 s, the last share in between, a re-added account, pruning."""
+    rates = CpuRates(window=1.0)
+    assert rates.sample({"a": 0, "b": 0}, mono=10.0) == {"a": None, "b": None}
+    assert rates.sample({"a": 100_000_000, "b": 0}, mono=10.5) == {"a": None, "b": None}
+    assert rates.sample({"a": 250_000_000, "b": 0}, mono=11.0) == {"a": 25.0, "b": 0.0}
+    assert rates.sample({"a": 300_000_000, "b": 0}, mono=11.2) == {"a": 25.0, "b": 0.0}
+    # "a" was re-added (a new account starts at 0): no share until its window is full.
+    assert rates.sample({"a": 1_000, "b": 10_000_000}, mono=12.0) == {"a": None, "b": 1.0}
+    assert rates.sample({"b": 10_000_000}, mono=12.1) == {"b": 1.0}
+    assert list(rates._last) == ["b"]
