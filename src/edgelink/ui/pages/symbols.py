@@ -147,7 +147,7 @@ class SymbolBrowser:
         nodes, shown = symbol_tree(
             self.table, text=str(self.search.value or ""), type_filter=type_filter
         )
-        self.tree._props["nodes"] = nodes
+        self.tree.props["nodes"] = nodes
         self.tree.update()
         if self.table:
             more = f" (first {MAX_NODES} shown: search to narrow)" if shown > MAX_NODES else ""
