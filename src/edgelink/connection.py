@@ -353,6 +353,19 @@ class _ConnectionBase:
             return False
         return bool(hook(callback, *args))
 
+    def emit_event(self, event_type: str, **data: Any) -> None:
+        """Emit an event about this connection through its owner's bus. Thread-safe.
+
+        For what only the driver sees (an isolated driver's child process
+        started or exited); without an owner (a driver used on its own) the
+        event is logged at DEBUG and dropped.
+        """
+        hook = getattr(self._owner, "emit_event", None)
+        if hook is None:
+            logger.debug("%s: %s %s (no owner)", self.connection_id, event_type, data)
+            return
+        hook(event_type, **data)
+
     @property
     def degraded_reason(self) -> str | None:
         """Why the driver said its link is degraded (`report_degraded`), or None."""

@@ -52,6 +52,7 @@ from edgelink.events import (
     make_event,
 )
 from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
+from edgelink.isolation import build_isolated
 from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
@@ -350,6 +351,14 @@ class ConnectionManager(Service):
             return f"{where}.{path}"
 
         try:
+            if spec.isolation is not None:
+                return build_isolated(
+                    spec.connection_id,
+                    config,
+                    self.context,
+                    driver_class=self.registry.get(spec.type),
+                    isolation=spec.isolation,
+                )
             return self.registry.create(spec.connection_id, spec.type, config, self.context)
         except ConfigError as exc:
             # A driver's config model reports every bad key: keep them all.
@@ -496,11 +505,15 @@ class ConnectionManager(Service):
         poll: Sequence[Mapping[str, Any]] | None = None,
         watch: Sequence[Mapping[str, Any]] | None = None,
         endpoints: Sequence[Mapping[str, Any]] | None = None,
+        isolation: str | Mapping[str, Any] | None = None,
     ) -> AnyConnection:
         """Add a connection; it starts at once if the manager runs and it is enabled.
 
         ``endpoints``: the preferred endpoint first, then alternates, each with
-        the config fields that differ (docs/failover.md).
+        the config fields that differ (docs/failover.md). ``isolation``:
+        ``"process"`` or an object with limits runs the driver in a child
+        process (docs/isolation.md); the driver object is then a
+        `edgelink.isolation.ProcessConnection`.
 
         Returns:
             The driver object.
@@ -519,6 +532,8 @@ class ConnectionManager(Service):
                 "poll": list(poll or []),
                 "watch": list(watch or []),
                 "endpoints": [dict(e) for e in endpoints or []],
+                **({"isolation": isolation if isinstance(isolation, str) else dict(isolation)}
+                   if isolation is not None else {}),
             },
             self.settings.connection_defaults(),
         )

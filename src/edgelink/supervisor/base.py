@@ -9,6 +9,7 @@ listens; `_call` gives a driver call its deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -316,6 +317,10 @@ class SupervisorBase:
             return False
         self._on_loop(callback, *args)
         return True
+
+    def emit_event(self, event_type: str, **data: Any) -> None:
+        """Emit an event the driver raised (`Connection.emit_event`). Thread-safe."""
+        self._on_loop(functools.partial(self._emit, event_type, **data))
 
     def on_data(
         self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
