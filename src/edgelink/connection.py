@@ -573,6 +573,15 @@ class Connection(_ConnectionBase, abc.ABC):
     async def on_reset(self) -> None:
         """Re-provision the device after a reset was detected. Raise to fail the attempt."""
 
+    async def on_stopped(self) -> None:
+        """Free what the driver keeps between links; the connection was stopped.
+
+        Called by the supervisor after an admin stop, a shutdown or a removal,
+        once the link is closed (never between two links of a running
+        connection). The default does nothing; an isolated connection ends its
+        child process here. Must not raise.
+        """
+
 
 #: The seed's name for the driver base class.
 BaseConnection = Connection

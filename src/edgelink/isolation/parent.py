@@ -98,6 +98,13 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # A start nobody waits for any more (its connect attempt timed out) must
+    # not log "exception was never retrieved"; the next attempt starts anew.
+    if not task.cancelled():
+        task.exception()
+
+
 class _Child:
     """One child process and what the parent keeps about it."""
 
@@ -192,7 +199,7 @@ class ProcessConnection(Connection):
         self.driver_path = driver_path(driver_class)
         self.isolation = isolation if isolation is not None else IsolationSpec()
         self._child: _Child | None = None
-        self._spawning: asyncio.Lock | None = None
+        self._spawn_task: asyncio.Task[_Child] | None = None
         self._link_up = False
         self._escalation = (
             MemoryEscalation(
@@ -233,17 +240,16 @@ class ProcessConnection(Connection):
         self._link_up = True
 
     async def disconnect(self) -> None:
-        """Disconnect the child's driver; end the child too if the connection is stopping."""
+        """Disconnect the child's driver; the child stays for the next link."""
         self._link_up = False
         child = self._child
-        if child is None:
-            return
-        if getattr(self.owner, "desired", "running") == "stopped":
-            await self._end_child(child)
-            return
-        if child.is_alive():
+        if child is not None and child.is_alive():
             with contextlib.suppress(Exception):
                 await self._call(child, "disconnect", [])
+
+    async def on_stopped(self) -> None:
+        """The connection was stopped: end the child (CLOSE, then SIGKILL after a grace)."""
+        await self.aclose()
 
     async def health_check(self) -> bool:
         """Run the driver's health check in the child."""
@@ -324,16 +330,21 @@ class ProcessConnection(Connection):
             child.calls.pop(call_id, None)
 
     async def _ensure_child(self) -> _Child:
-        if self._spawning is None:
-            self._spawning = asyncio.Lock()
-        async with self._spawning:
-            child = self._child
-            if child is not None and child.is_alive():
-                return child
-            if self._reaper is not None:
-                # The previous child's end must be reported before a new one starts.
+        child = self._child
+        if child is not None and child.is_alive():
+            return child
+        task = self._spawn_task
+        if task is None or task.done():
+            if self._reaper is not None and not self._reaper.done():
+                # The previous child's end is reported before a new one starts.
                 await asyncio.shield(self._reaper)
-            return await self._spawn()
+            task = self._spawn_task = asyncio.get_running_loop().create_task(
+                self._spawn(), name=f"edgelink[{self.connection_id}].child.spawn"
+            )
+            task.add_done_callback(_retrieve)
+        # Shielded: a connect attempt that times out leaves the child starting,
+        # and the next attempt waits for the same start (bounded by start_timeout).
+        return await asyncio.shield(task)
 
     async def _spawn(self) -> _Child:
         spec = self.isolation
@@ -367,7 +378,6 @@ class ProcessConnection(Connection):
         await loop.create_unix_connection(lambda: channel, sock=parent_sock)
         child = _Child(proc, channel)
         holder.append(child)
-        self._child = child
         self.children_started += 1
         self.last_pid = child.pid
         self._stats_base_from(child)
@@ -391,6 +401,7 @@ class ProcessConnection(Connection):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise
+        self._child = child
         self._apply_priority(child)
         self._apply_cpu_limit(child)
         child.last_beat = time.monotonic()
@@ -674,11 +685,13 @@ class ProcessConnection(Connection):
 
     async def aclose(self) -> None:
         """End the child, if any (idempotent); the supervisor's stop does this too."""
+        if self._spawn_task is not None:
+            await cancel_and_wait(self._spawn_task)
         child = self._child
         if child is not None:
             await self._end_child(child)
         if self._reaper is not None:
-            await cancel_and_wait(self._reaper)
+            await asyncio.shield(self._reaper)
 
     # -- figures -----------------------------------------------------------------
 
