@@ -532,8 +532,11 @@ class ConnectionManager(Service):
                 "poll": list(poll or []),
                 "watch": list(watch or []),
                 "endpoints": [dict(e) for e in endpoints or []],
-                **({"isolation": isolation if isinstance(isolation, str) else dict(isolation)}
-                   if isolation is not None else {}),
+                **(
+                    {"isolation": isolation if isinstance(isolation, str) else dict(isolation)}
+                    if isolation is not None
+                    else {}
+                ),
             },
             self.settings.connection_defaults(),
         )

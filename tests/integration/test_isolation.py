@@ -159,7 +159,9 @@ async def test_leaking_child_is_warned_throttled_and_killed_while_a_neighbour_ke
     m.register_connection_type("leaky", LeakyConnection)
     rec = Recorder(m)
     seen: list[float] = []
-    m.on_data(lambda cid, tag, value, quality, ts: seen.append(time.monotonic()) if cid == "n" else None)
+    m.on_data(
+        lambda cid, tag, value, quality, ts: seen.append(time.monotonic()) if cid == "n" else None
+    )
     m.add_connection("n", "counter", poll=[{"tags": ["a", "b", "c", "d"], "interval": 0.02}])
 
     def rate(since: float, until: float) -> float:
@@ -275,9 +277,7 @@ def test_isolation_config_errors_name_the_field() -> None:
         m.add_connection("b", "tcp", {"port": 1}, isolation="thread")
     assert "connections.b.isolation" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        m.add_connection(
-            "c", "tcp", {"port": 1}, isolation="process", endpoints=[{}, {"port": 2}]
-        )
+        m.add_connection("c", "tcp", {"port": 1}, isolation="process", endpoints=[{}, {"port": 2}])
     assert "endpoints" in str(err.value)
 
     class Local(CounterConnection):

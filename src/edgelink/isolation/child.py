@@ -80,7 +80,9 @@ class ChildOwner:
     def state(self) -> ConnectionState:
         """The parent owns the state; the child only knows whether it is connected."""
         return (
-            ConnectionState.CONNECTED if self.connected_at is not None else ConnectionState.CONNECTING
+            ConnectionState.CONNECTED
+            if self.connected_at is not None
+            else ConnectionState.CONNECTING
         )
 
     @property
@@ -108,7 +110,9 @@ class ChildOwner:
         self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
     ) -> None:
         """Queue a datapoint; one ``DATA`` frame per loop turn carries them all."""
-        self._on_loop(self._queue, [tag, value, quality, ts if ts is not None else time.time(), reason])
+        self._on_loop(
+            self._queue, [tag, value, quality, ts if ts is not None else time.time(), reason]
+        )
 
     def _queue(self, item: list[Any]) -> None:
         batch = self._batch

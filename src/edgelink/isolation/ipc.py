@@ -25,6 +25,7 @@ import asyncio
 import builtins
 import dataclasses
 import enum
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -149,10 +150,10 @@ def error_from_wire(chain: list[Any], connection_id: str) -> BaseException:
     edgelink errors and builtins come back as their own class (the class is
     the policy, `edgelink.errors.classify`); anything else as `ChildError`.
     """
-    built = [_rebuild_one(*entry, connection_id) for entry in chain] or [
+    built = [_rebuild_one(e[0], e[1], e[2], e[3], connection_id) for e in chain] or [
         ChildError("unknown error")
     ]
-    for outer, inner in zip(built, built[1:], strict=False):
+    for outer, inner in itertools.pairwise(built):
         outer.__cause__ = inner
         if isinstance(outer, errors.EdgelinkError):
             outer.cause = inner
@@ -206,14 +207,17 @@ class FrameChannel(asyncio.BufferedProtocol):
     # -- asyncio protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport (asyncio calls this once)."""
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        """Hand asyncio our read buffer (no copy per read)."""
         return self._readbuf
 
     def buffer_updated(self, nbytes: int) -> None:
+        """Decode the frames that arrived and hand each to ``on_frame``."""
         self.bytes_in += nbytes
         try:
             self._unpacker.feed(self._readbuf[:nbytes])
@@ -228,15 +232,19 @@ class FrameChannel(asyncio.BufferedProtocol):
             self._end(errors.ProtocolError(f"bad frame on the isolation channel: {exc}"))
 
     def eof_received(self) -> bool:
+        """The peer closed its end: close ours too."""
         return False  # close our end too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The channel ended: tell ``on_close`` once."""
         self._end(exc)
 
     def pause_writing(self) -> None:
+        """The write buffer is full: `drain` waits."""
         self._paused = True
 
     def resume_writing(self) -> None:
+        """The write buffer drained: wake `drain`."""
         self._paused = False
         fut, self._resumed = self._resumed, None
         if fut is not None and not fut.done():

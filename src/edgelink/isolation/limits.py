@@ -42,8 +42,8 @@ class MemoryEscalation:
 
     Example:
         >>> esc = MemoryEscalation(limit_mb=100)
-        >>> esc.update(85), esc.update(86), esc.update(95), esc.update(101)
-        ([<MemoryStep.WARN: 'warn'>], [], [<MemoryStep.THROTTLE: 'throttle'>], [<MemoryStep.KILL: 'kill'>])
+        >>> [[str(s) for s in esc.update(mb)] for mb in (85, 86, 95, 101)]
+        [['warn'], [], ['throttle'], ['kill']]
     """
 
     limit_mb: float
@@ -144,7 +144,13 @@ class CgroupCpu:
 
     @classmethod
     def create(
-        cls, name: str, pid: int, share: float, *, base: Path | None = None, period_us: int = 100_000
+        cls,
+        name: str,
+        pid: int,
+        share: float,
+        *,
+        base: Path | None = None,
+        period_us: int = 100_000,
     ) -> CgroupCpu | str:
         """Make ``<own cgroup>/<name>``, set ``cpu.max`` to ``share`` and move ``pid`` in.
 
@@ -177,4 +183,3 @@ class CgroupCpu:
         """Remove the group (its process has exited). Never raises."""
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
-

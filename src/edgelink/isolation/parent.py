@@ -48,7 +48,7 @@ import psutil
 import edgelink
 from edgelink._tasks import cancel_and_wait
 from edgelink.connection import Connection, SyncConnection
-from edgelink.errors import ConfigError, ConnectError, DeviceError
+from edgelink.errors import ConfigError, ConnectError
 from edgelink.events import EventType
 from edgelink.isolation.ipc import FrameChannel, Kind, error_from_wire
 from edgelink.isolation.limits import CgroupCpu, DutyCycle, MemoryEscalation, MemoryStep
@@ -148,7 +148,9 @@ class _Child:
     def sample_cpu(self) -> None:
         now, used = time.monotonic(), self.cpu_seconds()
         if self._cpu_sample is not None and now > self._cpu_sample[0]:
-            self.cpu_percent = round(100.0 * (used - self._cpu_sample[1]) / (now - self._cpu_sample[0]), 2)
+            self.cpu_percent = round(
+                100.0 * (used - self._cpu_sample[1]) / (now - self._cpu_sample[0]), 2
+            )
         self._cpu_sample = (now, used)
 
     def stop(self) -> None:
@@ -355,7 +357,9 @@ class ProcessConnection(Connection):
             [_EDGELINK_ROOT, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
         try:
-            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+            # Popen blocks for the fork/exec only (milliseconds); in a thread, a
+            # start cancelled meanwhile could leak the child it makes.
+            proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own interpreter and module
                 [sys.executable, "-m", "edgelink.isolation.child", str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -406,7 +410,9 @@ class ProcessConnection(Connection):
         self._apply_cpu_limit(child)
         child.last_beat = time.monotonic()
         child.tasks.append(
-            loop.create_task(self._run_watch(child), name=f"edgelink[{self.connection_id}].child.watch")
+            loop.create_task(
+                self._run_watch(child), name=f"edgelink[{self.connection_id}].child.watch"
+            )
         )
         self.emit_event(
             EventType.CHILD_STARTED,
@@ -758,4 +764,3 @@ class ProcessConnection(Connection):
             f"<ProcessConnection {self.connection_id} {self.driver_path} pid={self.pid} "
             f"{self.status} restarts={max(0, self.children_started - 1)}>"
         )
-
