@@ -45,7 +45,6 @@ from typing import Any
 
 import psutil
 
-import edgelink
 from edgelink._tasks import cancel_and_wait
 from edgelink.connection import Connection, SyncConnection
 from edgelink.errors import ConfigError, ConnectError
@@ -64,7 +63,7 @@ CLOSE_GRACE = 1.0
 #: Seconds to wait for the exit status once the socket closed (then SIGKILL).
 REAP_TIMEOUT = 2.0
 #: Source of ``edgelink`` itself, put first on the child's PYTHONPATH.
-_EDGELINK_ROOT = str(Path(edgelink.__file__).resolve().parent.parent)
+_EDGELINK_ROOT = str(Path(__file__).resolve().parents[2])
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _STAT_COPY = ("packets_sent", "packets_received", "bytes_sent", "bytes_received", "errors")
 #: Names the base classes define: never forwarded to the child by ``__getattr__``.
