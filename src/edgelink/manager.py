@@ -358,6 +358,8 @@ class ConnectionManager(Service):
                     self.context,
                     driver_class=self.registry.get(spec.type),
                     isolation=spec.isolation,
+                    poll=[(g.tags, g.interval) for g in spec.poll] if _child_polls(spec) else (),
+                    request_timeout=spec.settings.request_timeout,
                 )
             return self.registry.create(spec.connection_id, spec.type, config, self.context)
         except ConfigError as exc:
@@ -419,7 +421,10 @@ class ConnectionManager(Service):
             admission=self._admission,
             executor=self._executor_for_sync() if _is_sync(driver) else None,
             data_sink=self._data_sink,
-            poll=[PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
+            # An isolated driver's child may read the poll groups itself (fewer round trips).
+            poll=[]
+            if _child_polls(spec)
+            else [PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
             watch=[
                 WatchRule(
                     w.tag, w.below, w.above, w.warning_after, w.critical_after, w.health_check
@@ -1152,3 +1157,8 @@ class ConnectionManager(Service):
 
 def _is_sync(driver: AnyConnection) -> bool:
     return isinstance(driver, SyncConnection)
+
+
+def _child_polls(spec: ConnectionSpec) -> bool:
+    """True if an isolated connection's child reads its poll groups (not the supervisor)."""
+    return spec.isolation is not None and spec.isolation.poll == "child"

@@ -51,8 +51,9 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("poll", ["child", "parent"])
 async def test_isolated_modbus_polls_reads_writes_and_reports_resources(
-    make_manager: Make, server: ModbusServer
+    make_manager: Make, server: ModbusServer, poll: str
 ) -> None:
     """Test that an isolated modbus_tcp connection polls, reads, writes and shows its child."""
     m = make_manager(**SLOW_START, health_check_interval=0.5)
@@ -64,7 +65,7 @@ async def test_isolated_modbus_polls_reads_writes_and_reports_resources(
         "modbus_tcp",
         modbus(server.port),
         poll=[{"tags": ["hr:0", "hr:1"], "interval": 0.05}],
-        isolation=PULSE,
+        isolation={**PULSE, "poll": poll},
     )
     async with m:
         await m.wait_for_state("iso", "connected", timeout=10)

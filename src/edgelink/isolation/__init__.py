@@ -15,7 +15,7 @@ See docs/isolation.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgelink.errors import ConfigError
@@ -35,8 +35,13 @@ def build_isolated(
     *,
     driver_class: type[Connection] | type[SyncConnection],
     isolation: IsolationSpec,
+    poll: Sequence[tuple[Sequence[str], float]] = (),
+    request_timeout: float = 5.0,
 ) -> ProcessConnection:
     """Build the `ProcessConnection` of an isolated connection (no I/O).
+
+    ``poll``: the ``(tags, interval)`` groups the child reads itself
+    (``isolation.poll == "child"``); the supervisor then polls nothing.
 
     Raises:
         ConfigError: if the isolation extra is missing (naming the ``pip
@@ -51,5 +56,11 @@ def build_isolated(
             path="isolation",
         ) from exc
     return ProcessConnection(
-        connection_id, config, context, driver_class=driver_class, isolation=isolation
+        connection_id,
+        config,
+        context,
+        driver_class=driver_class,
+        isolation=isolation,
+        poll=poll,
+        request_timeout=request_timeout,
     )

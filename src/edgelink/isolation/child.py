@@ -32,9 +32,10 @@ from typing import Any
 
 from edgelink.clock import Clock, SystemClock
 from edgelink.connection import AnyConnection, Connection, DriverAdapter, SyncConnection
-from edgelink.errors import ConfigError, DeviceError
+from edgelink.errors import Action, ConfigError, DeviceError, classify
 from edgelink.isolation.ipc import FrameChannel, Kind, error_to_wire
 from edgelink.state import ConnectionState
+from edgelink.supervisor.policy import describe
 
 __all__ = ["main"]
 
@@ -44,6 +45,8 @@ logger = logging.getLogger("edgelink.isolation.child")
 ACTIVITY_INTERVAL = 1.0
 #: Seconds the driver's disconnect may take when the parent says close.
 CLOSE_TIMEOUT = 2.0
+#: Datapoints in one DATA frame at most (a frame is sent early when full).
+MAX_BATCH = 4096
 
 
 def load_driver_class(path: str) -> type[Connection] | type[SyncConnection]:
@@ -72,9 +75,14 @@ class ChildOwner:
         self._loop = loop
         self._thread_id = threading.get_ident()
         self._batch: list[list[Any]] = []
+        self._good: list[list[Any]] = []
+        self._good_count = 0
         self._activity_at = float("-inf")
         self._clock = SystemClock()
+        self._timer: asyncio.TimerHandle | None = None
         self.connected_at: float | None = None
+        #: Seconds datapoints are gathered before they leave (0: the same loop turn).
+        self.flush_interval = 0.0
 
     @property
     def state(self) -> ConnectionState:
@@ -115,12 +123,43 @@ class ChildOwner:
         )
 
     def _queue(self, item: list[Any]) -> None:
+        if self._good:
+            self._flush()  # keep the order of a tag's good and bad reports
         batch = self._batch
         batch.append(item)
         if len(batch) == 1:
-            self._loop.call_soon(self._flush)
+            # Every wake-up of the parent costs both processes a context
+            # switch, more than the frame itself: gather for flush_interval.
+            if self.flush_interval > 0:
+                self._timer = self._loop.call_later(self.flush_interval, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
+        elif len(batch) >= MAX_BATCH:
+            self._flush()
+
+    def queue_reads(self, flat: list[Any], ts: float) -> None:
+        """Queue the good values of one read, flat (``tag, value, ...``). Loop thread only."""
+        if self._batch:
+            self._flush()
+        good = self._good
+        good.append([ts, flat])
+        self._good_count += len(flat)
+        if len(good) == 1:
+            if self.flush_interval > 0:
+                self._timer = self._loop.call_later(self.flush_interval, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
+        elif self._good_count >= 2 * MAX_BATCH:
+            self._flush()
 
     def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._good:
+            good, self._good = self._good, []
+            self._good_count = 0
+            self._channel.send([Kind.GOOD, good])
         batch, self._batch = self._batch, []
         if batch:
             self._channel.send([Kind.DATA, batch])
@@ -176,6 +215,7 @@ class ChildRuntime:
         self._owner: ChildOwner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._beat_task: asyncio.Task[None] | None = None
+        self._poll_tasks: list[asyncio.Task[None]] = []
 
     # -- frames --------------------------------------------------------------
 
@@ -213,6 +253,7 @@ class ChildRuntime:
             self.channel.send_now([Kind.RESULT, 0, False, error_to_wire(exc)])
             return
         self._owner = ChildOwner(self.channel, self._loop)
+        self._owner.flush_interval = float(options.get("flush_interval") or 0.0)
         driver.attach(self._owner)
         self._driver = driver
         self._adapter = DriverAdapter(driver)
@@ -274,7 +315,17 @@ class ChildRuntime:
             return None
         if method == "disconnect":
             owner.connected_at = None
+            await self._stop_polls()
             await adapter.disconnect()
+            return None
+        if method == "poll_start":
+            await self._stop_polls()
+            for tags, interval in args[0]:
+                self._poll_tasks.append(
+                    self._loop.create_task(
+                        self._run_poll(adapter, owner, list(tags), float(interval), float(args[1]))
+                    )
+                )
             return None
         if method == "identity":
             return await adapter.identity()
@@ -284,6 +335,62 @@ class ChildRuntime:
         if method == "invoke":
             return await self._invoke(driver, args[0], args[1])
         raise NotImplementedError(f"unknown call {method!r}")
+
+    async def _stop_polls(self) -> None:
+        tasks, self._poll_tasks = self._poll_tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_poll(
+        self,
+        adapter: DriverAdapter,
+        owner: ChildOwner,
+        tags: list[str],
+        interval: float,
+        timeout: float,
+    ) -> None:
+        """Read one poll group every ``interval`` s and report what came back.
+
+        The outcome of a read follows the supervisor's polling (the class of
+        the error is the policy): a refused tag is reported bad with the
+        reason, a crash in driver code makes the group's tags bad, a timeout
+        is a TX drop and a broken link is lost; the parent's supervisor then
+        reconnects, and the parent starts the polls again on the next link.
+        """
+        loop = self._loop
+        next_at = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    results = await adapter.read_many(tags)
+            except TimeoutError:
+                owner.on_tx_drop()
+                return
+            except Exception as exc:  # noqa: BLE001 - classified like the supervisor's poll
+                verdict = classify(exc)
+                if verdict.action in (Action.REFUSED, Action.POISON):
+                    ts = time.time()
+                    for tag in tags:
+                        owner.on_data(tag, None, "bad", ts, describe(exc))
+                else:
+                    owner.on_lost(exc)
+                    return
+            else:
+                ts = time.time()
+                flat: list[Any] = []
+                for tag, value in results.items():
+                    if isinstance(value, BaseException):
+                        owner.on_data(tag, None, "bad", ts, describe(value))
+                    else:
+                        flat += (tag, value)
+                if flat:
+                    owner.queue_reads(flat, ts)
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at, delay = loop.time(), 0.0  # overran: no burst to catch up
+            await asyncio.sleep(delay)
 
     async def _invoke(self, driver: AnyConnection, name: str, args: list[Any]) -> Any:
         if name.startswith("_"):

@@ -15,7 +15,8 @@ buffer applies asyncio's back-pressure (`FrameChannel.drain`).
 Parent -> child: ``[INIT, connection_id, type, config, options]`` once, then
 ``[CALL, call_id, method, args]`` and ``[CLOSE]``. Child -> parent:
 ``[RESULT, call_id, ok, value]``, ``[DATA, [[tag, value, quality, ts, reason],
-...]]``, ``[SIGNAL, name, arg]`` (lost, tx_drop, degraded, activity) and
+...]]``, ``[GOOD, [[ts, [tag, value, tag, value, ...]], ...]]`` (the good
+values of poll reads, the hot path), ``[SIGNAL, name, arg]`` (lost, tx_drop, degraded, activity) and
 ``[BEAT, stats, sent_at]``, the health pulse.
 """
 
@@ -65,6 +66,7 @@ class Kind(enum.IntEnum):
     DATA = 4
     SIGNAL = 5
     BEAT = 6
+    GOOD = 7
 
 
 class ChildError(Exception):

@@ -191,8 +191,13 @@ class ProcessConnection(Connection):
         *,
         driver_class: type[Connection] | type[SyncConnection],
         isolation: IsolationSpec | None = None,
+        poll: Sequence[tuple[Sequence[str], float]] = (),
+        request_timeout: float = 5.0,
     ) -> None:
         super().__init__(connection_id, config, context)
+        #: The poll groups the child reads on its own timers (``poll: "child"``).
+        self.child_polls = [(list(tags), float(interval)) for tags, interval in poll]
+        self._request_timeout = request_timeout
         #: The driver class the child runs, built here once to validate the config.
         self.inner: Connection | SyncConnection = driver_class(connection_id, self.config, context)
         self.cfg = self.inner.cfg
@@ -239,6 +244,8 @@ class ProcessConnection(Connection):
         child = await self._ensure_child()
         await self._call(child, "connect", [self.config])
         self._link_up = True
+        if self.child_polls:
+            await self._call(child, "poll_start", [self.child_polls, self._request_timeout])
 
     async def disconnect(self) -> None:
         """Disconnect the child's driver; the child stays for the next link."""
@@ -393,7 +400,11 @@ class ProcessConnection(Connection):
                 self.connection_id,
                 self.driver_path,
                 self.config,
-                {"heartbeat_interval": spec.heartbeat_interval, "sys_path": sys_path},
+                {
+                    "heartbeat_interval": spec.heartbeat_interval,
+                    "flush_interval": spec.flush_interval,
+                    "sys_path": sys_path,
+                },
             ]
         )
         try:
@@ -590,6 +601,15 @@ class ProcessConnection(Connection):
                     on_data(tag, value, quality, ts)
                 else:
                     on_data(tag, value, quality, ts, reason)
+        elif kind == Kind.GOOD:
+            owner = self.owner
+            batch_hook = getattr(owner, "on_good_values", None)
+            for ts, flat in frame[1]:
+                if batch_hook is not None:
+                    batch_hook(flat, ts)
+                elif owner is not None:
+                    for i in range(0, len(flat), 2):
+                        owner.on_data(flat[i], flat[i + 1], "good", ts)
         elif kind == Kind.RESULT:
             fut = child.calls.get(frame[1])
             if fut is not None and not fut.done():

@@ -82,6 +82,17 @@ class IsolationSpec(BaseModel):
         default="standard",
         description="a priority class (critical, high, standard, heavy, ...) or a nice value",
     )
+    poll: Literal["child", "parent"] = Field(
+        default="child",
+        description="child: the child reads the poll groups on its own timers and sends "
+        "the values; parent: the supervisor asks for every round (one more round trip)",
+    )
+    flush_interval: float = Field(
+        default=0.02,
+        ge=0,
+        le=1.0,
+        description="seconds the child gathers datapoints before it sends them (0: at once)",
+    )
     start_timeout: float = Field(
         default=20.0, gt=0, description="seconds the child may take to start and answer"
     )
