@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "edgelink.isolation.ipc": 2,
     # the child process's program builds drivers from the registry
     "edgelink.isolation.child": 5,
+    "edgelink.isolation.safe": 5,
     # 4. knows connections only through a writer function it is given
     "edgelink.router": 4,
     # 5. the library's top: the manager and what hands it its parts

@@ -44,6 +44,7 @@ from edgelink.clock import Clock
 from edgelink.config import read_document
 from edgelink.errors import ConfigError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
+from edgelink.isolation.safe import SentryReporter
 from edgelink.manager import ConnectionManager
 from edgelink.redact import collect_secrets, remember_secrets
 from edgelink.registry import DriverRegistry
@@ -167,6 +168,8 @@ class Gateway:
         self._unsubscribe: list[Any] = []
         self._lock: FolderLock | None = None
         self._resources = ProcessResources()
+        #: Where guarded instance code reports its errors (``sentry`` in edgelink.json), or None.
+        self.error_reporter: SentryReporter | None = None
         self._ui_secret: str | None = None
 
     @property
@@ -204,7 +207,15 @@ class Gateway:
         in-process connection is None there, never estimated.
         """
         now = time.time()
-        instances = [instance_resources(status, now) for status in self.connections()]
+        instances = []
+        for status in self.connections():
+            figures = instance_resources(status, now)
+            # An isolated connection measures its own child process (edgelink.isolation).
+            conn = self._manager.get_connection(status["connection_id"]) if self._manager else None
+            own = getattr(conn, "resources", None)
+            if callable(own):
+                figures.update(own())
+            instances.append(figures)
         process = self._resources.sample()
         process["network_packets_sent"] = sum(i["network_packets_sent"] or 0 for i in instances)
         process["network_packets_recv"] = sum(i["network_packets_recv"] or 0 for i in instances)
@@ -447,6 +458,16 @@ class Gateway:
             folder, clock=self._clock, registry=self._registry, gc_policy=self._gc_policy
         )
         self.settings = loaded.settings
+        sentry = self.settings.sentry
+        if sentry.dsn is not None and self.error_reporter is None:
+            try:
+                self.error_reporter = SentryReporter(
+                    sentry.dsn.get_secret_value(),
+                    environment=sentry.environment,
+                    sample_rate=sentry.sample_rate,
+                )
+            except ImportError as exc:
+                raise ConfigError(str(exc), path="sentry.dsn") from None
         token_file = folder.resolve(self.settings.api.token_file)
         configured = self.settings.api.token
         try:
