@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -50,6 +50,7 @@ from edgelink._validation import format_path as _format_path
 from edgelink._validation import reason, unknown_key_reason
 from edgelink.drivers.configs import BUILTIN_CONFIG_MODELS
 from edgelink.errors import ConfigError
+from edgelink.isolation.spec import IsolationSpec, parse_isolation
 from edgelink.redact import redact
 from edgelink.settings import ConnectionSettings, ManagerSettings
 
@@ -264,6 +265,17 @@ class ConnectionConfig(BaseModel):
         description="the preferred endpoint first, then alternates, each with the config "
         "fields that differ from config (docs/failover.md)",
     )
+    isolation: Literal["none", "process"] | IsolationSpec | None = Field(
+        default=None,
+        description='"process" runs the driver in a child process, or an object with '
+        "the limits (docs/isolation.md); none or null runs it in the gateway's process",
+    )
+
+    @model_validator(mode="after")
+    def _check_isolation(self) -> Self:
+        if parse_isolation(self.isolation) is not None and self.endpoints:
+            raise ValueError("isolation cannot be combined with endpoints (failover) yet")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -317,6 +329,8 @@ class ConnectionSpec:
     watch: tuple[WatchSpec, ...] = ()
     #: The endpoints' config fields that differ from ``config`` (empty: one endpoint).
     endpoints: tuple[dict[str, Any], ...] = ()
+    #: How the driver is isolated (None: in the gateway's process).
+    isolation: IsolationSpec | None = None
     # Computed once: a reload of tens of thousands of connections compares
     # every spec, so equality must not re-walk the config each time.
     _identity: tuple[Any, ...] = field(init=False, repr=False)
@@ -335,6 +349,7 @@ class ConnectionSpec:
             self.poll,
             self.watch,
             tuple(_canonical_config(e) for e in self.endpoints),
+            self.isolation,
         )
         object.__setattr__(self, "_identity", identity)
 
@@ -352,7 +367,8 @@ class ConnectionSpec:
             f"ConnectionSpec(connection_id={self.connection_id!r}, type={self.type!r}, "
             f"name={self.name!r}, enabled={self.enabled!r}, config={redact(self.config)!r}, "
             f"settings={settings!r}, poll={list(self.poll)!r}, watch={list(self.watch)!r}"
-            + (f", endpoints={[redact(e) for e in self.endpoints]!r})" if self.endpoints else ")")
+            + (f", endpoints={[redact(e) for e in self.endpoints]!r}" if self.endpoints else "")
+            + (f", isolation={self.isolation!r})" if self.isolation is not None else ")")
         )
 
 
@@ -452,6 +468,7 @@ def _resolve(cid: str, conn: ConnectionConfig, defaults: ConnectionSettings) -> 
         poll=tuple(conn.poll),
         watch=tuple(conn.watch),
         endpoints=tuple(dict(e) for e in conn.endpoints),
+        isolation=parse_isolation(conn.isolation),
     )
 
 

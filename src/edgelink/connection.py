@@ -362,6 +362,19 @@ class _ConnectionBase:
             return False
         return bool(hook(callback, *args))
 
+    def emit_event(self, event_type: str, **data: Any) -> None:
+        """Emit an event about this connection through its owner's bus. Thread-safe.
+
+        For what only the driver sees (an isolated driver's child process
+        started or exited); without an owner (a driver used on its own) the
+        event is logged at DEBUG and dropped.
+        """
+        hook = getattr(self._owner, "emit_event", None)
+        if hook is None:
+            logger.debug("%s: %s %s (no owner)", self.connection_id, event_type, data)
+            return
+        hook(event_type, **data)
+
     @property
     def degraded_reason(self) -> str | None:
         """Why the driver said its link is degraded (`report_degraded`), or None."""
@@ -568,6 +581,15 @@ class Connection(_ConnectionBase, abc.ABC):
 
     async def on_reset(self) -> None:
         """Re-provision the device after a reset was detected. Raise to fail the attempt."""
+
+    async def on_stopped(self) -> None:
+        """Free what the driver keeps between links; the connection was stopped.
+
+        Called by the supervisor after an admin stop, a shutdown or a removal,
+        once the link is closed (never between two links of a running
+        connection). The default does nothing; an isolated connection ends its
+        child process here. Must not raise.
+        """
 
 
 #: The seed's name for the driver base class.

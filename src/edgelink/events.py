@@ -90,6 +90,18 @@ class EventType(enum.StrEnum):
     ROUTE_QUARANTINED = "route_quarantined"
     SOURCE_QUARANTINED = "source_quarantined"
     QUARANTINE_LIFTED = "quarantine_lifted"
+    # Isolation (docs/isolation.md): the child process of an isolated instance.
+    CHILD_STARTED = "child_started"
+    CHILD_EXITED = "child_exited"
+    HEARTBEAT_MISSED = "heartbeat_missed"
+    MEMORY_WARNING = "memory_warning"
+    MEMORY_THROTTLED = "memory_throttled"
+    MEMORY_RELEASED = "memory_released"
+    MEMORY_KILLED = "memory_killed"
+    CPU_LIMITED = "cpu_limited"
+    PRIORITY_REFUSED = "priority_refused"
+    # safe_run: an instance's code failed too often and was stopped.
+    INSTANCE_CRASHED = "instance_crashed"
 
 
 #: Every event type edgelink emits, as strings.
@@ -137,6 +149,16 @@ _LEVELS: dict[str, int] = {
     EventType.ROUTE_QUARANTINED: logging.DEBUG,
     EventType.SOURCE_QUARANTINED: logging.DEBUG,
     EventType.QUARANTINE_LIFTED: logging.DEBUG,
+    EventType.CHILD_STARTED: logging.INFO,
+    EventType.CHILD_EXITED: logging.WARNING,
+    EventType.HEARTBEAT_MISSED: logging.ERROR,
+    EventType.MEMORY_WARNING: logging.WARNING,
+    EventType.MEMORY_THROTTLED: logging.WARNING,
+    EventType.MEMORY_RELEASED: logging.INFO,
+    EventType.MEMORY_KILLED: logging.ERROR,
+    EventType.CPU_LIMITED: logging.INFO,
+    EventType.PRIORITY_REFUSED: logging.WARNING,
+    EventType.INSTANCE_CRASHED: logging.ERROR,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

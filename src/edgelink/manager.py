@@ -53,6 +53,7 @@ from edgelink.events import (
     make_event,
 )
 from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
+from edgelink.isolation import build_isolated
 from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
@@ -365,6 +366,16 @@ class ConnectionManager(Service):
             return f"{where}.{path}"
 
         try:
+            if spec.isolation is not None:
+                return build_isolated(
+                    spec.connection_id,
+                    config,
+                    self.context,
+                    driver_class=self.registry.get(spec.type),
+                    isolation=spec.isolation,
+                    poll=[(g.tags, g.interval) for g in spec.poll] if _child_polls(spec) else (),
+                    request_timeout=spec.settings.request_timeout,
+                )
             return self.registry.create(spec.connection_id, spec.type, config, self.context)
         except ConfigError as exc:
             # A driver's config model reports every bad key: keep them all.
@@ -425,7 +436,10 @@ class ConnectionManager(Service):
             admission=self._admission,
             executor=self._executor_for_sync() if _is_sync(driver) else None,
             data_sink=self._data_sink,
-            poll=[PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
+            # An isolated driver's child may read the poll groups itself (fewer round trips).
+            poll=[]
+            if _child_polls(spec)
+            else [PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
             watch=[
                 WatchRule(
                     w.tag, w.below, w.above, w.warning_after, w.critical_after, w.health_check
@@ -511,11 +525,15 @@ class ConnectionManager(Service):
         poll: Sequence[Mapping[str, Any]] | None = None,
         watch: Sequence[Mapping[str, Any]] | None = None,
         endpoints: Sequence[Mapping[str, Any]] | None = None,
+        isolation: str | Mapping[str, Any] | None = None,
     ) -> AnyConnection:
         """Add a connection; it starts at once if the manager runs and it is enabled.
 
         ``endpoints``: the preferred endpoint first, then alternates, each with
-        the config fields that differ (docs/failover.md).
+        the config fields that differ (docs/failover.md). ``isolation``:
+        ``"process"`` or an object with limits runs the driver in a child
+        process (docs/isolation.md); the driver object is then a
+        `edgelink.isolation.ProcessConnection`.
 
         Returns:
             The driver object.
@@ -534,6 +552,11 @@ class ConnectionManager(Service):
                 "poll": list(poll or []),
                 "watch": list(watch or []),
                 "endpoints": [dict(e) for e in endpoints or []],
+                **(
+                    {"isolation": isolation if isinstance(isolation, str) else dict(isolation)}
+                    if isolation is not None
+                    else {}
+                ),
             },
             self.settings.connection_defaults(),
         )
@@ -1172,3 +1195,8 @@ def _live_change(old: ConnectionSpec, new: ConnectionSpec) -> bool:
 
 def _is_sync(driver: AnyConnection) -> bool:
     return isinstance(driver, SyncConnection)
+
+
+def _child_polls(spec: ConnectionSpec) -> bool:
+    """True if an isolated connection's child reads its poll groups (not the supervisor)."""
+    return spec.isolation is not None and spec.isolation.poll == "child"

@@ -205,6 +205,7 @@ class SyncConnectionManager:
         poll: Sequence[Mapping[str, Any]] | None = None,
         watch: Sequence[Mapping[str, Any]] | None = None,
         endpoints: Sequence[Mapping[str, Any]] | None = None,
+        isolation: str | Mapping[str, Any] | None = None,
     ) -> AnyConnection:
         """Add a connection (it starts if the manager runs and it is enabled)."""
         return self._call(
@@ -218,6 +219,7 @@ class SyncConnectionManager:
             poll=poll,
             watch=watch,
             endpoints=endpoints,
+            isolation=isolation,
         )
 
     def remove_connection(self, connection_id: str) -> None:

@@ -46,8 +46,15 @@ LAYERS: dict[str, int] = {
     "edgelink.connection": 2,
     "edgelink.drivers": 2,
     "edgelink.subscriptions": 2,
-    # 3. one connection's life
+    # 3. one connection's life; isolation runs a driver in a child process
     "edgelink.supervisor": 3,
+    "edgelink.isolation": 3,
+    "edgelink.isolation.spec": 1,
+    "edgelink.isolation.limits": 1,
+    "edgelink.isolation.ipc": 2,
+    # the child process's program builds drivers from the registry
+    "edgelink.isolation.child": 5,
+    "edgelink.isolation.safe": 5,
     # 4. knows connections only through a writer function it is given
     "edgelink.router": 4,
     # 5. the library's top: the manager and what hands it its parts

@@ -22,6 +22,8 @@ _OLD_EVENT_TYPES = {
     "quarantine_released", "panic", "recovered", "config_reloaded", "config_error",
     "webhook_failed", "bridge_buffering", "bridge_dropped", "loop_lag", "route_quarantined",
     "source_quarantined", "quarantine_lifted", "fleet_wake", "failover", "failback",
+    "child_started", "child_exited", "heartbeat_missed", "memory_warning", "memory_throttled",
+    "memory_released", "memory_killed", "cpu_limited", "priority_refused", "instance_crashed",
 }  # fmt: skip
 
 

@@ -215,6 +215,18 @@ class UiSettings(BaseModel):
         return users
 
 
+class SentrySettings(BaseModel):
+    """``sentry``: send the errors of guarded instance code to a Sentry server (off by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: SecretStr | None = Field(
+        default=None, description="the project's DSN; null = off (needs edgelink[sentry])"
+    )
+    environment: str | None = Field(default=None, description="the environment tag")
+    sample_rate: float = Field(default=1.0, ge=0, le=1, description="share of errors sent")
+
+
 class ServiceSettings(BaseModel):
     """``edgelink.json``: the service around the connections."""
 
@@ -225,6 +237,7 @@ class ServiceSettings(BaseModel):
     storage: StorageSettings = StorageSettings()
     router: RouterSettings = RouterSettings()
     ui: UiSettings = UiSettings()
+    sentry: SentrySettings = SentrySettings()
     webhooks: dict[str, WebhookSettings] = Field(
         default_factory=dict, description="webhook targets by name (webhook.<name> in routes)"
     )

@@ -49,6 +49,7 @@ from edgelink.drivers.ble.scanner import close_scanner
 from edgelink.drivers.mqtt import MqttConnection
 from edgelink.errors import ConfigError, DeviceError, EdgelinkError, RouteError
 from edgelink.events import Event, EventCallback, EventType, make_event
+from edgelink.isolation.safe import SentryReporter
 from edgelink.manager import ConnectionManager
 from edgelink.plugins import PluginManager
 from edgelink.redact import collect_secrets, remember_secrets
@@ -187,6 +188,8 @@ class Gateway:
         self._cpu_rates = CpuRates()
         self._cpu_accounting = cpu_accounting
         self._accounting_on = False
+        #: Where guarded instance code reports its errors (``sentry`` in edgelink.json), or None.
+        self.error_reporter: SentryReporter | None = None
         self._ui_secret: str | None = None
         #: The last spam trip per connection (the ``spam_suspended`` event's figures).
         self._spam_trips: dict[str, dict[str, Any]] = {}
@@ -246,6 +249,12 @@ class Gateway:
             )
             for status in statuses
         ]
+        for figures in instances:
+            # An isolated connection measures its own child process (edgelink.isolation).
+            conn = manager.get_connection(str(figures.get("connection_id")))
+            own = getattr(conn, "resources", None)
+            if callable(own):
+                figures.update(own())
         process = self._resources.sample()
         process["network_packets_sent"] = sum(i["network_packets_sent"] or 0 for i in instances)
         process["network_packets_recv"] = sum(i["network_packets_recv"] or 0 for i in instances)
@@ -710,6 +719,16 @@ class Gateway:
             folder, clock=self._clock, registry=self._registry, gc_policy=self._gc_policy
         )
         self.settings = loaded.settings
+        sentry = self.settings.sentry
+        if sentry.dsn is not None and self.error_reporter is None:
+            try:
+                self.error_reporter = SentryReporter(
+                    sentry.dsn.get_secret_value(),
+                    environment=sentry.environment,
+                    sample_rate=sentry.sample_rate,
+                )
+            except ImportError as exc:
+                raise ConfigError(str(exc), path="sentry.dsn") from None
         token_file = folder.resolve(self.settings.api.token_file)
         configured = self.settings.api.token
         try:

@@ -9,9 +9,10 @@ listens; `_call` gives a driver call its deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
@@ -321,6 +322,10 @@ class SupervisorBase:
         self._on_loop(callback, *args)
         return True
 
+    def emit_event(self, event_type: str, **data: Any) -> None:
+        """Emit an event the driver raised (`Connection.emit_event`). Thread-safe."""
+        self._on_loop(functools.partial(self._emit, event_type, **data))
+
     def on_data(
         self, tag: str, value: Any, quality: str, ts: float | None, reason: str | None = None
     ) -> None:
@@ -364,13 +369,22 @@ class SupervisorBase:
                 logger.exception("%s: data sink failed for %s", self.connection_id, tag)
         return True
 
-    def _handle_good(self, values: list[tuple[str, Any]]) -> None:
+    def on_good_values(self, flat: Sequence[Any], ts: float | None = None) -> None:
+        """Good values of one read, flat (``tag, value, tag, value, ...``), read at ``ts``.
+
+        The batch form of `on_data` for an isolated driver's child, which reads
+        its poll groups itself (`edgelink.isolation`). Thread-safe.
+        """
+        self._on_loop(self._handle_good, zip(flat[::2], flat[1::2], strict=True), ts)
+
+    def _handle_good(self, values: Iterable[tuple[str, Any]], ts: float | None = None) -> None:
         """Pass on the good values of one read (a poll batch), stamped alike.
 
         What `_handle_data` does for each ``(tag, value)`` with quality good,
-        with the clock read once for the batch: the values came in one answer.
+        with the clock read once for the batch: the values came in one answer
+        (at ``ts``, if the reader says when).
         """
-        now = self._clock.time()
+        now = self._clock.time() if ts is None else ts
         self._last_data_at = now
         self._last_data_mono = self._clock.monotonic()
         bad_tags = self._bad_tags

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgelink._tasks import cancel_and_wait
+from edgelink.connection import Connection
 from edgelink.cpuaccount import account_context
 from edgelink.errors import (
     ConnectError,
@@ -87,7 +88,9 @@ class SupervisorLifecycle(SupervisorChildren):
         await self._cancel_main()
         if self._endpoints is not None:
             await self._endpoints.close()
-        await self._close_link(timeout=self.settings.connect_timeout if graceful else 0.1)
+        timeout = self.settings.connect_timeout if graceful else 0.1
+        await self._close_link(timeout=timeout)
+        await self._release_driver(timeout=timeout)
         self._next_retry_at = None
         if self._sm.state is not S.DISCONNECTED:
             was_connected = self._sm.state is S.CONNECTED
@@ -427,6 +430,16 @@ class SupervisorLifecycle(SupervisorChildren):
                         connection_id=self.connection_id,
                         cause=exc,
                     ) from exc
+
+    async def _release_driver(self, *, timeout: float) -> None:
+        """Let an async driver free what it keeps between links (`Connection.on_stopped`)."""
+        conn = self.connection
+        if not isinstance(conn, Connection):
+            return
+        # Shielded like the close: a stop that cancels us must still end a child process.
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(conn.on_stopped())
 
     async def _close_link(self, *, timeout: float) -> None:
         if not self._link_open:
