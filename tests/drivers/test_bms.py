@@ -267,8 +267,10 @@ async def test_sim_command_line(tmp_path: Path) -> None:
         conn = BmsConnection(ID, {"parser": "daly", "port": str(link)})
         await conn.connect()
         try:
-            await wait_until(lambda: len(conn.parser.state.cells) == 20)
-            assert conn.parser.state.temperatures[1] in (-16, -15, -14)
+            # Cells and temperatures come in different frames of one poll: wait for both.
+            state = conn.parser.state
+            await wait_until(lambda: len(state.cells) == 20 and 1 in state.temperatures)
+            assert state.temperatures[1] in (-16, -15, -14)
         finally:
             await conn.disconnect()
     finally:
