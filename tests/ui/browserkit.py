@@ -8,9 +8,11 @@ they are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +97,43 @@ async def save_screenshot(page: Any, folder: Path, name: str) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Any]:
+    """Launch Debian's headless chromium through playwright (skips/fails as `require_browser`)."""
+    require_browser()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=shutil.which("chromium"))
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def url_of(gw: Any, path: str = "/") -> str:
+    """Return the URL of ``path`` on a started gateway's API server."""
+    assert gw.api_address is not None
+    host, port = gw.api_address
+    return f"http://{host}:{port}{path}"
+
+
+async def log_in_with_token(page: Any, gw: Any, wait_ms: int = 10_000) -> None:
+    """Log ``page`` in with the test token and wait for the instances page."""
+    await page.goto(url_of(gw, "/login"))
+    await page.get_by_label("Token").fill(TOKEN)
+    await page.get_by_role("button", name="Log in").click()
+    await page.wait_for_url(url_of(gw, "/"), timeout=wait_ms)
+
+
 __all__ = [
     "DOCS_SCREENSHOTS",
     "FAST",
     "TOKEN",
+    "launched_chromium",
+    "log_in_with_token",
     "require_browser",
     "save_screenshot",
+    "url_of",
     "write_folder",
 ]

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from browserkit import TOKEN, require_browser, save_screenshot, write_folder
+from browserkit import (
+    launched_chromium,
+    log_in_with_token,
+    require_browser,
+    save_screenshot,
+    url_of,
+    write_folder,
+)
 
 from edgelink.api.server import ApiServer
 from edgelink.service.gateway import Gateway
@@ -52,19 +58,8 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Any]:
-    require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=shutil.which("chromium"))
+    async with launched_chromium() as launched:
         yield launched
-        await launched.close()
-
-
-def url_of(gw: Gateway, path: str) -> str:
-    assert gw.api_address is not None
-    host, port = gw.api_address
-    return f"http://{host}:{port}{path}"
 
 
 async def test_browser_lists_identifies_and_connects(
@@ -75,10 +70,7 @@ async def test_browser_lists_identifies_and_connects(
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     try:
-        await page.goto(url_of(gw, "/login"))
-        await page.get_by_label("Token").fill(TOKEN)
-        await page.get_by_role("button", name="Log in").click()
-        await page.wait_for_url(url_of(gw, "/"), timeout=WAIT_MS)
+        await log_in_with_token(page, gw)
         await page.goto(url_of(gw, "/ble"))
         daly = page.get_by_test_id(f"ble-{DALY}")
         await daly.get_by_test_id("identified").filter(has_text="daly").wait_for(timeout=WAIT_MS)

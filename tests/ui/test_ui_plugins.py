@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +10,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from browserkit import TOKEN, require_browser, save_screenshot, write_folder
+from browserkit import (
+    launched_chromium,
+    log_in_with_token,
+    require_browser,
+    save_screenshot,
+    url_of,
+    write_folder,
+)
 
 from edgelink.api.server import ApiServer
 from edgelink.service.gateway import Gateway
@@ -82,19 +88,8 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Any]:
-    require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=shutil.which("chromium"))
+    async with launched_chromium() as launched:
         yield launched
-        await launched.close()
-
-
-def url_of(gw: Gateway, path: str) -> str:
-    assert gw.api_address is not None
-    host, port = gw.api_address
-    return f"http://{host}:{port}{path}"
 
 
 async def test_install_enable_configure_and_readme(
@@ -104,10 +99,7 @@ async def test_install_enable_configure_and_readme(
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     try:
-        await page.goto(url_of(gateway, "/login"))
-        await page.get_by_label("Token").fill(TOKEN)
-        await page.get_by_role("button", name="Log in").click()
-        await page.wait_for_url(url_of(gateway, "/"), timeout=WAIT_MS)
+        await log_in_with_token(page, gateway)
         await page.goto(url_of(gateway, "/plugins"))
         card = page.get_by_test_id("plugin-relay_plugin")
         await card.get_by_test_id("badge").filter(has_text="available").wait_for(timeout=WAIT_MS)

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from browserkit import FAST, TOKEN, require_browser, save_screenshot
+from browserkit import (
+    FAST,
+    TOKEN,
+    launched_chromium,
+    log_in_with_token,
+    require_browser,
+    save_screenshot,
+    url_of,
+)
 
 from edgelink.api.server import ApiServer
 from edgelink.service.gateway import Gateway
@@ -71,19 +78,8 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Any]:
-    require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=shutil.which("chromium"))
+    async with launched_chromium() as launched:
         yield launched
-        await launched.close()
-
-
-def url_of(gw: Gateway, path: str) -> str:
-    assert gw.api_address is not None
-    host, port = gw.api_address
-    return f"http://{host}:{port}{path}"
 
 
 async def test_tree_filters_and_types() -> None:
@@ -110,10 +106,7 @@ async def test_symbols_are_browsed_and_one_is_polled(
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     try:
-        await page.goto(url_of(gw, "/login"))
-        await page.get_by_label("Token").fill(TOKEN)
-        await page.get_by_role("button", name="Log in").click()
-        await page.wait_for_url(url_of(gw, "/"), timeout=WAIT_MS)
+        await log_in_with_token(page, gw)
         await page.goto(url_of(gw, "/symbols"))
         summary = page.get_by_test_id("symbols-summary")
         await summary.filter(has_text="5 of 5 symbols of plc").wait_for(timeout=WAIT_MS)
