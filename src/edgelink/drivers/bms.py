@@ -49,7 +49,7 @@ from edgelink.connection import Connection
 from edgelink.drivers._serial_port import PortLink, close_link, open_link, serial_options
 from edgelink.drivers.ble._backend import require_bleak
 from edgelink.drivers.ble.link import BleLink
-from edgelink.drivers.ble.scanner import BleDeviceInfo, BleScanner, get_scanner
+from edgelink.drivers.ble.scanner import BleDeviceInfo, BleScanner, get_scanner, weak_signal
 from edgelink.drivers.configs import BmsConfig
 from edgelink.errors import ConnectError, DeviceError, ProtocolError
 
@@ -205,11 +205,10 @@ class BmsConnection(Connection):
         if info.rssi is None:
             return
         self.report_data("rssi", info.rssi)
-        weak = info.rssi < self.cfg.rssi_warning
-        reason = f"weak signal: RSSI {info.rssi} dBm is below {self.cfg.rssi_warning} dBm"
-        if weak != self._weak:
-            self._weak = weak
-            self.report_degraded(reason if weak else None)
+        reason = weak_signal(info.rssi, self.cfg.rssi_warning)
+        if (reason is not None) != self._weak:
+            self._weak = reason is not None
+            self.report_degraded(reason)
 
     def _on_ble_lost(self, link: BleLink) -> None:
         if link is not self._ble or self._closed_error is not None:

@@ -142,11 +142,6 @@ class Plugin:
     indexed: dict[str, Any] | None = None
     host: PluginHost | None = None
 
-    @property
-    def installed(self) -> bool:
-        """True if its folder is here (valid or not)."""
-        return self.manifest is not None or self.indexed is None
-
     def badge(self) -> Badge:
         """Its badge on the plugins page."""
         if self.manifest is None:

@@ -155,7 +155,7 @@ async def run_demo(
         await asyncio.to_thread(http.start)
     with tempfile.TemporaryDirectory(prefix="edgelink-demo-") as tmp:
         folder = Path(tmp)
-        bms = await _start_bms(folder) if getattr(args, "bms", False) else []
+        bms = await _start_bms(folder) if args.bms else []
         config = demo_config(
             sim.ports,
             modbus.ports if modbus else None,

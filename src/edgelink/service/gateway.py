@@ -1120,13 +1120,7 @@ class Gateway:
                 raise ConfigError("'connections' must be an object", file=str(folder.connections))
             edit(conns)
             self.manager.check_config(copy.deepcopy(document))
-            if folder.connections.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-            else:
-                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-            write_atomically(folder.connections, text)
+            write_atomically(folder.connections, _dump_document(folder.connections, document))
             return await self._reload_connections(folder)
 
     async def plugin_action(self, name: str, action: str, *, who: str = SYSTEM) -> dict[str, Any]:

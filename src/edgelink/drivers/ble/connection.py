@@ -36,7 +36,7 @@ from edgelink._tasks import cancel_and_wait
 from edgelink.connection import Connection
 from edgelink.drivers._subscriptions import Subscription, SubscriptionLedger
 from edgelink.drivers.ble.link import BleLink
-from edgelink.drivers.ble.scanner import BleScanner, get_scanner
+from edgelink.drivers.ble.scanner import BleScanner, get_scanner, weak_signal
 from edgelink.drivers.configs import BleCharacteristic, BleConfig
 from edgelink.errors import ConfigError, ConnectError, DeviceError
 
@@ -365,12 +365,7 @@ class BleConnection(Connection):
             return
         self.rssi = info.rssi
         self.report_data("rssi", info.rssi)
-        weak = info.rssi < self.cfg.rssi_warning
-        reason = (
-            f"weak signal: RSSI {info.rssi} dBm is below {self.cfg.rssi_warning} dBm"
-            if weak
-            else None
-        )
+        reason = weak_signal(info.rssi, self.cfg.rssi_warning)
         if reason != self._reasons["rssi"]:
             self._reasons["rssi"] = reason
             self._update_degraded()

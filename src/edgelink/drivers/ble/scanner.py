@@ -45,6 +45,7 @@ __all__ = [
     "close_scanner",
     "get_scanner",
     "normalize_address",
+    "weak_signal",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ RSSI_HISTORY: Final = 60
 
 #: ``listener(info, advertisement)``: called on the loop for each advertisement of a device.
 AdvertListener = Callable[["BleDeviceInfo", Any], None]
+
+
+def weak_signal(rssi: int, threshold: int) -> str | None:
+    """Return the degraded reason for an RSSI below ``threshold`` dBm, or None."""
+    if rssi >= threshold:
+        return None
+    return f"weak signal: RSSI {rssi} dBm is below {threshold} dBm"
 
 
 def normalize_address(address: str) -> str:
