@@ -164,8 +164,17 @@ async def test_every_page_needs_a_login_and_a_wrong_token_is_refused(
     assert anon.url == url_of(gateway, "/login")
 
 
-async def test_repeated_wrong_tokens_are_slowed_down(anon: Any, gateway: Gateway) -> None:
+async def test_repeated_wrong_tokens_are_slowed_down(
+    anon: Any, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Test that after three failures the page asks to wait and checks nothing meanwhile."""
+    from edgelink.ui.context import UiContext
+
+    # The throttle's clock stands still until the test moves it: a slow machine
+    # cannot let the 1-s wait run out before the "too soon" attempt.
+    ctx = UiContext.of(gateway)
+    now = [time.time()]
+    monkeypatch.setattr(ctx, "clock", lambda: now[0])
     message = anon.locator(".text-negative")
     for attempt in range(4):
         await log_in(anon, gateway, token=f"wrong-token-{attempt:02d}-0123456789")
@@ -174,7 +183,7 @@ async def test_repeated_wrong_tokens_are_slowed_down(anon: Any, gateway: Gateway
     await log_in(anon, gateway)  # the right token, but too soon: not even checked
     await message.filter(has_text="Too many failed attempts").wait_for(timeout=WAIT_MS)
     assert anon.url == url_of(gateway, "/login")
-    await asyncio.sleep(1.1)  # the wait asked for; then the right token gets in (and resets)
+    now[0] += 1.1  # the wait asked for; then the right token gets in (and resets)
     await log_in(anon, gateway)
     await anon.wait_for_url(url_of(gateway, "/"), timeout=WAIT_MS)
 

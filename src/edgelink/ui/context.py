@@ -20,6 +20,7 @@ guard is what checks them.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -68,6 +69,19 @@ class UiContext:
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.gateway.settings.ui.session_hours * 3600.0)
+        _MOUNTED[self.gateway] = self
+
+    @staticmethod
+    def of(gateway: Gateway) -> UiContext:
+        """Return the UI context mounted for ``gateway`` (tests set its clock through it).
+
+        Raises:
+            LookupError: when no UI was mounted for ``gateway``.
+        """
+        try:
+            return _MOUNTED[gateway]
+        except KeyError:
+            raise LookupError("no web UI is mounted for this gateway") from None
 
     def cookie_name(self, conn: HTTPConnection) -> str:
         """The session cookie's name: per port, since browsers share cookies across ports."""
@@ -106,6 +120,10 @@ class UiContext:
             return True
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and parts.netloc == conn.headers.get("host")
+
+
+#: The UI mounted per gateway (gone with the gateway).
+_MOUNTED: weakref.WeakKeyDictionary[Gateway, UiContext] = weakref.WeakKeyDictionary()
 
 
 def context_of(conn: HTTPConnection) -> UiContext:
