@@ -443,6 +443,14 @@ async def test_admin_instances_give_the_seed_dict_and_process_totals(
 ) -> None:
     """Test GET /api/admin/instances: per connection the seed's keys, CPU measured, memory null."""
     await eventually(lambda: all(c["stats"]["packets_received"] > 0 for c in gateway.connections()))
+
+    async def measured() -> bool:
+        # Accounts are sampled (one handle in four timed): a few handles in,
+        # a connection may not have been drawn yet.
+        body = (await client.get("/api/admin/instances")).json()
+        return all(i["cpu_seconds"] > 0 for i in body["instances"])
+
+    await eventually(measured)
     first = (await client.get("/api/admin/instances")).json()
     body = (await client.get("/api/admin/instances")).json()
     seed = {

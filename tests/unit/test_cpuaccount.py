@@ -14,7 +14,7 @@ from edgelink.service.resources import CpuRates
 
 @pytest.fixture
 def accounting() -> Iterator[None]:
-    CpuAccounting.install()
+    CpuAccounting.install(sample_every=1)  # every handle timed: exact figures
     yield
     CpuAccounting.uninstall()
 
@@ -114,6 +114,29 @@ async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> No
 
     await loop.create_task(work(), context=account_context(account))
     assert account.ns == before
+
+
+async def test_sampled_accounts_estimate_the_real_time() -> None:
+    """Test that timing one handle in four, counted four times, adds up to the time spent."""
+    account = CpuAccount("sampled")
+    loop = asyncio.get_running_loop()
+
+    async def work() -> None:
+        for _ in range(400):
+            burn(0.0005)  # 400 steps of 0.5 ms: 0.2 s in all
+            await asyncio.sleep(0)
+
+    CpuAccounting.install(sample_every=4)
+    try:
+        await loop.create_task(work(), context=account_context(account))
+    finally:
+        CpuAccounting.uninstall()
+    # About 100 steps timed; the binomial spread is 9 % of the total, 4.5
+    # standard deviations are inside these bounds.
+    assert 0.12 <= account.seconds <= 0.30
+    with pytest.raises(ValueError, match="at least 1"):
+        CpuAccounting.install(sample_every=0)
+    assert not CpuAccounting.installed()
 
 
 def test_cpu_rates_need_a_full_window_and_forget_removed_connections() -> None:
