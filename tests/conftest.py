@@ -84,18 +84,3 @@ def tcp(port: int, **extra: Any) -> dict[str, Any]:
     """The config of a tcp connection to a loopback port."""
     return {"host": "127.0.0.1", "port": port, **extra}
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests that serve the ADS peer on one xdist worker.
-
-    pyads's adslib always dials port 48898, so two ADS peers cannot listen at
-    once on one address; under ``pytest -n`` every test of a module that
-    imports the peer (at the top or in a function) runs in the ``ads`` group (``--dist loadgroup``).
-    """
-    uses_peer: dict[str, bool] = {}
-    for item in items:
-        path = str(item.path)
-        if path not in uses_peer:
-            uses_peer[path] = "edgelink.testing.ads_peer" in item.path.read_text()
-        if uses_peer[path]:
-            item.add_marker(pytest.mark.xdist_group("ads"))

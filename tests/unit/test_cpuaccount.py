@@ -94,7 +94,7 @@ async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> No
     account = CpuAccount("dev")
     loop = asyncio.get_running_loop()
     assert not CpuAccounting.active()
-    CpuAccounting.install()
+    CpuAccounting.install(sample_every=1)  # every handle timed: one step must count
     CpuAccounting.install()
     try:
         assert CpuAccounting.active()
