@@ -83,4 +83,3 @@ async def make_manager() -> AsyncIterator[Callable[..., ConnectionManager]]:
 def tcp(port: int, **extra: Any) -> dict[str, Any]:
     """The config of a tcp connection to a loopback port."""
     return {"host": "127.0.0.1", "port": port, **extra}
-
