@@ -233,6 +233,59 @@ async def test_put_and_validate_routes(
     assert gateway.manager.router.data.get("calc.copy").value == 12.0  # type: ignore[union-attr]
 
 
+async def test_try_a_route_on_a_sample_value_sends_nothing(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    """Test POST /api/routes/try: match, condition, value, targets; errors with the position.
+
+    The live table and the data space stay untouched.
+    """
+    route = {
+        "id": "f",
+        "from": "dev.*",
+        "to": "calc.{1}_f",
+        "condition": "value > 20",
+        "transform": "scale(1.8) | offset(32) | round(1)",
+    }
+    before = len(gateway.manager.router.data)
+    hot = (
+        await client.post("/api/routes/try", json={"route": route, "address": "dev.t", "value": 50})
+    ).json()
+    assert hot == {
+        "matches": True,
+        "condition": True,
+        "passed": True,
+        "value": 122.0,
+        "dropped": False,
+        "targets": ["calc.t_f"],
+        "error": None,
+    }
+    cold = (
+        await client.post("/api/routes/try", json={"route": route, "address": "dev.t", "value": 5})
+    ).json()
+    assert (cold["condition"], cold["passed"], cold["value"]) == (False, False, None)
+    other = (
+        await client.post("/api/routes/try", json={"route": route, "address": "x.t", "value": 50})
+    ).json()
+    assert other["matches"] is False
+    text = (
+        await client.post(
+            "/api/routes/try", json={"route": route, "address": "dev.t", "value": "hot"}
+        )
+    ).json()
+    assert text["passed"] is False and text["error"]
+    bad = await client.post(
+        "/api/routes/try", json={"route": {**route, "condition": "value > > 3"}, "address": "dev.t"}
+    )
+    assert bad.status_code == 422
+    detail = bad.json()["detail"]
+    assert detail["path"] == "routes[0].condition" and "position 9" in detail["error"]
+    missing = await client.post("/api/routes/try", json={"route": {"id": "x"}, "address": "dev.t"})
+    assert missing.status_code == 422 and "from" in missing.json()["detail"]["path"]
+    assert [r["id"] for r in gateway.manager.router.routes] == ["hot"]
+    assert len(gateway.manager.router.data) == before
+
+
 async def test_panic_pauses_the_router(gateway: Gateway, client: httpx.AsyncClient) -> None:
     """Test that panic stops the data flow until recover."""
     await client.post("/api/admin/panic")

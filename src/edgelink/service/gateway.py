@@ -61,6 +61,7 @@ from edgelink.router.dataspace import DataSubscriber
 from edgelink.router.engine import Router, RouteTableDiff
 from edgelink.router.expr import ExprLimits
 from edgelink.router.schema import load_routing
+from edgelink.router.trial import try_route
 from edgelink.service.audit import SYSTEM, Auditor
 from edgelink.service.config import ConfigFolder, ServiceSettings, load_service_settings
 from edgelink.service.lock import FolderLock
@@ -422,6 +423,43 @@ class Gateway:
             raise RouteError("'routes' is required", path="routes")
         manager = self.manager
         return check_routes(document, clock=manager.clock, limits=manager.router.limits)
+
+    def try_route(
+        self, spec: dict[str, Any], address: str, value: Any, *, quality: str = "good"
+    ) -> dict[str, Any]:
+        """Run one route on a sample value under the running caps; nothing is sent.
+
+        See `edgelink.router.trial.try_route` for the answer's keys.
+
+        Raises:
+            RouteError: for a route that does not validate or compile (path, position).
+        """
+        manager = self.manager
+        return try_route(
+            spec,
+            address,
+            value,
+            limits=manager.router.limits,
+            clock=manager.clock,
+            quality=quality,
+        )
+
+    async def events_overview(self, now: float | None = None) -> dict[str, Any]:
+        """Return the event log's errors counted per connection and type.
+
+        Keys ``hour`` and ``day``: lists of ``{connection_id, type, level, count}``,
+        most first, over the last hour and the last day.
+
+        Raises:
+            LogClosedError: before `start`.
+        """
+        if self.events is None:
+            raise LogClosedError("the event log is not open")
+        now = time.time() if now is None else now
+        return {
+            "hour": await self.events.counts(since=now - 3600.0),
+            "day": await self.events.counts(since=now - 86400.0),
+        }
 
     def data_children(self, prefix: str = "", limit: int | None = None) -> list[str]:
         """Return the data space's paths one level below ``prefix`` (segments and topic levels).

@@ -371,6 +371,33 @@ class EventLog(AsyncResource):
             for row in rows
         ]
 
+    async def counts(self, *, since: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Return the errors since ``since``, counted per connection, type and level.
+
+        Most first; at most ``limit`` groups.
+        """
+        await self.flush()
+        sql = (
+            "SELECT connection_id, type, level, COUNT(*) AS n FROM events"
+            " WHERE ts >= ? AND level != 'info'"
+            " GROUP BY connection_id, type, level ORDER BY n DESC, connection_id, type LIMIT ?"
+        )
+
+        def select() -> list[tuple[Any, ...]]:
+            return self._db.conn.execute(sql, (since, limit)).fetchall()
+
+        rows = await self._db.run(select)
+        return [
+            {
+                "connection_id": r[0],
+                "type": r[1],
+                "event": log_name(r[1]),
+                "level": r[2],
+                "count": r[3],
+            }
+            for r in rows
+        ]
+
     async def count(self) -> int:
         """Return the number of rows kept."""
         await self.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgelink.api.auth import who_asks
 from edgelink.errors import RouteError
@@ -12,7 +13,18 @@ from edgelink.errors import RouteError
 if TYPE_CHECKING:
     from edgelink.service.gateway import Gateway
 
-__all__ = ["router"]
+__all__ = ["RouteTrial", "router"]
+
+
+class RouteTrial(BaseModel):
+    """``POST /api/routes/try``: a route as in routing.json and a sample datapoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: dict[str, Any]
+    address: str = Field(min_length=1, max_length=1024)
+    value: Any = None
+    quality: str = "good"
 
 
 def router(gateway: Gateway) -> APIRouter:
@@ -57,6 +69,16 @@ def router(gateway: Gateway) -> APIRouter:
         except RouteError as exc:
             return {"ok": False, "error": str(exc), "path": exc.path}
         return {"ok": True, "routes": count}
+
+    @routes.post("/api/routes/try", tags=["routes"])
+    async def try_route(body: RouteTrial) -> dict[str, Any]:
+        """Run one route on a sample value: match, condition, transformed value; nothing sent."""
+        try:
+            return gateway.try_route(body.route, body.address, body.value, quality=body.quality)
+        except RouteError as exc:
+            raise HTTPException(
+                422, detail={"error": str(exc), "path": exc.path, "route_id": exc.route_id}
+            ) from None
 
     @routes.put("/api/routes", tags=["routes"])
     async def put_routes(document: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008

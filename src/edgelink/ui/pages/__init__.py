@@ -2,7 +2,8 @@
 
 Built so far: ``/login`` (`login`), ``/`` instances (`instances`), ``/data``
 (`data`), ``/mqtt`` (`mqtt`), ``/symbols`` PLC symbols (`symbols`), ``/ble``
-the Bluetooth device browser (`ble`) and ``/plugins`` (`plugins`). A new
+the Bluetooth device browser (`ble`), ``/routes`` (`routes`), ``/logs``
+(`logs`), ``/plugins`` (`plugins`) and ``/service`` (`service`). A new
 page is a module here with a function decorated by `edgelink.ui.layout.page`,
 imported in `register`; the navigation lists pages in that order.
 """
@@ -14,7 +15,18 @@ import importlib
 __all__ = ["PAGES", "register"]
 
 #: The page modules, in the navigation's order (each registers itself when imported).
-PAGES = ("login", "instances", "data", "mqtt", "symbols", "ble", "plugins")
+PAGES = (
+    "login",
+    "instances",
+    "data",
+    "mqtt",
+    "symbols",
+    "ble",
+    "routes",
+    "logs",
+    "plugins",
+    "service",
+)
 
 
 def register() -> None:

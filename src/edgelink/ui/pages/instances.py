@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from nicegui import ui
 
@@ -144,6 +145,9 @@ class InstanceCard:
                         action.capitalize(),
                         on_click=lambda _e, a=action: self.act(a),
                     ).props("dense flat no-caps size=sm")
+                ui.link("Log", f"/logs?connection={quote(status['connection_id'])}").classes(
+                    "text-sm self-center px-2"
+                ).props(f'data-testid="log-link-{status["connection_id"]}"')
         self.card = card
         self.update(status, time.time(), time.monotonic())
 
