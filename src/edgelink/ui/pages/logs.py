@@ -64,8 +64,10 @@ class LogsPage:
                 'dense data-testid="log-connection"'
             )
             self.event_type = ui.input("Event type", placeholder="e.g. disconnected").props("dense")
-            self.level = ui.select(list(_LEVELS), value="all", label="Level").props(
-                'dense data-testid="log-level"'
+            self.level = (
+                ui.select(list(_LEVELS), value="all", label="Level")
+                .props('dense data-testid="log-level"')
+                .classes("min-w-[6rem]")
             )
             self.span = ui.select(list(SPANS), value="last day", label="Time").props("dense")
             ui.button("Refresh", on_click=self.first_page).props("no-caps")
