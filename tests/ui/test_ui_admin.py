@@ -158,15 +158,19 @@ async def test_service_shows_the_gateway_and_reload_reports(
     from edgelink import __version__
 
     await admin.goto(url_of(gateway, "/service"))
-    await admin.get_by_test_id("service-version").filter(has_text=__version__).wait_for(
-        timeout=WAIT_MS
+    await (
+        admin.get_by_test_id("service-version")
+        .filter(has_text=__version__)
+        .wait_for(timeout=WAIT_MS)
     )
     await admin.get_by_test_id("service-bridge").filter(has_text="off").wait_for(timeout=WAIT_MS)
     await admin.get_by_test_id("service-memory").filter(has_text="MB").wait_for(timeout=WAIT_MS)
     before = gateway.last_reload
     await admin.get_by_role("button", name="Reload").click()
-    await admin.get_by_test_id("service-reload-result").filter(has_text="reloaded").wait_for(
-        timeout=WAIT_MS
+    await (
+        admin.get_by_test_id("service-reload-result")
+        .filter(has_text="reloaded")
+        .wait_for(timeout=WAIT_MS)
     )
     assert gateway.last_reload is not before
     await save_screenshot(admin, screenshots, "service")
