@@ -82,8 +82,10 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_routes_edit_with_a_bad_expression_then_test_and_save(
     admin: Any, gateway: Gateway, screenshots: Path
 ) -> None:
-    """Test the table, an error shown at the field with the position (the table stays), a
-    Test on a sample value, and a save that reaches routing.json and the router."""
+    """Test a bad expression shown at its field (the table stays), Test, Save and Disable.
+
+    The save reaches routing.json and the router, audited with the token.
+    """
     await admin.goto(url_of(gateway, "/routes"))
     table = admin.get_by_test_id("routes-table")
     await table.get_by_text("dev_a.temperature").wait_for(timeout=WAIT_MS)
