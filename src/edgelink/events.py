@@ -102,6 +102,9 @@ class EventType(enum.StrEnum):
     PRIORITY_REFUSED = "priority_refused"
     # safe_run: an instance's code failed too often and was stopped.
     INSTANCE_CRASHED = "instance_crashed"
+    # Plugins: the scheduled check found a newer version; a check or the index failed.
+    PLUGIN_UPDATE_AVAILABLE = "plugin_update_available"
+    PLUGIN_CHECK_FAILED = "plugin_check_failed"
 
 
 #: Every event type edgelink emits, as strings.
@@ -159,6 +162,8 @@ _LEVELS: dict[str, int] = {
     EventType.CPU_LIMITED: logging.INFO,
     EventType.PRIORITY_REFUSED: logging.WARNING,
     EventType.INSTANCE_CRASHED: logging.ERROR,
+    EventType.PLUGIN_UPDATE_AVAILABLE: logging.INFO,
+    EventType.PLUGIN_CHECK_FAILED: logging.WARNING,
 }
 
 #: Bounded per-subscription queue: a callback that cannot keep up loses the

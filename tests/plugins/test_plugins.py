@@ -78,6 +78,11 @@ def release(work: Path, version: str, **kw: Any) -> None:
 @pytest.fixture
 def remote(tmp_path: Path) -> tuple[Path, Path]:
     """A bare remote with v1.0.0 and the work tree that publishes to it."""
+    return make_remote(tmp_path)
+
+
+def make_remote(tmp_path: Path) -> tuple[Path, Path]:
+    """Make a bare remote with v1.0.0 and the work tree that publishes to it."""
     bare = tmp_path / "remote.git"
     git(tmp_path, "init", "-q", "--bare", str(bare))
     work = tmp_path / "work"

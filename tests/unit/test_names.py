@@ -24,6 +24,7 @@ _OLD_EVENT_TYPES = {
     "source_quarantined", "quarantine_lifted", "fleet_wake", "failover", "failback",
     "child_started", "child_exited", "heartbeat_missed", "memory_warning", "memory_throttled",
     "memory_released", "memory_killed", "cpu_limited", "priority_refused", "instance_crashed",
+    "plugin_update_available", "plugin_check_failed",
 }  # fmt: skip
 
 

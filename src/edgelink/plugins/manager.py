@@ -15,7 +15,10 @@ from the plugin's git checkout (its newest tag, else its default branch's
 head); an update that fails to load or start is rolled back to the previous
 commit and the reason is kept (`Plugin.last_error`). The index (a JSON file:
 ``{"plugins": [{"name", "description", "repository", "version"}]}``) lists
-plugins that can be installed (git clone).
+plugins that can be installed (git clone); it is a file, or a file inside a
+git repository (`PluginManager.use_index`, fetched again by `refresh_index`
+into ``plugins/.index-<hash>``). `check_all` is what the gateway's schedule calls;
+it keeps when it last ran and what failed (`PluginManager.status`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import importlib
 import json
 import logging
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +198,96 @@ class PluginManager:
         self.pip_options = pip_options
         self.plugins: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
+        #: A git repository holding the index (None: the index is a plain file).
+        self.index_repository: str | None = None
+        #: The index's file inside that repository.
+        self.index_file = "index.json"
+        #: Why the index's repository could not be fetched, and why the index could not be read.
+        self._fetch_error: str | None = None
+        self._read_error: str | None = None
+        self._fetched = False
+        #: When `check_all` last ran (wall clock), and what it found.
+        self.last_check: float | None = None
+        self.last_check_errors: dict[str, str] = {}
+
+    # -- the index -----------------------------------------------------------
+
+    def use_index(self, source: str | None, root: Path, file: str = "index.json") -> None:
+        """Take the index from ``source``: a JSON file or a git repository.
+
+        Args:
+            source: A path (relative to ``root``) of a JSON file; a git URL
+                (``https://``, ``ssh://``, ``git@``, ``file://``, ``*.git``) or
+                the path of a git repository; None keeps the plugins folder's
+                ``index.json`` when there is one.
+            root: The config folder.
+            file: The index's file inside a repository.
+        """
+        self._fetch_error = self._read_error = None
+        self.index_repository = None
+        self.index_file = file
+        if source is None:
+            default = self.folder / "index.json"
+            self.index = default if default.is_file() else None
+            return
+        local = Path(source) if Path(source).is_absolute() else root / source
+        is_url = "://" in source or source.startswith("git@") or source.endswith(".git")
+        if is_url or (local / ".git").exists() or (local / "HEAD").is_file():
+            self.index_repository = source if is_url else str(local)
+            self.index = self._index_cache() / file
+        else:
+            self.index = local
+
+    async def refresh_index(self) -> None:
+        """Fetch the index's repository again (clone it the first time); errors are kept.
+
+        A failed fetch keeps the copy fetched before (if any) and sets
+        `index_error`, naming the repository and the reason.
+        """
+        repository = self.index_repository
+        if repository is None:
+            return
+        cache = self._index_cache()
+        try:
+            if not (cache / ".git").exists():
+                shutil.rmtree(cache, ignore_errors=True)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                await run(["git", "clone", "--quiet", "--depth", "1", repository, str(cache)])
+                for old in self.folder.glob(".index-*"):
+                    if old != cache:  # the copy of a repository configured before
+                        shutil.rmtree(old, ignore_errors=True)
+            else:
+                await run(["git", "-C", str(cache), "fetch", "--quiet", "--depth", "1", "origin"])
+                await run(["git", "-C", str(cache), "reset", "--quiet", "--hard", "FETCH_HEAD"])
+        except CommandError as exc:
+            self._fetch_error = f"plugin index {repository}: {exc}"
+            logger.warning("%s", self._fetch_error)
+            return
+        self._fetch_error = None
+        self._fetched = True
+        self.discover()
+
+    def _index_cache(self) -> Path:
+        """Where the index's repository is cloned: one folder per repository."""
+        digest = hashlib.sha256((self.index_repository or "").encode()).hexdigest()[:12]
+        return self.folder / f".index-{digest}"
+
+    @property
+    def index_error(self) -> str | None:
+        """Why the index could not be fetched or read (None: it was, or there is none)."""
+        return self._fetch_error or self._read_error
+
+    def status(self) -> dict[str, Any]:
+        """The index's source and error, and the last update check (for the API and the UI)."""
+        return {
+            "index": {
+                "file": str(self.index) if self.index is not None else None,
+                "repository": self.index_repository,
+                "error": self.index_error,
+            },
+            "last_check": self.last_check,
+            "last_check_errors": dict(self.last_check_errors),
+        }
 
     # -- state -------------------------------------------------------------
 
@@ -249,19 +344,44 @@ class PluginManager:
         return list(found.values())
 
     def _read_index(self) -> list[dict[str, Any]]:
+        entries, error = self._index_entries()
+        if error is not None and error != self._read_error:
+            logger.warning("%s", error)
+        self._read_error = error
+        return entries
+
+    def _index_entries(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The index's usable entries and what is wrong with it (None: nothing)."""
         if self.index is None:
-            return []
+            return [], None
+        where = (
+            f"plugin index {self.index_file} in {self.index_repository}"
+            if self.index_repository
+            else f"plugin index {self.index}"
+        )
         try:
             data = json.loads(self.index.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if self.index_repository is not None and not self._fetched:
+                return [], None  # not fetched yet: `refresh_index` will
+            return [], f"{where}: no such file"
         except (OSError, ValueError) as exc:
-            logger.warning("plugin index %s unreadable: %s", self.index, exc)
-            return []
+            return [], f"{where}: unreadable: {exc}"
         entries = data.get("plugins") if isinstance(data, dict) else None
-        return [
+        if not isinstance(entries, list):
+            return [], f"{where}: 'plugins' must be a list"
+        good = [
             e
-            for e in entries or []
+            for e in entries
             if isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("repository")
         ]
+        if len(good) == len(entries):
+            return good, None
+        bad = next(i for i, e in enumerate(entries) if e not in good)
+        return good, (
+            f"{where}: plugins[{bad}] needs a 'name' and a 'repository'"
+            f" ({len(entries) - len(good)} left out)"
+        )
 
     def as_list(self) -> list[dict[str, Any]]:
         """Every plugin, installed or available, as dicts."""
@@ -485,14 +605,29 @@ class PluginManager:
         plugin.update_to = label if target != head else None
         return plugin.as_dict()
 
-    async def check_all(self) -> None:
-        """Check every installed git plugin (the schedule); failures are kept, not raised."""
+    async def check_all(self) -> dict[str, Any]:
+        """Check every installed git plugin (the schedule); failures are kept, not raised.
+
+        Returns:
+            ``updates`` (plugin -> the version an update brings) and
+            ``errors`` (plugin -> why its check failed).
+        """
+        updates: dict[str, str] = {}
+        errors: dict[str, str] = {}
         for plugin in list(self.plugins.values()):
             if plugin.manifest is not None and (plugin.manifest.folder / ".git").exists():
                 try:
-                    await self.check_update(plugin.name)
+                    async with self._lock:  # never beside an update of the same checkout
+                        await self.check_update(plugin.name)
                 except PluginError as exc:
                     logger.warning("%s", exc.message)
+                    errors[plugin.name] = exc.message
+                    continue
+                if plugin.update_to is not None:
+                    updates[plugin.name] = plugin.update_to
+        self.last_check = time.time()
+        self.last_check_errors = errors
+        return {"updates": updates, "errors": errors}
 
     async def _update_target(self, folder: Path) -> tuple[str, str]:
         await self._git(folder, "fetch", "--tags", "--quiet", "origin")

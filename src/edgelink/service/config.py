@@ -36,6 +36,7 @@ __all__ = [
     "BufferSettings",
     "ConfigFolder",
     "DiscoveryEntry",
+    "PluginSettings",
     "RouterSettings",
     "ServiceSettings",
     "StorageSettings",
@@ -227,6 +228,38 @@ class SentrySettings(BaseModel):
     sample_rate: float = Field(default=1.0, ge=0, le=1, description="share of errors sent")
 
 
+class PluginSettings(BaseModel):
+    """``plugins``: the scheduled update check and the index of installable plugins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    update_check_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=24 * 365,
+        description="check every git plugin for a newer version this often; 0 = on demand only",
+    )
+    index: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="installable plugins: a JSON file (relative to the config folder) or a git"
+        " repository (URL or path of a repository); null = plugins/index.json when present",
+    )
+    index_file: str = Field(
+        default="index.json",
+        max_length=256,
+        description="the index's file inside a git repository",
+    )
+
+    @field_validator("index_file")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith("/") or ".." in parts or not value.strip():
+            raise ValueError("a relative path inside the repository, without '..'")
+        return value
+
+
 class ServiceSettings(BaseModel):
     """``edgelink.json``: the service around the connections."""
 
@@ -238,6 +271,7 @@ class ServiceSettings(BaseModel):
     router: RouterSettings = RouterSettings()
     ui: UiSettings = UiSettings()
     sentry: SentrySettings = SentrySettings()
+    plugins: PluginSettings = PluginSettings()
     webhooks: dict[str, WebhookSettings] = Field(
         default_factory=dict, description="webhook targets by name (webhook.<name> in routes)"
     )

@@ -103,6 +103,8 @@ _STARTING = frozenset({"start", "restart", "resume", "reconnect"})
 _STOPPING = frozenset({"stop", "kill", "disconnect"})
 
 
+#: Seconds after start before the first scheduled plugin update check.
+PLUGIN_CHECK_DELAY_S = 60.0
 #: What `Gateway.plugin_action` does.
 PLUGIN_ACTIONS = ("enable", "disable", "check", "update", "install")
 
@@ -831,6 +833,15 @@ class Gateway:
                         self._run_watch(), name="edgelink.service.watch"
                     )
                 )
+            self.plugins.use_index(
+                self.settings.plugins.index, folder.root, self.settings.plugins.index_file
+            )
+            self.plugins.discover()
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(
+                    self._run_plugin_checks(), name="edgelink.service.plugin_checks"
+                )
+            )
         except BaseException:
             await self.stop()
             raise
@@ -932,6 +943,41 @@ class Gateway:
     def _request_stop(self) -> None:
         logger.info("stop requested")
         self._own_request(self.stop(), "edgelink.service.stop")
+
+    async def _run_plugin_checks(self) -> None:
+        """Fetch the plugin index's repository, then check for updates on the schedule.
+
+        The first check runs `PLUGIN_CHECK_DELAY_S` after start, then every
+        ``plugins.update_check_hours`` (0: never; on demand only). What a
+        check finds is evented: ``plugin_update_available`` per plugin with a
+        newer version, ``plugin_check_failed`` per plugin (or the index) that
+        could not be checked. Nothing here stops the gateway.
+        """
+        plugins, clock = self.plugins, self.manager.clock
+        try:
+            await plugins.refresh_index()
+            if plugins.index_error:
+                self._emit(EventType.PLUGIN_CHECK_FAILED, plugin=None, error=plugins.index_error)
+            hours = self.settings.plugins.update_check_hours
+            if hours <= 0:
+                return
+            await clock.sleep(PLUGIN_CHECK_DELAY_S)
+            while True:
+                report = await plugins.check_all()
+                for name, version in sorted(report["updates"].items()):
+                    self._emit(EventType.PLUGIN_UPDATE_AVAILABLE, plugin=name, version=version)
+                for name, error in sorted(report["errors"].items()):
+                    self._emit(EventType.PLUGIN_CHECK_FAILED, plugin=name, error=error)
+                await clock.sleep(hours * 3600.0)
+                await plugins.refresh_index()
+                if plugins.index_error:
+                    self._emit(
+                        EventType.PLUGIN_CHECK_FAILED, plugin=None, error=plugins.index_error
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a check never takes the gateway down
+            logger.exception("plugin update checks stopped")
 
     def _request_reload(self) -> None:
         logger.info("SIGHUP: reloading %s", self.config_dir)

@@ -31,7 +31,7 @@ def router(gateway: Gateway) -> APIRouter:
     async def plugins() -> dict[str, Any]:
         """Every plugin, installed or in the index, with its badge."""
         gateway.plugins.discover()
-        return {"plugins": gateway.plugins.as_list()}
+        return {"plugins": gateway.plugins.as_list(), **gateway.plugins.status()}
 
     @routes.get("/api/admin/plugins/{name}/readme", tags=["admin"])
     async def readme(name: str) -> dict[str, Any]:
