@@ -67,9 +67,12 @@ class Badge(enum.StrEnum):
 class PluginHost:
     """What a plugin's entry function gets: its config, and where it registers what it provides."""
 
-    def __init__(self, plugin: Plugin, registry: DriverRegistry) -> None:
+    def __init__(
+        self, plugin: Plugin, registry: DriverRegistry, manager: PluginManager | None = None
+    ) -> None:
         self.plugin = plugin
         self._registry = registry
+        self._manager = manager
         self.config: dict[str, Any] = dict(plugin.config)
         self._undo: list[Callable[[], None]] = []
         self._on_config: list[Callable[[dict[str, Any]], None]] = []
@@ -107,6 +110,30 @@ class PluginHost:
             PARSERS.pop(name, None)
 
         self._undo.append(forget)
+
+    def add_target(self, endpoint_id: str, target: Any) -> None:
+        """Register a router target (it must be in ``provides.targets``).
+
+        ``target`` is anything with ``async def send(tag, dp)`` (see
+        `edgelink.router.targets.Target`); routes reach it as
+        ``<endpoint_id>.<tag>``. It is added to the running router at once
+        and removed when the plugin is disabled.
+        """
+        self._declared("targets", endpoint_id)
+        if not callable(getattr(target, "send", None)):
+            raise PluginError(
+                f"plugin {self.plugin.name}: target {endpoint_id!r} needs an async send(tag, dp)"
+            )
+        manager = self._manager
+        if manager is None:
+            raise PluginError(f"plugin {self.plugin.name}: targets need the plugin manager")
+        owner = manager.target_owners.get(endpoint_id)
+        if owner is not None and owner != self.plugin.name:
+            raise PluginError(
+                f"plugin {self.plugin.name}: target {endpoint_id!r} is plugin {owner}'s"
+            )
+        manager.set_target(endpoint_id, target, self.plugin.name)
+        self._undo.append(lambda: manager.set_target(endpoint_id, None, self.plugin.name))
 
     def on_config(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Call ``callback(config)`` when the plugin is configured at run time."""
@@ -209,6 +236,22 @@ class PluginManager:
         #: When `check_all` last ran (wall clock), and what it found.
         self.last_check: float | None = None
         self.last_check_errors: dict[str, str] = {}
+        #: Router targets the active plugins provide (endpoint id -> target), and whose.
+        self.targets: dict[str, Any] = {}
+        self.target_owners: dict[str, str] = {}
+        #: Called ``(endpoint_id, target)`` when a target comes (None: when it goes).
+        self.on_target: Callable[[str, Any], None] | None = None
+
+    def set_target(self, endpoint_id: str, target: Any, owner: str) -> None:
+        """Add (``target``) or remove (None) a plugin's router target; tell `on_target`."""
+        if target is None:
+            self.targets.pop(endpoint_id, None)
+            self.target_owners.pop(endpoint_id, None)
+        else:
+            self.targets[endpoint_id] = target
+            self.target_owners[endpoint_id] = owner
+        if self.on_target is not None:
+            self.on_target(endpoint_id, target)
 
     # -- the index -----------------------------------------------------------
 
@@ -496,7 +539,7 @@ class PluginManager:
         await self._install_packages(manifest)
         config = {**self.defaults(manifest), **plugin.config}
         plugin.config = config
-        host = PluginHost(plugin, self.registry)
+        host = PluginHost(plugin, self.registry, self)
         module_name, _, attr = manifest.entry.partition(":")
         paths = [str(manifest.folder), str(manifest.folder / ".deps")]
         for path in reversed(paths):

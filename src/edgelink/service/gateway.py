@@ -1005,8 +1005,28 @@ class Gateway:
             self.events.record(event)
 
     def _configure_router(self, manager: ConnectionManager) -> None:
-        """Quarantines are evented (the caps were set from ``edgelink.json`` by `load_folder`)."""
+        """Event quarantines; add the plugins' targets, now and when a plugin comes or goes.
+
+        The caps were set from ``edgelink.json`` by `load_folder`.
+        """
         manager.router.on_quarantine = lambda kind, info: self._emit(kind, **info)
+        for endpoint_id, target in self.plugins.targets.items():
+            self._plugin_target(endpoint_id, target)
+        self.plugins.on_target = self._plugin_target
+
+    def _plugin_target(self, endpoint_id: str, target: Any) -> None:
+        """Add a plugin's router target to the running router, or remove it (None)."""
+        manager = self._manager
+        if manager is None:
+            return  # added when the manager is built (`_configure_router`)
+        if target is None:
+            with contextlib.suppress(KeyError):
+                manager.router.remove_target(endpoint_id)
+            return
+        try:
+            manager.router.add_target(endpoint_id, target)
+        except (ValueError, TypeError) as exc:
+            logger.error("plugin target %s refused: %s", endpoint_id, exc)
 
     def _emit(self, event_type: str, **data: Any) -> None:
         if self._manager is not None:
