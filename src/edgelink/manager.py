@@ -53,7 +53,7 @@ from edgelink.events import (
     make_event,
 )
 from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
-from edgelink.isolation import build_isolated
+from edgelink.isolation import IsolationSpec, build_isolated
 from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
 from edgelink.registry import DriverClass, DriverRegistry
@@ -365,15 +365,18 @@ class ConnectionManager(Service):
                 return f"{where}.endpoints[{entry}].{path.removeprefix('config.')}"
             return f"{where}.{path}"
 
+        isolation = self._isolation_of(spec)
         try:
-            if spec.isolation is not None:
+            if isolation is not None:
                 return build_isolated(
                     spec.connection_id,
                     config,
                     self.context,
                     driver_class=self.registry.get(spec.type),
-                    isolation=spec.isolation,
-                    poll=[(g.tags, g.interval) for g in spec.poll] if _child_polls(spec) else (),
+                    isolation=isolation,
+                    poll=[(g.tags, g.interval) for g in spec.poll]
+                    if _child_polls(isolation)
+                    else (),
                     request_timeout=spec.settings.request_timeout,
                 )
             return self.registry.create(spec.connection_id, spec.type, config, self.context)
@@ -414,6 +417,13 @@ class ConnectionManager(Service):
                 raise ConfigError(message, path=path, connection_id=spec.connection_id) from exc
         return driver
 
+    def _isolation_of(self, spec: ConnectionSpec) -> IsolationSpec | None:
+        """The connection's own isolation, else its type's (a plugin manifest's), else None."""
+        if spec.isolation is not None:
+            return spec.isolation
+        default = self.registry.isolation_of(spec.type)
+        return default if isinstance(default, IsolationSpec) else None
+
     def _add_spec(self, spec: ConnectionSpec) -> AnyConnection:
         cid = spec.connection_id
         if cid in self._sups:
@@ -438,7 +448,7 @@ class ConnectionManager(Service):
             data_sink=self._data_sink,
             # An isolated driver's child may read the poll groups itself (fewer round trips).
             poll=[]
-            if _child_polls(spec)
+            if _child_polls(self._isolation_of(spec))
             else [PollSpec(tuple(g.tags), g.interval) for g in spec.poll],
             watch=[
                 WatchRule(
@@ -1197,6 +1207,6 @@ def _is_sync(driver: AnyConnection) -> bool:
     return isinstance(driver, SyncConnection)
 
 
-def _child_polls(spec: ConnectionSpec) -> bool:
+def _child_polls(isolation: IsolationSpec | None) -> bool:
     """True if an isolated connection's child reads its poll groups (not the supervisor)."""
-    return spec.isolation is not None and spec.isolation.poll == "child"
+    return isolation is not None and isolation.poll == "child"

@@ -53,6 +53,8 @@ class DriverRegistry:
         self._entry_points_loaded = False
         self._lock = threading.Lock()
         self._plugin_types: dict[str, str] = {}
+        #: Default isolation per type (a plugin manifest's ``isolation``).
+        self._isolation: dict[str, Any] = {}
 
     def register(self, type_name: str, cls: DriverClass) -> None:
         """Register ``cls`` under ``type_name`` (replacing any earlier one).
@@ -73,6 +75,7 @@ class DriverRegistry:
         with self._lock:
             self._classes.pop(type_name, None)
             self._plugin_types.pop(type_name, None)
+            self._isolation.pop(type_name, None)
 
     def mark_plugin(self, type_name: str, plugin: str) -> None:
         """Note that ``type_name`` was registered by ``plugin``."""
@@ -82,6 +85,22 @@ class DriverRegistry:
     def is_plugin(self, type_name: str) -> bool:
         """True if ``type_name`` came from a plugin."""
         return type_name in self._plugin_types
+
+    def set_isolation(self, type_name: str, isolation: Any) -> None:
+        """Make ``isolation`` (an `IsolationSpec`, None: none) the default of ``type_name``.
+
+        A connection of that type without an ``isolation`` key of its own runs so
+        (a plugin's manifest asks for it).
+        """
+        with self._lock:
+            if isolation is None:
+                self._isolation.pop(type_name, None)
+            else:
+                self._isolation[type_name] = isolation
+
+    def isolation_of(self, type_name: str) -> Any:
+        """The default isolation of ``type_name`` (None: in process)."""
+        return self._isolation.get(type_name)
 
     def _discover(self) -> None:
         if self._entry_points_loaded or not self._load_entry_points:

@@ -95,6 +95,11 @@ class PluginHost:
             )
         self._registry.register(type_name, cls)
         self._registry.mark_plugin(type_name, self.plugin.name)
+        manifest = self.plugin.manifest
+        if manifest is not None and manifest.isolation is not None:
+            from edgelink.isolation.spec import parse_isolation
+
+            self._registry.set_isolation(type_name, parse_isolation(manifest.isolation))
         self._undo.append(lambda: self._registry.unregister(type_name))
 
     def add_bms_parser(self, name: str, cls: Any) -> None:

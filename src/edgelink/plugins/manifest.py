@@ -42,6 +42,7 @@ MANIFEST_SCHEMA: Final[dict[str, Any]] = {
             },
         },
         "config_schema": {"type": "object"},
+        "isolation": {"type": ["string", "object"]},
         "provides": {
             "type": "object",
             "additionalProperties": False,
@@ -71,6 +72,9 @@ class PluginManifest:
     packages: tuple[str, ...] = ()
     config_schema: dict[str, Any] = field(default_factory=dict)
     provides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: How the connections of its types run unless a connection says otherwise
+    #: (``"process"`` or the isolation object of docs/isolation.md; None: in process).
+    isolation: str | dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return it JSON-ready."""
@@ -84,6 +88,7 @@ class PluginManifest:
             "dependencies": {"python": self.python, "packages": list(self.packages)},
             "config_schema": self.config_schema,
             "provides": {k: list(v) for k, v in self.provides.items()},
+            "isolation": self.isolation,
         }
 
 
@@ -168,4 +173,20 @@ def load_manifest(folder: str | Path) -> PluginManifest:
         packages=tuple(deps.get("packages") or ()),
         config_schema=schema,
         provides={k: tuple(v) for k, v in (data.get("provides") or {}).items()},
+        isolation=_isolation(data.get("isolation"), label, path),
     )
+
+
+def _isolation(value: Any, label: str, path: Path) -> str | dict[str, Any] | None:
+    """Check a manifest's ``isolation`` as a connection's is checked."""
+    if value is None:
+        return None
+    from edgelink.isolation.spec import parse_isolation
+
+    try:
+        parse_isolation(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc.message}", file=str(path), path="isolation") from None
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}", file=str(path), path="isolation") from None
+    return value if isinstance(value, str) else dict(value)
