@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from edgelink.service.config import UiWarnings
 
-__all__ = ["BADGES", "InstanceCard", "badge_of", "instances", "warnings_of"]
+__all__ = ["BADGES", "InstanceCard", "badge_of", "instances", "limits_of", "warnings_of"]
 
 #: Badge -> its colour.
 BADGES = {"running": "positive", "starting": "warning", "error": "negative", "stopped": "grey"}
@@ -58,6 +58,34 @@ def badge_of(status: dict[str, Any]) -> str:
     if state == "disconnected" and status.get("desired") != "running":
         return "stopped"
     return "starting"
+
+
+def limits_of(figures: dict[str, Any]) -> str:
+    """Return an isolated instance's process, limits and their state as one line ('' in process).
+
+    ``process pid 4711 · priority high (nice -5) · RAM ≤ 256 MB · CPU ≤ 10 % (duty cycle)
+    · RAM throttled · restarts 2``: what docs/isolation.md's escalation and limits did.
+    """
+    if figures.get("isolation") != "process":
+        return ""
+    parts = [f"process pid {figures['pid']}" if figures.get("pid") else "process (not running)"]
+    if figures.get("priority"):
+        nice = figures.get("nice")
+        parts.append(
+            f"priority {figures['priority']}" + (f" (nice {nice})" if nice is not None else "")
+        )
+    if figures.get("max_memory_mb"):
+        parts.append(f"RAM ≤ {figures['max_memory_mb']:g} MB")
+    if figures.get("max_cpu_share"):
+        mode = figures.get("cpu_limit")
+        parts.append(f"CPU ≤ {figures['max_cpu_share'] * 100:g} %" + (f" ({mode})" if mode else ""))
+    if figures.get("memory_throttled"):
+        parts.append("RAM throttled")
+    elif figures.get("throttled"):
+        parts.append("paused (CPU share)")
+    if figures.get("restarts"):
+        parts.append(f"restarts {figures['restarts']}")
+    return " · ".join(parts)
 
 
 def warnings_of(figures: dict[str, Any], warn: UiWarnings) -> list[str]:
@@ -136,6 +164,8 @@ class InstanceCard:
                 self.ram_bar = ui.linear_progress(0.0, show_value=False, size="6px").props(
                     "instant-feedback color=grey"
                 )
+            self.limits = ui.label("").classes("text-xs opacity-80").props('data-testid="limits"')
+            self.limits.set_visibility(False)
             self.warning = ui.label("").classes("text-sm text-orange-800 font-bold")
             self.warning.props('data-testid="warning"')
             self.warning.set_visibility(False)
@@ -169,6 +199,10 @@ class InstanceCard:
             text = "RAM - (in the gateway: " + (f"{mb:.0f} MB)" if mb is not None else "-)")
         set_text(self.ram_text, text)
         _set_bar(self.ram_bar, share / 100.0)
+        limits = limits_of(figures)
+        set_text(self.limits, limits)
+        if self.limits.visible != bool(limits):
+            self.limits.set_visibility(bool(limits))
         warnings = warnings_of(figures, self.view.gateway.settings.ui.warn)
         set_text(self.warning, " · ".join(f"⚠ {w}" for w in warnings))
         if self.warning.visible != bool(warnings):

@@ -1,4 +1,4 @@
-"""`edgelink.ui.points`: what the data and MQTT pages show for one point, escaped."""
+"""What the UI pages show, formatted: a data point's row (escaped), an isolated card's limits."""
 
 from __future__ import annotations
 
@@ -28,3 +28,28 @@ def test_a_forgotten_point_and_long_values() -> None:
     assert len(long) == MAX_VALUE_CHARS and long.endswith("…")
     assert format_value(21.5) == "21.5" and format_value({"a": 1}) == '{"a":1}'
     assert format_age(None, 5.0) == "-" and format_age(0.0, 7200.0) == "2.0 h"
+
+
+def test_an_isolated_card_says_its_process_limits_and_their_state() -> None:
+    """Test the card's limits line for an isolated instance, and none in process."""
+    from edgelink.ui.pages.instances import limits_of
+
+    assert limits_of({"isolation": "in_process", "pid": None}) == ""
+    figures = {
+        "isolation": "process",
+        "pid": 4711,
+        "priority": "high",
+        "nice": -5,
+        "max_memory_mb": 256.0,
+        "max_cpu_share": 0.1,
+        "cpu_limit": "duty_cycle",
+        "memory_throttled": True,
+        "restarts": 2,
+    }
+    assert limits_of(figures) == (
+        "process pid 4711 · priority high (nice -5) · RAM ≤ 256 MB · CPU ≤ 10 % (duty_cycle)"
+        " · RAM throttled · restarts 2"
+    )
+    assert limits_of({"isolation": "process", "throttled": True}) == (
+        "process (not running) · paused (CPU share)"
+    )
