@@ -307,9 +307,8 @@ async def test_bms_over_ble_every_field_is_data(
         assert got["voltage"] == pytest.approx(model.voltage(), abs=0.1)
         assert got["cells.1"] == pytest.approx(model.cell_voltages()[0], abs=0.002)
         assert got["soc"] == pytest.approx(model.soc(), abs=1.0)
-        assert (
-            got["rssi"] == -60 or "rssi" not in got
-        )  # GATT link: RSSI from the scanner only for ble
+        # RSSI comes from the scanner; it may not have been reported yet.
+        assert got.get("rssi", -60) == -60
         assert m.get_status("bt.bms_001")["stats"]["errors"] == 0
         assert bms.responder.requests >= 1
 
