@@ -71,7 +71,7 @@ def database_url(url: str | PathLike[str] | None) -> str:
         return f"sqlite+aiosqlite:///{text}"
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ConfigError(f"not a database URL: {exc}", path="database_url") from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is not None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from edgelink.drivers.configs import TcpKeepalive
 from edgelink.errors import ConnectError
@@ -105,8 +105,9 @@ async def open_tcp_link(
             keepalive_count=keepalive.keepalive_count,
             user_timeout=keepalive.tcp_user_timeout,
         )
-    assert isinstance(transport, asyncio.Transport)
-    return transport, protocol
+    # uvloop's TCPTransport has the stream methods but is no asyncio.Transport
+    # subclass, so an isinstance check would refuse it.
+    return cast(asyncio.Transport, transport), protocol
 
 
 async def close_transport(
@@ -124,7 +125,9 @@ async def close_transport(
             packet); with more, the link is aborted, since a peer that stopped
             reading would hold a polite close forever.
     """
-    unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0
+    # A stream transport writes (a datagram one sends to); asked by method, as
+    # uvloop's transports are no subclasses of asyncio's.
+    unsent = transport.get_write_buffer_size() if hasattr(transport, "write") else 0
     if unsent > unsent_ok:
         transport.abort()
     else:
