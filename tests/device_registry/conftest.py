@@ -1,9 +1,9 @@
 """Fixtures of the device registry suite: every registry test runs on SQLite and on PostgreSQL.
 
-PostgreSQL is a private server of the suite's own (`edgelink.testing.postgres`,
-initdb in a temporary folder, a free port), one per session, with a fresh
-database per test. Without PostgreSQL installed the PostgreSQL half is
-skipped, with the reason; under CI (``CI=true``) that is a failure instead.
+``db_url`` is a fresh SQLite file, or a new database on the suite's private
+PostgreSQL (the test kit's ``postgres_server``: initdb in a temporary folder
+on a free port; skipped without PostgreSQL, a failure under CI=true), dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -15,31 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zk_rows import FAST, KEY
 
+from device_registry.registry_kit import FAST, KEY
 from edgelink import ConnectionManager
 from edgelink.devices import DeviceRegistry
 from edgelink.testing import ZkDevice, ZkSimulator
-from edgelink.testing.postgres import PostgresNotFoundError, PostgresServer
+from edgelink.testing.postgres import PostgresServer
 
 _numbers = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer | str]:
-    """The suite's PostgreSQL server, or why there is none."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except PostgresNotFoundError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required under CI: {exc}")
-        yield str(exc)
-        return
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,9 +31,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'devices.db'}"
         return
-    server = request.getfixturevalue("postgres")
-    if isinstance(server, str):
-        pytest.skip(server)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
     name = f"edgelink_test_{os.getpid()}_{next(_numbers)}"
     url = server.create_database(name)
     try:

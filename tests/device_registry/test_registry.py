@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, update
-from zk_rows import FAST, KEY, row
 
+from device_registry.registry_kit import FAST, KEY, row
 from edgelink import ConfigError, ConnectionManager
 from edgelink.devices import Device, DeviceRegistry, database_url
 from edgelink.drivers.zk_protocol import Command
@@ -139,8 +139,9 @@ async def test_restart_rebuilds_connections_and_a_shared_manager_keeps_its_own(
 ) -> None:
     """Test that a registry started on a filled database connects its rows, and stops only them."""
     sim = await sims()
-    manager.add_connection("other", "zkteco", {"host": "127.0.0.1", "port": sim.port,
-                                               "password": KEY, "timeout": 0.3})
+    manager.add_connection(
+        "other", "zkteco", {"host": "127.0.0.1", "port": sim.port, "password": KEY, "timeout": 0.3}
+    )
     async with DeviceRegistry(db_url, manager=manager) as registry:
         first = await registry.add_device(**row(sim))
     assert list(manager.connections) == ["other"]
@@ -182,4 +183,6 @@ def test_database_urls() -> None:
 async def test_unknown_database_driver_is_a_config_error() -> None:
     """Test that a URL naming a driver that is not installed says what to install."""
     with pytest.raises(ConfigError, match=r"no async driver.*edgelink\[devices\]"):
-        await DeviceRegistry("mysql+nosuchdriver://db/edge", manager=ConnectionManager(**FAST)).start()
+        await DeviceRegistry(
+            "mysql+nosuchdriver://db/edge", manager=ConnectionManager(**FAST)
+        ).start()

@@ -92,7 +92,7 @@ class SyncReport:
     added: list[int] = field(default_factory=list)
     changed: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
-    #: Rows whose connection could not be built, with the reason; their connection is left as it was.
+    #: Rows whose connection could not be built, with why; their connection is left as it was.
     errors: dict[int, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -291,7 +291,7 @@ class DeviceRegistry(Service):
             raise
 
     async def stop(self) -> None:
-        """Remove the registry's connections (stop the manager if it is ours), close the database."""
+        """Remove the registry's connections (stop the manager if ours), close the database."""
         engine, self._engine = self._engine, None
         if engine is None:
             return
@@ -506,4 +506,3 @@ class DeviceRegistry(Service):
 
     def _spec_of(self, cid: str, data: Mapping[str, Any]) -> ConnectionSpec:
         return build_spec(cid, data, self.manager.settings.connection_defaults())
-

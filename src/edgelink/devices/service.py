@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Events that end a wait for a link: one came up, or an attempt failed.
-_OUTCOMES: Final = ("connected", "reconnect_failed", "error", "suspended")
+#: Events that end a wait for a link with no: an attempt failed, or the supervisor gave up.
+_FAILURES: Final = ("reconnect_failed", "error", "suspended")
 #: States in which the supervisor is not trying to connect by itself.
 _IDLE: Final = frozenset(
     {ConnectionState.DISCONNECTED, ConnectionState.ERROR, ConnectionState.SUSPENDED}
@@ -105,10 +105,13 @@ class DeviceConnection:
         Raises:
             ConnectionLostError: when the link does not come back in time.
             DeviceError: when the device says no (never retried).
+            KeyError: when the device was deleted from the registry.
         """
         manager = self._registry.manager
 
         async def run() -> T:
+            if not self.exists():
+                raise KeyError(f"device {self.device_id} is no longer in the registry")
             return await manager.execute_with_retry(
                 self.connection_id, op, retries=retries, timeout=timeout
             )
@@ -161,6 +164,8 @@ class DeviceConnectionService:
     """
 
     def __init__(self, db: AsyncSession | DeviceRegistry, *, timeout: float | None = None) -> None:
+        registry: DeviceRegistry | None
+        session: AsyncSession | None
         if isinstance(db, DeviceRegistry):
             registry, session = db, None
         else:
@@ -198,7 +203,9 @@ class DeviceConnectionService:
         if cid not in manager:
             report = await registry.sync([device_id])
             if device_id in report.errors:
-                logger.warning("device %d has no connection: %s", device_id, report.errors[device_id])
+                logger.warning(
+                    "device %d has no connection: %s", device_id, report.errors[device_id]
+                )
                 return None
             if cid not in manager:
                 raise KeyError(f"device {device_id} is not in the registry (not committed yet?)")
@@ -208,52 +215,54 @@ class DeviceConnectionService:
             if not manager.get_spec(cid).enabled:
                 logger.info("device %d is disabled: no connection", device_id)
                 return None
-            state = manager.get_state(cid)
+            sup = manager.get_supervisor(cid)
+            generation = sup.link_generation
+            state = sup.state
             if state is ConnectionState.CONNECTED:
                 if await manager.get_health_monitor().check_now(cid):
                     return DeviceConnection(registry, device_id)
-                # check_now handed the dead link to the supervisor, which reconnects.
-                logger.info("device %d: stale link dropped, reconnecting", device_id)
-                restart = False
-            else:
-                restart = state in _IDLE or state is ConnectionState.RECONNECTING
-            if await self._await_link(cid, restart=restart):
+                # Stale: drop the link (if the failed check has not already) and
+                # let the supervisor build the next one at once.
+                logger.info("device %d: stale link, replacing it", device_id)
+                await manager.safe_reconnect(cid, fast_path=True)
+            elif state in _IDLE or state is ConnectionState.RECONNECTING:
+                # Started if stopped, resumed if failed, retried now if waiting out a backoff.
+                await manager.reconnect_connection(cid)
+            if await self._await_link(cid, generation + 1):
                 return DeviceConnection(registry, device_id)
             logger.warning(
                 "device %d not reachable: %s", device_id, manager.get_status(cid)["last_error"]
             )
             return None
 
-    async def _await_link(self, cid: str, *, restart: bool) -> bool:
-        """Wait until the link is up (True) or an attempt failed or time ran out (False)."""
+    async def _await_link(self, cid: str, generation: int) -> bool:
+        """Wait for link number ``generation`` (True), a failed attempt or the timeout (False)."""
         manager = self.registry.manager
         loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[str] = loop.create_future()
+        failed: asyncio.Future[Any] = loop.create_future()
+        # The bus delivers events after they happen: one of an attempt that
+        # ended before this wait began must not end it.
+        since = manager.clock.time()
 
         def on_event(ev: Event) -> None:
-            if ev.connection_id == cid and not outcome.done():
-                outcome.set_result(ev.type)
+            if ev.connection_id == cid and ev.ts >= since and not failed.done():
+                failed.set_result(ev.type)
 
-        unsubscribe = [manager.on_event(kind, on_event) for kind in _OUTCOMES]
-        connected = loop.create_task(
-            manager.wait_for_state(cid, ConnectionState.CONNECTED),
-            name=f"edgelink.devices[{cid}].await_link",
+        unsubscribe = [manager.on_event(kind, on_event) for kind in _FAILURES]
+        sup = manager.get_supervisor(cid)
+        link: asyncio.Future[Any] = loop.create_task(
+            sup.wait_for_generation(generation), name=f"edgelink.devices[{cid}].await_link"
         )
+        timeout = self.timeout if self.timeout is not None else sup.settings.connect_timeout
         try:
-            if restart:
-                # Started if stopped, resumed if failed, retried now if waiting out a backoff.
-                await manager.reconnect_connection(cid)
-            timeout = self.timeout
-            if timeout is None:
-                timeout = manager.get_spec(cid).settings.connect_timeout
-            await asyncio.wait({connected, outcome}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait({link, failed}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
             for off in unsubscribe:
                 off()
-            connected.cancel()
-            outcome.cancel()
-            await asyncio.gather(connected, return_exceptions=True)
-        return manager.get_state(cid) is ConnectionState.CONNECTED
+            link.cancel()
+            failed.cancel()
+            await asyncio.gather(link, return_exceptions=True)
+        return sup.state is ConnectionState.CONNECTED and sup.link_generation >= generation
 
     async def test_connection(self, device_id: int) -> bool:
         """Send a real request to the device now (its health check); True if it answered."""

@@ -105,9 +105,9 @@ async def open_tcp_link(
             keepalive_count=keepalive.keepalive_count,
             user_timeout=keepalive.tcp_user_timeout,
         )
-    # uvloop's TCPTransport has the stream methods but is no asyncio.Transport
-    # subclass, so an isinstance check would refuse it.
-    return cast(asyncio.Transport, transport), protocol
+    # No isinstance(transport, asyncio.Transport) here: uvloop's TCPTransport has
+    # the stream methods but is no subclass of it.
+    return transport, protocol
 
 
 async def close_transport(
@@ -127,7 +127,8 @@ async def close_transport(
     """
     # A stream transport writes (a datagram one sends to); asked by method, as
     # uvloop's transports are no subclasses of asyncio's.
-    unsent = transport.get_write_buffer_size() if hasattr(transport, "write") else 0
+    stream = hasattr(transport, "write")
+    unsent = cast(asyncio.Transport, transport).get_write_buffer_size() if stream else 0
     if unsent > unsent_ok:
         transport.abort()
     else:

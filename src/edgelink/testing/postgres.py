@@ -56,9 +56,9 @@ def find_postgres_bin() -> Path:
             return Path(folder)
     initdb = shutil.which("initdb")
     if initdb is not None:
-        folder = Path(initdb).resolve().parent
-        if (folder / "postgres").exists():
-            return folder
+        found = Path(initdb).resolve().parent
+        if (found / "postgres").exists():
+            return found
     raise PostgresNotFoundError(
         "PostgreSQL is not installed (no initdb/postgres): apt-get install postgresql"
         " (scripts/bootstrap does)"
