@@ -160,6 +160,7 @@ async def test_threads_with_their_own_loops(registry: DeviceRegistry, sims: Sims
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(9)]
     for t in threads:
         t.start()
+
     def join_all() -> None:
         for t in threads:
             t.join(10)
