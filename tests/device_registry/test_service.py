@@ -93,12 +93,17 @@ async def test_disconnect_device_and_all(registry: DeviceRegistry, sims: Sims) -
     status = service.status()
     assert [status[d.id]["status"] for d in devices] == ["disconnected", "connected", "connected"]
     assert status[devices[0].id]["desired"] == "stopped"
+    handle = await service.get_connection(devices[1])
+    assert handle is not None
+    await handle.disconnect()
+    assert not handle.is_connected()
+    assert await handle.connect() is True  # the document's `if await conn.connect():`
     assert await registry.sync() is not None and sim.connections == 2  # a sync does not restart it
     assert await service.get_connection(devices[0]) is not None
     await service.disconnect_all()
     assert {s["status"] for s in service.status().values()} == {"disconnected"}
     await asyncio.sleep(0)
-    assert sim.count(Command.EXIT) == 4
+    assert sim.count(Command.EXIT) == 5
 
 
 async def test_disabled_unknown_and_foreign(registry: DeviceRegistry, sims: Sims) -> None:

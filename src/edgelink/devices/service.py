@@ -126,6 +126,15 @@ class DeviceConnection:
         """Write a tag of the driver (``time``, ``enabled``)."""
         await self.call(lambda c: c.write(tag, value))
 
+    async def connect(self) -> bool:
+        """Bring the link up (`DeviceConnectionService.get_connection`); True if it is up.
+
+        The document's ``if await conn.connect():``. The link itself stays the
+        supervisor's: this never opens a second one beside it.
+        """
+        service = DeviceConnectionService(self._registry)
+        return await service.get_connection(self.device_id) is not None
+
     async def disconnect(self) -> None:
         """Stop this device's connection (`DeviceConnectionService.disconnect_device`)."""
         await DeviceConnectionService(self._registry).disconnect_device(self.device_id)
