@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from edgelink.drivers.configs import TcpKeepalive
 from edgelink.errors import ConnectError
@@ -105,7 +105,8 @@ async def open_tcp_link(
             keepalive_count=keepalive.keepalive_count,
             user_timeout=keepalive.tcp_user_timeout,
         )
-    assert isinstance(transport, asyncio.Transport)
+    # No isinstance(transport, asyncio.Transport) here: uvloop's TCPTransport has
+    # the stream methods but is no subclass of it.
     return transport, protocol
 
 
@@ -124,7 +125,10 @@ async def close_transport(
             packet); with more, the link is aborted, since a peer that stopped
             reading would hold a polite close forever.
     """
-    unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0
+    # A stream transport writes (a datagram one sends to); asked by method, as
+    # uvloop's transports are no subclasses of asyncio's.
+    stream = hasattr(transport, "write")
+    unsent = cast(asyncio.Transport, transport).get_write_buffer_size() if stream else 0
     if unsent > unsent_ok:
         transport.abort()
     else:

@@ -354,12 +354,12 @@ class _TcpSession(_Session, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's is no asyncio.Transport subclass.
+        self._transport = cast(asyncio.Transport, transport)
         sim = self._sim
         sim.accepted += 1
         if sim.fault is ZkFault.REFUSE:
-            transport.abort()
+            self._transport.abort()
             return
         sim._sessions.add(self)
 

@@ -1,4 +1,8 @@
-"""pytest plugin of edgelink's test kit: fixtures for a manual clock and loopback peers.
+"""pytest plugin of edgelink's test kit: fixtures for a manual clock, loopback peers, PostgreSQL.
+
+``postgres_server`` (session scope) is a private `PostgresServer`; without
+PostgreSQL installed a test that asks for it is skipped with the reason, and
+fails instead when the environment says ``CI=true``.
 
 It also guards every asyncio test (with pytest-asyncio installed): a task the
 test started and left pending on its event loop fails the test, naming the
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from edgelink.testing.clock import ManualClock
+from edgelink.testing.postgres import PostgresNotFoundError, PostgresServer
 
 try:
     import pytest_asyncio
@@ -36,6 +42,22 @@ _GUARD = "edgelink_no_leftover_tasks"
 def manual_clock() -> ManualClock:
     """Return a fresh `ManualClock`."""
     return ManualClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Return a running private PostgreSQL (skipped if not installed; under CI=true: failed)."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresNotFoundError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _allowed(task: asyncio.Task[object]) -> bool:

@@ -1,0 +1,1 @@
+"""The device registry suite (a package, so its conftest has a name of its own)."""
