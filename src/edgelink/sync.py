@@ -17,6 +17,7 @@ from os import PathLike
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from edgelink.appcontext import ModuleManager, context_with
 from edgelink.clock import Clock
 from edgelink.config import ConfigDiff, ConnectionSpec
 from edgelink.connection import AnyConnection
@@ -58,9 +59,16 @@ class SyncConnectionManager:
         self._closed = False
         self._closing = False
         self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._manager = manager or ConnectionManager(
-            clock=clock, registry=registry, context=context, **settings
-        )
+        # Blocking drivers that look the manager up (the seed's app_context)
+        # find this facade, whose methods they can call from their threads.
+        if manager is None:
+            context = context_with(context, "connection_manager", self)
+            manager = ConnectionManager(clock=clock, registry=registry, context=context, **settings)
+        else:
+            modules = getattr(manager.context, "module_manager", None)
+            if isinstance(modules, ModuleManager):
+                modules.register_module("connection_manager", self, replace=True)
+        self._manager = manager
 
     @classmethod
     def from_config(
