@@ -683,6 +683,10 @@ FLAVOUR_METHODS: Final = (
 )
 
 
+#: Where the seed's classes keep their link; a default ``disconnect`` closes them.
+SEED_LINK_ATTRIBUTES: Final = ("socket", "client", "serial", "session")
+
+
 def _flavour_methods(namespace: Mapping[str, Any]) -> dict[str, bool]:
     """Return which flavour methods ``namespace`` defines, each mapped to "is async"."""
     found: dict[str, bool] = {}
@@ -713,8 +717,20 @@ class _SeedDefaults:
     _own_status: ConnectionState | None
 
     def disconnect(self) -> bool | None:
-        """Forget the link (the seed's class holds nothing this base could close)."""
+        """Close what the seed's classes keep their link in, and forget the link.
+
+        The seed's examples hold it in ``socket``, ``client``, ``serial`` or
+        ``session`` and show no ``disconnect``; each of those that has a
+        ``close()`` is closed (errors ignored), so a reconnect leaks nothing.
+        """
         self._own_status = ConnectionState.DISCONNECTED
+        for name in SEED_LINK_ATTRIBUTES:
+            close = getattr(getattr(self, name, None), "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # closing is best effort
+                    logger.debug("closing %s raised", name, exc_info=True)
         return True
 
     def is_connected(self) -> bool:
@@ -732,8 +748,8 @@ class _AsyncSeedDefaults:
     _own_status: ConnectionState | None
 
     async def disconnect(self) -> None:
-        """Forget the link."""
-        self._own_status = ConnectionState.DISCONNECTED
+        """Close the seed's link attributes (see `_SeedDefaults.disconnect`); forget the link."""
+        _SeedDefaults.disconnect(self)  # type: ignore[arg-type]
 
     def is_connected(self) -> bool:
         """Return True while the driver's own ``status`` says connected."""

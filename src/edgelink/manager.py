@@ -57,7 +57,7 @@ from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
 from edgelink.isolation import build_isolated
 from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
-from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.registry import DriverRegistry, RegistrableClass
 from edgelink.router import Router
 from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.router.targets import WriteNowait
@@ -326,7 +326,7 @@ class ConnectionManager(Service):
             manager._add_spec(spec)
         return manager
 
-    def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
+    def register_connection_type(self, type_name: str, cls: RegistrableClass) -> None:
         """Register a driver class under a type name (a custom connection in a few lines)."""
         self.registry.register(type_name, cls)
 

@@ -24,7 +24,7 @@ from edgelink.connection import AnyConnection
 from edgelink.events import EventCallback, Unsubscribe
 from edgelink.gcpolicy import GcPolicy
 from edgelink.manager import ConnectionManager, DataListener, HealthCheckListener, HealthMonitor
-from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.registry import DriverRegistry, RegistrableClass
 from edgelink.router import DataPoint, RouteTableDiff
 from edgelink.state import ConnectionState
 
@@ -197,7 +197,7 @@ class SyncConnectionManager:
     def __repr__(self) -> str:
         return f"<SyncConnectionManager {self._manager!r}>"
 
-    def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
+    def register_connection_type(self, type_name: str, cls: RegistrableClass) -> None:
         """Register a driver class under a type name."""
         self._manager.register_connection_type(type_name, cls)
 

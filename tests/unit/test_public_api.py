@@ -155,7 +155,7 @@ def test_wrong_style_on_a_flavoured_base_is_refused() -> None:
     with pytest.raises(TypeError, match=r"Coro: read\(\) is 'async def' on a blocking"):
 
         class Coro(edgelink.SyncConnection):
-            async def read(self, tag: str) -> None:  # type: ignore[override]
+            async def read(self, tag: str) -> None:
                 return None
 
 
