@@ -262,3 +262,18 @@ async def test_rest_example_unhealthy_device_fails_connect(
         async with manager:
             await manager.wait_for_state("api", "reconnecting", timeout=5)
             assert "connect() returned False" in (manager.get_status("api")["last_error"] or "")
+
+
+async def test_service_gateway_is_in_the_app_context(tmp_path: Path) -> None:
+    """Test that under ``edgelink run`` the drivers' app_context names the manager and gateway."""
+    from edgelink.service.gateway import Gateway
+
+    (tmp_path / "connections.json").write_text('{"connections": {}}')
+    gateway = Gateway(tmp_path, watch=False)
+    await gateway.start()
+    try:
+        modules = gateway.manager.context.module_manager
+        assert modules.get_module("connection_manager") is gateway.manager
+        assert modules.get_module("gateway") is gateway
+    finally:
+        await gateway.stop()
