@@ -277,3 +277,32 @@ async def test_service_gateway_is_in_the_app_context(tmp_path: Path) -> None:
         assert modules.get_module("gateway") is gateway
     finally:
         await gateway.stop()
+
+
+def test_module_manager_refuses_a_taken_name() -> None:
+    """Test that a second module under a taken name is refused unless replaced on purpose."""
+    context = AppContext(billing="a")
+    modules = context.module_manager
+    modules.register_module("billing", "a")  # the same object again: fine
+    with pytest.raises(ValueError, match="'billing' is already registered"):
+        modules.register_module("billing", "b")
+    modules.register_module("billing", "b", replace=True)
+    assert modules.get_module("billing") == "b"
+    with pytest.raises(ValueError, match="non-empty string"):
+        modules.register_module("", "c")
+
+
+def test_event_answers_for_its_connection_or_says_why_not() -> None:
+    """Test that an Event delegates unknown attributes to its driver, with clear errors."""
+    driver = seed.CustomTCPConnection("dev", {}, AppContext())
+    driver.last_error = "driver's text"
+    ev = edgelink.Event("connected", "dev", ts=0.0, connection=driver)
+    assert ev.last_error == "driver's text" and ev.stats is driver.stats and ev.host == "localhost"
+    carried = edgelink.Event(
+        "error", "dev", ts=0.0, data={"error": "at emission"}, connection=driver
+    )
+    assert carried.last_error == "at emission"
+    with pytest.raises(AttributeError, match="nor its connection CustomTCPConnection has"):
+        _ = ev.nonexistent
+    with pytest.raises(AttributeError, match="no connection to ask"):
+        _ = edgelink.Event("panic", None, ts=0.0).last_error
