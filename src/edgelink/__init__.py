@@ -5,6 +5,7 @@ The public API, re-exported here::
     from edgelink import ConnectionManager, Connection, ConnectionState
 """
 
+from edgelink.appcontext import AppContext, ModuleManager
 from edgelink.backoff import Backoff, JitterMode
 from edgelink.clock import Clock, SystemClock
 from edgelink.config import (
@@ -51,6 +52,7 @@ ConnectionStatus = ConnectionState
 
 __all__ = [
     "__version__",
+    "AppContext",
     "AuthError",
     "Backoff",
     "BaseConnection",
@@ -91,6 +93,7 @@ __all__ = [
     "LogTarget",
     "ManagerSettings",
     "MemoryTarget",
+    "ModuleManager",
     "PermanentError",
     "ProtocolError",
     "Reason",

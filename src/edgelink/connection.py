@@ -1,4 +1,10 @@
-"""The driver contract: `Connection` (async) and `SyncConnection` (blocking).
+"""The driver contract: `BaseConnection`, `Connection` (async) and `SyncConnection` (blocking).
+
+`BaseConnection` is the seed's one base class: a subclass written with
+blocking methods becomes a `SyncConnection` (its methods run in worker
+threads under the same timeouts), one written with ``async def`` becomes a
+`Connection`. The flavour is decided when the class is defined, from the
+methods it defines; a class that mixes both is refused there.
 
 A driver speaks one protocol to one device. It opens and closes the link,
 answers health checks and reads/writes tags; it never decides states, counts
@@ -34,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -217,9 +223,16 @@ class _ConnectionBase:
     probe_overrides: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
-        self, connection_id: str, config: Mapping[str, Any] | None = None, context: Any = None
+        self,
+        connection_id: str,
+        config: Mapping[str, Any] | None = None,
+        context: Any = None,
+        *,
+        app_context: Any = None,
     ) -> None:
         self.connection_id = connection_id
+        if context is None:
+            context = app_context
         self.config: dict[str, Any] = dict(config or {})
         # The log filter's safety net learns this config's secrets (see edgelink.redact).
         remember_secrets(collect_secrets(self.config))
@@ -236,6 +249,7 @@ class _ConnectionBase:
         # but what the driver said is kept as a hint for a standalone driver.
         self._own_last_error: str | None = None
         self._own_connected_at: float | None = None
+        self._own_status: ConnectionState | None = None
         self._degraded_reason: str | None = None
 
     # -- owner wiring -------------------------------------------------------
@@ -416,6 +430,8 @@ class _ConnectionBase:
         """The supervised state (or connected/disconnected for a standalone driver)."""
         if self._owner is not None:
             return self._owner.state
+        if self._own_status is not None:
+            return self._own_status
         return (
             ConnectionState.CONNECTED
             if self._safe_is_connected()
@@ -424,9 +440,19 @@ class _ConnectionBase:
 
     @status.setter
     def status(self, value: Any) -> None:
-        # Seed-style drivers set their own status; the supervisor owns the
-        # state, so the assignment is accepted and ignored.
-        logger.debug("%s: driver set status=%s (the supervisor owns the state)", self, value)
+        # Seed-style drivers set their own status. The supervisor owns the
+        # state: what the driver says is kept as a hint only (the status of a
+        # standalone driver, and `is_connected` of a seed-style class without one).
+        try:
+            self._own_status = ConnectionState(value.value if hasattr(value, "value") else value)
+        except ValueError:
+            logger.debug("%s: driver set unknown status=%r (ignored)", self.connection_id, value)
+            return
+        logger.debug(
+            "%s: driver set status=%s (a hint; the supervisor owns the state)",
+            self.connection_id,
+            value,
+        )
 
     @property
     def last_error(self) -> str | None:
@@ -522,15 +548,15 @@ class Connection(_ConnectionBase, abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The seed's drivers are blocking; copied onto the async base they
-        # would fail at the first await. Say so when the class is defined.
-        for name in ("connect", "disconnect", "health_check", "read", "write"):
-            method = cls.__dict__.get(name)
-            if method is not None and not inspect.iscoroutinefunction(method):
-                raise TypeError(
-                    f"{cls.__name__}.{name} is a blocking method on an async Connection: "
-                    "make it 'async def', or subclass SyncConnection for blocking drivers"
-                )
+        # A blocking method on the async base would fail at the first await:
+        # say so when the class is defined.
+        blocking = [n for n, is_async in _flavour_methods(cls.__dict__).items() if not is_async]
+        if blocking:
+            raise TypeError(
+                f"{cls.__qualname__}: {_names(blocking)} blocking on an async Connection: "
+                "make them 'async def', or subclass BaseConnection (decides per class) "
+                "or SyncConnection"
+            )
 
     @abc.abstractmethod
     async def connect(self) -> bool | None:
@@ -592,10 +618,6 @@ class Connection(_ConnectionBase, abc.ABC):
         """
 
 
-#: The seed's name for the driver base class.
-BaseConnection = Connection
-
-
 class SyncConnection(_ConnectionBase, abc.ABC):
     """A driver written with blocking calls, in the seed's ``connect() -> bool`` style.
 
@@ -604,6 +626,16 @@ class SyncConnection(_ConnectionBase, abc.ABC):
     A call that times out is abandoned (its thread runs on until the blocking
     call returns), so blocking calls should carry their own socket timeouts.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        coros = [n for n, is_async in _flavour_methods(cls.__dict__).items() if is_async]
+        if coros:
+            raise TypeError(
+                f"{cls.__qualname__}: {_names(coros)} 'async def' on a blocking SyncConnection: "
+                "make them plain methods, or subclass BaseConnection (decides per class) "
+                "or Connection"
+            )
 
     @abc.abstractmethod
     def connect(self) -> bool | None:
@@ -637,6 +669,161 @@ class SyncConnection(_ConnectionBase, abc.ABC):
         """Re-provision the device after a reset was detected."""
 
 
+#: The methods whose style (blocking or ``async def``) decides a driver's flavour.
+FLAVOUR_METHODS: Final = (
+    "connect",
+    "disconnect",
+    "health_check",
+    "read",
+    "read_many",
+    "write",
+    "identity",
+    "on_reset",
+    "on_stopped",
+)
+
+
+#: Where the seed's classes keep their link; a default ``disconnect`` closes them.
+SEED_LINK_ATTRIBUTES: Final = ("socket", "client", "serial", "session")
+
+
+def _flavour_methods(namespace: Mapping[str, Any]) -> dict[str, bool]:
+    """Return which flavour methods ``namespace`` defines, each mapped to "is async"."""
+    found: dict[str, bool] = {}
+    for name in FLAVOUR_METHODS:
+        method = namespace.get(name)
+        if method is None:
+            continue
+        if isinstance(method, staticmethod | classmethod):
+            method = method.__func__
+        if callable(method):
+            found[name] = inspect.iscoroutinefunction(method)
+    return found
+
+
+def _names(names: Sequence[str]) -> str:
+    listed = ", ".join(f"{n}()" for n in names)
+    return f"{listed} {'is' if len(names) == 1 else 'are'}"
+
+
+class _SeedDefaults:
+    """What the seed's shortened classes leave out (blocking flavour).
+
+    The seed's examples set ``self.status`` in ``connect`` and define little
+    else; these defaults take that status as the link's state. A class that
+    defines the method itself wins.
+    """
+
+    _own_status: ConnectionState | None
+
+    def disconnect(self) -> bool | None:
+        """Close what the seed's classes keep their link in, and forget the link.
+
+        The seed's examples hold it in ``socket``, ``client``, ``serial`` or
+        ``session`` and show no ``disconnect``; each of those that has a
+        ``close()`` is closed (errors ignored), so a reconnect leaks nothing.
+        """
+        self._own_status = ConnectionState.DISCONNECTED
+        for name in SEED_LINK_ATTRIBUTES:
+            close = getattr(getattr(self, name, None), "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # closing is best effort
+                    logger.debug("closing %s raised", name, exc_info=True)
+        return True
+
+    def is_connected(self) -> bool:
+        """Return True while the driver's own ``status`` says connected."""
+        return self._own_status == ConnectionState.CONNECTED
+
+    def health_check(self) -> bool:
+        """Return `is_connected` (no I/O: the class defines no real check)."""
+        return bool(self.is_connected())
+
+
+class _AsyncSeedDefaults:
+    """`_SeedDefaults` for the async flavour."""
+
+    _own_status: ConnectionState | None
+
+    async def disconnect(self) -> None:
+        """Close the seed's link attributes (see `_SeedDefaults.disconnect`); forget the link."""
+        _SeedDefaults.disconnect(self)  # type: ignore[arg-type]
+
+    def is_connected(self) -> bool:
+        """Return True while the driver's own ``status`` says connected."""
+        return self._own_status == ConnectionState.CONNECTED
+
+    async def health_check(self) -> bool:
+        """Return `is_connected` (no I/O)."""
+        return bool(self.is_connected())
+
+
+class _FlavourMeta(abc.ABCMeta):
+    """Decides a `BaseConnection` subclass's flavour from the methods it defines."""
+
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any
+    ) -> _FlavourMeta:
+        flavoured = (Connection, SyncConnection)
+        if bases and not any(issubclass(b, flavoured) for b in bases):
+            found: dict[str, bool] = {}
+            for base in reversed([b for b in bases if isinstance(b, _FlavourMeta)]):
+                for klass in reversed(base.__mro__):
+                    found.update(_flavour_methods(vars(klass)))
+            found.update(_flavour_methods(namespace))
+            styles = set(found.values())
+            if len(styles) > 1:
+                blocking = [n for n, is_async in found.items() if not is_async]
+                coros = [n for n, is_async in found.items() if is_async]
+                raise TypeError(
+                    f"{namespace.get('__qualname__', name)} mixes blocking and async methods: "
+                    f"{_names(blocking)} blocking, {_names(coros)} 'async def'; "
+                    "write them all one way (blocking ones run in worker threads)"
+                )
+            if styles == {True}:
+                bases = (*bases, _AsyncSeedDefaults, Connection)
+            elif styles == {False}:
+                bases = (*bases, _SeedDefaults, SyncConnection)
+            # No flavour method yet: the class stays undecided (an abstract
+            # helper base); its subclasses decide.
+        return super().__new__(mcls, name, bases, namespace, **kwargs)
+
+
+class BaseConnection(_ConnectionBase, metaclass=_FlavourMeta):
+    """The seed's driver base: blocking or async methods, decided per subclass.
+
+    A subclass whose ``connect``, ``disconnect``, ``health_check``, ``read``,
+    ``write`` ... are plain methods becomes a `SyncConnection` (each call runs
+    in a worker thread under the same timeouts); one whose methods are all
+    ``async def`` becomes a `Connection`. A class that mixes both is refused
+    when it is defined, naming the methods. ``disconnect``, ``is_connected``
+    and ``health_check`` may be left out, as the seed's short examples do:
+    then the driver's own ``self.status`` says whether the link is up.
+    Every `Connection` and `SyncConnection` is also an instance of this class.
+
+    Example:
+        class CustomTCPConnection(BaseConnection):
+            def connect(self) -> bool:
+                self.socket = socket.create_connection((self.config["host"], 5000), 5)
+                self.status = ConnectionStatus.CONNECTED
+                return True
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Refuse a class that is still undecided (defines none of the flavour methods)."""
+        if not issubclass(cls, Connection | SyncConnection):
+            raise TypeError(
+                f"{cls.__qualname__} defines none of {', '.join(FLAVOUR_METHODS)}: "
+                "cannot tell a blocking driver from an async one; define connect()"
+            )
+        return super().__new__(cls)
+
+
+BaseConnection.register(Connection)  # type: ignore[type-abstract]
+BaseConnection.register(SyncConnection)  # type: ignore[type-abstract]
+
 AnyConnection = Connection | SyncConnection
 
 
@@ -665,13 +852,18 @@ class DriverAdapter:
     async def connect(self) -> None:
         """Open the link; raise `ConnectError` if the driver says False."""
         conn = self.conn
+        # Only what the driver says during this attempt explains its False:
+        # `last_error` answers with the supervisor's text of the previous
+        # failure, and quoting that would nest one message in the next.
+        conn._own_last_error = None
         if isinstance(conn, SyncConnection):
             result = await self._run(conn.connect)
         else:
             result = await conn.connect()
         if result is False:
             raise ConnectError(
-                conn.last_error or "connect() returned False", connection_id=conn.connection_id
+                conn._own_last_error or "connect() returned False",
+                connection_id=conn.connection_id,
             )
 
     async def disconnect(self) -> None:

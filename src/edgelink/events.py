@@ -210,6 +210,13 @@ class Event:
         attempt: The reconnect attempt counter at that moment.
         data: Context, secrets already redacted.
         connection: The driver object, for callbacks in the seed's style.
+
+    An event also answers for its connection: an attribute it does not have
+    (``last_error``, ``stats``, ``status``, ``get_status()``, a driver's own
+    method) is looked up on ``connection``, so a callback written for the seed,
+    ``def on_error(connection): print(connection.last_error)``, works as it is.
+    ``last_error`` is the error the event carries when it carries one (the
+    error at emission), else the connection's.
     """
 
     type: str
@@ -219,6 +226,26 @@ class Event:
     attempt: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     connection: Any = field(default=None, repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names the event lacks; never for private ones (copy, pickle).
+        if name.startswith("_") or name == "connection":
+            raise AttributeError(name)
+        if name == "last_error" and "error" in self.data:
+            return self.data["error"]
+        connection = self.connection
+        if connection is None:
+            raise AttributeError(
+                f"event {self.type!r} has no attribute {name!r} "
+                f"(and no connection to ask: connection_id={self.connection_id!r})"
+            )
+        try:
+            return getattr(connection, name)
+        except AttributeError:
+            raise AttributeError(
+                f"neither event {self.type!r} nor its connection "
+                f"{type(connection).__name__} has an attribute {name!r}"
+            ) from None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the event as a JSON-friendly dict (without the connection object)."""

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from edgelink._deadline import DeadlineWheel
 from edgelink._tasks import cancel_and_wait
+from edgelink.appcontext import context_with
 from edgelink.clock import Clock, SystemClock
 from edgelink.config import (
     ConfigDiff,
@@ -56,7 +57,7 @@ from edgelink.gcpolicy import GcPolicy, GcState, resolve_gc_policy
 from edgelink.isolation import IsolationSpec, build_isolated
 from edgelink.lifecycle import Service
 from edgelink.looplag import LoopLagMonitor
-from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.registry import DriverRegistry, RegistrableClass
 from edgelink.router import Router
 from edgelink.router.datapoint import QUALITY_REASON, QUALITY_SINCE
 from edgelink.router.targets import WriteNowait
@@ -202,7 +203,8 @@ class ConnectionManager(Service):
     Args:
         clock: The clock every wait goes through (tests pass a ManualClock).
         registry: Driver types; a fresh one with the built-ins and plugins by default.
-        context: Passed to every driver (the seed's ``app_context``).
+        context: Passed to every driver (the seed's ``app_context``); by default
+            an `AppContext` where this manager is ``connection_manager``.
         gc_policy: ``"fleet"`` (or a `GcPolicy`) freezes the fleet's long-lived
             objects out of the garbage collector once it is up and after each
             reload (see `edgelink.gcpolicy`); off by default, since the
@@ -231,7 +233,9 @@ class ConnectionManager(Service):
             raise ConfigError(first["msg"], path=path) from None
         self.clock: Clock = clock or SystemClock()
         self.registry = registry or DriverRegistry()
-        self.context = context
+        #: The seed's ``app_context``: an `AppContext` naming this manager
+        #: ``connection_manager`` unless the caller passed a context of its own.
+        self.context = context_with(context, "connection_manager", self)
         self._bus = EventBus()
         self._sups: dict[str, Supervisor] = {}
         self._specs: dict[str, ConnectionSpec] = {}
@@ -322,7 +326,7 @@ class ConnectionManager(Service):
             manager._add_spec(spec)
         return manager
 
-    def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
+    def register_connection_type(self, type_name: str, cls: RegistrableClass) -> None:
         """Register a driver class under a type name (a custom connection in a few lines)."""
         self.registry.register(type_name, cls)
 

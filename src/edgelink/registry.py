@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from edgelink.connection import AnyConnection, Connection, SyncConnection
+from edgelink.connection import AnyConnection, BaseConnection, Connection, SyncConnection
 from edgelink.errors import ConfigError
 
 __all__ = ["BUILTIN_DRIVERS", "DriverRegistry"]
@@ -41,6 +41,9 @@ BUILTIN_DRIVERS: dict[str, str] = {
 }
 
 DriverClass = type[Connection] | type[SyncConnection]
+#: What `DriverRegistry.register` takes: also a `BaseConnection` subclass, which
+#: is one of the two once defined (or, undecided, refused at registration).
+RegistrableClass = DriverClass | type[BaseConnection]
 
 
 class DriverRegistry:
@@ -56,17 +59,25 @@ class DriverRegistry:
         #: Default isolation per type (a plugin manifest's ``isolation``).
         self._isolation: dict[str, Any] = {}
 
-    def register(self, type_name: str, cls: DriverClass) -> None:
+    def register(self, type_name: str, cls: RegistrableClass) -> None:
         """Register ``cls`` under ``type_name`` (replacing any earlier one).
 
         Raises:
-            TypeError: if ``cls`` is not a `Connection` or `SyncConnection` subclass.
+            TypeError: if ``cls`` is not a driver class: a `BaseConnection`
+                (`Connection` or `SyncConnection`) subclass that defines its methods.
             ValueError: if ``type_name`` is empty.
         """
         if not type_name:
             raise ValueError("type_name must not be empty")
         if not (isinstance(cls, type) and issubclass(cls, Connection | SyncConnection)):
-            raise TypeError(f"{cls!r} is not a Connection or SyncConnection subclass")
+            if isinstance(cls, type) and issubclass(cls, BaseConnection):
+                raise TypeError(
+                    f"{cls.__qualname__} cannot be registered as {type_name!r}: it defines none "
+                    "of connect(), disconnect(), health_check(), read(), write()"
+                )
+            raise TypeError(
+                f"{cls!r} is not a BaseConnection (Connection or SyncConnection) subclass"
+            )
         with self._lock:
             self._classes[type_name] = cls
 

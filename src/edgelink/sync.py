@@ -17,13 +17,14 @@ from os import PathLike
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from edgelink.appcontext import ModuleManager, context_with
 from edgelink.clock import Clock
 from edgelink.config import ConfigDiff, ConnectionSpec
 from edgelink.connection import AnyConnection
 from edgelink.events import EventCallback, Unsubscribe
 from edgelink.gcpolicy import GcPolicy
 from edgelink.manager import ConnectionManager, DataListener, HealthCheckListener, HealthMonitor
-from edgelink.registry import DriverClass, DriverRegistry
+from edgelink.registry import DriverRegistry, RegistrableClass
 from edgelink.router import DataPoint, RouteTableDiff
 from edgelink.state import ConnectionState
 
@@ -58,9 +59,16 @@ class SyncConnectionManager:
         self._closed = False
         self._closing = False
         self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._manager = manager or ConnectionManager(
-            clock=clock, registry=registry, context=context, **settings
-        )
+        # Blocking drivers that look the manager up (the seed's app_context)
+        # find this facade, whose methods they can call from their threads.
+        if manager is None:
+            context = context_with(context, "connection_manager", self)
+            manager = ConnectionManager(clock=clock, registry=registry, context=context, **settings)
+        else:
+            modules = getattr(manager.context, "module_manager", None)
+            if isinstance(modules, ModuleManager):
+                modules.register_module("connection_manager", self, replace=True)
+        self._manager = manager
 
     @classmethod
     def from_config(
@@ -189,7 +197,7 @@ class SyncConnectionManager:
     def __repr__(self) -> str:
         return f"<SyncConnectionManager {self._manager!r}>"
 
-    def register_connection_type(self, type_name: str, cls: DriverClass) -> None:
+    def register_connection_type(self, type_name: str, cls: RegistrableClass) -> None:
         """Register a driver class under a type name."""
         self._manager.register_connection_type(type_name, cls)
 

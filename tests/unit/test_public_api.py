@@ -46,7 +46,11 @@ def test_design_names_are_public() -> None:
         "RouteError",
     ):
         assert name in edgelink.__all__, name
-    assert edgelink.BaseConnection is edgelink.Connection
+    # One base for both driver styles: every async and blocking driver is a BaseConnection.
+    assert issubclass(edgelink.Connection, edgelink.BaseConnection)
+    assert issubclass(edgelink.SyncConnection, edgelink.BaseConnection)
+    for name in ("AppContext", "ModuleManager"):
+        assert name in edgelink.__all__, name
 
 
 def test_router_names_are_public() -> None:
@@ -120,14 +124,14 @@ def test_driver_base_gives_the_hooks() -> None:
             assert isinstance(inspect.getattr_static(cls, prop), property), (cls, prop)
 
 
-def test_blocking_methods_on_async_base_are_refused() -> None:
-    """Test that a seed-style blocking driver on the async base fails at class definition."""
+def test_mixed_methods_on_base_connection_are_refused() -> None:
+    """Test that a BaseConnection mixing blocking and async methods fails at class definition."""
     import pytest
 
-    with pytest.raises(TypeError, match="subclass SyncConnection"):
+    with pytest.raises(TypeError, match=r"Mixed mixes blocking and async.*connect\(\) is blocking"):
 
-        class Blocking(edgelink.BaseConnection):
-            def connect(self) -> bool:  # type: ignore[override]
+        class Mixed(edgelink.BaseConnection):
+            def connect(self) -> bool:
                 return True
 
             async def disconnect(self) -> None: ...
@@ -136,6 +140,56 @@ def test_blocking_methods_on_async_base_are_refused() -> None:
 
             async def health_check(self) -> bool:
                 return True
+
+
+def test_wrong_style_on_a_flavoured_base_is_refused() -> None:
+    """Test that blocking methods on Connection, and async ones on SyncConnection, are refused."""
+    import pytest
+
+    with pytest.raises(TypeError, match=r"Blocking: connect\(\) is blocking on an async"):
+
+        class Blocking(edgelink.Connection):
+            def connect(self) -> bool:  # type: ignore[override]
+                return True
+
+    with pytest.raises(TypeError, match=r"Coro: read\(\) is 'async def' on a blocking"):
+
+        class Coro(edgelink.SyncConnection):
+            async def read(self, tag: str) -> None:
+                return None
+
+
+def test_base_connection_decides_the_flavour_per_class() -> None:
+    """Test that blocking methods make a SyncConnection, async ones a Connection."""
+    import pytest
+
+    class Blocking(edgelink.BaseConnection):
+        def connect(self) -> bool:
+            self.status = edgelink.ConnectionStatus.CONNECTED
+            return True
+
+    class Async(edgelink.BaseConnection):
+        async def connect(self) -> None: ...
+
+    class Helper(edgelink.BaseConnection):
+        def helper(self) -> int:
+            return 1
+
+    class Later(Helper):
+        def connect(self) -> bool:
+            return True
+
+    blocking = Blocking("b", {}, edgelink.AppContext())
+    assert isinstance(blocking, edgelink.SyncConnection)
+    assert isinstance(blocking, edgelink.BaseConnection)
+    assert isinstance(Async("a"), edgelink.Connection)
+    assert isinstance(Later("l"), edgelink.SyncConnection)
+    assert blocking.is_connected() is False
+    assert blocking.connect() is True
+    assert blocking.is_connected() is True and blocking.health_check() is True
+    assert blocking.status == "connected"
+    with pytest.raises(TypeError, match="Helper defines none of connect"):
+        Helper("h")
 
 
 def test_stats_accept_seed_style_item_assignment() -> None:

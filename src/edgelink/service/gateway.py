@@ -39,6 +39,7 @@ from typing import Any
 
 from edgelink import __version__
 from edgelink._documents import write_atomically
+from edgelink.appcontext import context_with
 from edgelink.backoff import Backoff
 from edgelink.bridge.mqtt import MqttBridge, bridge_will
 from edgelink.clock import Clock
@@ -781,6 +782,8 @@ class Gateway:
             ) from None
         _remember_service_secrets(self.settings, self.token)
         manager = self._manager = loaded.manager
+        # The seed's drivers find the gateway beside the manager (edgelink.appcontext).
+        context_with(manager.context, "gateway", self)
         self._add_webhooks(manager)
         self._configure_router(manager)
         self.db = Database(folder.resolve(self.settings.storage.path))
