@@ -29,7 +29,7 @@ import enum
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 
@@ -210,7 +210,9 @@ class FrameChannel(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (asyncio calls this once)."""
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; not asserted as asyncio.Transport: uvloop's are no
+        # subclasses of it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._loop = asyncio.get_running_loop()
 

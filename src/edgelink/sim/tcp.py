@@ -33,7 +33,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, MutableMapping
-from typing import Final
+from typing import Final, cast
 
 from edgelink.lifecycle import Service
 
@@ -157,7 +157,9 @@ class LineProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the link with its device."""
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; not asserted as asyncio.Transport: uvloop's are no
+        # subclasses of it.
+        transport = cast(asyncio.Transport, transport)
         if not self._device.accepting:
             # Accepted by the kernel before the listener closed, connected only now.
             transport.abort()
