@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_plugins import git, make_remote, release
+from test_plugins import bare_and_work, git, make_remote, release
 
 from edgelink.events import Event
 from edgelink.plugins import Badge, PluginManager
@@ -29,12 +29,7 @@ def remote(tmp_path: Path) -> tuple[Path, Path]:
 
 def index_repository(tmp_path: Path, entries: Any, file: str = "index.json") -> Path:
     """A bare repository whose ``file`` holds ``entries``; returns the bare repository."""
-    bare = tmp_path / "index.git"
-    git(tmp_path, "init", "-q", "--bare", str(bare))
-    work = tmp_path / "index-work"
-    work.mkdir()
-    git(work, "init", "-q")
-    git(work, "remote", "add", "origin", str(bare))
+    bare, work = bare_and_work(tmp_path, "index.git", "index-work")
     publish_index(work, entries, file)
     return bare
 

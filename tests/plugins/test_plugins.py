@@ -81,14 +81,20 @@ def remote(tmp_path: Path) -> tuple[Path, Path]:
     return make_remote(tmp_path)
 
 
-def make_remote(tmp_path: Path) -> tuple[Path, Path]:
-    """Make a bare remote with v1.0.0 and the work tree that publishes to it."""
-    bare = tmp_path / "remote.git"
+def bare_and_work(tmp_path: Path, bare_name: str, work_name: str) -> tuple[Path, Path]:
+    """Make an empty bare repository and a work tree whose origin it is."""
+    bare = tmp_path / bare_name
     git(tmp_path, "init", "-q", "--bare", str(bare))
-    work = tmp_path / "work"
+    work = tmp_path / work_name
     work.mkdir()
     git(work, "init", "-q")
     git(work, "remote", "add", "origin", str(bare))
+    return bare, work
+
+
+def make_remote(tmp_path: Path) -> tuple[Path, Path]:
+    """Make a bare remote with v1.0.0 and the work tree that publishes to it."""
+    bare, work = bare_and_work(tmp_path, "remote.git", "work")
     release(work, "1.0.0")
     return bare, work
 
