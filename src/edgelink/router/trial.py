@@ -14,15 +14,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from edgelink.clock import Clock
-from edgelink.errors import RouteError
 from edgelink.router.address import PatternIndex
 from edgelink.router.datapoint import DataPoint
 from edgelink.router.expr import ExprLimits
 from edgelink.router.expr.base import DROP
-from edgelink.router.schema import RouteSpec
+from edgelink.router.schema import load_routing
 from edgelink.router.table import compile_route
 
 __all__ = ["TRIAL_FILE", "try_route"]
@@ -61,13 +58,9 @@ def try_route(
         RouteError: for a route that does not validate or compile, with the
             JSON path and, for an expression, the position.
     """
-    try:
-        route_spec = RouteSpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        path = ".".join(str(p) for p in err["loc"]) or None
-        raise RouteError(err["msg"], file=TRIAL_FILE, path=path) from None
-    route = compile_route(route_spec, 0, TRIAL_FILE, limits, clock)
+    # Validated as a one-route table: the same messages and paths as routing.json's.
+    config, _ = load_routing({"routes": [dict(spec)]})
+    route = compile_route(config.routes[0], 0, TRIAL_FILE, limits, clock)
     index: PatternIndex[int] = PatternIndex()
     for i, pattern in enumerate(route.patterns):
         index.add(pattern, i)

@@ -265,6 +265,19 @@ class Gateway:
         process["cpu_accounting"] = "event_loop" if measured else None
         return {"process": process, "instances": instances}
 
+    def process_resources(self) -> dict[str, Any]:
+        """Return the ``process`` part of `instance_resources` without the per-connection dicts.
+
+        For readers of the whole process only (the service page): no status
+        is built and no connection's CPU window is sampled.
+        """
+        process = self._resources.sample()
+        stats = [conn.stats for conn in self.manager.connections.values()]
+        process["network_packets_sent"] = sum(st.packets_sent for st in stats)
+        process["network_packets_recv"] = sum(st.packets_received for st in stats)
+        process["cpu_accounting"] = "event_loop" if CpuAccounting.active() else None
+        return process
+
     def spam_suspensions(self) -> list[dict[str, Any]]:
         """Return the connections suspended by spam protection now, by id.
 
@@ -836,10 +849,12 @@ class Gateway:
                         self._run_watch(), name="edgelink.service.watch"
                     )
                 )
-            self.plugins.use_index(
-                self.settings.plugins.index, folder.root, self.settings.plugins.index_file
-            )
-            self.plugins.discover()
+            if self.settings.plugins.index is not None:
+                # plugins/index.json was read on start; edgelink.json names another index.
+                self.plugins.use_index(
+                    self.settings.plugins.index, folder.root, self.settings.plugins.index_file
+                )
+                self.plugins.discover()
             self._tasks.append(
                 asyncio.get_running_loop().create_task(
                     self._run_plugin_checks(), name="edgelink.service.plugin_checks"

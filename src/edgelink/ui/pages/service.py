@@ -131,11 +131,11 @@ class ServicePage:
         view.refreshers.append(self.refresh)
         self.refresh()
 
-    def read(self) -> dict[str, dict[str, str]]:
-        """The figures now."""
+    def read(self, status: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:
+        """The figures now (``status``: `Gateway.status` if read already)."""
         gateway = self.view.gateway
-        process = gateway.instance_resources()["process"]
-        return facts(gateway.status(), gateway.bridge_stats(), process)
+        status = gateway.status() if status is None else status
+        return facts(status, gateway.bridge_stats(), gateway.process_resources())
 
     def refresh(self) -> None:
         """Set the figures that changed, once a second."""
@@ -143,12 +143,13 @@ class ServicePage:
         if now - self._at < EVERY_S:
             return
         self._at = now
-        for section, figures in self.read().items():
+        status = self.view.gateway.status()
+        for section, figures in self.read(status).items():
             for key, text in figures.items():
                 label = self.labels.get((section, key))
                 if label is not None:
                     set_text(label, text)
-        errors = self.view.gateway.status().get("config_errors") or {}
+        errors = status.get("config_errors") or {}
         set_text(
             self.errors,
             "\n".join(f"{kind}: {error}" for kind, error in sorted(errors.items())) or "none",
