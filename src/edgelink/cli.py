@@ -150,6 +150,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="warn when a pulled cable goes unnoticed longer than this, s (default 60)",
     )
 
+    migrate = sub.add_parser("migrate", help="turn an older config into edgelink's")
+    what = migrate.add_subparsers(dest="what", required=True)
+    plc = what.add_parser(
+        "plc-configs",
+        help="Edge OS v4.x plc_configs.json / plc_ams_net_id config -> connections.json entries",
+    )
+    plc.add_argument("file", help="the v4.x config (JSON)")
+    plc.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="add the connections to this connections.json (made if missing); default: print them",
+    )
+
     sim = sub.add_parser("sim", help="run device simulators")
     add_sim_arguments(sim)
 
@@ -183,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_doctor(args)
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "migrate":
+        return _migrate_plc_configs(args.file, args.output)
     if args.command == "demo":
         _setup_logging(logging.WARNING, args.log_level_libs, "%(levelname)s %(name)s: %(message)s")
         # The live table shows the connection events; the log keeps to real trouble.
@@ -198,6 +214,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_demo(args, start_api=start_api))
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _migrate_plc_configs(file: str, output: str | None) -> int:
+    """``edgelink migrate plc-configs FILE [-o OUT]``."""
+    from edgelink.compat.plc_configs import migrate_plc_file, write_connections
+
+    notes: list[str] = []
+    try:
+        migrated = migrate_plc_file(file, notes)
+        if output is not None:
+            added = write_connections(migrated, output)
+    except ConfigError as exc:
+        print(f"edgelink: {exc}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"edgelink: {note}", file=sys.stderr)
+    if output is None:
+        print(json.dumps(migrated, indent=2))
+    else:
+        print(f"added {', '.join(added)} to {output} (type ads); check it: edgelink check {output}")
+    return 0
 
 
 def _hash_password() -> int:

@@ -18,10 +18,12 @@ __all__ = [
     "Health",
     "IllegalTransitionError",
     "Reason",
+    "SUSPENDED_BY_SPAM",
     "StateMachine",
     "TRANSITIONS",
     "Transition",
     "can_transition",
+    "status_code",
 ]
 
 
@@ -95,6 +97,17 @@ class Reason(enum.StrEnum):
 
 
 S = ConnectionState
+
+#: The Edge OS seed's status of a connection spam protection suspended.
+SUSPENDED_BY_SPAM = "SUSPENDED_BY_SPAM"
+
+
+def status_code(state: ConnectionState, reason: str | None) -> str:
+    """The seed's upper-case status: ``CONNECTED``, ..., ``SUSPENDED_BY_SPAM`` for a spam trip."""
+    if state is S.SUSPENDED and reason == Reason.SPAM:
+        return SUSPENDED_BY_SPAM
+    return state.name
+
 
 #: The allowed transitions. Anything not listed is a bug.
 TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {

@@ -153,10 +153,12 @@ async def test_a_flood_shows_the_banner_and_reactivate_brings_it_back(
     await flood(gateway, peers["flood"])
     await banner.wait_for(timeout=WAIT_MS)
     text = await banner.inner_text()
-    assert "flood (device flood) suspended by spam protection" in text
+    assert "flood (device flood) suspended by spam protection (SUSPENDED_BY_SPAM)" in text
     assert "over the threshold of 50" in text
     assert "last activity 20" in text
     (entry,) = gateway.spam_suspensions()
+    assert entry["status"] == "SUSPENDED_BY_SPAM"
+    assert gateway.manager.get_status("flood")["status_code"] == "SUSPENDED_BY_SPAM"
     assert f"{entry['rate_pps']:,.0f} datapoints/s" in text
     logs = banner.get_by_role("link", name="Logs")
     assert await logs.get_attribute("href") == "/logs?connection=flood"

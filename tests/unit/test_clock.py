@@ -77,3 +77,21 @@ async def test_system_clock_is_a_clock() -> None:
     await clock.sleep(0.02)
     assert clock.monotonic() - t0 >= 0.015
     assert fired.is_set()
+
+
+async def test_advancing_by_a_pending_delay_fires_its_timer() -> None:
+    """Test that advancing by what pending() reports fires the timer, float rounding or not."""
+    # 763.77... + 0.765... is 764.5398260538324; pending() says 0.765207077 (9 decimals),
+    # and 763.77... + 0.765207077 is 764.5398260536141: 2e-10 s short of the deadline.
+    clock = ManualClock(start=763.7746189766141)
+    fired: list[float] = []
+    clock.call_later(0.7652070772182651, lambda: fired.append(clock.monotonic()))
+    (delay,) = clock.pending()
+    assert delay == 0.765207077
+    await clock.advance(delay)
+    assert fired == [764.5398260538324]
+    assert clock.pending() == []
+    assert clock.monotonic() == 764.5398260538324  # never moved back to the target
+    clock.call_later(0.7652070772182651, lambda: fired.append(clock.monotonic()))
+    assert await clock.advance_to_next() == 0.765207077
+    assert len(fired) == 2

@@ -25,6 +25,8 @@ Routes:
     GET  /api/routes, /api/routes/{id}                 the route table, with counters
     PUT  /api/routes                                   replace routing.json (validated, atomic)
     POST /api/routes/validate                          check a routing.json without applying it
+    GET  /api/router/routes, /api/router/stats         Edge OS names: the table; counters by route
+    PUT  /api/router/routes, POST .../validate, .../try  Edge OS names of the /api/routes ones
     POST /api/routes/{id}/enable                       let a quarantined (poison) route run again
     POST /api/sources/{id}/enable                      let a quarantined source's data be routed
     GET  /api/data/tree, /api/data/point, /api/data/history   the data space

@@ -52,6 +52,7 @@ class Dispatch(Delivery):
     # Set by Router.__init__ (see `Quarantine`).
     _inline_first_hop: bool
     data: DataSpace
+    _table: RouteTable
     _rings: OrderedDict[str, HistoryRing | Record]
     _touch: Callable[[str], None]
     _subs: Any
@@ -285,30 +286,76 @@ class Dispatch(Delivery):
                 DataPoint,
                 (address, out, stamp, quality, source, metadata, path + route.path1, hops + 1),
             )
-            virtual = None
-            for ob, ttag in outs:
-                target = ttag if ob is None else ob.address_of(ttag)
-                if target in trail:
-                    route.loop_blocked += 1
-                    self.loop_blocked += 1
-                    continue
-                if ob is None:
-                    virtual = [ttag] if virtual is None else [*virtual, ttag]
-                    continue
-                if ob.idle and ob.direct is not None:
-                    self._write_now(ob, (ttag, out_dp))
-                else:
-                    queue = ob.queue
-                    queue.append((ttag, out_dp))
-                    if ob.idle:
-                        self._start(ob)
-                    elif len(queue) > ob.limit:
-                        ob.trim()
-                if ob.echo:
-                    self._remember_echo(ob, ttag, out_dp, trail)
-            if virtual is not None:
-                for target in virtual:
-                    self._route_virtual(table, target, out_dp, trail)
+            self._hand_on(table, route, outs, out_dp, trail)
+
+    def _hand_on(
+        self,
+        table: RouteTable,
+        route: Route,
+        outs: tuple[Out, ...],
+        out_dp: DataPoint,
+        trail: tuple[str, ...],
+    ) -> None:
+        """Hand a passed route's datapoint to its targets; never back to an address in ``trail``."""
+        virtual = None
+        for ob, ttag in outs:
+            target = ttag if ob is None else ob.address_of(ttag)
+            if target in trail:
+                route.loop_blocked += 1
+                self.loop_blocked += 1
+                continue
+            if ob is None:
+                virtual = [ttag] if virtual is None else [*virtual, ttag]
+                continue
+            if ob.idle and ob.direct is not None:
+                self._write_now(ob, (ttag, out_dp))
+            else:
+                queue = ob.queue
+                queue.append((ttag, out_dp))
+                if ob.idle:
+                    self._start(ob)
+                elif len(queue) > ob.limit:
+                    ob.trim()
+            if ob.echo:
+                self._remember_echo(ob, ttag, out_dp, trail)
+        if virtual is not None:
+            for target in virtual:
+                self._route_virtual(table, target, out_dp, trail)
+
+    def plan_of(self, dp: DataPoint) -> tuple[RouteTable, Plan]:
+        """The route table now and the routes matching ``dp.address`` in it, with their targets.
+
+        For callers that run the steps of `route_data` one at a time (the Edge
+        OS layer, `edgelink.compat.edgeos`): nothing is stored, counted or cached.
+        """
+        table = self._table
+        plan = table.plans.get(dp.address)
+        if plan is None:
+            _, _, tag = dp.address.partition(".")
+            plan = self._plan(table, dp.address, dp.source, tag, cache=False)
+        return table, plan
+
+    def send_passed(
+        self, table: RouteTable, route: Route, outs: tuple[Out, ...], dp: DataPoint, value: Any
+    ) -> None:
+        """Send ``value`` on as ``route``'s output for ``dp``: counted and loop-guarded as live.
+
+        The other half of `plan_of`: the route's condition and transform have
+        run (the caller's part); this counts the route as passed and delivers.
+        """
+        if dp.hops >= self.max_hops or route.id in dp.path:
+            route.loop_blocked += 1
+            self.loop_blocked += 1
+            return
+        if value is DROP:
+            route.suppressed += 1
+            return
+        route.passed += 1
+        route.last_fired = dp.ts
+        if route.failing:
+            self._route_recovered(route)
+        out_dp = dp._replace(value=value, path=dp.path + route.path1, hops=dp.hops + 1)
+        self._hand_on(table, route, outs, out_dp, (dp.address,))
 
     def _route_virtual(
         self, table: RouteTable, address: str, out: DataPoint, trail: tuple[str, ...]

@@ -305,6 +305,7 @@ class Gateway:
                     "connection_id": cid,
                     "name": status.get("name"),
                     "type": status["type"],
+                    "status": status["status_code"],
                     "rate_pps": trip["rate_pps"],
                     "limit_pps": trip["limit_pps"],
                     "threshold_pps": manager.get_spec(cid).settings.spam_max_pps,

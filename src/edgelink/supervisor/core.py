@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgelink.state import Reason
+from edgelink.state import Reason, status_code
 from edgelink.supervisor.lifecycle import SupervisorLifecycle
 
 
@@ -25,6 +25,7 @@ class Supervisor(SupervisorLifecycle):
             "name": self.name,
             "status": str(self._sm.state),
             "reason": self._sm.reason,
+            "status_code": status_code(self._sm.state, self._sm.reason),
             "desired": self.desired,
             "since": self._sm.since,
             "health": str(self._health),

@@ -2,7 +2,7 @@
 
 For edgelink's own tests and for yours::
 
-    from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer, ZkSimulator
+    from edgelink.testing import FaultMode, FaultProxy, ManualClock, PingPongPeer, eventually
 
 Serial peers (socat pty pairs): `edgelink.testing.serial_peer.SerialPeer` (a
 line-protocol device) and `edgelink.testing.bms_peer.BmsPeer` (a Daly, JBD or
@@ -13,6 +13,7 @@ from edgelink.sim.zkteco import ZkDevice, ZkFault, ZkSimulator
 from edgelink.testing.clock import ManualClock
 from edgelink.testing.fault_proxy import Direction, FaultMode, FaultProxy
 from edgelink.testing.peers import PingPongPeer
+from edgelink.testing.waiting import eventually
 
 __all__ = [
     "Direction",
@@ -23,4 +24,5 @@ __all__ = [
     "ZkDevice",
     "ZkFault",
     "ZkSimulator",
+    "eventually",
 ]

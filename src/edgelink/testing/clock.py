@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 __all__ = ["ManualClock"]
 
+#: A timer this close past the target of `ManualClock.advance` is due: `pending`
+#: rounds delays to 9 decimals, and advancing by a rounded delay must fire it.
+_DUE_SLACK = 1e-9
+
 
 @dataclass(order=True, slots=True)
 class _Timer:
@@ -137,7 +141,7 @@ class ManualClock:
         if seconds < 0:
             raise ValueError("time does not go backwards")
         target = self._now + seconds
-        while self._timers and self._timers[0].deadline <= target:
+        while self._timers and self._timers[0].deadline <= target + _DUE_SLACK:
             timer = heapq.heappop(self._timers)
             if timer.cancelled or timer.callback is None:
                 continue
@@ -145,7 +149,8 @@ class ManualClock:
             callback, timer.callback = timer.callback, None
             callback()
             await self.settle()
-        self._now = target
+        # A timer fired within the slack may have moved time a hair past the target.
+        self._now = max(self._now, target)
         await self.settle()
 
     async def advance_to_next(self) -> float:

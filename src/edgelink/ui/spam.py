@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nicegui import ui
 
 from edgelink.errors import ConfigError, EdgelinkError
+from edgelink.state import SUSPENDED_BY_SPAM
 
 if TYPE_CHECKING:
     from nicegui.element import Element
@@ -42,7 +43,8 @@ def spam_text(entry: dict[str, Any]) -> tuple[str, str]:
     name = entry.get("name")
     who = f"{cid} ({name})" if name and name != cid else cid
     head = (
-        f"{who} suspended by spam protection: {_pps(entry['rate_pps'])} datapoints/s"
+        f"{who} suspended by spam protection ({entry.get('status', SUSPENDED_BY_SPAM)}):"
+        f" {_pps(entry['rate_pps'])} datapoints/s"
         f" over the threshold of {_pps(entry['limit_pps'])}"
     )
     threshold = entry.get("threshold_pps")

@@ -90,4 +90,20 @@ def router(gateway: Gateway) -> APIRouter:
                 422, detail={"error": str(exc), "path": exc.path, "route_id": exc.route_id}
             ) from None
 
+    # The Edge OS document's Web API names the routing operations /api/router/*:
+    # the same handlers answer there.
+    routes.add_api_route("/api/router/routes", route_table, methods=["GET"], tags=["router"])
+    routes.add_api_route("/api/router/routes", put_routes, methods=["PUT"], tags=["router"])
+    routes.add_api_route("/api/router/validate", validate_routes, methods=["POST"], tags=["router"])
+    routes.add_api_route("/api/router/try", try_route, methods=["POST"], tags=["router"])
+
+    @routes.get("/api/router/stats", tags=["router"])
+    async def router_stats() -> dict[str, Any]:
+        """The router's totals and each route's counters, by route id."""
+        table = gateway.routes()
+        return {
+            "stats": table["stats"],
+            "routes": {spec["id"]: spec["stats"] for spec in table["routes"]},
+        }
+
     return routes
