@@ -16,9 +16,9 @@ more work does not count as slower. Figure: ``ratio`` = median CPU per request
 with the accounting on / median with it off; target under 1.03.
 
 A second figure: the cost per event-loop handle, from a loop that runs
-``--handles`` trivial callbacks (1,000 per loop turn) with the accounting
-off, on for handles of no connection, and on for handles of a connection
-(medians of 5 rounds).
+``--handles`` trivial callbacks (1,000 per loop turn, and one per turn) with
+the accounting off, on for handles of no connection, and on for handles of a
+connection (medians of 5 rounds).
 
     .venv/bin/python bench/ui_accounting.py --n 10000
 """
@@ -64,14 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def handle_costs(count: int) -> dict[str, Any]:
-    """Return ns per trivial loop callback: accounting off, on (nobody's), on (a connection's)."""
+    """Return ns per trivial loop callback: accounting off, on (nobody's), on (a connection's).
+
+    Two shapes: ``batched`` runs 1,000 callbacks per loop turn (the turn's
+    own cost is spread over them: the figure is a handle's), ``chained`` one
+    callback per turn, each scheduling the next (the figure is a whole turn's:
+    the accounting's per-turn hook is all there is to pay for).
+    """
     loop = asyncio.get_running_loop()
     account = CpuAccount("bench")
     accounted = account_context(account)
 
-    async def one_round(context: Any) -> float:
-        # Batches of 1,000 callbacks per loop turn: the turn's own cost (a
-        # select call) is spread over them, so the figure is the handle's.
+    async def batched(context: Any) -> float:
         done = loop.create_future()
         left = count
 
@@ -89,22 +93,49 @@ async def handle_costs(count: int) -> dict[str, Any]:
         await done
         return (time.perf_counter_ns() - start) / count
 
-    rounds: dict[str, list[float]] = {"off": [], "on_nobody": [], "on_connection": []}
-    for _ in range(5):
-        rounds["off"].append(await one_round(None))
-        CpuAccounting.install()
-        try:
-            rounds["on_nobody"].append(await one_round(None))
-            rounds["on_connection"].append(await one_round(accounted))
-        finally:
-            CpuAccounting.uninstall()
-    med = {k: statistics.median(v) for k, v in rounds.items()}
-    return {
-        "ns_per_handle": {k: r(v, 1) for k, v in med.items()},
-        "added_ns_nobody": r(med["on_nobody"] - med["off"], 1),
-        "added_ns_connection": r(med["on_connection"] - med["off"], 1),
-        "accounted_s": r(account.seconds, 3),
-    }
+    async def chained(context: Any) -> float:
+        done = loop.create_future()
+        turns = count // 10
+        left = turns
+
+        def tick() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                done.set_result(None)
+            else:
+                loop.call_soon(tick, context=context)
+
+        start = time.perf_counter_ns()
+        loop.call_soon(tick, context=context)
+        await done
+        return (time.perf_counter_ns() - start) / turns
+
+    result: dict[str, Any] = {}
+    # Like against like: a handle given no context copies the current one
+    # (call_soon's own cost), a connection's does not.
+    contexts = {"nobody": None, "connection": accounted}
+    for shape, one_round in (("batched", batched), ("chained", chained)):
+        rounds: dict[str, list[float]] = {
+            f"{side}_{who}": [] for side in ("off", "on") for who in contexts
+        }
+        for _ in range(5):
+            for who, context in contexts.items():
+                rounds[f"off_{who}"].append(await one_round(context))
+            CpuAccounting.install()
+            try:
+                for who, context in contexts.items():
+                    rounds[f"on_{who}"].append(await one_round(context))
+            finally:
+                CpuAccounting.uninstall()
+        med = {k: statistics.median(v) for k, v in rounds.items()}
+        result[shape] = {
+            "ns_per_handle": {k: r(v, 1) for k, v in med.items()},
+            "added_ns_nobody": r(med["on_nobody"] - med["off_nobody"], 1),
+            "added_ns_connection": r(med["on_connection"] - med["off_connection"], 1),
+        }
+    result["accounted_s"] = r(account.seconds, 3)
+    return result
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

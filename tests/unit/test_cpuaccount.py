@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,8 +13,8 @@ from edgelink.service.resources import CpuRates
 
 
 @pytest.fixture
-def accounting() -> Iterator[None]:
-    CpuAccounting.install(sample_every=1)  # every handle timed: exact figures
+async def accounting() -> AsyncIterator[None]:
+    CpuAccounting.install(exact=True)  # every handle timed: exact figures
     yield
     CpuAccounting.uninstall()
 
@@ -88,14 +88,14 @@ async def test_task_steps_callbacks_and_protocol_callbacks_count_to_their_connec
     assert CURRENT.get() is None  # the test's own context is nobody's
 
 
-async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> None:
+async def test_nothing_counts_after_uninstall_and_the_loop_is_restored() -> None:
     """Test install/uninstall counting, and that an account grows only while installed."""
-    original = asyncio.events.Handle._run
     account = CpuAccount("dev")
     loop = asyncio.get_running_loop()
+    assert "_process_events" not in vars(loop)
     assert not CpuAccounting.active()
-    CpuAccounting.install(sample_every=1)  # every handle timed: one step must count
-    CpuAccounting.install()
+    assert CpuAccounting.install(exact=True)  # every handle timed: one step must count
+    assert CpuAccounting.install()
     try:
         assert CpuAccounting.active()
         await loop.create_task(asyncio.sleep(0), context=account_context(account))
@@ -104,7 +104,7 @@ async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> No
     finally:
         CpuAccounting.uninstall()
     assert not CpuAccounting.active()
-    assert asyncio.events.Handle._run is original
+    assert "_process_events" not in vars(loop)  # the class's own again
     CpuAccounting.uninstall()  # one too many: harmless
     before = account.ns
     assert before > 0
@@ -117,26 +117,78 @@ async def test_nothing_counts_after_uninstall_and_handle_run_is_restored() -> No
 
 
 async def test_sampled_accounts_estimate_the_real_time() -> None:
-    """Test that timing one handle in four, counted four times, adds up to the time spent."""
-    account = CpuAccount("sampled")
+    """Test that timing one handle in four, counted four times, adds up to each one's time.
+
+    Two connections and a bystander share the turns: each turn runs a step of
+    each, so a drawn handle is any of the three. Each account must come out
+    near its own connection's time, the bystander's time on nobody's.
+    """
+    heavy, light = CpuAccount("heavy"), CpuAccount("light")
     loop = asyncio.get_running_loop()
 
-    async def work() -> None:
-        for _ in range(400):
-            burn(0.0005)  # 400 steps of 0.5 ms: 0.2 s in all
+    async def work(seconds: float) -> None:
+        for _ in range(800):
+            burn(seconds)
             await asyncio.sleep(0)
 
     CpuAccounting.install(sample_every=4)
     try:
-        await loop.create_task(work(), context=account_context(account))
+        await asyncio.gather(
+            loop.create_task(work(0.0004), context=account_context(heavy)),  # 0.32 s
+            loop.create_task(work(0.0001), context=account_context(light)),  # 0.08 s
+            loop.create_task(work(0.0002)),  # nobody's
+        )
     finally:
         CpuAccounting.uninstall()
-    # About 100 steps timed; the binomial spread is 9 % of the total, 4.5
-    # standard deviations are inside these bounds.
-    assert 0.12 <= account.seconds <= 0.30
+    # About 200 of each connection's 800 steps timed: the spread of each
+    # estimate is about 6 % of it; these bounds are more than 4 deviations wide.
+    assert 0.17 <= heavy.seconds <= 0.50
+    assert 0.04 <= light.seconds <= 0.13
     with pytest.raises(ValueError, match="at least 1"):
         CpuAccounting.install(sample_every=0)
     assert not CpuAccounting.installed()
+
+
+async def test_a_drawn_handle_cancelled_before_it_runs_does_not_run() -> None:
+    """Test the stand-in of a drawn handle: cancelling the handle still stops its callback."""
+    account = CpuAccount("dev")
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    CpuAccounting.install(exact=True)
+    try:
+        for name in ("a", "b"):
+            loop.call_soon(ran.append, name, context=account_context(account))
+        await asyncio.sleep(0)  # the turn that ran them
+        assert ran == ["a", "b"]
+        later: list[asyncio.Handle] = []
+        loop.call_soon(lambda: later[0].cancel())  # runs first in the turn that would run c
+        later.append(loop.call_soon(ran.append, "c", context=account_context(account)))
+        (late,) = later
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert ran == ["a", "b"]
+        assert late.cancelled()
+        assert errors == []  # the cancelled handle was not run at all
+    finally:
+        CpuAccounting.uninstall()
+        loop.set_exception_handler(None)
+
+
+def test_a_loop_without_the_hook_reports_inactive() -> None:
+    """Test that a loop with no ``_process_events`` (as uvloop's) is on but not active."""
+
+    class Bare:
+        pass
+
+    loop = Bare()
+    assert CpuAccounting.install(loop) is False  # type: ignore[arg-type]
+    assert CpuAccounting.installed(loop)  # type: ignore[arg-type]
+    assert not CpuAccounting.active(loop)  # type: ignore[arg-type]
+    CpuAccounting.uninstall(loop)  # type: ignore[arg-type]
+    assert not CpuAccounting.installed(loop)  # type: ignore[arg-type]
+    assert CpuAccounting.install() is False  # no running loop: nothing to hook
 
 
 def test_cpu_rates_need_a_full_window_and_forget_removed_connections() -> None:

@@ -191,7 +191,8 @@ class Gateway:
         self._resources = ProcessResources()
         self._cpu_rates = CpuRates()
         self._cpu_accounting = cpu_accounting
-        self._accounting_on = False
+        #: The loop the CPU accounting was switched on for (None: off).
+        self._accounting_loop: asyncio.AbstractEventLoop | None = None
         #: Where guarded instance code reports its errors (``sentry`` in edgelink.json), or None.
         self.error_reporter: SentryReporter | None = None
         self._ui_secret: str | None = None
@@ -750,9 +751,9 @@ class Gateway:
         # folder must change nothing of the first's.
         self._lock = FolderLock(folder.root)
         self._lock.acquire()
-        if self._cpu_accounting and not self._accounting_on:
-            CpuAccounting.install()
-            self._accounting_on = True
+        if self._cpu_accounting and self._accounting_loop is None:
+            self._accounting_loop = asyncio.get_running_loop()
+            CpuAccounting.install(self._accounting_loop)
         try:
             await self._start_locked(folder)
         except BaseException:
@@ -908,9 +909,9 @@ class Gateway:
             await self.db.aclose()
         if self._lock is not None:
             self._lock.release()
-        if self._accounting_on:
-            CpuAccounting.uninstall()
-            self._accounting_on = False
+        if self._accounting_loop is not None:
+            CpuAccounting.uninstall(self._accounting_loop)
+            self._accounting_loop = None
         self.started_at = None
         self._stopped.set()
 
