@@ -20,10 +20,10 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from pydantic import ValidationError
 
@@ -100,6 +100,42 @@ DataListener = Callable[[str, str, Any, str, float], None]
 StateCallback = Callable[[str, Any], Awaitable[None] | None]
 #: ``listener(connection_id, latency_s, ok)``: called after every health check.
 HealthCheckListener = Callable[[str, float, bool], None]
+
+
+#: States in which a supervisor stopped trying: a wait for its link ends there.
+_GIVEN_UP: Final = (ConnectionState.SUSPENDED, ConnectionState.ERROR)
+
+
+async def _wait_for_link(
+    sup: Supervisor, timeout: float, up: Coroutine[Any, Any, None]
+) -> str | None:
+    """Await ``up`` (a link coming up) for at most ``timeout`` s; None if it came.
+
+    The wait ends early when the supervisor enters a state it gives up in
+    (suspended after its attempts, error): a caller waiting for the link then
+    hears so at once, not after its whole timeout. A state the supervisor is
+    already in does not end it (a suspended connection's cooldown probe may
+    still bring the link).
+
+    Returns:
+        None when the link came up, else why not, for an error message.
+    """
+    waits = [asyncio.ensure_future(up)]
+    waits += [
+        asyncio.ensure_future(sup.wait_for_state(state))
+        for state in _GIVEN_UP
+        if sup.state is not state
+    ]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if waits[0] in done:
+        return None
+    if done:
+        return f"gave up: the connection is {sup.state} ({sup.reason})"
+    return f"not connected within {timeout:g} s"
 
 
 class HealthMonitor:
@@ -180,7 +216,11 @@ class HealthMonitor:
         return unsubscribe
 
     async def check_now(self, connection_id: str) -> bool:
-        """Run one health check of a connected connection now; return whether it passed."""
+        """Run one health check of a connected connection now; return whether it passed.
+
+        A check that failed is False even while the link stays up (degraded,
+        below ``health_check_failures``); a slow one that answered is True.
+        """
         sup = self._manager._supervisor(connection_id)
         if sup.state is not ConnectionState.CONNECTED:
             return False
@@ -188,7 +228,7 @@ class HealthMonitor:
         if lost is not None:
             sup._lose(lost)
             return False
-        return sup.health is not Health.UNHEALTHY
+        return sup.health_failures == 0 and sup.health is not Health.UNHEALTHY
 
 
 class ConnectionManager(Service):
@@ -884,6 +924,25 @@ class ConnectionManager(Service):
         async with asyncio.timeout(timeout):
             await sup.wait_for_state(target)
 
+    async def wait_for_link(
+        self, connection_id: str, timeout: float, *, newer_than: int | None = None
+    ) -> None:
+        """Return once the connection's link is up (a link after number ``newer_than``).
+
+        Raises:
+            ConnectionLostError: the supervisor gave up meanwhile (suspended
+                after its attempts, or an error), at once, or ``timeout``
+                seconds (real time) passed.
+            KeyError: for an unknown connection id.
+        """
+        sup = self._supervisor(connection_id)
+        up = sup.wait_connected() if newer_than is None else sup.wait_for_generation(newer_than + 1)
+        outcome = await _wait_for_link(sup, timeout, up)
+        if outcome is not None:
+            raise ConnectionLostError(
+                f"{outcome} ({sup.state}, {sup.last_error})", connection_id=connection_id
+            )
+
     async def execute_with_retry(
         self,
         connection_id: str,
@@ -952,14 +1011,10 @@ class ConnectionManager(Service):
                     cause=error,
                 ) from error
             # Wait for a new link, not the broken one still marked connected.
-            try:
-                async with asyncio.timeout(per_call):
-                    await sup.wait_for_generation(generation + 1)
-            except TimeoutError:
+            outcome = await _wait_for_link(sup, per_call, sup.wait_for_generation(generation + 1))
+            if outcome is not None:
                 raise ConnectionLostError(
-                    f"not back within {per_call:g} s after: {error}",
-                    connection_id=connection_id,
-                    cause=error,
+                    f"{outcome} after: {error}", connection_id=connection_id, cause=error
                 ) from error
 
     async def _await_link(self, sup: Supervisor, timeout: float, failures: int) -> None:
@@ -968,14 +1023,11 @@ class ConnectionManager(Service):
             raise ConnectionLostError(
                 f"connection is {state} ({sup.reason})", connection_id=sup.connection_id
             )
-        try:
-            async with asyncio.timeout(timeout):
-                await sup.wait_connected()
-        except TimeoutError:
+        outcome = await _wait_for_link(sup, timeout, sup.wait_connected())
+        if outcome is not None:
             raise ConnectionLostError(
-                f"not connected within {timeout:g} s ({sup.state}, {sup.last_error})",
-                connection_id=sup.connection_id,
-            ) from None
+                f"{outcome} ({sup.state}, {sup.last_error})", connection_id=sup.connection_id
+            )
 
     def mark_tx_drop(self, connection_id: str) -> None:
         """Say a frame to this connection broke mid-way: fast-path reconnect."""

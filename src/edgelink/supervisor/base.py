@@ -273,6 +273,16 @@ class SupervisorBase:
         return self._last_error
 
     @property
+    def health_failures(self) -> int:
+        """Health checks failed in a row on the current link (0 after one passes)."""
+        return self._health_failures
+
+    @property
+    def identity(self) -> str | None:
+        """The device identity the driver reported when the link last came up (None: none)."""
+        return self._identity
+
+    @property
     def connected_at(self) -> float | None:
         """Wall-clock time the link last came up."""
         return self._connected_at

@@ -1,0 +1,1 @@
+"""The asyncmiele guide's exceptions package: its names are in `.connection`."""
