@@ -340,6 +340,16 @@ class SyncConnectionManager:
         """
         self._run(self._manager.wait_for_state(connection_id, state, timeout))
 
+    def wait_for_link(
+        self, connection_id: str, timeout: float, *, newer_than: int | None = None
+    ) -> None:
+        """Block until the link is up (a link after number ``newer_than``).
+
+        Raises:
+            ConnectionLostError: the supervisor gave up meanwhile, or ``timeout`` passed.
+        """
+        self._run(self._manager.wait_for_link(connection_id, timeout, newer_than=newer_than))
+
     def execute_with_retry(
         self,
         connection_id: str,

@@ -252,7 +252,8 @@ class ConnectionManager:
         self.power_monitor = PowerMonitor(on_event=self._power_event)
         self._handlers: list[Handler] = []
         self._lock = threading.RLock()
-        self._tx_dropped = False
+        #: The link number when a TX drop was marked (None: none pending).
+        self._tx_drop_link: int | None = None
         self._last_data_time: float | None = None
         self._monitoring = False
         self._stopped = False
@@ -315,7 +316,7 @@ class ConnectionManager:
     def mark_tx_drop(self) -> None:
         """Say a transmission dropped mid-frame: ``TX_DROPPED``, then a fast-path reconnect."""
         with self._lock:
-            self._tx_dropped = True
+            self._tx_drop_link = self._supervisor().link_generation
         self.engine.mark_tx_drop(self.connection_id)
 
     def safe_reconnect(self, fast_path: bool = True) -> bool:
@@ -331,14 +332,11 @@ class ConnectionManager:
         """
         if not self._monitoring:
             self.start_monitoring()
-        sup = self.engine.manager.get_supervisor(self.connection_id)
-        generation = self.engine._call(lambda: sup.link_generation)
+        generation = self._supervisor().link_generation
         self.engine.safe_reconnect(self.connection_id, fast_path)
         wait = CONNECTION_TIMEOUT + (FAST_PATH_TIMEOUT if fast_path else 0.0)
         try:
-            self.engine._run(
-                self.engine.manager.wait_for_link(self.connection_id, wait, newer_than=generation)
-            )
+            self.engine.wait_for_link(self.connection_id, wait, newer_than=generation)
         except (EdgelinkError, TimeoutError) as exc:
             logger.info("safe_reconnect: the link is not back: %s", exc)
             return False
@@ -407,11 +405,6 @@ class ConnectionManager:
     def _relay(self, event: Event) -> None:
         if event.connection_id != self.connection_id or event.type not in _RELAYED:
             return
-        if event.type == EventType.RECONNECT_OK or (
-            event.type == EventType.STATE_CHANGE and event.data.get("new") == "connected"
-        ):
-            with self._lock:
-                self._tx_dropped = False
         data = {
             "event": log_name(event.type),
             "timestamp": event.ts,
@@ -429,7 +422,7 @@ class ConnectionManager:
 
     def _power_event(self, log_event: str, data: dict[str, Any]) -> None:
         event_type = EventType(log_event.removeprefix("EVENT_").lower())
-        state = str(self.engine.manager.get_supervisor(self.connection_id).state)
+        state = str(self._supervisor().state)
         self.engine.manager.events.emit(
             make_event(event_type, self.connection_id, time.time(), state=state, **data)
         )
@@ -439,12 +432,23 @@ class ConnectionManager:
     @property
     def state(self) -> ConnectionState:
         """The link's state in the document's terms."""
+        if self._stopped:
+            return ConnectionState.DISCONNECTED
+        try:
+            state = self.engine.get_state(self.connection_id)  # not under the lock: a loop call
+        except RuntimeError:  # stopped meanwhile (the engine is closed)
+            return ConnectionState.DISCONNECTED
         with self._lock:
-            if self._stopped:
-                return ConnectionState.DISCONNECTED
-            if self._tx_dropped:
-                return ConnectionState.TX_DROPPED
-        return _FROM_ENGINE[self.engine.get_state(self.connection_id)]
+            if self._tx_drop_link is not None:
+                # Until a link newer than the one that dropped the frame is up.
+                newer = self._supervisor().link_generation > self._tx_drop_link
+                if not (newer and state is EngineState.CONNECTED):
+                    return ConnectionState.TX_DROPPED
+                self._tx_drop_link = None
+        return _FROM_ENGINE[state]
+
+    def _supervisor(self) -> Any:
+        return self.engine.manager.get_supervisor(self.connection_id)
 
     # -- power -------------------------------------------------------------------------
 
