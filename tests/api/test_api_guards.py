@@ -7,11 +7,11 @@ with admin stops, reconnect, and the audit trail. All against a real gateway (uv
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from edgelink.service.audit import token_identity
 from edgelink.service.gateway import Gateway
 from edgelink.store import Database
 from edgelink.store.audit import AuditLog
+from edgelink.testing import eventually as _eventually
 from edgelink.testing.peers import PingPongPeer
 
 TOKEN = "guards-test-token-0123456789abcdef"
@@ -78,11 +79,8 @@ async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := check()):
-            await asyncio.sleep(0.02)
-        return result
+#: Waits a little shorter here than the kit's default.
+eventually = functools.partial(_eventually, timeout=5.0)
 
 
 def stream_uri(gateway: Gateway) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from edgelink.service.gateway import Gateway
 from edgelink.sim.http import HttpSimulator
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
 from edgelink.store import UplinkBuffer
+from edgelink.testing import eventually
 from edgelink.testing.mosquitto import MosquittoBroker
 
 
@@ -87,15 +88,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if result:
-                return result
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bridge import Subscriber, broker_connection, eventually
+from test_bridge import Subscriber, broker_connection
 
 from edgelink import ConnectionManager
 from edgelink.bridge.mqtt import MqttBridge
@@ -22,7 +22,7 @@ from edgelink.service.config import load_service_settings
 from edgelink.service.gateway import Gateway
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
 from edgelink.store import Database, UplinkBuffer
-from edgelink.testing import ManualClock
+from edgelink.testing import ManualClock, eventually
 from edgelink.testing.mosquitto import MosquittoBroker
 
 FAST: dict[str, Any] = {

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from edgelink.api.server import ApiServer
 from edgelink.service.audit import token_identity
 from edgelink.service.gateway import Gateway
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
+from edgelink.testing import eventually
 from edgelink.testing.mosquitto import MosquittoBroker
 
 TOKEN = "data-api-test-token-0123456789"
@@ -31,17 +31,6 @@ FAST = {
     "reconnect_jitter": 0.0,
     "request_timeout": 1.0,
 }
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from edgelink.api.server import ApiServer
 from edgelink.errors import ConfigError
 from edgelink.service.gateway import Gateway
 from edgelink.sim.modbus import ModbusDevice, ModbusServer
+from edgelink.testing import eventually
 from edgelink.testing.mosquitto import MosquittoBroker
 from edgelink.testing.peers import PingPongPeer
 
@@ -122,13 +122,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := check()):
-            await asyncio.sleep(0.02)
-        return result
 
 
 async def test_the_bridge_fails_over_to_the_standby_broker(tmp_path: Path) -> None:

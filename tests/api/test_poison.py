@@ -26,6 +26,7 @@ from edgelink.api.server import ApiServer
 from edgelink.api.stream import StreamHub, _Client
 from edgelink.events import Event
 from edgelink.service.gateway import Gateway
+from edgelink.testing import eventually
 from edgelink.testing.mosquitto import MosquittoBroker
 from edgelink.testing.peers import PingPongPeer
 
@@ -40,15 +41,6 @@ FAST = {
 }
 #: 40 copies of the input: 1 MB in, 40 MB out and 820 MB copied on the way, uncapped.
 AMPLIFIER = "expr(" + "+".join(["value"] * 40) + ")"
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if result:
-                return result
-            await asyncio.sleep(0.02)
 
 
 class LagSampler:

@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import websockets
 
 from edgelink.sim.http import HttpDevice, HttpSimulator
+from edgelink.testing import eventually
 
 TOKEN = "Tk-planted-admin-token-5531"
 SECRETS = {
@@ -79,17 +79,6 @@ def connections(sim_port: int, refused: int, *, extra: dict[str, Any] | None = N
         **(extra or {}),
     }
     return json.dumps({"settings": FAST, "connections": conns})
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("levels", [[], ["--log-level", "DEBUG", "--log-level-libs", "DEBUG"]])

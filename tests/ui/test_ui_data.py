@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +135,6 @@ async def admin(browser: Any, gateway: Gateway) -> AsyncIterator[Any]:
     await page.wait_for_url(url_of(gateway, "/"), timeout=WAIT_MS)
     yield page
     await context.close()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.05)
 
 
 async def publish(broker: MosquittoBroker, topic: str, payload: str) -> None:

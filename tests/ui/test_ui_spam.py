@@ -9,11 +9,12 @@ headless system chromium (`browserkit.require_browser`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from browserkit import FAST, TOKEN, require_browser, save_screenshot
 
 from edgelink.api.server import ApiServer
 from edgelink.service.gateway import Gateway
+from edgelink.testing import eventually as _eventually
 from edgelink.testing.peers import PingPongPeer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -127,15 +129,8 @@ async def admin(browser: Any, gateway: Gateway) -> AsyncIterator[Any]:
     await context.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 6.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.05)
+#: Waits a little shorter here than the kit's default.
+eventually = functools.partial(_eventually, timeout=6.0)
 
 
 async def flood(gateway: Gateway, peer: PingPongPeer) -> None:

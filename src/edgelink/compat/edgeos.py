@@ -171,8 +171,7 @@ class RoutingEngine:
 
     def routes(self) -> list[dict[str, Any]]:
         """The route table as loaded, each route with its counters."""
-        router = self._router
-        return [{**spec, "stats": router.route_stats(spec["id"])} for spec in router.routes]
+        return self._router.routes_with_stats()
 
     def stats(self) -> dict[str, Any]:
         """The router's counters."""

@@ -349,11 +349,16 @@ class ConnectionManager:
         ``connection``.
         """
         status: dict[str, Any] = {} if self._stopped else self.engine.get_status(self.connection_id)
+        state = (
+            self._document_state(EngineState(status["status"]))
+            if status
+            else ConnectionState.DISCONNECTED
+        )
         with self._lock:
             last_data = self._last_data_time
         return {
-            "state": self.state.value,
-            "connected": self.state is ConnectionState.CONNECTED,
+            "state": state.value,
+            "connected": state is ConnectionState.CONNECTED,
             "reconnect_count": status.get("reconnect_attempts", 0),
             "last_data_time": last_data or status.get("last_data_at"),
             "power_watts": self.power_monitor.last_power,
@@ -408,7 +413,10 @@ class ConnectionManager:
         data = {
             "event": log_name(event.type),
             "timestamp": event.ts,
-            "state": self.state.value,
+            # The state the event was emitted in: no call into the loop per event.
+            "state": (
+                self._document_state(EngineState(event.state)) if event.state else self.state
+            ).value,
             "reconnect_count": event.attempt,
             **event.data,
         }
@@ -438,6 +446,10 @@ class ConnectionManager:
             state = self.engine.get_state(self.connection_id)  # not under the lock: a loop call
         except RuntimeError:  # stopped meanwhile (the engine is closed)
             return ConnectionState.DISCONNECTED
+        return self._document_state(state)
+
+    def _document_state(self, state: EngineState) -> ConnectionState:
+        """The document's name of an engine state, ``TX_DROPPED`` laid over it."""
         with self._lock:
             if self._tx_drop_link is not None:
                 # Until a link newer than the one that dropped the frame is up.

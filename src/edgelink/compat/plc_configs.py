@@ -91,6 +91,7 @@ def migrate_plc_configs(
     """
     from edgelink.manager import ConnectionManager
 
+    checker = ConnectionManager()  # one, for every entry: it builds each driver as run would
     connections: dict[str, Any] = {}
     for n, (path, key_id, entry) in enumerate(_entries(document, source), start=1):
         at = path.lstrip(".") or None
@@ -120,7 +121,7 @@ def migrate_plc_configs(
         if ignored and notes is not None:
             notes.append(f"{source}: {at or '(root)'}: not migrated: {', '.join(ignored)}")
         try:
-            ConnectionManager().check_config({"connections": {cid: spec}})
+            checker.check_config({"connections": {cid: spec}})
         except ConfigError as exc:
             field = (exc.path or "").removeprefix(f"connections.{cid}.config.")
             raise ConfigError(f"{field}: {exc.message}", file=source, path=at) from None

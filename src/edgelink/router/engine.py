@@ -291,6 +291,10 @@ class Router(Dispatch):
             raise KeyError(f"unknown route {route_id!r}")
         return route.stats()
 
+    def routes_with_stats(self) -> list[dict[str, Any]]:
+        """Every route as written, each with its counters (`route_stats`) under ``stats``."""
+        return [{**r.spec.as_dict(), "stats": r.stats()} for r in self._table.routes]
+
     def stats(self) -> dict[str, Any]:
         """Router-wide counters and every target's queue."""
         return {

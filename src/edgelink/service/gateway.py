@@ -414,10 +414,7 @@ class Gateway:
     def routes(self) -> dict[str, Any]:
         """Return the route table as written, each route with its counters, and the totals."""
         router = self.manager.router
-        return {
-            "routes": [{**spec, "stats": router.route_stats(spec["id"])} for spec in router.routes],
-            "stats": router.stats(),
-        }
+        return {"routes": router.routes_with_stats(), "stats": router.stats()}
 
     def route(self, route_id: str) -> dict[str, Any]:
         """Return one route as written, with its counters.

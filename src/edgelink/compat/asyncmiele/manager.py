@@ -121,25 +121,26 @@ class DeviceClient:
         """The edgelink driver object of the device's connection."""
         return self._owner.engine.get_connection(self.device_id)
 
-    async def _call(self, op: Callable[[Any], Any]) -> Any:
+    async def _on_link(
+        self, call: Callable[[Any], Awaitable[Any]], timeout: float | None = None
+    ) -> Any:
+        """One attempt through the connection's driver adapter, under the request timeout."""
         sup = self._owner.engine.get_supervisor(self.device_id)
-        async with asyncio.timeout(sup.settings.request_timeout):
-            return await sup.adapter.call(op)
+        async with asyncio.timeout(timeout or sup.settings.request_timeout):
+            return await call(sup.adapter)
 
     async def read(self, tag: str) -> Any:
         """Read one tag from the device."""
-        return await self._call(lambda conn: conn.read(tag))
+        return await self._on_link(lambda adapter: adapter.call(lambda conn: conn.read(tag)))
 
     async def write(self, tag: str, value: Any) -> None:
         """Write one tag to the device."""
-        await self._call(lambda conn: conn.write(tag, value))
+        await self._on_link(lambda adapter: adapter.call(lambda conn: conn.write(tag, value)))
 
     async def get_device_ident(self, device_id: str | None = None) -> str | None:
         """Ask the device who it is (the driver's identity: changes when it resets)."""
         self._check_id(device_id)
-        sup = self._owner.engine.get_supervisor(self.device_id)
-        async with asyncio.timeout(sup.settings.request_timeout):
-            identity: str | None = await sup.adapter.identity()
+        identity: str | None = await self._on_link(lambda adapter: adapter.identity())
         return identity
 
     async def get_device_state(self, device_id: str | None = None) -> dict[str, Any]:
@@ -152,12 +153,12 @@ class DeviceClient:
         self._check_id(device_id)
         sup = self._owner.engine.get_supervisor(self.device_id)
         values = {tag: await self.read(tag) for tag in self.profile.state_tags}
-        if not self.profile.state_tags:
-            async with asyncio.timeout(sup.settings.health_check_timeout):
-                if not await sup.adapter.health_check():
-                    raise ConnectionHealthError(
-                        "the device failed its health check", connection_id=self.device_id
-                    )
+        if not self.profile.state_tags and not await self._on_link(
+            lambda adapter: adapter.health_check(), sup.settings.health_check_timeout
+        ):
+            raise ConnectionHealthError(
+                "the device failed its health check", connection_id=self.device_id
+            )
         return {
             "device_id": self.device_id,
             "state": str(sup.state),

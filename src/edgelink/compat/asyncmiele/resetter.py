@@ -19,7 +19,6 @@ guide's questions from that:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -136,8 +135,7 @@ class DeviceResetter:
                 connection_id=device_id,
             )
         try:
-            async with asyncio.timeout(sup.settings.request_timeout):
-                await sup.adapter.call(lambda conn: conn.reset())
+            await client._on_link(lambda adapter: adapter.call(lambda conn: conn.reset()))
         except (EdgelinkError, OSError, TimeoutError) as exc:
             raise DeviceResetError(
                 f"the reset failed: {exc}", connection_id=device_id, cause=exc
